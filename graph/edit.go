@@ -1,0 +1,217 @@
+package graph
+
+import (
+	"fmt"
+	"strconv"
+)
+
+// NewModel makes an empty model with the given default-domain opset.
+func NewModel(opset int64) *Model {
+	m := &Model{IRVersion: 10, Opsets: []Opset{{Domain: "", Version: opset}}, ProducerName: "loracc"}
+	m.Graph = &Graph{Name: "main", Model: m, values: map[string]*Value{}, names: newNameSet()}
+	return m
+}
+
+// UniqueName returns base, or base with the smallest numeric suffix
+// ("_1", "_2", ...) that no value of the model uses yet, and reserves it.
+// Reserving makes naming deterministic: the same edits on the same model
+// give the same names.
+func (g *Graph) UniqueName(base string) string {
+	if base == "" {
+		base = "v"
+	}
+	name := base
+	for i := 1; g.names.used[name]; i++ {
+		name = base + "_" + strconv.Itoa(i)
+	}
+	g.names.used[name] = true
+	return name
+}
+
+// newValue defines a fresh value in g under a unique name.
+func (g *Graph) newValue(base string) *Value {
+	v := &Value{Name: g.UniqueName(base), graph: g}
+	g.values[v.Name] = v
+	return v
+}
+
+// AddInput appends a graph input of the given type.
+func (g *Graph) AddInput(name string, t *TensorType) *Value {
+	v := g.newValue(name)
+	v.Type = t
+	g.Inputs = append(g.Inputs, v)
+	return v
+}
+
+// AddInitializer defines a constant value holding t; the value's name is
+// t.Name made unique (and t.Name follows it).
+func (g *Graph) AddInitializer(t *Tensor) *Value {
+	v := g.newValue(t.Name)
+	t.Name = v.Name
+	v.Const = t
+	g.Initializers = append(g.Initializers, v)
+	return v
+}
+
+// AddOutput marks v as an output of g.
+func (g *Graph) AddOutput(v *Value) { g.Outputs = append(g.Outputs, v) }
+
+// NewNode appends a node computing op(inputs) with numOut outputs named
+// after outBase ("" picks the node name). Inputs must be visible from g.
+func (g *Graph) NewNode(op, name string, inputs []*Value, numOut int, outBase string) *Node {
+	n := &Node{Name: name, Op: op, graph: g}
+	for i, v := range inputs {
+		n.inputs = append(n.inputs, v)
+		if v != nil {
+			v.uses = append(v.uses, Use{Node: n, Index: i})
+		}
+	}
+	if outBase == "" {
+		outBase = name
+	}
+	for i := 0; i < numOut; i++ {
+		base := outBase
+		if numOut > 1 {
+			base = outBase + "_" + strconv.Itoa(i)
+		}
+		v := g.newValue(base)
+		v.producer, v.outIndex = n, i
+		n.outputs = append(n.outputs, v)
+	}
+	g.Nodes = append(g.Nodes, n)
+	return n
+}
+
+// SetInput makes input i of n read v (nil omits it), keeping use lists true.
+func (n *Node) SetInput(i int, v *Value) {
+	for len(n.inputs) <= i {
+		n.inputs = append(n.inputs, nil)
+	}
+	if old := n.inputs[i]; old != nil {
+		old.removeUse(n, i)
+	}
+	n.inputs[i] = v
+	if v != nil {
+		v.uses = append(v.uses, Use{Node: n, Index: i})
+	}
+}
+
+func (v *Value) removeUse(n *Node, i int) {
+	for k, u := range v.uses {
+		if u.Node == n && u.Index == i {
+			v.uses = append(v.uses[:k], v.uses[k+1:]...)
+			return
+		}
+	}
+}
+
+// ReplaceAllUsesWith redirects every reader of v, and v's place among its
+// graph's outputs, to w.
+func (v *Value) ReplaceAllUsesWith(w *Value) {
+	for _, u := range v.Uses() {
+		u.Node.SetInput(u.Index, w)
+	}
+	for i, o := range v.graph.Outputs {
+		if o == v {
+			v.graph.Outputs[i] = w
+		}
+	}
+}
+
+// SetAttr sets or replaces an attribute.
+func (n *Node) SetAttr(a *Attr) {
+	for i, old := range n.Attrs {
+		if old.Name == a.Name {
+			n.Attrs[i] = a
+			return
+		}
+	}
+	n.Attrs = append(n.Attrs, a)
+}
+
+// RemoveNode deletes n from its graph. Its outputs must be unused and not
+// graph outputs; its inputs lose the corresponding uses.
+func (g *Graph) RemoveNode(n *Node) error {
+	if n.graph != g {
+		return fmt.Errorf("node %q (%s) is not in graph %q", n.Name, n.Op, g.Name)
+	}
+	for _, o := range n.outputs {
+		if o == nil {
+			continue
+		}
+		if len(o.uses) > 0 || o.IsGraphOutput() {
+			return fmt.Errorf("node %q (%s): output %q is still used", n.Name, n.Op, o.Name)
+		}
+	}
+	for i, in := range n.inputs {
+		if in != nil {
+			in.removeUse(n, i)
+		}
+	}
+	for _, o := range n.outputs {
+		if o != nil {
+			delete(g.values, o.Name)
+			o.producer = nil
+		}
+	}
+	for i, m := range g.Nodes {
+		if m == n {
+			g.Nodes = append(g.Nodes[:i], g.Nodes[i+1:]...)
+			break
+		}
+	}
+	n.graph = nil
+	return nil
+}
+
+// RemoveInitializer deletes an unused initializer.
+func (g *Graph) RemoveInitializer(v *Value) error {
+	if len(v.uses) > 0 || v.IsGraphOutput() {
+		return fmt.Errorf("initializer %q is still used", v.Name)
+	}
+	for i, w := range g.Initializers {
+		if w == v {
+			g.Initializers = append(g.Initializers[:i], g.Initializers[i+1:]...)
+			delete(g.values, v.Name)
+			return nil
+		}
+	}
+	return fmt.Errorf("initializer %q not found in graph %q", v.Name, g.Name)
+}
+
+// RemoveInput deletes an unused graph input.
+func (g *Graph) RemoveInput(v *Value) error {
+	if len(v.uses) > 0 || v.IsGraphOutput() {
+		return fmt.Errorf("input %q is still used", v.Name)
+	}
+	for i, w := range g.Inputs {
+		if w == v {
+			g.Inputs = append(g.Inputs[:i], g.Inputs[i+1:]...)
+			if v.Const == nil {
+				delete(g.values, v.Name)
+			}
+			return nil
+		}
+	}
+	return fmt.Errorf("input %q not found in graph %q", v.Name, g.Name)
+}
+
+// Walk calls fn for every node of g and of its subgraphs, depth first, in
+// node-list order.
+func (g *Graph) Walk(fn func(*Node)) {
+	for _, n := range g.Nodes {
+		fn(n)
+		for _, sg := range n.Subgraphs() {
+			sg.Walk(fn)
+		}
+	}
+}
+
+// NewSubgraph attaches a new, empty graph to n as the GRAPH attribute attr
+// (If's then_branch, Loop's body, ...). Its nodes see the values of n's
+// graph and of every enclosing graph.
+func (n *Node) NewSubgraph(attr, name string) *Graph {
+	sg := &Graph{Name: name, Parent: n.graph, Owner: n, Model: n.graph.Model, values: map[string]*Value{}, names: n.graph.names}
+	n.SetAttr(&Attr{Name: attr, Type: AttrGraph, G: sg})
+	return sg
+}
