@@ -151,6 +151,7 @@ func (g *Graph) RemoveNode(n *Node) error {
 	for _, o := range n.outputs {
 		if o != nil {
 			delete(g.values, o.Name)
+			delete(g.names.used, o.Name)
 			o.producer = nil
 		}
 	}
@@ -173,6 +174,7 @@ func (g *Graph) RemoveInitializer(v *Value) error {
 		if w == v {
 			g.Initializers = append(g.Initializers[:i], g.Initializers[i+1:]...)
 			delete(g.values, v.Name)
+			delete(g.names.used, v.Name)
 			return nil
 		}
 	}
@@ -189,6 +191,7 @@ func (g *Graph) RemoveInput(v *Value) error {
 			g.Inputs = append(g.Inputs[:i], g.Inputs[i+1:]...)
 			if v.Const == nil {
 				delete(g.values, v.Name)
+				delete(g.names.used, v.Name)
 			}
 			return nil
 		}
@@ -214,4 +217,25 @@ func (n *Node) NewSubgraph(attr, name string) *Graph {
 	sg := &Graph{Name: name, Parent: n.graph, Owner: n, Model: n.graph.Model, values: map[string]*Value{}, names: n.graph.names}
 	n.SetAttr(&Attr{Name: attr, Type: AttrGraph, G: sg})
 	return sg
+}
+
+// Rename gives v a new name, which no visible value may have (take one
+// from UniqueName); the old name becomes free for reuse.
+func (v *Value) Rename(name string) error {
+	g := v.graph
+	if name == v.Name {
+		return nil
+	}
+	if g.Lookup(name) != nil {
+		return fmt.Errorf("cannot rename %q to %q: the name is taken", v.Name, name)
+	}
+	delete(g.values, v.Name)
+	delete(g.names.used, v.Name)
+	v.Name = name
+	g.names.used[name] = true
+	g.values[name] = v
+	if v.Const != nil {
+		v.Const.Name = name
+	}
+	return nil
 }

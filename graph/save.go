@@ -333,8 +333,21 @@ func (s *saver) tensor(t *Tensor) (*onnxpb.TensorProto, error) {
 		pt.ExternalData = append(pt.ExternalData, kvsToProto(t.ext.extra)...)
 	case t.typed:
 		// data is still in the typed field carried by rest
+	case t.stream != nil && s.noExternalWrites:
+		raw, err := t.Bytes()
+		if err != nil {
+			return nil, err
+		}
+		pt.FloatData, pt.Int32Data, pt.Int64Data, pt.DoubleData, pt.Uint64Data = nil, nil, nil, nil, nil
+		pt.RawData = raw
 	default:
 		size := int64(len(t.raw))
+		if t.stream != nil {
+			var err error
+			if size, err = t.ByteSize(); err != nil {
+				return nil, err
+			}
+		}
 		if !s.noExternalWrites && t.DType != String && (t.spilled || (s.opts.Externalize && size >= s.opts.MinExternal)) {
 			off := (s.offset + externalAlign - 1) / externalAlign * externalAlign
 			s.pending = append(s.pending, pendingTensor{t: t, offset: off})
@@ -427,6 +440,18 @@ func (s *saver) writeData(path string) error {
 				}
 				pos += pad
 			}
+			if p.t.stream != nil {
+				size, _ := p.t.ByteSize()
+				cw := &countingWriter{w: w}
+				if err := p.t.stream(cw); err != nil {
+					return fmt.Errorf("tensor %q: %w", p.t.Name, err)
+				}
+				if cw.n != size {
+					return fmt.Errorf("tensor %q: produced %d bytes, want %d", p.t.Name, cw.n, size)
+				}
+				pos += cw.n
+				continue
+			}
 			n, err := w.Write(p.t.raw)
 			if err != nil {
 				return err
@@ -477,4 +502,15 @@ func WriteFileAtomic(path string, write func(io.Writer) error) (err error) {
 		d.Close()
 	}
 	return nil
+}
+
+type countingWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
 }

@@ -1,6 +1,7 @@
 package graph
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -31,7 +32,10 @@ type Tensor struct {
 	// spilled marks tensors whose data should go to the output's external
 	// data file when saved (they were external when loaded).
 	spilled bool
-	rest    []byte
+	// stream, when set, produces the data at save time, so a tensor
+	// computed from a big external one never has to sit in memory.
+	stream func(io.Writer) error
+	rest   []byte
 }
 
 // External locates a tensor's bytes in a file beside the model.
@@ -103,6 +107,13 @@ func (t *Tensor) IsExternal() bool { return t.ext != nil }
 // Bytes returns the little-endian element data, reading the external file
 // on first use. The result must not be modified: it may be shared.
 func (t *Tensor) Bytes() ([]byte, error) {
+	if t.stream != nil {
+		var buf bytes.Buffer
+		if err := t.stream(&buf); err != nil {
+			return nil, fmt.Errorf("tensor %q: %w", t.Name, err)
+		}
+		return buf.Bytes(), nil
+	}
 	if t.ext == nil {
 		if t.DType == String {
 			return nil, fmt.Errorf("tensor %q: string tensors have no raw bytes", t.Name)
@@ -181,6 +192,19 @@ func (t *Tensor) SetBytes(raw []byte) {
 	t.ext = nil
 	t.raw = raw
 	t.typed = false
+	t.stream = nil
+}
+
+// SetStream replaces the data with a producer that writes exactly
+// ByteSize bytes when the model is saved. The tensor is saved to the
+// output's external data file, streaming, so memory stays flat however
+// big it is.
+func (t *Tensor) SetStream(write func(io.Writer) error) {
+	t.spilled = true
+	t.ext = nil
+	t.raw = nil
+	t.typed = false
+	t.stream = write
 }
 
 // SetExternal points the tensor at bytes in a file, replacing in-memory
@@ -192,6 +216,7 @@ func (t *Tensor) SetExternal(e External) error {
 	t.ext = &e
 	t.raw = nil
 	t.typed = false
+	t.stream = nil
 	return nil
 }
 

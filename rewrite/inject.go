@@ -1,0 +1,275 @@
+package rewrite
+
+// Pass "inject".
+//
+// Pre:  the model has targets (FindTargets) and none of the selected ones
+//       already carries a LoRA branch.
+// Post: every selected target's output y is replaced, for all its readers
+//       and under its own name, by y + scale·((x·A)·B), where A = lora_Aᵀ
+//       [in, r] and B = lora_Bᵀ [r, out] are initializers (or graph
+//       inputs) named "<target>.lora_A" / ".lora_B" holding exactly the
+//       adapter's values, and scale is a separate scalar "<target>.lora_scale".
+//       The base output is renamed "<y>.base". Branch nodes carry the
+//       metadata key BranchKey so strip, fuse and FindTargets know them.
+//       c.Adapter holds the adapter (new or given), c.Injected the targets.
+
+import (
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"math"
+	"math/rand/v2"
+	"sort"
+	"strings"
+
+	"github.com/loracc/loracc/adapter"
+	"github.com/loracc/loracc/graph"
+)
+
+// BranchKey marks the nodes inject adds; its value is the target's name.
+const BranchKey = "loracc.lora_branch"
+
+// Init chooses how a new adapter starts.
+type Init struct {
+	// Method is "kaiming" (PEFT's default: A uniform in ±1/√in, B = 0),
+	// "gaussian" (A normal with std 1/r as PEFT does, B = 0) or "zeros".
+	Method string
+	Seed   uint64
+}
+
+// ErrNoTarget is returned when the selection leaves nothing to adapt.
+var ErrNoTarget = errors.New("no target matched")
+
+func injectPass(m *graph.Model, c *Context) error {
+	all, _ := FindTargets(m)
+	var targets []*Target
+	if c.Adapter != nil {
+		byName := map[string]*Target{}
+		for _, t := range all {
+			byName[t.Name] = t
+		}
+		for _, l := range c.Adapter.Layers {
+			t := byName[l.Name]
+			if t == nil {
+				return fmt.Errorf("adapter layer %q: the model has no target of that name (targets: %s)", l.Name, targetList(all))
+			}
+			if int64(l.In) != t.In || int64(l.Out) != t.Out {
+				return fmt.Errorf("adapter layer %q is [in=%d, out=%d], but node %q (%s) has weight %q [in=%d, out=%d]", l.Name, l.In, l.Out, t.Node.Name, t.Node.Op, t.Weight.Name, t.In, t.Out)
+			}
+			targets = append(targets, t)
+		}
+	} else {
+		targets, _ = c.Selector.Select(all)
+		if len(targets) == 0 {
+			return fmt.Errorf("%w (targets in the model: %s)", ErrNoTarget, targetList(all))
+		}
+		a, err := newAdapter(targets, c.Config, c.Init)
+		if err != nil {
+			return err
+		}
+		c.Adapter = a
+	}
+	for _, t := range targets {
+		if owner := branchOf(t.Node); owner != "" {
+			return fmt.Errorf("node %q (%s): target %q already has a LoRA branch; fuse or strip it first", t.Node.Name, t.Node.Op, t.Name)
+		}
+	}
+	SortByName(targets)
+	for _, t := range targets {
+		l := c.Adapter.Layer(t.Name)
+		scale := c.Adapter.Config.Scale(t.Name)
+		if err := addBranch(t, l, scale, c.AdapterInputs); err != nil {
+			return fmt.Errorf("node %q (%s): %w", t.Node.Name, t.Node.Op, err)
+		}
+	}
+	for _, g := range touchedGraphs(targets) {
+		if err := g.SortTopo(); err != nil {
+			return err
+		}
+	}
+	c.Injected = targets
+	c.logf("injected %d LoRA branches", len(targets))
+	return nil
+}
+
+// branchOf returns the target name of the LoRA branch that reads n's
+// output, "" when none does.
+func branchOf(n *graph.Node) string {
+	out := n.Output(0)
+	if out == nil {
+		return ""
+	}
+	for _, u := range out.Uses() {
+		if name := u.Node.MetadataValue(BranchKey); name != "" {
+			return name
+		}
+	}
+	return ""
+}
+
+func targetList(ts []*Target) string {
+	if len(ts) == 0 {
+		return "none"
+	}
+	var names []string
+	for i, t := range ts {
+		if i == 12 {
+			names = append(names, fmt.Sprintf("... %d more", len(ts)-i))
+			break
+		}
+		names = append(names, t.Name)
+	}
+	return strings.Join(names, ", ")
+}
+
+func touchedGraphs(ts []*Target) []*graph.Graph {
+	var gs []*graph.Graph
+	seen := map[*graph.Graph]bool{}
+	for _, t := range ts {
+		if g := t.Node.Graph(); !seen[g] {
+			seen[g] = true
+			gs = append(gs, g)
+		}
+	}
+	return gs
+}
+
+// newAdapter creates a PEFT-layout adapter for the targets. Each layer has
+// its own random stream derived from the seed and its name, so adding or
+// removing a target leaves the others' values unchanged.
+func newAdapter(ts []*Target, cfg adapter.Config, init Init) (*adapter.Adapter, error) {
+	a := &adapter.Adapter{Config: cfg}
+	a.Config.TargetModules = nil
+	for _, t := range ts {
+		r := cfg.Rank(t.Name)
+		if r <= 0 {
+			return nil, fmt.Errorf("target %q: rank %d must be positive", t.Name, r)
+		}
+		if int64(r) > min(t.In, t.Out) {
+			return nil, fmt.Errorf("target %q: rank %d exceeds min(in=%d, out=%d)", t.Name, r, t.In, t.Out)
+		}
+		l := adapter.Layer{Name: t.Name, Rank: r, In: int(t.In), Out: int(t.Out),
+			A: make([]float32, r*int(t.In)), B: make([]float32, int(t.Out)*r)}
+		h := fnv.New64a()
+		h.Write([]byte(t.Name))
+		rng := rand.New(rand.NewPCG(init.Seed, h.Sum64()))
+		switch init.Method {
+		case "", "kaiming":
+			bound := 1 / math.Sqrt(float64(t.In))
+			for i := range l.A {
+				l.A[i] = float32((2*rng.Float64() - 1) * bound)
+			}
+		case "gaussian":
+			std := 1 / float64(r)
+			for i := range l.A {
+				l.A[i] = float32(rng.NormFloat64() * std)
+			}
+		case "zeros":
+		default:
+			return nil, fmt.Errorf("unknown init %q (want kaiming, gaussian or zeros)", init.Method)
+		}
+		a.Layers = append(a.Layers, l)
+		a.Config.TargetModules = append(a.Config.TargetModules, t.Name)
+	}
+	SortLayers(a)
+	return a, nil
+}
+
+// SortLayers orders an adapter's layers by name, as Adapter.Layer expects.
+func SortLayers(a *adapter.Adapter) {
+	sort.SliceStable(a.Layers, func(i, j int) bool { return a.Layers[i].Name < a.Layers[j].Name })
+}
+
+// transposed returns the [cols, rows] transpose of a row-major matrix.
+func transposed(x []float32, rows, cols int) []float32 {
+	out := make([]float32, len(x))
+	for i := 0; i < rows; i++ {
+		for j := 0; j < cols; j++ {
+			out[j*rows+i] = x[i*cols+j]
+		}
+	}
+	return out
+}
+
+// addBranch inserts the LoRA branch for one target.
+func addBranch(t *Target, l *adapter.Layer, scale float64, asInputs bool) error {
+	g := t.Node.Graph()
+	x := t.Node.Input(0)
+	y := t.Node.Output(0)
+	if y == nil {
+		return errors.New("node has no output")
+	}
+	dt := t.DType
+	aT := transposed(l.A, l.Rank, l.In)  // [in, r]
+	bT := transposed(l.B, l.Out, l.Rank) // [r, out]
+	b := &graph.Builder{G: g, Prefix: "lora/" + t.Name, Metadata: append(keepScopes(t.Node), graph.KV{Key: BranchKey, Value: t.Name})}
+	// Adapter tensors live in the main graph so that they can be graph
+	// inputs and so that one place holds them all; subgraphs see them.
+	root := g.Root()
+	param := func(suffix string, dims []int64, vals []float32) (*graph.Value, error) {
+		name := t.Name + suffix
+		if asInputs {
+			shape := make([]graph.Dim, len(dims))
+			for i, d := range dims {
+				shape[i] = graph.Dim{Value: d}
+			}
+			return root.AddInput(name, &graph.TensorType{DType: dt, Shape: shape}), nil
+		}
+		tensor, err := graph.NewFloatTensor(name, dt, dims, vals)
+		if err != nil {
+			return nil, err
+		}
+		return root.AddInitializer(tensor), nil
+	}
+	av, err := param(".lora_A", []int64{int64(l.In), int64(l.Rank)}, aT)
+	if err != nil {
+		return err
+	}
+	bv, err := param(".lora_B", []int64{int64(l.Rank), int64(l.Out)}, bT)
+	if err != nil {
+		return err
+	}
+	st, err := graph.NewFloatTensor(t.Name+".lora_scale", dt, nil, []float32{float32(scale)})
+	if err != nil {
+		return err
+	}
+	sv := root.AddInitializer(st)
+
+	readers := y.Uses()
+	wasOutput := y.IsGraphOutput()
+	orig := y.Name
+	if err := y.Rename(g.UniqueName(orig + ".base")); err != nil {
+		return err
+	}
+	xa := b.Op("MatMul", t.Name+".lora_xA", []*graph.Value{x, av})
+	xab := b.Op("MatMul", t.Name+".lora_xAB", []*graph.Value{xa, bv})
+	scaled := b.Op("Mul", t.Name+".lora_delta", []*graph.Value{xab, sv})
+	sum := b.Op("Add", orig, []*graph.Value{y, scaled})
+	if y.Type != nil {
+		tt := *y.Type
+		sum.Type = &tt
+	}
+	for _, u := range readers {
+		u.Node.SetInput(u.Index, sum)
+	}
+	if wasOutput {
+		for i, o := range g.Outputs {
+			if o == y {
+				g.Outputs[i] = sum
+			}
+		}
+	}
+	return nil
+}
+
+// keepScopes copies the exporter's module-path metadata of the target onto
+// the branch, so tools that group nodes by module see the branch inside it.
+func keepScopes(n *graph.Node) []graph.KV {
+	var kvs []graph.KV
+	for _, kv := range n.Metadata {
+		if strings.HasPrefix(kv.Key, "pkg.torch.onnx.") {
+			kvs = append(kvs, kv)
+		}
+	}
+	return kvs
+}

@@ -1,0 +1,90 @@
+// Package rewrite holds loracc's graph passes. Every pass has the same
+// signature and lives in its own file; the table below is the one place
+// that lists them, in the order pipelines run them, with why each exists.
+package rewrite
+
+import (
+	"fmt"
+
+	"github.com/loracc/loracc/adapter"
+	"github.com/loracc/loracc/graph"
+)
+
+// Pass is one graph rewrite.
+type Pass struct {
+	Name string
+	// Why says what the pass is for; printed by --dump.
+	Why string
+	Run func(m *graph.Model, c *Context) error
+}
+
+// Context carries a pipeline's options and what passes hand each other.
+type Context struct {
+	// Selector picks targets (inject, inspect).
+	Selector Selector
+	// Config gives rank, alpha and patterns for new adapters (inject).
+	Config adapter.Config
+	// Init chooses how new adapters start (inject).
+	Init Init
+	// Adapter is the adapter a pass reads (fuse, inject with given
+	// values) or writes (inject).
+	Adapter *adapter.Adapter
+	// AdapterInputs makes A and B graph inputs instead of initializers.
+	AdapterInputs bool
+	// Scale, when non-nil, replaces each layer's alpha/r (fuse --scale).
+	Scale *float64
+	// Logf receives progress and notes; nil discards them.
+	Logf func(format string, args ...any)
+	// Dump, when set, is called after each pass with the pass's name.
+	Dump func(pass string, m *graph.Model)
+	// Verify runs graph.Verify after every pass (tests turn it on).
+	Verify bool
+
+	// Injected lists the targets inject rewrote, in adapter order.
+	Injected []*Target
+}
+
+func (c *Context) logf(format string, args ...any) {
+	if c.Logf != nil {
+		c.Logf(format, args...)
+	}
+}
+
+// Passes returns the pass table. Order matters where a pipeline runs
+// several: strip must precede fuse (fuse folds into the base weights and
+// expects no branch), and inject must not see a model that still has
+// branches from another adapter (it refuses targets that have one).
+func Passes() []Pass {
+	return []Pass{
+		{Name: "inject", Why: "add y += scale·(x·A)·B beside each selected MatMul/Gemm with a constant weight", Run: injectPass},
+		{Name: "strip", Why: "remove LoRA branches added by inject, restoring the base graph's names", Run: stripPass},
+		{Name: "fuse", Why: "fold W += scale·A·B into the base weights, streaming external data", Run: fusePass},
+	}
+}
+
+// Run applies the named passes in order. Errors are wrapped as
+// `pass "name": ...`.
+func Run(m *graph.Model, c *Context, names ...string) error {
+	table := map[string]Pass{}
+	for _, p := range Passes() {
+		table[p.Name] = p
+	}
+	for _, name := range names {
+		p, ok := table[name]
+		if !ok {
+			return fmt.Errorf("unknown pass %q", name)
+		}
+		if err := p.Run(m, c); err != nil {
+			return fmt.Errorf("pass %q: %w", name, err)
+		}
+		if c.Verify {
+			if err := m.Graph.Verify(); err != nil {
+				return fmt.Errorf("pass %q broke the IR: %w", name, err)
+			}
+		}
+		if c.Dump != nil {
+			c.Dump(name, m)
+		}
+	}
+	return nil
+}
