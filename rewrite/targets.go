@@ -123,7 +123,7 @@ func targetName(n *graph.Node, w *graph.Value, wrapper string) string {
 }
 
 // modulePath reads a name_scopes list such as
-// "['', 'm', 'm.model', 'm.model.layers.0.q_proj', 'linear']" and returns
+// "[”, 'm', 'm.model', 'm.model.layers.0.q_proj', 'linear']" and returns
 // the deepest entry of the chain in which each entry extends the one
 // before with ".": here "m.model.layers.0.q_proj" (the trailing 'linear'
 // names the function called, not a module).
