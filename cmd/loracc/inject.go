@@ -1,0 +1,176 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/loracc/loracc/adapter"
+	"github.com/loracc/loracc/graph"
+	"github.com/loracc/loracc/rewrite"
+	"github.com/urfave/cli/v2"
+)
+
+func injectCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "inject",
+		Usage: "insert LoRA branches next to MatMul/Gemm nodes and write the adapter",
+		UsageText: "inject MODEL.onnx --rank R [--alpha A] [--target RE]... [--exclude RE]... [--rank-pattern RE=R]... " +
+			"[--alpha-pattern RE=A]... [--init kaiming|gaussian|zeros] [--seed N] [--adapter-inputs] [-o OUT.onnx] [--adapter DIR]",
+		Flags: append(selectorFlags(),
+			&cli.IntFlag{Name: "rank", Aliases: []string{"r"}, Value: 8, Usage: "LoRA rank r"},
+			&cli.Float64Flag{Name: "alpha", Usage: "lora_alpha; the branch is scaled by alpha/r (default: the rank, scale 1)"},
+			&cli.StringSliceFlag{Name: "rank-pattern", Usage: "RE=R: rank R for targets whose name matches RE (PEFT's rank_pattern)"},
+			&cli.StringSliceFlag{Name: "alpha-pattern", Usage: "RE=A: alpha A for matching targets (PEFT's alpha_pattern)"},
+			&cli.StringFlag{Name: "init", Value: "kaiming", Usage: "kaiming (PEFT's default: A uniform ±1/√in, B=0), gaussian (A ~ N(0, (1/r)²), B=0) or zeros"},
+			&cli.Uint64Flag{Name: "seed", Value: 0, Usage: "random seed for the initial adapter"},
+			&cli.BoolFlag{Name: "adapter-inputs", Usage: "make lora_A/lora_B graph inputs, so one loaded model serves any adapter"},
+			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Usage: "output model (default: MODEL.lora.onnx)"},
+			&cli.StringFlag{Name: "adapter", Usage: "adapter directory to write (default: OUT without .onnx plus .adapter)"},
+			&cli.BoolFlag{Name: "dump", Usage: "print the graph after each pass"},
+		),
+		Action: injectAction,
+	}
+}
+
+// outputPath puts "<base>.<suffix>.onnx" next to the input.
+func outputPath(in, suffix string) string {
+	return strings.TrimSuffix(in, ".onnx") + "." + suffix + ".onnx"
+}
+
+func adapterDir(out string) string {
+	return strings.TrimSuffix(out, ".onnx") + ".adapter"
+}
+
+func parsePatterns(c *cli.Context, flag string, parse func(string) (float64, error)) (map[string]float64, error) {
+	out := map[string]float64{}
+	for _, p := range c.StringSlice(flag) {
+		i := strings.LastIndex(p, "=")
+		if i <= 0 {
+			return nil, fmt.Errorf("--%s %q: want RE=VALUE", flag, p)
+		}
+		v, err := parse(p[i+1:])
+		if err != nil {
+			return nil, fmt.Errorf("--%s %q: %w", flag, p, err)
+		}
+		out[p[:i]] = v
+	}
+	return out, nil
+}
+
+func injectConfig(c *cli.Context) (adapter.Config, error) {
+	rank := c.Int("rank")
+	if rank <= 0 {
+		return adapter.Config{}, fmt.Errorf("--rank %d: must be positive", rank)
+	}
+	alpha := float64(rank)
+	if c.IsSet("alpha") {
+		alpha = c.Float64("alpha")
+	}
+	cfg := adapter.NewConfig(rank, alpha)
+	ranks, err := parsePatterns(c, "rank-pattern", func(s string) (float64, error) {
+		r, err := strconv.Atoi(s)
+		if err == nil && r <= 0 {
+			err = fmt.Errorf("rank must be positive")
+		}
+		return float64(r), err
+	})
+	if err != nil {
+		return cfg, err
+	}
+	for k, v := range ranks {
+		if cfg.RankPattern == nil {
+			cfg.RankPattern = map[string]int{}
+		}
+		cfg.RankPattern[k] = int(v)
+	}
+	alphas, err := parsePatterns(c, "alpha-pattern", func(s string) (float64, error) { return strconv.ParseFloat(s, 64) })
+	if err != nil {
+		return cfg, err
+	}
+	for k, v := range alphas {
+		if cfg.AlphaPattern == nil {
+			cfg.AlphaPattern = map[string]float64{}
+		}
+		cfg.AlphaPattern[k] = v
+	}
+	return cfg, cfg.Validate()
+}
+
+func injectAction(c *cli.Context) error {
+	in, err := onePositional(c, "MODEL.onnx")
+	if err != nil {
+		return err
+	}
+	sel, err := selector(c)
+	if err != nil {
+		return err
+	}
+	cfg, err := injectConfig(c)
+	if err != nil {
+		return err
+	}
+	out := c.String("output")
+	if out == "" {
+		out = outputPath(in, "lora")
+	}
+	dir := c.String("adapter")
+	if dir == "" {
+		dir = adapterDir(out)
+	}
+	if err := checkOutputs(in, out); err != nil {
+		return err
+	}
+	m, err := graph.Load(in)
+	if err != nil {
+		return err
+	}
+	logf := logger(c)
+	ctx := &rewrite.Context{
+		Selector: sel, Config: cfg, AdapterInputs: c.Bool("adapter-inputs"),
+		Init: rewrite.Init{Method: c.String("init"), Seed: c.Uint64("seed")},
+		Logf: logf,
+	}
+	if c.Bool("dump") {
+		ctx.Dump = dumper(c)
+	}
+	if err := rewrite.Run(m, ctx, "inject"); err != nil {
+		return fmt.Errorf("%s: %w", in, err)
+	}
+	if err := graph.Save(m, out, graph.SaveOptions{Notef: logf}); err != nil {
+		return err
+	}
+	if err := ctx.Adapter.Save(dir); err != nil {
+		return err
+	}
+	var params int64
+	for _, l := range ctx.Adapter.Layers {
+		params += int64(l.Rank * (l.In + l.Out))
+	}
+	fmt.Fprintf(c.App.Writer, "injected %d LoRA branches (%d trainable parameters)\nmodel:   %s\nadapter: %s\n", len(ctx.Injected), params, out, dir)
+	if ctx.AdapterInputs {
+		fmt.Fprintf(c.App.Writer, "adapter tensors are graph inputs: feed <target>.lora_A [in, r] and <target>.lora_B [r, out] (the transposes of the adapter's lora_A/lora_B) with every run\n")
+	}
+	return nil
+}
+
+// checkOutputs refuses to overwrite the input model.
+func checkOutputs(in, out string) error {
+	ai, err1 := filepath.Abs(in)
+	ao, err2 := filepath.Abs(out)
+	if err1 == nil && err2 == nil && ai == ao {
+		return fmt.Errorf("output %s would overwrite the input model; pass -o", out)
+	}
+	if st, err := os.Stat(filepath.Dir(ao)); err != nil || !st.IsDir() {
+		return fmt.Errorf("output folder %s does not exist", filepath.Dir(out))
+	}
+	return nil
+}
+
+func dumper(c *cli.Context) func(string, *graph.Model) {
+	return func(pass string, m *graph.Model) {
+		fmt.Fprintf(c.App.Writer, "=== after pass %q ===\n%s", pass, graph.Format(m))
+	}
+}

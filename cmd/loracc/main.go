@@ -1,0 +1,75 @@
+// Command loracc adds LoRA adapters to ONNX models, trains them with ONNX
+// Runtime and fuses them back into the weights. Run without arguments, it
+// walks through the seed example end to end.
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"github.com/urfave/cli/v2"
+)
+
+func main() {
+	if err := run(os.Args, os.Stdout, os.Stderr); err != nil {
+		fmt.Fprintf(os.Stderr, "loracc: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+// run is main without the process: tests call it with their own writers.
+func run(args []string, stdout, stderr io.Writer) error {
+	app := newApp(stdout, stderr)
+	return app.Run(flagsFirst(app, args))
+}
+
+func newApp(stdout, stderr io.Writer) *cli.App {
+	app := &cli.App{
+		Name:      "loracc",
+		Usage:     "LoRA for ONNX models: inject, train, fuse",
+		Writer:    stdout,
+		ErrWriter: stderr,
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "ort-lib", EnvVars: []string{"LORACC_ORT_LIB"},
+				Usage: "path of libonnxruntime.so (default: ~/.cache/loracc/onnxruntime-1.29.0/libonnxruntime.so.1, where scripts/fetch-ort.sh puts it)"},
+		},
+		Commands: []*cli.Command{
+			inspectCommand(),
+			injectCommand(),
+			fuseCommand(),
+			demoCommand(),
+		},
+		// No command: the embedded seed example, so `loracc` alone shows
+		// what the tool does.
+		Action: func(c *cli.Context) error {
+			if c.Args().Len() > 0 {
+				return fmt.Errorf("unknown command %q (see loracc --help)", c.Args().First())
+			}
+			return runDemo(c)
+		},
+		HideHelpCommand: true,
+		ExitErrHandler:  func(*cli.Context, error) {},
+	}
+	return app
+}
+
+// onePositional returns the single MODEL argument or a usage error.
+func onePositional(c *cli.Context, what string) (string, error) {
+	switch c.Args().Len() {
+	case 0:
+		return "", fmt.Errorf("%s: missing %s argument (usage: loracc %s)", c.Command.Name, what, c.Command.UsageText)
+	case 1:
+		return c.Args().First(), nil
+	}
+	return "", fmt.Errorf("%s: expected one %s, got %q", c.Command.Name, what, strings.Join(c.Args().Slice(), " "))
+}
+
+// logger writes progress lines to stderr.
+func logger(c *cli.Context) func(string, ...any) {
+	w := c.App.ErrWriter
+	return func(format string, args ...any) {
+		fmt.Fprintf(w, format+"\n", args...)
+	}
+}
