@@ -58,7 +58,6 @@ func fusePass(m *graph.Model, c *Context) error {
 			return fmt.Errorf("node %q (%s), weight %q: %w", t.Node.Name, t.Node.Op, t.Weight.Name, err)
 		}
 	}
-	c.logf("fused %d adapter layers into their weights", len(c.Adapter.Layers))
 	return nil
 }
 

@@ -134,6 +134,7 @@ func TestModulePath(t *testing.T) {
 	cases := map[string]string{
 		"['', 'm', 'm.model', 'm.model.layers.0.self_attn.q_proj', 'linear']": "m.model.layers.0.self_attn.q_proj",
 		"['', 'fc']": "fc",
+		"['_empty_nn_module_stack_from_metadata_hook', 'sym_size_int_24']": "",
 		"":           "",
 		"garbage":    "",
 	}

@@ -88,7 +88,6 @@ func injectPass(m *graph.Model, c *Context) error {
 		}
 	}
 	c.Injected = targets
-	c.logf("injected %d LoRA branches", len(targets))
 	return nil
 }
 

@@ -41,6 +41,11 @@ func stripGraph(g *graph.Graph) (int, error) {
 	for _, add := range adds {
 		base, sum := add.Input(0), add.Output(0)
 		name := sum.Name
+		if base.Type == nil && sum.Type != nil {
+			// the base output may be an output again: it needs the type
+			tt := *sum.Type
+			base.Type = &tt
+		}
 		sum.ReplaceAllUsesWith(base)
 		if err := g.RemoveNode(add); err != nil {
 			return 0, err

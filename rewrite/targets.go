@@ -89,6 +89,9 @@ func asTarget(n *graph.Node) (*Target, string) {
 		if constTensor(n.Input(0)) != nil {
 			return nil, "constant is the first input (x·W expected, W·x found)"
 		}
+		if p, _ := w.Producer(); p != nil && p.Op != "Constant" {
+			return nil, fmt.Sprintf("weight is not a constant: computed by %s node %q (activation × activation)", p.Op, p.Name)
+		}
 		return nil, "weight is not a constant (activation × activation)"
 	}
 	if len(t.Dims) != 2 {
@@ -126,11 +129,16 @@ func targetName(n *graph.Node, w *graph.Value, wrapper string) string {
 // "[”, 'm', 'm.model', 'm.model.layers.0.q_proj', 'linear']" and returns
 // the deepest entry of the chain in which each entry extends the one
 // before with ".": here "m.model.layers.0.q_proj" (the trailing 'linear'
-// names the function called, not a module).
+// names the function called, not a module). Lists that do not start at
+// the root module ('') are not module stacks (the exporter uses them for
+// shape arithmetic outside any module) and give "".
 func modulePath(scopes string) string {
 	parts := parseScopes(scopes)
+	if len(parts) == 0 || parts[0] != "" {
+		return ""
+	}
 	path := ""
-	for _, p := range parts {
+	for _, p := range parts[1:] {
 		if p == "" {
 			continue
 		}
