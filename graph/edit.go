@@ -239,3 +239,25 @@ func (v *Value) Rename(name string) error {
 	}
 	return nil
 }
+
+// PlaceAfter moves nodes (already in g) to sit right after anchor, in the
+// given order. Rewrites use it to put new nodes next to the node they
+// extend, so the rest of the list keeps its order and undoing the rewrite
+// restores the original list exactly.
+func (g *Graph) PlaceAfter(anchor *Node, nodes ...*Node) {
+	move := map[*Node]bool{}
+	for _, n := range nodes {
+		move[n] = true
+	}
+	out := make([]*Node, 0, len(g.Nodes))
+	for _, n := range g.Nodes {
+		if move[n] {
+			continue
+		}
+		out = append(out, n)
+		if n == anchor {
+			out = append(out, nodes...)
+		}
+	}
+	g.Nodes = out
+}

@@ -82,11 +82,6 @@ func injectPass(m *graph.Model, c *Context) error {
 			return fmt.Errorf("node %q (%s): %w", t.Node.Name, t.Node.Op, err)
 		}
 	}
-	for _, g := range touchedGraphs(targets) {
-		if err := g.SortTopo(); err != nil {
-			return err
-		}
-	}
 	c.Injected = targets
 	return nil
 }
@@ -119,18 +114,6 @@ func targetList(ts []*Target) string {
 		names = append(names, t.Name)
 	}
 	return strings.Join(names, ", ")
-}
-
-func touchedGraphs(ts []*Target) []*graph.Graph {
-	var gs []*graph.Graph
-	seen := map[*graph.Graph]bool{}
-	for _, t := range ts {
-		if g := t.Node.Graph(); !seen[g] {
-			seen[g] = true
-			gs = append(gs, g)
-		}
-	}
-	return gs
 }
 
 // newAdapter creates a PEFT-layout adapter for the targets. Each layer has
@@ -244,13 +227,23 @@ func addBranch(t *Target, l *adapter.Layer, scale float64, asInputs bool) error 
 	xab := b.Op("MatMul", t.Name+".lora_xAB", []*graph.Value{xa, bv})
 	scaled := b.Op("Mul", t.Name+".lora_delta", []*graph.Value{xab, sv})
 	sum := b.Op("Add", orig, []*graph.Value{y, scaled})
+	// The sum takes over the value's identity: name, type, doc, metadata.
 	if y.Type != nil {
 		tt := *y.Type
 		sum.Type = &tt
 	}
+	sum.DocString, sum.Metadata = y.DocString, y.Metadata
+	y.DocString, y.Metadata = "", nil
 	for _, u := range readers {
 		u.Node.SetInput(u.Index, sum)
 	}
+	// x is ready before the target, so the branch can follow it directly.
+	var branch []*graph.Node
+	for _, v := range []*graph.Value{xa, xab, scaled, sum} {
+		p, _ := v.Producer()
+		branch = append(branch, p)
+	}
+	g.PlaceAfter(t.Node, branch...)
 	if wasOutput {
 		for i, o := range g.Outputs {
 			if o == y {

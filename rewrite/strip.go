@@ -46,6 +46,7 @@ func stripGraph(g *graph.Graph) (int, error) {
 			tt := *sum.Type
 			base.Type = &tt
 		}
+		base.DocString, base.Metadata = sum.DocString, sum.Metadata
 		sum.ReplaceAllUsesWith(base)
 		if err := g.RemoveNode(add); err != nil {
 			return 0, err
