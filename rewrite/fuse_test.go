@@ -135,8 +135,8 @@ func TestModulePath(t *testing.T) {
 		"['', 'm', 'm.model', 'm.model.layers.0.self_attn.q_proj', 'linear']": "m.model.layers.0.self_attn.q_proj",
 		"['', 'fc']": "fc",
 		"['_empty_nn_module_stack_from_metadata_hook', 'sym_size_int_24']": "",
-		"":           "",
-		"garbage":    "",
+		"":        "",
+		"garbage": "",
 	}
 	for in, want := range cases {
 		if got := modulePath(in); got != want {

@@ -130,7 +130,7 @@ func targetName(n *graph.Node, w *graph.Value, wrapper string) string {
 // the deepest entry of the chain in which each entry extends the one
 // before with ".": here "m.model.layers.0.q_proj" (the trailing 'linear'
 // names the function called, not a module). Lists that do not start at
-// the root module ('') are not module stacks (the exporter uses them for
+// the root module (”) are not module stacks (the exporter uses them for
 // shape arithmetic outside any module) and give "".
 func modulePath(scopes string) string {
 	parts := parseScopes(scopes)
