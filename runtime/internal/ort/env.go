@@ -1,0 +1,98 @@
+// Package ort is the only place in loracc that touches cgo: it adapts
+// github.com/yalue/onnxruntime_go to the byte-tensor API of package runtime.
+//
+// Everything here is about working with, and around, onnxruntime_go v1.27.0:
+// its process-global environment, its typed Go tensors, and the cases it
+// cannot express (see values.go).
+package ort
+
+import (
+	"fmt"
+	"path/filepath"
+	"sync"
+
+	ortgo "github.com/yalue/onnxruntime_go"
+)
+
+// env is the one piece of package-level mutable state in loracc. It exists
+// because onnxruntime_go itself keeps the OrtEnv, the CPU memory info and the
+// dlopen handle in package variables: there is exactly one ORT environment
+// per process whatever we do. Counting references here lets several
+// runtime.Env values (say, two tests, or a compiler pass and a checker) share
+// it, and turns "loaded from another path" into an error instead of silently
+// using the first library.
+var env struct {
+	sync.Mutex
+	refs    int
+	path    string // canonical path of the loaded library while refs > 0
+	version string
+}
+
+// Acquire loads the ONNX Runtime shared library at libPath and initialises
+// the environment, or adds a reference if the same library is already loaded.
+// It returns the library's version string. Every successful Acquire must be
+// matched by one Release.
+func Acquire(libPath string) (string, error) {
+	canon, err := canonicalPath(libPath)
+	if err != nil {
+		return "", err
+	}
+	env.Lock()
+	defer env.Unlock()
+	if env.refs > 0 {
+		if canon != env.path {
+			return "", fmt.Errorf("onnxruntime is already loaded from %q in this process; cannot also load %q (close every Env first)", env.path, canon)
+		}
+		env.refs++
+		return env.version, nil
+	}
+	if ortgo.IsInitialized() {
+		// Someone used onnxruntime_go directly; we cannot know which
+		// library they loaded, so refuse rather than guess.
+		return "", fmt.Errorf("onnxruntime_go was initialised outside loracc's runtime package")
+	}
+	ortgo.SetSharedLibraryPath(canon)
+	if err := ortgo.InitializeEnvironment(); err != nil {
+		return "", fmt.Errorf("initialising onnxruntime from %q: %w", canon, err)
+	}
+	env.refs = 1
+	env.path = canon
+	env.version = ortgo.GetVersion()
+	return env.version, nil
+}
+
+// Release drops one reference taken by Acquire; the last one destroys the
+// environment and unloads the library, after which Acquire may load a
+// different one.
+func Release() error {
+	env.Lock()
+	defer env.Unlock()
+	if env.refs == 0 {
+		// Only reachable through a bug in package runtime, which guards
+		// against double release.
+		panic("ort: Release without Acquire")
+	}
+	env.refs--
+	if env.refs > 0 {
+		return nil
+	}
+	env.path, env.version = "", ""
+	if err := ortgo.DestroyEnvironment(); err != nil {
+		return fmt.Errorf("destroying onnxruntime environment: %w", err)
+	}
+	return nil
+}
+
+// canonicalPath makes "./lib.so" and "/abs/dir/../dir/lib.so" compare equal,
+// so that opening the same library twice by different spellings is allowed.
+func canonicalPath(p string) (string, error) {
+	abs, err := filepath.Abs(p)
+	if err != nil {
+		return "", fmt.Errorf("onnxruntime library %q: %w", p, err)
+	}
+	real, err := filepath.EvalSymlinks(abs)
+	if err != nil {
+		return "", fmt.Errorf("onnxruntime library %q: %w", p, err)
+	}
+	return real, nil
+}
