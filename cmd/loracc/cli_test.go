@@ -304,3 +304,29 @@ func ortRuns(t *testing.T, e *runtime.Env, path string) bool {
 	s.Close()
 	return true
 }
+
+// TestRoundTripORT: a model loaded and saved by loracc computes exactly
+// what the original does.
+func TestRoundTripORT(t *testing.T) {
+	e := env(t)
+	for _, src := range testModels(t) {
+		m, err := graph.Load(src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := filepath.Join(t.TempDir(), filepath.Base(src))
+		if err := graph.Save(m, out, graph.SaveOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		if !ortRuns(t, e, src) {
+			continue
+		}
+		res, err := compareModels(e, src, out, "cpu", 11)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.MaxAbs != 0 {
+			t.Errorf("%s: outputs changed by load → save: %s", src, res)
+		}
+	}
+}
