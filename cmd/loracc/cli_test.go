@@ -330,3 +330,18 @@ func TestRoundTripORT(t *testing.T) {
 		}
 	}
 }
+
+// TestSeedDemo runs the README's main job and checks the fused table.
+func TestSeedDemo(t *testing.T) {
+	env(t)
+	out := mustLoracc(t, "demo", "--dir", t.TempDir())
+	for _, want := range []string{
+		"trainable params: 18 || all params: 38 || trainable%: 47.3684",
+		" 19.4900 20.6800 21.8700 23.0600",
+		"check: 1 outputs",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("demo output lacks %q:\n%s", want, out)
+		}
+	}
+}
