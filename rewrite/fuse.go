@@ -14,9 +14,12 @@ package rewrite
 //       copied first, so the other readers keep the base weight.
 
 import (
+	"encoding/binary"
 	"fmt"
 	"io"
 	"math"
+	goruntime "runtime"
+	"sync"
 
 	"github.com/loracc/loracc/adapter"
 	"github.com/loracc/loracc/graph"
@@ -105,6 +108,9 @@ func (d lowRank) addRows(w []float64, row0 int) {
 
 // fuseChunkBytes converts one chunk of W's bytes, adds ΔW and rounds back.
 func (d lowRank) fuseChunkBytes(dt graph.DataType, raw []byte, row0 int) ([]byte, error) {
+	if dt == graph.Float {
+		return d.fuseFloat32(raw, row0), nil
+	}
 	vals, err := graph.DecodeFloats(dt, raw)
 	if err != nil {
 		return nil, err
@@ -115,6 +121,25 @@ func (d lowRank) fuseChunkBytes(dt graph.DataType, raw []byte, row0 int) ([]byte
 	}
 	d.addRows(w, row0)
 	return encode64(dt, w)
+}
+
+// fuseFloat32 is fuseChunkBytes for fp32 in one pass per row, the hot
+// path of big fuses: ΔW's row is summed in float64, added to W's row and
+// rounded once, without materialising the chunk in float64.
+func (d lowRank) fuseFloat32(raw []byte, row0 int) []byte {
+	out := make([]byte, len(raw))
+	delta := make([]float64, d.cols)
+	rows := len(raw) / (4 * d.cols)
+	for i := 0; i < rows; i++ {
+		clear(delta)
+		d.addRows(delta, row0+i)
+		base := 4 * i * d.cols
+		for j, dv := range delta {
+			w := math.Float32frombits(binary.LittleEndian.Uint32(raw[base+4*j:]))
+			binary.LittleEndian.PutUint32(out[base+4*j:], math.Float32bits(float32(float64(w)+dv)))
+		}
+	}
+	return out
 }
 
 // encode64 rounds float64 sums once to dt. For fp16 and bf16 it goes
@@ -175,28 +200,63 @@ func fuseWeight(t *Target, l *adapter.Layer, s float64) error {
 	}
 	src := tensor.Clone() // still points at the base's file
 	tensor.SetStream(func(w io.Writer) error {
-		r, closer, _, err := src.Open()
-		if err != nil {
-			return err
-		}
-		defer closer.Close()
-		buf := make([]byte, int64(rowsPerChunk)*rowBytes)
+		return streamFused(src, w, d, dt, rowsPerChunk, rowBytes)
+	})
+	return nil
+}
+
+// streamFused reads W in chunks of rows, adds ΔW on every core and writes
+// the chunks in order. At most two chunks per core are in memory.
+func streamFused(src *graph.Tensor, w io.Writer, d lowRank, dt graph.DataType, rowsPerChunk int, rowBytes int64) error {
+	r, closer, _, err := src.Open()
+	if err != nil {
+		return err
+	}
+	defer closer.Close()
+	type result struct {
+		out []byte
+		err error
+	}
+	workers := max(1, goruntime.GOMAXPROCS(0))
+	order := make(chan chan result, 2*workers)
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		defer close(order)
 		for row := 0; row < d.rows; row += rowsPerChunk {
 			n := min(rowsPerChunk, d.rows-row)
-			chunk := buf[:int64(n)*rowBytes]
+			res := make(chan result, 1)
+			select {
+			case order <- res:
+			case <-done:
+				return
+			}
+			chunk := make([]byte, int64(n)*rowBytes)
 			if _, err := r.ReadAt(chunk, int64(row)*rowBytes); err != nil {
-				return fmt.Errorf("reading rows %d..%d: %w", row, row+n, err)
+				res <- result{err: fmt.Errorf("reading rows %d..%d: %w", row, row+n, err)}
+				return
 			}
-			out, err := d.fuseChunkBytes(dt, chunk, row)
-			if err != nil {
-				return err
-			}
-			if _, err := w.Write(out); err != nil {
-				return err
-			}
+			wg.Add(1)
+			go func(row int) {
+				defer wg.Done()
+				out, err := d.fuseChunkBytes(dt, chunk, row)
+				res <- result{out, err}
+			}(row)
 		}
-		return nil
-	})
+	}()
+	defer wg.Wait() // no reader outlives the file
+	defer close(done)
+	for res := range order {
+		x := <-res
+		if x.err != nil {
+			return x.err
+		}
+		if _, err := w.Write(x.out); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
