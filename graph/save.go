@@ -466,6 +466,11 @@ func (s *saver) writeData(path string) error {
 // folder, synced and renamed over path only after write succeeded, so a
 // crash or a full disk never leaves a partial file under the final name.
 func WriteFileAtomic(path string, write func(io.Writer) error) (err error) {
+	defer func() {
+		if err != nil {
+			err = fmt.Errorf("write %s: %w", path, err)
+		}
+	}()
 	dir := filepath.Dir(path)
 	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
 	if err != nil {
