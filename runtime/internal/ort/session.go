@@ -3,6 +3,7 @@ package ort
 import (
 	"errors"
 	"fmt"
+	"reflect"
 	"strconv"
 	"sync"
 
@@ -145,7 +146,7 @@ func (s *Session) Run(ins []Tensor, outs []OutputSpec) ([]Tensor, error) {
 	vals := make([]ortgo.Value, 0, len(ins))
 	defer func() {
 		for _, v := range vals {
-			v.Destroy()
+			destroy(v)
 		}
 	}()
 	for i, t := range ins {
@@ -208,9 +209,7 @@ func (s *Session) runAll(ins []ortgo.Value, outs []OutputSpec) ([]Tensor, error)
 	vals := make([]ortgo.Value, len(outs))
 	defer func() {
 		for _, v := range vals {
-			if v != nil {
-				v.Destroy()
-			}
+			destroy(v)
 		}
 	}()
 	for i, o := range outs {
@@ -291,4 +290,17 @@ func (s *Session) runBound(ins []ortgo.Value, outs []OutputSpec) ([]Tensor, erro
 		}
 	}
 	return res, nil
+}
+
+// destroy frees an ORT value. onnxruntime_go can leave a typed nil pointer
+// in an output slot when ORT fails to allocate it (a scalar output, for
+// one), and calling Destroy on that panics; such slots hold nothing.
+func destroy(v ortgo.Value) {
+	if v == nil {
+		return
+	}
+	if rv := reflect.ValueOf(v); rv.Kind() == reflect.Pointer && rv.IsNil() {
+		return
+	}
+	v.Destroy()
 }

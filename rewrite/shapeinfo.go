@@ -1,0 +1,281 @@
+package rewrite
+
+import (
+	"github.com/loracc/loracc/graph"
+)
+
+// staticInfo is what is known before running about a value: its element
+// type, its rank (-1 unknown) and its dims (nil unknown).
+type staticInfo struct {
+	dt   graph.DataType
+	rank int
+	dims []graph.Dim
+}
+
+// inferer derives element types and ranks of values the model does not
+// annotate, from the ops that produce them. It knows the ops gradient rules
+// meet; anything else is unknown, and rules that need a rank say so.
+type inferer struct {
+	memo map[*graph.Value]staticInfo
+}
+
+func newInferer() *inferer { return &inferer{memo: map[*graph.Value]staticInfo{}} }
+
+func (s *inferer) dtype(v *graph.Value) graph.DataType { return s.info(v).dt }
+func (s *inferer) rank(v *graph.Value) int             { return s.info(v).rank }
+
+// set records what a pass knows about a value it created.
+func (s *inferer) set(v *graph.Value, info staticInfo) { s.memo[v] = info }
+
+func (s *inferer) info(v *graph.Value) staticInfo {
+	if v == nil {
+		return staticInfo{rank: -1}
+	}
+	if in, ok := s.memo[v]; ok {
+		return in
+	}
+	s.memo[v] = staticInfo{rank: -1} // cycles (invalid graphs) end here
+	in := s.compute(v)
+	s.memo[v] = in
+	return in
+}
+
+func (s *inferer) compute(v *graph.Value) staticInfo {
+	if t := v.Const; t != nil {
+		return staticInfo{dt: t.DType, rank: len(t.Dims), dims: constDims(t.Dims)}
+	}
+	if v.Type != nil && v.Type.Shape != nil {
+		return staticInfo{dt: v.Type.DType, rank: len(v.Type.Shape), dims: v.Type.Shape}
+	}
+	in := staticInfo{rank: -1}
+	if v.Type != nil {
+		in.dt = v.Type.DType
+	}
+	n, idx := v.Producer()
+	if n == nil {
+		return in
+	}
+	if in.dt == graph.Undefined {
+		in.dt = s.outDType(n, idx)
+	}
+	in.rank = s.outRank(n, idx)
+	if in.rank >= 0 && sameShapeOps[n.Op] {
+		if x := s.info(n.Input(0)); x.dims != nil {
+			in.dims = x.dims
+		}
+	}
+	return in
+}
+
+func constDims(dims []int64) []graph.Dim {
+	out := make([]graph.Dim, len(dims))
+	for i, d := range dims {
+		out[i] = graph.Dim{Value: d}
+	}
+	return out
+}
+
+// sameShapeOps produce output 0 shaped exactly like input 0.
+var sameShapeOps = map[string]bool{
+	"Relu": true, "Tanh": true, "Sigmoid": true, "Exp": true, "Log": true, "Sqrt": true,
+	"Neg": true, "Reciprocal": true, "Erf": true, "Gelu": true, "Softmax": true, "LogSoftmax": true,
+	"LayerNormalization": true, "Cast": true, "Identity": true, "Dropout": true, "IsNaN": true,
+	"IsInf": true, "Not": true, "CumSum": true, "Abs": true, "Sin": true, "Cos": true, "Softplus": true,
+	"LeakyRelu": true, "Elu": true, "HardSigmoid": true, "Clip": true, "SimplifiedLayerNormalization": true,
+}
+
+func (s *inferer) outDType(n *graph.Node, idx int) graph.DataType {
+	switch n.Op {
+	case "Cast":
+		return graph.DataType(n.AttrInt("to", 0))
+	case "Shape", "Size", "NonZero", "ArgMax", "ArgMin":
+		return graph.Int64
+	case "Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "And", "Or", "Not", "Xor", "IsNaN", "IsInf":
+		return graph.Bool
+	case "Constant":
+		if a := n.Attr("value"); a != nil && a.T != nil {
+			return a.T.DType
+		}
+		if n.Attr("value_int") != nil || n.Attr("value_ints") != nil {
+			return graph.Int64
+		}
+		return graph.Float
+	case "ConstantOfShape":
+		if a := n.Attr("value"); a != nil && a.T != nil {
+			return a.T.DType
+		}
+		return graph.Float
+	case "Where":
+		return s.dtype(n.Input(1))
+	case "LayerNormalization":
+		if idx > 0 {
+			return graph.Float
+		}
+	}
+	for _, in := range n.Inputs() {
+		if dt := s.dtype(in); dt != graph.Undefined {
+			return dt
+		}
+	}
+	return graph.Undefined
+}
+
+func (s *inferer) outRank(n *graph.Node, idx int) int {
+	r := func(i int) int { return s.rank(n.Input(i)) }
+	switch n.Op {
+	case "Add", "Sub", "Mul", "Div", "Pow", "Where", "Max", "Min", "Equal", "Less", "Greater",
+		"LessOrEqual", "GreaterOrEqual", "And", "Or", "Xor", "Sum", "Mod", "PRelu":
+		best := -1
+		for i := range n.NumInputs() {
+			ri := r(i)
+			if ri < 0 {
+				return -1
+			}
+			best = max(best, ri)
+		}
+		return best
+	case "MatMul":
+		a, b := r(0), r(1)
+		if a < 0 || b < 0 {
+			return -1
+		}
+		if a == 1 && b == 1 {
+			return 0
+		}
+		if a == 1 || b == 1 {
+			return max(a, b) - 1
+		}
+		return max(a, b)
+	case "Gemm":
+		return 2
+	case "Shape":
+		return 1
+	case "Size":
+		return 0
+	case "Transpose", "Concat", "Slice", "Split", "Pad", "Tile", "ScatterND", "ScatterElements", "GatherElements":
+		if n.Op == "GatherElements" {
+			return r(1)
+		}
+		return r(0)
+	case "Reshape":
+		return s.length1D(n.Input(1))
+	case "Expand":
+		a, l := r(0), s.length1D(n.Input(1))
+		if a < 0 || l < 0 {
+			return -1
+		}
+		return max(a, l)
+	case "ConstantOfShape":
+		return s.length1D(n.Input(0))
+	case "Range":
+		return 1
+	case "Constant":
+		if a := n.Attr("value"); a != nil && a.T != nil {
+			return len(a.T.Dims)
+		}
+		if n.Attr("value_ints") != nil || n.Attr("value_floats") != nil {
+			return 1
+		}
+		return 0
+	case "Unsqueeze", "Squeeze":
+		x := r(0)
+		axes, ok := s.axes(n)
+		if x < 0 || !ok {
+			return -1
+		}
+		if n.Op == "Unsqueeze" {
+			return x + len(axes)
+		}
+		return x - len(axes)
+	case "ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL2", "ReduceSumSquare", "ReduceLogSumExp":
+		x := r(0)
+		if x < 0 {
+			return -1
+		}
+		if n.AttrInt("keepdims", 1) != 0 {
+			return x
+		}
+		axes, ok := s.axes(n)
+		if !ok {
+			return -1
+		}
+		if len(axes) == 0 {
+			return 0
+		}
+		return x - len(axes)
+	case "Gather":
+		a, b := r(0), r(1)
+		if a < 0 || b < 0 {
+			return -1
+		}
+		return a - 1 + b
+	case "GatherND":
+		return -1
+	}
+	if sameShapeOps[n.Op] && idx == 0 {
+		return r(0)
+	}
+	return -1
+}
+
+// axes returns a node's axes, from its attribute or its constant second
+// input (opset 13+ / 18+ forms); ok is false when they are computed.
+func (s *inferer) axes(n *graph.Node) ([]int64, bool) {
+	if a := n.Attr("axes"); a != nil {
+		return a.Ints, true
+	}
+	if n.NumInputs() < 2 || n.Input(1) == nil {
+		return nil, true
+	}
+	t := constTensor(n.Input(1))
+	if t == nil {
+		return nil, false
+	}
+	xs, err := t.Int64s()
+	return xs, err == nil
+}
+
+// length1D is the static length of a 1-D int64 tensor such as a shape
+// input, -1 when unknown.
+func (s *inferer) length1D(v *graph.Value) int {
+	if v == nil {
+		return -1
+	}
+	if t := constTensor(v); t != nil {
+		if len(t.Dims) == 1 {
+			return int(t.Dims[0])
+		}
+		return -1
+	}
+	if in := s.info(v); in.dims != nil && len(in.dims) == 1 && in.dims[0].Known() {
+		return int(in.dims[0].Value)
+	}
+	n, _ := v.Producer()
+	if n == nil {
+		return -1
+	}
+	switch n.Op {
+	case "Shape":
+		if n.Attr("start") != nil || n.Attr("end") != nil {
+			return -1
+		}
+		return s.rank(n.Input(0))
+	case "Concat":
+		total := 0
+		for _, in := range n.Inputs() {
+			l := s.length1D(in)
+			if l < 0 {
+				return -1
+			}
+			total += l
+		}
+		return total
+	case "Unsqueeze":
+		if s.rank(n.Input(0)) == 0 {
+			return 1
+		}
+	case "Cast", "Identity":
+		return s.length1D(n.Input(0))
+	}
+	return -1
+}
