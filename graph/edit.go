@@ -261,3 +261,73 @@ func (g *Graph) PlaceAfter(anchor *Node, nodes ...*Node) {
 	}
 	g.Nodes = out
 }
+
+// PromoteToInput turns an initializer into a graph input of the same name,
+// dropping its data: the value is then fed at run time (training graphs
+// take the adapter this way). Readers are unchanged.
+func (g *Graph) PromoteToInput(v *Value) error {
+	for i, w := range g.Initializers {
+		if w == v {
+			g.Initializers = append(g.Initializers[:i], g.Initializers[i+1:]...)
+			v.Const = nil
+			g.Inputs = append(g.Inputs, v)
+			return nil
+		}
+	}
+	return fmt.Errorf("initializer %q not found in graph %q", v.Name, g.Name)
+}
+
+// Prune removes from g every node none of whose outputs is read or is a
+// graph output, then every initializer and input nothing reads; it
+// returns how many nodes went. Subgraph reads of outer values count as
+// reads, so If/Loop captures keep what they use.
+func (g *Graph) Prune() (int, error) {
+	if err := g.SortTopo(); err != nil {
+		return 0, err
+	}
+	removed := 0
+	for i := len(g.Nodes) - 1; i >= 0; i-- {
+		n := g.Nodes[i]
+		live := false
+		for _, o := range n.outputs {
+			if o != nil && (len(o.uses) > 0 || o.IsGraphOutput()) {
+				live = true
+				break
+			}
+		}
+		if live {
+			continue
+		}
+		if err := g.RemoveNode(n); err != nil {
+			return removed, err
+		}
+		removed++
+	}
+	for _, v := range append([]*Value(nil), g.Initializers...) {
+		if len(v.uses) == 0 && !v.IsGraphOutput() {
+			if v.IsGraphInput() {
+				if err := g.RemoveInput(v); err != nil {
+					return removed, err
+				}
+			}
+			if err := g.RemoveInitializer(v); err != nil {
+				return removed, err
+			}
+		}
+	}
+	for _, v := range append([]*Value(nil), g.Inputs...) {
+		if len(v.uses) == 0 && !v.IsGraphOutput() {
+			if err := g.RemoveInput(v); err != nil {
+				return removed, err
+			}
+		}
+	}
+	kept := g.ValueInfo[:0]
+	for _, v := range g.ValueInfo {
+		if g.Lookup(v.Name) == v {
+			kept = append(kept, v)
+		}
+	}
+	g.ValueInfo = kept
+	return removed, nil
+}

@@ -35,6 +35,16 @@ type gradCtx struct {
 	want  map[*graph.Value]bool // values whose gradient is needed
 	node  *graph.Node
 	cache map[string]*graph.Value
+	// prefix names values built outside any node's rule (loss, optimizer).
+	prefix string
+}
+
+// newGradCtx makes a builder context on m's main graph. Passes other than
+// autodiff (loss, optimizer) build through it too, for its opset-aware
+// helpers.
+func newGradCtx(m *graph.Model, prefix string, inf *inferer) *gradCtx {
+	g := m.Graph
+	return &gradCtx{g: g, b: &graph.Builder{G: g, Prefix: prefix}, opset: m.OpsetVersion(""), inf: inf, want: map[*graph.Value]bool{}, cache: map[string]*graph.Value{}, prefix: prefix}
 }
 
 // needs reports whether input i of the current node wants a gradient.
@@ -45,13 +55,20 @@ func (c *gradCtx) needs(i int) bool {
 // op adds a node to the backward graph; its output is named after the
 // forward node it differentiates.
 func (c *gradCtx) op(op string, ins []*graph.Value, attrs ...*graph.Attr) *graph.Value {
-	return c.b.Op(op, "grad/"+c.nodeName()+"/"+op, ins, attrs...)
+	return c.b.Op(op, c.where()+"/"+op, ins, attrs...)
+}
+
+func (c *gradCtx) where() string {
+	if c.node == nil && c.prefix != "" {
+		return c.prefix
+	}
+	return "grad/" + c.nodeName()
 }
 
 func (c *gradCtx) opN(op string, n int, ins []*graph.Value, attrs ...*graph.Attr) []*graph.Value {
 	names := make([]string, n)
 	for i := range names {
-		names[i] = fmt.Sprintf("grad/%s/%s_%d", c.nodeName(), op, i)
+		names[i] = fmt.Sprintf("%s/%s_%d", c.where(), op, i)
 	}
 	return c.b.OpN(op, names, ins, attrs...)
 }
@@ -346,7 +363,9 @@ func Gradients(m *graph.Model, loss *graph.Value, params []*graph.Value) ([]*gra
 		return nil, fmt.Errorf("autodiff: %w for %d ops between the adapter and the loss: %s", ErrMissingRules, len(missing), strings.Join(missing, ", "))
 	}
 
-	c := &gradCtx{g: g, b: &graph.Builder{G: g, Prefix: "grad"}, opset: m.OpsetVersion(""), inf: inf, want: want, cache: map[string]*graph.Value{}}
+	c := newGradCtx(m, "", inf)
+	c.b.Prefix = "grad"
+	c.want = want
 	grads := map[*graph.Value][]*graph.Value{}
 	one, err := c.scalar(1, loss)
 	if err != nil {

@@ -40,8 +40,16 @@ type Context struct {
 	// Verify runs graph.Verify after every pass (tests turn it on).
 	Verify bool
 
+	// Train configures the training passes (params, loss, autodiff,
+	// optimizer, prune).
+	Train TrainOptions
+	// IO describes the compiled graph's inputs and outputs after prune.
+	IO struct{ Inputs, Outputs []IOEntry }
+
 	// Injected lists the targets inject rewrote, in adapter order.
 	Injected []*Target
+
+	trainState *trainState
 }
 
 func (c *Context) logf(format string, args ...any) {
@@ -54,11 +62,18 @@ func (c *Context) logf(format string, args ...any) {
 // several: strip must precede fuse (fuse folds into the base weights and
 // expects no branch), and inject must not see a model that still has
 // branches from another adapter (it refuses targets that have one).
+// Training: params → loss → autodiff → optimizer → prune; each needs what
+// the one before recorded (checked by the passes themselves).
 func Passes() []Pass {
 	return []Pass{
 		{Name: "inject", Why: "add y += scale·(x·A)·B beside each selected MatMul/Gemm with a constant weight", Run: injectPass},
 		{Name: "strip", Why: "remove LoRA branches added by inject, restoring the base graph's names", Run: stripPass},
 		{Name: "fuse", Why: "fold W += scale·A·B into the base weights, streaming external data", Run: fusePass},
+		{Name: "params", Why: "make every branch's lora_A/lora_B a graph input the host feeds", Run: paramsPass},
+		{Name: "loss", Why: "add the scalar training loss (lm, ce or mse) and the labels input", Run: lossPass},
+		{Name: "autodiff", Why: "append reverse-mode gradients of the loss for the adapter tensors only", Run: autodiffPass},
+		{Name: "optimizer", Why: "clip the gradients' global norm and apply AdamW or SGD, outputting new params and state", Run: optimizerPass},
+		{Name: "prune", Why: "keep only the outputs training needs and drop every node, constant and input they do not use", Run: prunePass},
 	}
 }
 

@@ -39,6 +39,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			inspectCommand(),
 			injectCommand(),
 			fuseCommand(),
+			exportTrainCommand(),
 			demoCommand(),
 		},
 		// No command: the embedded seed example, so `loracc` alone shows

@@ -1,0 +1,144 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/loracc/loracc/graph"
+	"github.com/loracc/loracc/rewrite"
+	"github.com/urfave/cli/v2"
+)
+
+func trainFlags() []cli.Flag {
+	d := rewrite.DefaultTrainOptions()
+	return []cli.Flag{
+		&cli.StringFlag{Name: "loss", Value: d.Loss, Usage: "lm (next-token cross-entropy on [B,T,V]), ce ([B,C] with labels [B]) or mse"},
+		&cli.StringFlag{Name: "logits", Usage: "the model output the loss reads (default: the model's only output)"},
+		&cli.StringFlag{Name: "labels", Value: "labels", Usage: "name of the labels input"},
+		&cli.Int64Flag{Name: "ignore-index", Value: d.IgnoreIndex, Usage: "label value left out of lm/ce losses"},
+		&cli.StringFlag{Name: "optimizer", Value: d.Optimizer, Usage: "adamw or sgd"},
+		&cli.Float64Flag{Name: "weight-decay", Value: d.WeightDecay, Usage: "decoupled weight decay (adamw) or L2 term (sgd)"},
+		&cli.Float64Flag{Name: "beta1", Value: d.Beta1, Usage: "AdamW β1"},
+		&cli.Float64Flag{Name: "beta2", Value: d.Beta2, Usage: "AdamW β2"},
+		&cli.Float64Flag{Name: "eps", Value: d.Eps, Usage: "AdamW ε"},
+		&cli.Float64Flag{Name: "momentum", Value: d.Momentum, Usage: "SGD momentum"},
+		&cli.Float64Flag{Name: "clip-norm", Value: 0, Usage: "clip the adapter gradients' global L2 norm to this (0: off)"},
+		&cli.BoolFlag{Name: "emit-grads", Usage: "also output every adapter gradient as <param>.grad (role grad)"},
+	}
+}
+
+func trainOptions(c *cli.Context, m *graph.Model) (rewrite.TrainOptions, error) {
+	o := rewrite.TrainOptions{
+		Loss: c.String("loss"), Logits: c.String("logits"), Labels: c.String("labels"), IgnoreIndex: c.Int64("ignore-index"),
+		Optimizer: c.String("optimizer"), WeightDecay: c.Float64("weight-decay"), Beta1: c.Float64("beta1"), Beta2: c.Float64("beta2"),
+		Eps: c.Float64("eps"), Momentum: c.Float64("momentum"), ClipNorm: c.Float64("clip-norm"),
+		EmitGrads: c.Bool("emit-grads"),
+	}
+	if o.Logits == "" {
+		if len(m.Graph.Outputs) != 1 {
+			var names []string
+			for _, v := range m.Graph.Outputs {
+				names = append(names, v.Name)
+			}
+			return o, fmt.Errorf("the model has %d outputs (%s): say which one the loss reads with --logits", len(names), strings.Join(names, ", "))
+		}
+		o.Logits = m.Graph.Outputs[0].Name
+	}
+	if o.ClipNorm < 0 {
+		return o, fmt.Errorf("--clip-norm %g: must be ≥ 0", o.ClipNorm)
+	}
+	return o, nil
+}
+
+func exportTrainCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "export-train",
+		Usage: "compile the training step (forward, loss, gradients, optimizer) and the eval graph as plain ONNX",
+		UsageText: "export-train LORA.onnx --loss lm|ce|mse --logits OUTPUT --labels NAME [--ignore-index -100] [--optimizer adamw|sgd] " +
+			"[--weight-decay W] [--beta1 B1] [--beta2 B2] [--eps E] [--momentum M] [--clip-norm C] [--dump] [-o DIR]",
+		Flags: append(trainFlags(),
+			&cli.BoolFlag{Name: "dump", Usage: "print the graph after each pass"},
+			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Usage: "output folder (default: LORA without .onnx plus .train)"},
+		),
+		Action: func(c *cli.Context) error {
+			in, err := onePositional(c, "LORA.onnx")
+			if err != nil {
+				return err
+			}
+			dir := c.String("output")
+			if dir == "" {
+				dir = strings.TrimSuffix(in, ".onnx") + ".train"
+			}
+			var dump func(string, *graph.Model)
+			if c.Bool("dump") {
+				dump = dumper(c)
+			}
+			io, err := exportTrain(in, dir, c, dump, logger(c))
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(c.App.Writer, "wrote %s/train.onnx (%d inputs, %d outputs), %s/eval.onnx and %s/train.json\n",
+				dir, len(io.Train.Inputs), len(io.Train.Outputs), dir, dir)
+			return nil
+		},
+	}
+}
+
+// TrainIO is train.json.
+type TrainIO struct {
+	Train GraphIO `json:"train"`
+	Eval  GraphIO `json:"eval"`
+}
+
+// GraphIO lists one compiled graph's inputs and outputs.
+type GraphIO struct {
+	Inputs  []rewrite.IOEntry `json:"inputs"`
+	Outputs []rewrite.IOEntry `json:"outputs"`
+}
+
+// exportTrain compiles train.onnx and eval.onnx from an injected model.
+func exportTrain(in, dir string, c *cli.Context, dump func(string, *graph.Model), logf func(string, ...any)) (TrainIO, error) {
+	var res TrainIO
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return res, err
+	}
+	build := func(name string, passes ...string) (GraphIO, error) {
+		m, err := graph.Load(in)
+		if err != nil {
+			return GraphIO{}, err
+		}
+		opts, err := trainOptions(c, m)
+		if err != nil {
+			return GraphIO{}, fmt.Errorf("%s: %w", in, err)
+		}
+		ctx := &rewrite.Context{Train: opts, Dump: dump}
+		if err := rewrite.Run(m, ctx, passes...); err != nil {
+			return GraphIO{}, fmt.Errorf("%s: %s graph: %w", in, name, err)
+		}
+		m.ProducerName, m.ProducerVersion = "loracc export-train", ""
+		if err := graph.Save(m, filepath.Join(dir, name+".onnx"), graph.SaveOptions{Notef: logf}); err != nil {
+			return GraphIO{}, err
+		}
+		return GraphIO{Inputs: ctx.IO.Inputs, Outputs: ctx.IO.Outputs}, nil
+	}
+	var err error
+	if res.Train, err = build("train", "params", "loss", "autodiff", "optimizer", "prune"); err != nil {
+		return res, err
+	}
+	if res.Eval, err = build("eval", "params", "loss", "prune"); err != nil {
+		return res, err
+	}
+	data, err := json.MarshalIndent(res, "", "  ")
+	if err != nil {
+		return res, err
+	}
+	err = graph.WriteFileAtomic(filepath.Join(dir, "train.json"), func(w io.Writer) error {
+		_, err := w.Write(append(data, '\n'))
+		return err
+	})
+	return res, err
+}
