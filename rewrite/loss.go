@@ -19,6 +19,7 @@ import (
 	"math"
 
 	"github.com/loracc/loracc/graph"
+	"github.com/loracc/loracc/trainio"
 )
 
 func lossPass(m *graph.Model, c *Context) error {
@@ -55,7 +56,7 @@ func lossPass(m *graph.Model, c *Context) error {
 			return fmt.Errorf("lm loss needs logits [batch, seq, vocab]; %q has rank %d", logits.Name, rank)
 		}
 		labels := g.AddInput(o.Labels, &graph.TensorType{DType: graph.Int64, Shape: append([]graph.Dim(nil), lt.Shape[:2]...)})
-		st.role(labels, RoleLabel, "")
+		st.role(labels, trainio.RoleLabel, "")
 		x := c2.slice(logits, 0, -1, 1)
 		y := c2.slice(labels, 1, math.MaxInt64, 1)
 		loss, err = c2.crossEntropy(x, y, 3, o.IgnoreIndex)
@@ -64,11 +65,11 @@ func lossPass(m *graph.Model, c *Context) error {
 			return fmt.Errorf("ce loss needs logits [batch, classes]; %q has rank %d", logits.Name, rank)
 		}
 		labels := g.AddInput(o.Labels, &graph.TensorType{DType: graph.Int64, Shape: append([]graph.Dim(nil), lt.Shape[:1]...)})
-		st.role(labels, RoleLabel, "")
+		st.role(labels, trainio.RoleLabel, "")
 		loss, err = c2.crossEntropy(logits, labels, 2, o.IgnoreIndex)
 	case "mse":
 		labels := g.AddInput(o.Labels, &graph.TensorType{DType: lt.DType, Shape: append([]graph.Dim(nil), lt.Shape...)})
-		st.role(labels, RoleLabel, "")
+		st.role(labels, trainio.RoleLabel, "")
 		d := c2.op("Sub", vals(logits, labels))
 		loss = c2.op("ReduceMean", vals(c2.op("Mul", vals(d, d))), graph.AttrI("keepdims", 0))
 	default:
@@ -84,7 +85,7 @@ func lossPass(m *graph.Model, c *Context) error {
 	out.Type = &graph.TensorType{DType: graph.Float, Shape: []graph.Dim{}}
 	st.inf.set(out, staticInfo{dt: graph.Float, rank: 0, dims: []graph.Dim{}})
 	st.loss = out
-	st.role(out, RoleLoss, "")
+	st.role(out, trainio.RoleLoss, "")
 	return nil
 }
 

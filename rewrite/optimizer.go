@@ -24,6 +24,7 @@ import (
 	"fmt"
 
 	"github.com/loracc/loracc/graph"
+	"github.com/loracc/loracc/trainio"
 )
 
 func autodiffPass(m *graph.Model, c *Context) error {
@@ -57,7 +58,7 @@ func autodiffPass(m *graph.Model, c *Context) error {
 			}
 			tt := *p.Type
 			g.Type = &tt
-			st.role(g, RoleGrad, "")
+			st.role(g, trainio.RoleGrad, "")
 			st.emitted = append(st.emitted, g)
 		}
 	}
@@ -82,8 +83,8 @@ func optimizerPass(m *graph.Model, c *Context) error {
 		v, _ := b.scalar(x, st.loss) // float32 constants
 		return v
 	}
-	lr := scalarInput("lr", RoleLR)
-	step := scalarInput("step", RoleStep)
+	lr := scalarInput("lr", trainio.RoleLR)
+	step := scalarInput("step", trainio.RoleStep)
 
 	// Global gradient norm, before clipping.
 	var squares []*graph.Value
@@ -96,7 +97,7 @@ func optimizerPass(m *graph.Model, c *Context) error {
 	}
 	norm := b.b.Op("Sqrt", "grad_norm", vals(sq))
 	norm.Type = &graph.TensorType{DType: graph.Float, Shape: []graph.Dim{}}
-	st.role(norm, RoleGradNorm, "")
+	st.role(norm, trainio.RoleGradNorm, "")
 	st.outputs = append(st.outputs, st.loss, norm)
 	st.outputs = append(st.outputs, st.emitted...)
 	grads := st.grads
@@ -113,7 +114,7 @@ func optimizerPass(m *graph.Model, c *Context) error {
 	state := func(p *graph.Value, suffix string) *graph.Value {
 		v := g.AddInput(p.Name+suffix, p.Type)
 		st.inf.set(v, st.inf.info(p))
-		st.role(v, RoleState, "")
+		st.role(v, trainio.RoleState, "")
 		return v
 	}
 	output := func(v *graph.Value, of *graph.Value, role string) error {
@@ -145,13 +146,13 @@ func optimizerPass(m *graph.Model, c *Context) error {
 			vNew := b.op("Add", vals(b.op("Mul", vals(vIn, k(o.Beta2))), b.op("Mul", vals(b.op("Mul", vals(gr, gr)), k(1-o.Beta2)))))
 			denom := b.op("Add", vals(b.op("Div", vals(b.op("Sqrt", vals(vNew)), bc2Sqrt)), k(o.Eps)))
 			pNew := b.op("Sub", vals(pd, b.op("Mul", vals(b.op("Div", vals(mNew, denom)), stepSize))))
-			if err := output(pNew, p, RoleUpdatedParam); err != nil {
+			if err := output(pNew, p, trainio.RoleUpdatedParam); err != nil {
 				return err
 			}
-			if err := output(mNew, mIn, RoleUpdatedState); err != nil {
+			if err := output(mNew, mIn, trainio.RoleUpdatedState); err != nil {
 				return err
 			}
-			if err := output(vNew, vIn, RoleUpdatedState); err != nil {
+			if err := output(vNew, vIn, trainio.RoleUpdatedState); err != nil {
 				return err
 			}
 		}
@@ -164,12 +165,12 @@ func optimizerPass(m *graph.Model, c *Context) error {
 			if o.Momentum != 0 {
 				buf := state(p, ".momentum")
 				d = b.op("Add", vals(b.op("Mul", vals(buf, k(o.Momentum))), d))
-				if err := output(d, buf, RoleUpdatedState); err != nil {
+				if err := output(d, buf, trainio.RoleUpdatedState); err != nil {
 					return err
 				}
 			}
 			pNew := b.op("Sub", vals(p, b.op("Mul", vals(d, lr))))
-			if err := output(pNew, p, RoleUpdatedParam); err != nil {
+			if err := output(pNew, p, trainio.RoleUpdatedParam); err != nil {
 				return err
 			}
 		}

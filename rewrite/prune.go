@@ -13,6 +13,7 @@ import (
 	"fmt"
 
 	"github.com/loracc/loracc/graph"
+	"github.com/loracc/loracc/trainio"
 )
 
 func prunePass(m *graph.Model, c *Context) error {
@@ -35,7 +36,7 @@ func prunePass(m *graph.Model, c *Context) error {
 	for _, v := range g.Inputs {
 		e, ok := st.roles[v]
 		if !ok {
-			st.role(v, RoleBatch, "")
+			st.role(v, trainio.RoleBatch, "")
 			e = st.roles[v]
 		}
 		c.IO.Inputs = append(c.IO.Inputs, e)

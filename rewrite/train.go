@@ -16,6 +16,7 @@ import (
 	"sort"
 
 	"github.com/loracc/loracc/graph"
+	"github.com/loracc/loracc/trainio"
 )
 
 // TrainOptions are export-train's settings.
@@ -45,29 +46,8 @@ func DefaultTrainOptions() TrainOptions {
 	return TrainOptions{Loss: "lm", IgnoreIndex: -100, Optimizer: "adamw", WeightDecay: 0.01, Beta1: 0.9, Beta2: 0.999, Eps: 1e-8}
 }
 
-// IO roles in train.json.
-const (
-	RoleBatch        = "batch"
-	RoleLabel        = "label"
-	RoleParam        = "param"
-	RoleState        = "state"
-	RoleStep         = "step"
-	RoleLR           = "lr"
-	RoleLoss         = "loss"
-	RoleGradNorm     = "grad_norm"
-	RoleUpdatedParam = "updated_param"
-	RoleUpdatedState = "updated_state"
-	RoleGrad         = "grad"
-)
-
-// IOEntry describes one input or output of a compiled graph.
-type IOEntry struct {
-	Name     string `json:"name"`
-	DType    string `json:"dtype"`
-	Shape    []any  `json:"shape"` // ints, or strings for symbolic dims
-	Role     string `json:"role"`
-	Replaces string `json:"replaces,omitempty"`
-}
+// IOEntry is one input or output of a compiled graph (train.json).
+type IOEntry = trainio.Entry
 
 // trainState is what the training passes hand each other.
 type trainState struct {
@@ -172,7 +152,7 @@ func paramsPass(m *graph.Model, c *Context) error {
 				return fmt.Errorf("branch %q: %q is neither an initializer nor a graph input", name, v.Name)
 			}
 			st.params = append(st.params, v)
-			st.role(v, RoleParam, "")
+			st.role(v, trainio.RoleParam, "")
 		}
 	}
 	return nil

@@ -10,6 +10,7 @@ import (
 
 	"github.com/loracc/loracc/graph"
 	"github.com/loracc/loracc/rewrite"
+	"github.com/loracc/loracc/trainio"
 	"github.com/urfave/cli/v2"
 )
 
@@ -89,16 +90,10 @@ func exportTrainCommand() *cli.Command {
 }
 
 // TrainIO is train.json.
-type TrainIO struct {
-	Train GraphIO `json:"train"`
-	Eval  GraphIO `json:"eval"`
-}
+type TrainIO = trainio.File
 
 // GraphIO lists one compiled graph's inputs and outputs.
-type GraphIO struct {
-	Inputs  []rewrite.IOEntry `json:"inputs"`
-	Outputs []rewrite.IOEntry `json:"outputs"`
-}
+type GraphIO = trainio.Graph
 
 // exportTrain compiles train.onnx and eval.onnx from an injected model.
 func exportTrain(in, dir string, c *cli.Context, dump func(string, *graph.Model), logf func(string, ...any)) (TrainIO, error) {

@@ -13,6 +13,7 @@ import (
 	"github.com/loracc/loracc/graph"
 	"github.com/loracc/loracc/rewrite"
 	"github.com/loracc/loracc/runtime"
+	"github.com/loracc/loracc/trainio"
 )
 
 // torchRef is testdata/ref/<model>_ref.json, written by
@@ -83,15 +84,15 @@ func newTrainer(t *testing.T, e *runtime.Env, dir string, io GraphIO, batch map[
 	tr := &trainer{sess: s, io: io, feeds: map[string]runtime.Tensor{}}
 	for _, in := range io.Inputs {
 		switch in.Role {
-		case rewrite.RoleBatch, rewrite.RoleLabel:
+		case trainio.RoleBatch, trainio.RoleLabel:
 			v, ok := batch[in.Name]
 			if !ok {
 				t.Fatalf("batch has no %q", in.Name)
 			}
 			tr.feeds[in.Name] = v
-		case rewrite.RoleParam:
+		case trainio.RoleParam:
 			tr.feeds[in.Name] = params[in.Name]
-		case rewrite.RoleState:
+		case trainio.RoleState:
 			var p runtime.Tensor
 			for name, v := range params {
 				if strings.HasPrefix(in.Name, name+".") {

@@ -1,0 +1,53 @@
+// Package trainio is the contract between the training-graph compiler
+// (rewrite) and the code that runs it (runtime): the schema of train.json,
+// which names every input and output of train.onnx and eval.onnx with its
+// role. It imports nothing, so both sides can depend on it without
+// depending on each other.
+package trainio
+
+// Roles of graph inputs and outputs.
+const (
+	RoleBatch        = "batch"         // a model input, fed from the data
+	RoleLabel        = "label"         // the labels the loss reads
+	RoleParam        = "param"         // an adapter tensor (lora_A, lora_B)
+	RoleState        = "state"         // optimizer state (AdamW moments, SGD momentum)
+	RoleStep         = "step"          // the 1-based step number, float32 scalar
+	RoleLR           = "lr"            // the learning rate, float32 scalar
+	RoleLoss         = "loss"          // the scalar loss
+	RoleGradNorm     = "grad_norm"     // global L2 norm of the gradients, before clipping
+	RoleUpdatedParam = "updated_param" // a param after the step; Replaces names it
+	RoleUpdatedState = "updated_state" // a state after the step; Replaces names it
+	RoleGrad         = "grad"          // a gradient, with export-train --emit-grads
+)
+
+// Entry describes one input or output of a compiled graph.
+type Entry struct {
+	Name     string `json:"name"`
+	DType    string `json:"dtype"`
+	Shape    []any  `json:"shape"` // ints, or strings for symbolic dims
+	Role     string `json:"role"`
+	Replaces string `json:"replaces,omitempty"`
+}
+
+// Graph lists one compiled graph's inputs and outputs.
+type Graph struct {
+	Inputs  []Entry `json:"inputs"`
+	Outputs []Entry `json:"outputs"`
+}
+
+// File is train.json.
+type File struct {
+	Train Graph `json:"train"`
+	Eval  Graph `json:"eval"`
+}
+
+// ByRole returns the entries with a role.
+func (g Graph) ByRole(role string) []Entry {
+	var out []Entry
+	for _, e := range append(append([]Entry(nil), g.Inputs...), g.Outputs...) {
+		if e.Role == role {
+			out = append(out, e)
+		}
+	}
+	return out
+}
