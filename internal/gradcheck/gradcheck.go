@@ -9,6 +9,7 @@ package gradcheck
 import (
 	"encoding/binary"
 	"fmt"
+	"maps"
 	"math"
 	"math/rand/v2"
 	"os"
@@ -42,6 +43,10 @@ type Case struct {
 	Opset  int64
 	DType  graph.DataType // graph.Double or graph.Float
 	Inputs []Input
+	// Symbolic declares every dim of the float inputs as a named symbol
+	// (one name per input and axis), so rules take their run-time-shape
+	// paths. Int and bool inputs keep static shapes.
+	Symbolic bool
 	// Build makes the forward graph from the inputs and returns y.
 	Build func(b *graph.Builder, in map[string]*graph.Value) (*graph.Value, error)
 }
@@ -72,6 +77,9 @@ func Check(env *runtime.Env, c Case, dir string) (Result, error) {
 		dims := make([]graph.Dim, len(in.Shape))
 		for i, d := range in.Shape {
 			dims[i] = graph.Dim{Value: d}
+			if c.Symbolic && in.Int == nil && in.Bool == nil {
+				dims[i] = graph.Dim{Value: -1, Param: fmt.Sprintf("%s_%d", in.Name, i)}
+			}
 		}
 		switch {
 		case in.Int != nil:
@@ -110,8 +118,43 @@ func Check(env *runtime.Env, c Case, dir string) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
-	// Find y's shape by running the forward graph once.
 	y.Type = &graph.TensorType{DType: c.DType}
+	return check(env, Model{M: m, Y: y, Feeds: feeds, Params: params}, dir, rng)
+}
+
+// Model is a prebuilt forward computation to check: a whole model (say,
+// an exported transformer with LoRA injected) instead of a Case.
+type Model struct {
+	M *graph.Model
+	// Y is the float output the loss Σ y·r is built on (r random).
+	Y *graph.Value
+	// Feeds has a value for every graph input.
+	Feeds map[string]runtime.Tensor
+	// Params are the graph inputs (float32 or float64) the gradient is
+	// taken for.
+	Params []*graph.Value
+	// Eps is the finite-difference step: 1e-6 for float64 outputs and
+	// 1e-2 for float32 ones when zero.
+	Eps float64
+	// Seed picks r and the direction d.
+	Seed uint64
+}
+
+// CheckModel compares ⟨∇L, d⟩ with the central difference for a prebuilt
+// model. It replaces the model's outputs with the loss and the gradients.
+func CheckModel(env *runtime.Env, mc Model, dir string) (Result, error) {
+	return check(env, mc, dir, rand.New(rand.NewPCG(mc.Seed, 7)))
+}
+
+func check(env *runtime.Env, mc Model, dir string, rng *rand.Rand) (Result, error) {
+	m, y, feeds, params := mc.M, mc.Y, mc.Feeds, mc.Params
+	g := m.Graph
+	dt := y.DType()
+	if dt == graph.Undefined {
+		return Result{}, fmt.Errorf("%q has no element type", y.Name)
+	}
+	// Find y's shape by running the forward graph once.
+	g.Outputs = nil
 	g.AddOutput(y)
 	fwd := filepath.Join(dir, "fwd.onnx")
 	if err := graph.Save(m, fwd, graph.SaveOptions{}); err != nil {
@@ -130,11 +173,12 @@ func Check(env *runtime.Env, c Case, dir string) (Result, error) {
 	for i, d := range yOut.Shape {
 		rDims[i] = graph.Dim{Value: d}
 	}
-	r := g.AddInput("r", &graph.TensorType{DType: c.DType, Shape: rDims})
-	feeds["r"] = tensor(c.DType, yOut.Shape, rv)
+	r := g.AddInput(g.UniqueName("r"), &graph.TensorType{DType: dt, Shape: rDims})
+	feeds = maps.Clone(feeds)
+	feeds[r.Name] = tensor(dt, yOut.Shape, rv)
 	lb := &graph.Builder{G: g, Prefix: "loss"}
 	loss := lb.Op("ReduceSum", "loss", []*graph.Value{lb.Op("Mul", "yr", []*graph.Value{y, r})}, graph.AttrI("keepdims", 0))
-	loss.Type = &graph.TensorType{DType: c.DType, Shape: []graph.Dim{}}
+	loss.Type = &graph.TensorType{DType: dt, Shape: []graph.Dim{}}
 	grads, err := rewrite.Gradients(m, loss, params)
 	if err != nil {
 		return Result{}, err
@@ -163,7 +207,7 @@ func Check(env *runtime.Env, c Case, dir string) (Result, error) {
 		return res, err
 	}
 	defer sess.Close()
-	outs, err := sess.Run(feeds, append([]string{"loss"}, gradNames...))
+	outs, err := sess.Run(feeds, append([]string{loss.Name}, gradNames...))
 	if err != nil {
 		return res, err
 	}
@@ -174,7 +218,10 @@ func Check(env *runtime.Env, c Case, dir string) (Result, error) {
 		if err != nil {
 			return res, err
 		}
-		base, _ := floats(feeds[p.Name])
+		base, err := floats(feeds[p.Name])
+		if err != nil {
+			return res, fmt.Errorf("parameter %q: %w", p.Name, err)
+		}
 		if len(gvals) != len(base) {
 			return res, fmt.Errorf("gradient of %q has %d elements, the parameter %d", p.Name, len(gvals), len(base))
 		}
@@ -185,28 +232,28 @@ func Check(env *runtime.Env, c Case, dir string) (Result, error) {
 		}
 		dirs[p.Name] = d
 	}
-	eps := 1e-6
-	if c.DType == graph.Float {
-		eps = 1e-2
+	eps := mc.Eps
+	if eps == 0 {
+		eps = 1e-6
+		if dt != graph.Double {
+			eps = 1e-2
+		}
 	}
 	lossAt := func(sign float64) (float64, error) {
-		shifted := map[string]runtime.Tensor{}
-		for k, v := range feeds {
-			shifted[k] = v
-		}
+		shifted := maps.Clone(feeds)
 		for _, p := range params {
 			base, _ := floats(feeds[p.Name])
 			x := make([]float64, len(base))
 			for k := range x {
 				x[k] = base[k] + sign*eps*dirs[p.Name][k]
 			}
-			shifted[p.Name] = tensor(c.DType, feeds[p.Name].Shape, x)
+			shifted[p.Name] = tensor(feeds[p.Name].DType, feeds[p.Name].Shape, x)
 		}
-		o, err := sess.Run(shifted, []string{"loss"})
+		o, err := sess.Run(shifted, []string{loss.Name})
 		if err != nil {
 			return 0, err
 		}
-		l, err := floats(o["loss"])
+		l, err := floats(o[loss.Name])
 		if err != nil || len(l) != 1 {
 			return 0, fmt.Errorf("loss: %v", err)
 		}

@@ -1,0 +1,146 @@
+package rewrite
+
+// Gradient rules for normalizations: Softmax, LogSoftmax and
+// LayerNormalization.
+
+import (
+	"github.com/loracc/loracc/graph"
+)
+
+// softmaxAxes returns the axes a (Log)Softmax normalizes over. From opset
+// 13 that is the one axis (default −1; ReduceSum takes it negative as it
+// is). Before 13 the input is coerced to 2-D at axis (default 1), so the
+// normalization runs over every axis from axis on, and the rank must be
+// known.
+func (c *gradCtx) softmaxAxes(n *graph.Node) ([]int64, error) {
+	if c.opset >= 13 {
+		return []int64{n.AttrInt("axis", -1)}, nil
+	}
+	r, err := c.rank(n.Input(0))
+	if err != nil {
+		return nil, err
+	}
+	a, err := normAxis(n.AttrInt("axis", 1), r)
+	if err != nil {
+		return nil, err
+	}
+	return iota64(a, int64(r)), nil
+}
+
+// y = softmax(x): dx = y·(gy − Σ gy·y).
+func gradSoftmax(c *gradCtx, n *graph.Node, gys []*graph.Value) ([]*graph.Value, error) {
+	gy, y := gys[0], n.Output(0)
+	axes, err := c.softmaxAxes(n)
+	if err != nil {
+		return nil, err
+	}
+	s := c.reduceSum(c.op("Mul", vals(gy, y)), axes, true)
+	return vals(c.op("Mul", vals(y, c.op("Sub", vals(gy, s))))), nil
+}
+
+// y = log softmax(x): dx = gy − e^y·Σ gy.
+func gradLogSoftmax(c *gradCtx, n *graph.Node, gys []*graph.Value) ([]*graph.Value, error) {
+	gy, y := gys[0], n.Output(0)
+	axes, err := c.softmaxAxes(n)
+	if err != nil {
+		return nil, err
+	}
+	s := c.reduceSum(gy, axes, true)
+	return vals(c.op("Sub", vals(gy, c.op("Mul", vals(c.op("Exp", vals(y)), s))))), nil
+}
+
+// LayerNormalization (opset 17): over the axes from axis on,
+// x̂ = (x − μ)·ρ with ρ = 1/√(σ² + ε), Y = x̂·Scale + B, and optional
+// outputs Mean = μ and InvStdDev = ρ. The rule recomputes μ, ρ and x̂ in
+// x's type instead of reading the optional outputs, which the exporter
+// usually omits (for fp16 inputs with stash_type=1 ORT keeps them in fp32;
+// the recomputation is then in fp16).
+//
+//	dB     = Σ gY                 (over the leading axes)
+//	dScale = Σ gY·x̂
+//	dx     = ρ·(g − mean g − x̂·mean(g·x̂)),  g = gY·Scale
+//	       + gMean/N − gInvStdDev·ρ³·(x − μ)/N
+func gradLayerNorm(c *gradCtx, n *graph.Node, gys []*graph.Value) ([]*graph.Value, error) {
+	x, scale, bias := n.Input(0), n.Input(1), optInput(n, 2)
+	axis := n.AttrInt("axis", -1)
+	var axes []int64
+	if axis < 0 {
+		axes = iota64(axis, 0) // [axis, ..., −1]: no rank needed
+	} else {
+		r, err := c.rank(x)
+		if err != nil {
+			return nil, err
+		}
+		axes = iota64(axis, int64(r))
+	}
+	eps, err := c.scalar(float64(n.AttrFloat("epsilon", 1e-5)), x)
+	if err != nil {
+		return nil, err
+	}
+	mu := c.reduceMean(x, axes)
+	xc := c.op("Sub", vals(x, mu))
+	variance := c.reduceMean(c.op("Mul", vals(xc, xc)), axes)
+	rho := c.op("Reciprocal", vals(c.op("Sqrt", vals(c.op("Add", vals(variance, eps))))))
+	xhat := c.op("Mul", vals(xc, rho))
+
+	out := make([]*graph.Value, 3)
+	gy := gys[0]
+	if gy != nil && bias != nil && c.needs(2) {
+		out[2] = c.unbroadcast(gy, bias)
+	}
+	if gy != nil && c.needs(1) {
+		out[1] = c.unbroadcast(c.op("Mul", vals(gy, xhat)), scale)
+	}
+	if !c.needs(0) {
+		return out, nil
+	}
+	var terms []*graph.Value
+	if gy != nil {
+		g := c.op("Mul", vals(gy, scale))
+		m1 := c.reduceMean(g, axes)
+		m2 := c.reduceMean(c.op("Mul", vals(g, xhat)), axes)
+		inner := c.op("Sub", vals(c.op("Sub", vals(g, m1)), c.op("Mul", vals(xhat, m2))))
+		terms = append(terms, c.op("Mul", vals(rho, inner)))
+	}
+	var gMean, gRho *graph.Value
+	if len(gys) > 1 {
+		gMean = gys[1]
+	}
+	if len(gys) > 2 {
+		gRho = gys[2]
+	}
+	if gMean != nil || gRho != nil {
+		// 1/N, N = elements per normalized group = size(x)/size(μ).
+		dt := int64(c.inf.dtype(x))
+		if dt == 0 {
+			dt = int64(graph.Float)
+		}
+		invN := c.op("Div", vals(
+			c.op("Cast", vals(c.op("Size", vals(mu))), graph.AttrI("to", dt)),
+			c.op("Cast", vals(c.op("Size", vals(x))), graph.AttrI("to", dt))))
+		if gMean != nil {
+			gm, err := c.castTo(gMean, x)
+			if err != nil {
+				return nil, err
+			}
+			// Expand: this term alone must already have x's shape.
+			terms = append(terms, c.op("Expand", vals(c.op("Mul", vals(gm, invN)), c.shape(x))))
+		}
+		if gRho != nil {
+			gr, err := c.castTo(gRho, x)
+			if err != nil {
+				return nil, err
+			}
+			rho3 := c.op("Mul", vals(rho, c.op("Mul", vals(rho, rho))))
+			terms = append(terms, c.op("Neg", vals(c.op("Mul", vals(c.op("Mul", vals(gr, rho3)), c.op("Mul", vals(xc, invN)))))))
+		}
+	}
+	switch len(terms) {
+	case 0:
+	case 1:
+		out[0] = terms[0]
+	default:
+		out[0] = c.op("Sum", terms)
+	}
+	return out, nil
+}
