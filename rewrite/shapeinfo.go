@@ -64,7 +64,97 @@ func (s *inferer) compute(v *graph.Value) staticInfo {
 			in.dims = x.dims
 		}
 	}
+	if in.rank >= 0 && in.dims == nil {
+		in.dims = s.outDims(n, in.rank)
+	}
+	if n.Op == "Shape" && in.dims == nil {
+		if l := s.length1D(v); l >= 0 {
+			in.dims = []graph.Dim{{Value: int64(l)}}
+		}
+	}
 	return in
+}
+
+// outDims derives dims (unknown ones as Value −1) for the ops whose
+// sizes exporters' index arithmetic depends on: Unsqueeze adds 1s, Concat
+// adds up its axis. GatherND's rank, for one, needs the last dim of
+// indices built as Concat(Unsqueeze(i, −1), Unsqueeze(j, −1), axis=−1).
+func (s *inferer) outDims(n *graph.Node, rank int) []graph.Dim {
+	dimsOf := func(v *graph.Value) []graph.Dim {
+		in := s.info(v)
+		if in.dims != nil {
+			return in.dims
+		}
+		if in.rank < 0 {
+			return nil
+		}
+		out := make([]graph.Dim, in.rank)
+		for i := range out {
+			out[i] = graph.Dim{Value: -1}
+		}
+		return out
+	}
+	switch n.Op {
+	case "Unsqueeze":
+		x := dimsOf(n.Input(0))
+		axes, ok := s.axes(n)
+		if x == nil || !ok || len(x)+len(axes) != rank {
+			return nil
+		}
+		one := make([]bool, rank)
+		for _, a := range axes {
+			if a < 0 {
+				a += int64(rank)
+			}
+			if a < 0 || a >= int64(rank) {
+				return nil
+			}
+			one[a] = true
+		}
+		out := make([]graph.Dim, 0, rank)
+		k := 0
+		for i := range rank {
+			if one[i] {
+				out = append(out, graph.Dim{Value: 1})
+			} else {
+				out = append(out, x[k])
+				k++
+			}
+		}
+		return out
+	case "Concat":
+		a := n.AttrInt("axis", 0)
+		if a < 0 {
+			a += int64(rank)
+		}
+		if a < 0 || a >= int64(rank) {
+			return nil
+		}
+		out := make([]graph.Dim, rank)
+		for i := range out {
+			out[i] = graph.Dim{Value: -1}
+		}
+		total := int64(0)
+		for _, in := range n.Inputs() {
+			d := dimsOf(in)
+			if len(d) != rank {
+				return nil
+			}
+			for i := range rank {
+				if int64(i) != a && !out[i].Known() && out[i].Param == "" {
+					out[i] = d[i]
+				}
+			}
+			if total >= 0 && d[a].Known() {
+				total += d[a].Value
+			} else {
+				total = -1
+			}
+		}
+		out[a] = graph.Dim{Value: total}
+		return out
+	}
+	return nil
 }
 
 func constDims(dims []int64) []graph.Dim {
@@ -82,6 +172,16 @@ var sameShapeOps = map[string]bool{
 	"LayerNormalization": true, "Cast": true, "Identity": true, "Dropout": true, "IsNaN": true,
 	"IsInf": true, "Not": true, "CumSum": true, "Abs": true, "Sin": true, "Cos": true, "Softplus": true,
 	"LeakyRelu": true, "Elu": true, "HardSigmoid": true, "Clip": true, "SimplifiedLayerNormalization": true,
+	"Trilu": true, "CastLike": true, "Sign": true, "Floor": true, "Ceil": true, "Round": true,
+}
+
+// dataFirstOps take their element type from input 0 alone: their other
+// inputs are shapes, indices, axes or exponents of other types.
+var dataFirstOps = map[string]bool{
+	"Gather": true, "GatherElements": true, "GatherND": true, "Reshape": true, "Expand": true,
+	"Slice": true, "Tile": true, "Pad": true, "Squeeze": true, "Unsqueeze": true, "Split": true,
+	"Transpose": true, "CumSum": true, "ScatterElements": true, "ScatterND": true, "Pow": true,
+	"Trilu": true, "Flatten": true, "Clip": true, "Dropout": true, "Resize": true,
 }
 
 func (s *inferer) outDType(n *graph.Node, idx int) graph.DataType {
@@ -107,10 +207,15 @@ func (s *inferer) outDType(n *graph.Node, idx int) graph.DataType {
 		return graph.Float
 	case "Where":
 		return s.dtype(n.Input(1))
+	case "CastLike":
+		return s.dtype(n.Input(1))
 	case "LayerNormalization":
 		if idx > 0 {
 			return graph.Float
 		}
+	}
+	if dataFirstOps[n.Op] {
+		return s.dtype(n.Input(0))
 	}
 	for _, in := range n.Inputs() {
 		if dt := s.dtype(in); dt != graph.Undefined {
@@ -146,7 +251,7 @@ func (s *inferer) outRank(n *graph.Node, idx int) int {
 			return max(a, b) - 1
 		}
 		return max(a, b)
-	case "Gemm":
+	case "Gemm", "Flatten":
 		return 2
 	case "Shape":
 		return 1
@@ -186,6 +291,23 @@ func (s *inferer) outRank(n *graph.Node, idx int) int {
 		if n.Op == "Unsqueeze" {
 			return x + len(axes)
 		}
+		if len(axes) == 0 {
+			// Squeeze without axes drops every size-1 dim: count them.
+			dims := s.info(n.Input(0)).dims
+			if dims == nil {
+				return -1
+			}
+			kept := 0
+			for _, d := range dims {
+				if !d.Known() {
+					return -1
+				}
+				if d.Value != 1 {
+					kept++
+				}
+			}
+			return kept
+		}
 		return x - len(axes)
 	case "ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL2", "ReduceSumSquare", "ReduceLogSumExp":
 		x := r(0)
@@ -210,7 +332,12 @@ func (s *inferer) outRank(n *graph.Node, idx int) int {
 		}
 		return a - 1 + b
 	case "GatherND":
-		return -1
+		// data rank + indices rank − indices.shape[-1] − 1 − batch_dims
+		a, b := r(0), s.info(n.Input(1))
+		if a < 0 || b.dims == nil || len(b.dims) == 0 || !b.dims[len(b.dims)-1].Known() {
+			return -1
+		}
+		return a + len(b.dims) - int(b.dims[len(b.dims)-1].Value) - 1 - int(n.AttrInt("batch_dims", 0))
 	}
 	if sameShapeOps[n.Op] && idx == 0 {
 		return r(0)
@@ -256,10 +383,42 @@ func (s *inferer) length1D(v *graph.Value) int {
 	}
 	switch n.Op {
 	case "Shape":
-		if n.Attr("start") != nil || n.Attr("end") != nil {
+		r := s.rank(n.Input(0))
+		if r < 0 {
 			return -1
 		}
-		return s.rank(n.Input(0))
+		start, end := clampIndex(n.AttrInt("start", 0), r), clampIndex(n.AttrInt("end", int64(r)), r)
+		return max(0, end-start)
+	case "Slice":
+		// A slice of a shape vector (axis 0, constant bounds).
+		l := s.length1D(n.Input(0))
+		if l < 0 {
+			return -1
+		}
+		st, ok1 := constInts(optInput(n, 1))
+		en, ok2 := constInts(optInput(n, 2))
+		if !ok1 || !ok2 || len(st) != 1 || len(en) != 1 {
+			return -1
+		}
+		step := int64(1)
+		if v := optInput(n, 4); v != nil {
+			xs, ok := constInts(v)
+			if !ok || len(xs) != 1 {
+				return -1
+			}
+			step = xs[0]
+		}
+		if v := optInput(n, 3); v != nil {
+			if xs, ok := constInts(v); !ok || len(xs) != 1 || (xs[0] != 0 && xs[0] != -1) {
+				return -1
+			}
+		}
+		return sliceLen(l, st[0], en[0], step)
+	case "Gather":
+		// Picking entries of a 1-D vector with a 1-D index.
+		if idx := s.info(n.Input(1)); idx.rank == 1 && idx.dims != nil && idx.dims[0].Known() && s.rank(n.Input(0)) == 1 {
+			return int(idx.dims[0].Value)
+		}
 	case "Concat":
 		total := 0
 		for _, in := range n.Inputs() {
@@ -278,4 +437,40 @@ func (s *inferer) length1D(v *graph.Value) int {
 		return s.length1D(n.Input(0))
 	}
 	return -1
+}
+
+// clampIndex maps a possibly negative index into [0, n] as Shape's start
+// and end do.
+func clampIndex(i int64, n int) int {
+	if i < 0 {
+		i += int64(n)
+	}
+	return int(min(max(i, 0), int64(n)))
+}
+
+// sliceLen is the length of x[start:end:step] for len(x) = n, with ONNX
+// Slice's clamping.
+func sliceLen(n int, start, end, step int64) int {
+	if step == 0 {
+		return -1
+	}
+	N := int64(n)
+	if start < 0 {
+		start += N
+	}
+	if end < 0 {
+		end += N
+	}
+	if step > 0 {
+		start, end = min(max(start, 0), N), min(max(end, 0), N)
+		if end <= start {
+			return 0
+		}
+		return int((end - start + step - 1) / step)
+	}
+	start, end = min(max(start, 0), N-1), min(max(end, -1), N-1)
+	if start <= end {
+		return 0
+	}
+	return int((start - end - step - 1) / -step)
 }
