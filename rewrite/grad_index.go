@@ -54,6 +54,9 @@ func gradGather(c *gradCtx, n *graph.Node, gys []*graph.Value) ([]*graph.Value, 
 		return vals(gx, nil), nil
 	case c.opset >= 11:
 		size := c.op("Gather", vals(s, c.int0(a)), graph.AttrI("axis", 0))
+		if c.inf.dtype(idx) != graph.Int64 {
+			flat = c.op("Cast", vals(flat), graph.AttrI("to", int64(graph.Int64)))
+		}
 		flat = c.op("Where", vals(c.op("Less", vals(flat, c.int0(0))), c.op("Add", vals(flat, size)), flat))
 		hit := c.op("Equal", vals(c.unsqueeze(c.op("Range", vals(c.int0(0), size, c.int0(1))), 1), c.unsqueeze(flat, 0)))
 		oneHot, err := c.castTo(hit, x)

@@ -219,9 +219,10 @@ func gradAbs(c *gradCtx, n *graph.Node, gys []*graph.Value) ([]*graph.Value, err
 
 // Clip passes gy where min ≤ x ≤ max (bounds inclusive, as PyTorch's
 // clamp). The bounds are attributes before opset 11 and optional inputs
-// from 11; they get no gradient.
+// from 11; a bound input that needs a gradient gets gy where x is beyond
+// it, summed to its shape.
 func gradClip(c *gradCtx, n *graph.Node, gys []*graph.Value) ([]*graph.Value, error) {
-	x := n.Input(0)
+	x, gy := n.Input(0), gys[0]
 	var lo, hi *graph.Value
 	var err error
 	if c.opset < 11 {
@@ -238,27 +239,60 @@ func gradClip(c *gradCtx, n *graph.Node, gys []*graph.Value) ([]*graph.Value, er
 	} else {
 		lo, hi = optInput(n, 1), optInput(n, 2)
 	}
+	out := make([]*graph.Value, 3)
 	// Not(Less) and Not(Greater) rather than GreaterOrEqual/LessOrEqual,
 	// which only exist from opset 12.
 	var mask *graph.Value
-	and := func(m *graph.Value) {
-		if mask == nil {
-			mask = m
-		} else {
-			mask = c.op("And", vals(mask, m))
+	if lo != nil {
+		below := c.op("Less", vals(x, lo))
+		mask = c.op("Not", vals(below))
+		if c.opset >= 11 && c.needs(1) {
+			g, err := c.where0(below, gy)
+			if err != nil {
+				return nil, err
+			}
+			out[1] = c.unbroadcast(g, lo)
 		}
 	}
-	if lo != nil {
-		and(c.op("Not", vals(c.op("Less", vals(x, lo)))))
-	}
 	if hi != nil {
-		and(c.op("Not", vals(c.op("Greater", vals(x, hi)))))
+		above := c.op("Greater", vals(x, hi))
+		in := c.op("Not", vals(above))
+		if mask == nil {
+			mask = in
+		} else {
+			mask = c.op("And", vals(mask, in))
+		}
+		if c.opset >= 11 && c.needs(2) {
+			g, err := c.where0(above, gy)
+			if err != nil {
+				return nil, err
+			}
+			out[2] = c.unbroadcast(g, hi)
+		}
 	}
 	if mask == nil {
-		return vals(gys[0]), nil
+		out[0] = gy
+		return out, nil
 	}
-	g, err := c.where0(mask, gys[0])
-	return vals(g), err
+	if out[0], err = c.where0(mask, gy); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// Dropout is the identity in inference mode, the only mode supported:
+// a training_mode input must be a constant false.
+func gradDropout(c *gradCtx, n *graph.Node, gys []*graph.Value) ([]*graph.Value, error) {
+	if tm := optInput(n, 2); tm != nil {
+		var raw []byte
+		if t := constTensor(tm); t != nil && t.DType == graph.Bool {
+			raw, _ = t.Bytes()
+		}
+		if len(raw) != 1 || raw[0] != 0 {
+			return nil, fmt.Errorf("training-mode Dropout is not supported (training_mode %q is not a constant false)", tm.Name)
+		}
+	}
+	return vals(gys[0]), nil
 }
 
 // Max and Min (elementwise, variadic, broadcasting): gy goes to the

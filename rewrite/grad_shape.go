@@ -108,6 +108,9 @@ func gradSplit(c *gradCtx, n *graph.Node, gys []*graph.Value) ([]*graph.Value, e
 	parts := make([]*graph.Value, len(gys))
 	for i, g := range gys {
 		if g == nil {
+			if n.Output(i) == nil {
+				return nil, fmt.Errorf("output %d is omitted", i)
+			}
 			z, err := c.zerosLike(n.Output(i))
 			if err != nil {
 				return nil, err
@@ -200,8 +203,10 @@ func gradSlice(c *gradCtx, n *graph.Node, gys []*graph.Value) ([]*graph.Value, e
 
 // Pad (constant mode): padding by p and padding by −p are adjoint — the
 // inner part comes back, and a negative pad (a crop) becomes zeros — so
-// the gradient is Pad(gy, −pads) with the same axes. Edge, reflect and
-// wrap modes add copies of border elements and are not supported.
+// the gradient is Pad(gy, −pads) with the same axes. A constant_value
+// input that needs a gradient gets the sum of gy over the padding,
+// Σgy − ΣPad(gy, −pads). Edge, reflect and wrap modes add copies of
+// border elements and are not supported.
 func gradPad(c *gradCtx, n *graph.Node, gys []*graph.Value) ([]*graph.Value, error) {
 	mode := "constant"
 	if a := n.Attr("mode"); a != nil {
@@ -234,7 +239,12 @@ func gradPad(c *gradCtx, n *graph.Node, gys []*graph.Value) ([]*graph.Value, err
 	if axes := optInput(n, 3); axes != nil {
 		ins = append(ins, nil, axes)
 	}
-	out[0] = c.op("Pad", ins)
+	gx := c.op("Pad", ins)
+	out[0] = gx
+	if cv := optInput(n, 2); cv != nil && c.needs(2) {
+		rest := c.op("Sub", vals(c.reduceSum(gys[0], nil, false), c.reduceSum(gx, nil, false)))
+		out[2] = c.reshapeLike(rest, cv)
+	}
 	return out, nil
 }
 

@@ -22,7 +22,7 @@ func gradRules() map[string]gradRule {
 		"BitShift": nil, "BitwiseAnd": nil, "BitwiseOr": nil, "BitwiseXor": nil, "BitwiseNot": nil,
 
 		"Identity": gradIdentity,
-		"Dropout":  gradIdentity, // inference mode: the identity
+		"Dropout":  gradDropout, // inference mode: the identity
 		"Add":      gradAdd,
 		"Sub":      gradSub,
 		"Mul":      gradMul,
