@@ -81,7 +81,15 @@ func TestInferExporterPatterns(t *testing.T) {
 	untyped.Type = nil
 	gathered := op("Gather", []*graph.Value{op("Tanh", []*graph.Value{untyped}), ids})
 
+	bias := g.AddInput("bias", &graph.TensorType{DType: graph.Float, Shape: []graph.Dim{{Value: 64}}})
+	mask := g.AddInput("mask", &graph.TensorType{DType: graph.Float, Shape: []graph.Dim{{Param: "batch"}, {Value: 1}, {Value: 1}}})
+	biased := op("Add", []*graph.Value{op("Mul", []*graph.Value{x, mask}), bias})
+
 	inf := newInferer()
+	want := []graph.Dim{{Param: "batch"}, {Param: "seq"}, {Value: 64}}
+	if got := inf.info(biased).dims; len(got) != 3 || got[0].Param != "batch" || got[1].Param != "seq" || got[2].Value != 64 {
+		t.Errorf("dims(%s) = %v, want %v", biased.Name, got, want)
+	}
 	for _, tc := range []struct {
 		v    *graph.Value
 		rank int

@@ -95,6 +95,37 @@ func (s *inferer) outDims(n *graph.Node, rank int) []graph.Dim {
 		return out
 	}
 	switch n.Op {
+	case "Add", "Sub", "Mul", "Div", "Pow", "Where", "Max", "Min", "Sum", "Equal", "Less", "Greater",
+		"LessOrEqual", "GreaterOrEqual", "And", "Or", "Xor", "Mod", "PRelu":
+		// numpy broadcasting, right-aligned: a size other than 1 wins, a
+		// symbol shared by every non-1 operand is kept, else unknown.
+		out := make([]graph.Dim, rank)
+		for i := range out {
+			out[i] = graph.Dim{Value: 1}
+		}
+		for _, in := range n.Inputs() {
+			d := dimsOf(in)
+			if d == nil || len(d) > rank {
+				return nil
+			}
+			off := rank - len(d)
+			for i, di := range d {
+				o := &out[off+i]
+				switch {
+				case di.Known() && di.Value == 1:
+				case o.Known() && o.Value == 1:
+					*o = di
+				case di.Known() && o.Known() && di.Value == o.Value:
+				case di.Param != "" && di.Param == o.Param:
+				case di.Known() && di.Value != 1 && !o.Known():
+					*o = graph.Dim{Value: di.Value}
+				case o.Known():
+				default:
+					*o = graph.Dim{Value: -1}
+				}
+			}
+		}
+		return out
 	case "Unsqueeze":
 		x := dimsOf(n.Input(0))
 		axes, ok := s.axes(n)
