@@ -29,8 +29,9 @@ func gradGather(c *gradCtx, n *graph.Node, gys []*graph.Value) ([]*graph.Value, 
 		return nil, err
 	}
 	s := c.shape(x)
-	pre := c.op("Slice", vals(s, c.ints(0), c.ints(a)))
-	post := c.op("Slice", vals(s, c.ints(a+1), c.ints(math.MaxInt64)))
+	// x's dims before and after the axis.
+	pre := func() *graph.Value { return c.op("Slice", vals(s, c.ints(0), c.ints(a))) }
+	post := func() *graph.Value { return c.op("Slice", vals(s, c.ints(a+1), c.ints(math.MaxInt64))) }
 	flat := c.op("Reshape", vals(idx, c.ints(-1)))
 	switch {
 	case c.opset >= 16:
@@ -38,7 +39,7 @@ func gradGather(c *gradCtx, n *graph.Node, gys []*graph.Value) ([]*graph.Value, 
 		if c.inf.rank(idx) == 1 {
 			g = gy
 		} else {
-			g = c.op("Reshape", vals(gy, c.op("Concat", vals(pre, c.ints(-1), post), graph.AttrI("axis", 0))))
+			g = c.op("Reshape", vals(gy, c.op("Concat", vals(pre(), c.ints(-1), post()), graph.AttrI("axis", 0))))
 		}
 		along := make([]int64, r)
 		for i := range along {
@@ -68,7 +69,7 @@ func gradGather(c *gradCtx, n *graph.Node, gys []*graph.Value) ([]*graph.Value, 
 		prod := func(v *graph.Value) *graph.Value {
 			return c.op("ReduceProd", vals(c.op("Concat", vals(v, c.ints(1)), graph.AttrI("axis", 0))), graph.AttrI("keepdims", 1))
 		}
-		g3 := c.op("Reshape", vals(gy, c.op("Concat", vals(prod(pre), c.ints(-1), prod(post)), graph.AttrI("axis", 0))))
+		g3 := c.op("Reshape", vals(gy, c.op("Concat", vals(prod(pre()), c.ints(-1), prod(post())), graph.AttrI("axis", 0))))
 		gx := c.reshapeLike(c.op("MatMul", vals(oneHot, g3)), x)
 		return vals(gx, nil), nil
 	}

@@ -73,6 +73,14 @@ func gradLayerNorm(c *gradCtx, n *graph.Node, gys []*graph.Value) ([]*graph.Valu
 		}
 		axes = iota64(axis, int64(r))
 	}
+	out := make([]*graph.Value, 3)
+	gy := gys[0]
+	if gy != nil && bias != nil && c.needs(2) {
+		out[2] = c.unbroadcast(gy, bias)
+	}
+	if !c.needs(0) && !c.needs(1) {
+		return out, nil // dB needs no statistics
+	}
 	eps, err := c.scalar(float64(n.AttrFloat("epsilon", 1e-5)), x)
 	if err != nil {
 		return nil, err
@@ -82,12 +90,6 @@ func gradLayerNorm(c *gradCtx, n *graph.Node, gys []*graph.Value) ([]*graph.Valu
 	variance := c.reduceMean(c.op("Mul", vals(xc, xc)), axes)
 	rho := c.op("Reciprocal", vals(c.op("Sqrt", vals(c.op("Add", vals(variance, eps))))))
 	xhat := c.op("Mul", vals(xc, rho))
-
-	out := make([]*graph.Value, 3)
-	gy := gys[0]
-	if gy != nil && bias != nil && c.needs(2) {
-		out[2] = c.unbroadcast(gy, bias)
-	}
 	if gy != nil && c.needs(1) {
 		out[1] = c.unbroadcast(c.op("Mul", vals(gy, xhat)), scale)
 	}

@@ -144,6 +144,10 @@ func gradSlice(c *gradCtx, n *graph.Node, gys []*graph.Value) ([]*graph.Value, e
 	fromInput := func(i int, def int64) param {
 		v := optInput(n, i)
 		xs, isConst := constInts(v)
+		if v != nil && !isConst && c.inf.dtype(v) != graph.Int64 {
+			// int32 bounds: match the int64 constants used beside them.
+			v = c.op("Cast", vals(v), graph.AttrI("to", int64(graph.Int64)))
+		}
 		return func(k int) *graph.Value {
 			switch {
 			case v == nil:

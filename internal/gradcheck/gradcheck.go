@@ -14,6 +14,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/loracc/loracc/graph"
 	"github.com/loracc/loracc/rewrite"
@@ -56,6 +57,9 @@ type Result struct {
 	Analytic, Numeric float64
 	RelErr            float64
 	Graph             string // the gradient graph, printed, for failures
+	// Dead names the backward nodes whose outputs nothing reads: rules
+	// should build only what the gradients use.
+	Dead []string
 }
 
 // Check runs one case. Tolerances are the caller's: float64 cases agree to
@@ -198,6 +202,18 @@ func check(env *runtime.Env, mc Model, dir string, rng *rand.Rand) (Result, erro
 		return Result{}, err
 	}
 	res := Result{Graph: graph.Format(m)}
+	for _, n := range g.Nodes {
+		if !strings.HasPrefix(n.Name, "grad/") {
+			continue
+		}
+		used := false
+		for _, o := range n.Outputs() {
+			used = used || (o != nil && (o.NumUses() > 0 || o.IsGraphOutput()))
+		}
+		if !used {
+			res.Dead = append(res.Dead, fmt.Sprintf("%s (%s)", n.Name, n.Op))
+		}
+	}
 	full := filepath.Join(dir, "grad.onnx")
 	if err := graph.Save(m, full, graph.SaveOptions{}); err != nil {
 		return res, err

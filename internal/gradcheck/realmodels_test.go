@@ -102,6 +102,9 @@ func testRealModels(t *testing.T, strip bool) {
 				t.Fatalf("%v", err)
 			}
 			t.Logf("%d adapter tensors; analytic %.8g, numeric %.8g, relative error %.3g", len(params), res.Analytic, res.Numeric, res.RelErr)
+			if len(res.Dead) > 0 {
+				t.Errorf("backward nodes nothing reads: %v", res.Dead)
+			}
 			if !(res.RelErr <= 1e-2) { // NaN fails too
 				t.Errorf("relative error %.3g > 1e-2", res.RelErr)
 			}

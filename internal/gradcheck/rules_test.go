@@ -197,6 +197,8 @@ func cases() []Case {
 		{Name: "LayerNormalization last axis", Inputs: []Input{p("x", 2, 3, 4), p("s", 4), p("b", 4)}, Build: op("LayerNormalization", []string{"x", "s", "b"}, graph.AttrF("epsilon", 1e-3))},
 		{Name: "LayerNormalization last two axes", Inputs: []Input{p("x", 2, 3, 4), p("s", 3, 4), p("b", 3, 4)}, Build: op("LayerNormalization", []string{"x", "s", "b"}, graph.AttrI("axis", -2))},
 		{Name: "LayerNormalization positive axis no bias", Inputs: []Input{p("x", 2, 3, 4), p("s", 3, 4)}, Build: op("LayerNormalization", []string{"x", "s"}, graph.AttrI("axis", 1))},
+		{Name: "LayerNormalization bias only", Inputs: []Input{x("x", 2, 3, 4), x("s", 4), p("b", 4)}, Build: op("LayerNormalization", []string{"x", "s", "b"})},
+		{Name: "LayerNormalization scale only", Inputs: []Input{x("x", 2, 3, 4), p("s", 4), x("b", 4)}, Build: op("LayerNormalization", []string{"x", "s", "b"})},
 		{Name: "LayerNormalization symbolic", Symbolic: true, Inputs: []Input{p("x", 2, 3, 4), p("s", 4), p("b", 4)}, Build: op("LayerNormalization", []string{"x", "s", "b"})},
 		// ORT gives Mean and InvStdDev in float32 even for float64 X (and has
 		// no kernel for stash_type=float64), so this case runs in float32; a
@@ -263,6 +265,9 @@ func TestGradientRules(t *testing.T) {
 				tol = 2e-3
 			}
 			t.Logf("analytic %.10g, numeric %.10g, relative error %.3g", res.Analytic, res.Numeric, res.RelErr)
+			if len(res.Dead) > 0 {
+				t.Errorf("backward nodes nothing reads: %v", res.Dead)
+			}
 			if !(res.RelErr <= tol) { // NaN fails too
 				t.Errorf("analytic %.10g, numeric %.10g, relative error %.3g > %g\n%s", res.Analytic, res.Numeric, res.RelErr, tol, res.Graph)
 			}
