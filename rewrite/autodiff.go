@@ -37,6 +37,16 @@ type gradCtx struct {
 	cache map[string]*graph.Value
 	// prefix names values built outside any node's rule (loss, optimizer).
 	prefix string
+	// err is the first failure of a helper that returns no error; the
+	// driver reports it after the rule returns.
+	err error
+}
+
+// fail records an error from a helper without an error result.
+func (c *gradCtx) fail(err error) {
+	if c.err == nil {
+		c.err = err
+	}
 }
 
 // newGradCtx makes a builder context on m's main graph. Passes other than
@@ -245,9 +255,7 @@ func (c *gradCtx) unbroadcast(g, x *graph.Value) *graph.Value {
 		}
 	}
 	if c.opset < 13 {
-		// No dynamic axes before opset 13: sum as if nothing broadcast
-		// beyond the leading axes, which holds for same-rank operands.
-		return g
+		return c.unbroadcastPerAxis(g, x, xi.rank, gi.rank)
 	}
 	gs, xs := c.shape(g), c.shape(x)
 	rg := c.op("Shape", []*graph.Value{gs})
@@ -262,17 +270,44 @@ func (c *gradCtx) unbroadcast(g, x *graph.Value) *graph.Value {
 	return c.reshapeLike(c.reduceSumDyn(g, axes), x)
 }
 
+// unbroadcastPerAxis is unbroadcast for opsets without run-time reduction
+// axes (before 13), given both ranks: leading axes are summed statically;
+// for each other axis a run-time Where picks the axis sum when x's dim is 1
+// and g's is not, and a Slice to x's dim keeps one copy of it.
+func (c *gradCtx) unbroadcastPerAxis(g, x *graph.Value, rx, rg int) *graph.Value {
+	if rx < 0 || rg < 0 || rx > rg || c.opset < 10 {
+		c.fail(fmt.Errorf("cannot tell statically how %q broadcast against %q at opset %d (declare the shapes or use opset ≥ 13)", x.Name, g.Name, c.opset))
+		return g
+	}
+	if lead := rg - rx; lead > 0 {
+		axes := make([]int64, lead)
+		for i := range axes {
+			axes[i] = int64(i)
+		}
+		g = c.reduceSum(g, axes, false)
+	}
+	xs := c.shape(x)
+	for i := 0; i < rx; i++ {
+		gs := c.op("Shape", vals(g))
+		dim := func(s *graph.Value) *graph.Value {
+			return c.op("Slice", vals(s, c.ints(int64(i)), c.ints(int64(i+1)), c.ints(0)))
+		}
+		xd := dim(xs)
+		cond := c.op("And", vals(
+			c.op("Equal", vals(xd, c.ints(1))),
+			c.op("Not", vals(c.op("Equal", vals(dim(gs), c.ints(1)))))))
+		summed := c.reduceSum(g, []int64{int64(i)}, true)
+		picked := c.op("Where", vals(c.op("Reshape", vals(cond, c.ints())), summed, g))
+		g = c.op("Slice", vals(picked, c.ints(0), xd, c.ints(int64(i))))
+	}
+	return c.reshapeLike(g, x)
+}
+
 func boolInt(b bool) int64 {
 	if b {
 		return 1
 	}
 	return 0
-}
-
-// GradOptions configures Gradients.
-type GradOptions struct {
-	// Opset is the default-domain opset of the graph (for op forms).
-	Opset int64
 }
 
 // ErrMissingRules lists every op between the parameters and the loss that
@@ -408,25 +443,40 @@ func Gradients(m *graph.Model, loss *graph.Value, params []*graph.Value) ([]*gra
 		}
 		c.node = n
 		gxs, err := rules[n.Op](c, n, gys)
+		if err == nil {
+			err = c.err
+		}
 		if err != nil {
 			return nil, fmt.Errorf("autodiff: node %q (%s): %w", n.Name, n.Op, err)
 		}
-		for i, gx := range gxs {
-			if gx == nil || i >= n.NumInputs() {
+		for i := range n.NumInputs() {
+			in := n.Input(i)
+			if in == nil || !want[in] {
 				continue
 			}
-			in := n.Input(i)
-			if !want[in] {
-				continue
+			var gx *graph.Value
+			if i < len(gxs) {
+				gx = gxs[i]
+			}
+			if gx == nil {
+				// A wanted input left without a gradient would train as
+				// if it did not matter: refuse rather than guess.
+				return nil, fmt.Errorf("autodiff: node %q (%s): the rule gives no gradient for input %d (%q), which the loss depends on", n.Name, n.Op, i, in.Name)
 			}
 			// A gradient has its value's type: later rules use it.
 			inf.set(gx, inf.info(in))
 			grads[in] = append(grads[in], gx)
 		}
 	}
+	// Each parameter gets its own value named "<param>.grad": a rule may
+	// hand the same value to several inputs (Add of equal shapes), and
+	// callers output gradients by name.
 	out := make([]*graph.Value, len(params))
 	for i, p := range params {
-		out[i] = sum(p)
+		if g := sum(p); g != nil {
+			out[i] = c.b.Op("Identity", p.Name+".grad", vals(g))
+			inf.set(out[i], inf.info(p))
+		}
 	}
 	return out, nil
 }

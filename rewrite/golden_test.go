@@ -1,7 +1,9 @@
 package rewrite
 
 import (
+	"fmt"
 	"os"
+	"strings"
 	"path/filepath"
 	"testing"
 
@@ -45,4 +47,28 @@ func TestGoldenSeedInject(t *testing.T) {
 		t.Fatal(err)
 	}
 	golden(t, "seed_inject_inputs.txt", graph.Format(adaptersAsInputs))
+}
+
+// TestGoldenSeedTrain prints the seed model's training graph after every
+// pass, as `loracc export-train --dump` does.
+func TestGoldenSeedTrain(t *testing.T) {
+	m := seedModel(t)
+	if err := Run(m, &Context{Config: adapter.NewConfig(2, 2), Init: Init{Method: "kaiming", Seed: 1}}, "inject"); err != nil {
+		t.Fatal(err)
+	}
+	var out strings.Builder
+	opts := DefaultTrainOptions()
+	opts.Loss, opts.Logits, opts.Labels, opts.ClipNorm = "mse", "y", "labels", 1
+	c := &Context{Train: opts, Verify: true, Dump: func(pass string, m *graph.Model) {
+		fmt.Fprintf(&out, "=== after pass %q ===\n%s", pass, graph.Format(m))
+	}}
+	if err := Run(m, c, "params", "loss", "autodiff", "optimizer", "prune"); err != nil {
+		t.Fatal(err)
+	}
+	golden(t, "seed_train.txt", out.String())
+	for _, n := range m.Graph.Nodes {
+		if n.Domain != "" {
+			t.Errorf("node %q uses domain %q: training graphs must be plain ai.onnx", n.Name, n.Domain)
+		}
+	}
 }

@@ -50,12 +50,6 @@ func autodiffPass(m *graph.Model, c *Context) error {
 	if c.Train.EmitGrads {
 		for i, g := range grads {
 			p := st.params[i]
-			if g.IsGraphInput() || g.Const != nil {
-				return fmt.Errorf("gradient of %q is not computed", p.Name)
-			}
-			if err := g.Rename(m.Graph.UniqueName(p.Name + ".grad")); err != nil {
-				return err
-			}
 			tt := *p.Type
 			g.Type = &tt
 			st.role(g, trainio.RoleGrad, "")

@@ -337,8 +337,9 @@ func TestSeedDemo(t *testing.T) {
 	out := mustLoracc(t, "demo", "--dir", t.TempDir())
 	for _, want := range []string{
 		"trainable params: 18 || all params: 38 || trainable%: 47.3684",
-		" 19.4900 20.6800 21.8700 23.0600",
+		"  19.4900  20.6800  21.8700  23.0600",
 		"check: 1 outputs",
+		"the trained adapter matches the seed's ΔW",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("demo output lacks %q:\n%s", want, out)
