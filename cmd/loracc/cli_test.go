@@ -35,7 +35,7 @@ func mustLoracc(t *testing.T, args ...string) string {
 
 // env opens ONNX Runtime or skips; with LORACC_REQUIRE_ORT=1 (CI) a
 // missing library fails instead.
-func env(t *testing.T) *runtime.Env {
+func env(t testing.TB) *runtime.Env {
 	t.Helper()
 	lib, err := runtime.FindLibrary("")
 	if err != nil {

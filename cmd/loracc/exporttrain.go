@@ -14,8 +14,9 @@ import (
 	"github.com/urfave/cli/v2"
 )
 
-func trainFlags() []cli.Flag {
-	d := rewrite.DefaultTrainOptions()
+// trainFlags are the loss and optimizer flags export-train and train
+// share; d gives their defaults.
+func trainFlags(d rewrite.TrainOptions) []cli.Flag {
 	return []cli.Flag{
 		&cli.StringFlag{Name: "loss", Value: d.Loss, Usage: "lm (next-token cross-entropy on [B,T,V]), ce ([B,C] with labels [B]) or mse"},
 		&cli.StringFlag{Name: "logits", Usage: "the model output the loss reads (default: the model's only output)"},
@@ -27,7 +28,7 @@ func trainFlags() []cli.Flag {
 		&cli.Float64Flag{Name: "beta2", Value: d.Beta2, Usage: "AdamW β2"},
 		&cli.Float64Flag{Name: "eps", Value: d.Eps, Usage: "AdamW ε"},
 		&cli.Float64Flag{Name: "momentum", Value: d.Momentum, Usage: "SGD momentum"},
-		&cli.Float64Flag{Name: "clip-norm", Value: 0, Usage: "clip the adapter gradients' global L2 norm to this (0: off)"},
+		&cli.Float64Flag{Name: "clip-norm", Value: d.ClipNorm, Usage: "clip the adapter gradients' global L2 norm to this (0: off)"},
 		&cli.BoolFlag{Name: "emit-grads", Usage: "also output every adapter gradient as <param>.grad (role grad)"},
 	}
 }
@@ -61,7 +62,7 @@ func exportTrainCommand() *cli.Command {
 		Usage: "compile the training step (forward, loss, gradients, optimizer) and the eval graph as plain ONNX",
 		UsageText: "export-train LORA.onnx --loss lm|ce|mse --logits OUTPUT --labels NAME [--ignore-index -100] [--optimizer adamw|sgd] " +
 			"[--weight-decay W] [--beta1 B1] [--beta2 B2] [--eps E] [--momentum M] [--clip-norm C] [--dump] [-o DIR]",
-		Flags: append(trainFlags(),
+		Flags: append(trainFlags(rewrite.DefaultTrainOptions()),
 			&cli.BoolFlag{Name: "dump", Usage: "print the graph after each pass"},
 			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Usage: "output folder (default: LORA without .onnx plus .train)"},
 		),

@@ -40,6 +40,8 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			injectCommand(),
 			fuseCommand(),
 			exportTrainCommand(),
+			trainCommand(),
+			doctorCommand(),
 			demoCommand(),
 		},
 		// No command: the embedded seed example, so `loracc` alone shows

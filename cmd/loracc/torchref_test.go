@@ -74,7 +74,7 @@ type trainer struct {
 	outputs []string
 }
 
-func newTrainer(t *testing.T, e *runtime.Env, dir string, io GraphIO, batch map[string]runtime.Tensor, params map[string]runtime.Tensor) *trainer {
+func newTrainer(t testing.TB, e *runtime.Env, dir string, io GraphIO, batch map[string]runtime.Tensor, params map[string]runtime.Tensor) *trainer {
 	t.Helper()
 	s, err := e.NewSession(filepath.Join(dir, "train.onnx"), runtime.SessionOptions{})
 	if err != nil {
@@ -110,7 +110,7 @@ func newTrainer(t *testing.T, e *runtime.Env, dir string, io GraphIO, batch map[
 
 // step runs one step and returns the outputs by role name ("loss",
 // "grad_norm") and by output name.
-func (tr *trainer) step(t *testing.T, n int, lr float64) map[string]runtime.Tensor {
+func (tr *trainer) step(t testing.TB, n int, lr float64) map[string]runtime.Tensor {
 	t.Helper()
 	tr.feeds["lr"] = runtime.FloatTensor(nil, []float32{float32(lr)})
 	tr.feeds["step"] = runtime.FloatTensor(nil, []float32{float32(n)})
@@ -130,7 +130,7 @@ func (tr *trainer) step(t *testing.T, n int, lr float64) map[string]runtime.Tens
 	return out
 }
 
-func scalarOf(t *testing.T, v runtime.Tensor) float64 {
+func scalarOf(t testing.TB, v runtime.Tensor) float64 {
 	f, err := v.Floats()
 	if err != nil || len(f) != 1 {
 		t.Fatalf("not a scalar: %v %v", f, err)

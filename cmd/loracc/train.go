@@ -1,0 +1,204 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+
+	"github.com/loracc/loracc/adapter"
+	"github.com/loracc/loracc/dataset"
+	"github.com/loracc/loracc/graph"
+	"github.com/loracc/loracc/internal/progress"
+	"github.com/loracc/loracc/rewrite"
+	"github.com/loracc/loracc/runtime"
+	"github.com/loracc/loracc/runtime/train"
+	"github.com/loracc/loracc/trainio"
+	"github.com/urfave/cli/v2"
+)
+
+func trainCommand() *cli.Command {
+	d := rewrite.DefaultTrainOptions()
+	d.WeightDecay, d.ClipNorm = 0, 1
+	return &cli.Command{
+		Name:  "train",
+		Usage: "train the adapter of an injected model on JSONL data with ONNX Runtime",
+		UsageText: "train LORA.onnx --data TRAIN.jsonl [--eval EVAL.jsonl] --loss lm|ce|mse --logits OUTPUT --labels NAME " +
+			"[--epochs N | --max-steps N] [--batch-size B] [--grad-accum K] [--lr LR] [--schedule constant|linear|cosine] [--warmup N] " +
+			"[--optimizer adamw|sgd] [--weight-decay W] [--clip-norm C] [--seed S] [--device cpu|cuda|auto] [--eval-every N] " +
+			"[--save-every N] [--resume] [--fuse] --out RUNDIR",
+		Flags: append(trainFlags(d),
+			&cli.StringFlag{Name: "data", Required: true, Usage: "training examples, JSONL: one object per line mapping input names (and the labels name) to arrays for one example"},
+			&cli.StringFlag{Name: "eval", Usage: "evaluation examples, same format"},
+			&cli.StringFlag{Name: "out", Required: true, Usage: "run folder: checkpoints, metrics.csv, loss.png, adapter/"},
+			&cli.StringFlag{Name: "adapter", Usage: "starting adapter (default: the injected model's own, from MODEL.adapter/ or its initializers)"},
+			&cli.IntFlag{Name: "epochs", Value: 1, Usage: "passes over the data (ignored with --max-steps)"},
+			&cli.IntFlag{Name: "max-steps", Usage: "optimizer steps to run"},
+			&cli.IntFlag{Name: "batch-size", Value: 8, Usage: "examples per step"},
+			&cli.IntFlag{Name: "grad-accum", Value: 1, Usage: "steps see K·batch-size examples (one run of the graph)"},
+			&cli.Float64Flag{Name: "lr", Value: 2e-4, Usage: "peak learning rate"},
+			&cli.StringFlag{Name: "schedule", Value: "constant", Usage: "constant, linear or cosine (after warmup)"},
+			&cli.IntFlag{Name: "warmup", Usage: "steps of linear warmup from 0"},
+			&cli.Uint64Flag{Name: "seed", Value: 0, Usage: "seed of the data order"},
+			&cli.StringFlag{Name: "device", Value: "auto", Usage: "cpu, cuda or auto (cuda when it works, else cpu)"},
+			&cli.IntFlag{Name: "eval-every", Usage: "evaluate every N steps (and at the end)"},
+			&cli.IntFlag{Name: "save-every", Value: 500, Usage: "checkpoint every N steps (and at the end or on Ctrl-C)"},
+			&cli.BoolFlag{Name: "resume", Usage: "continue the run in --out from its last checkpoint"},
+			&cli.BoolFlag{Name: "fuse", Usage: "also write the fused model to RUNDIR/model.fused.onnx"},
+			&cli.Int64Flag{Name: "pad-id", Usage: "token id used to pad lm sequences"},
+			&cli.StringFlag{Name: "mask-input", Value: "attention_mask", Usage: "model input built as the attention mask for padded lm batches, if the model has it"},
+		),
+		Action: trainAction,
+	}
+}
+
+func trainAction(c *cli.Context) error {
+	in, err := onePositional(c, "LORA.onnx")
+	if err != nil {
+		return err
+	}
+	run := c.String("out")
+	if !c.Bool("resume") {
+		if _, err := os.Stat(filepath.Join(run, "checkpoints", "latest")); err == nil {
+			return fmt.Errorf("%s already holds a run; pass --resume to continue it or choose another --out", run)
+		}
+	}
+	m, err := graph.Load(in)
+	if err != nil {
+		return err
+	}
+	start, err := startingAdapter(c, in, m)
+	if err != nil {
+		return err
+	}
+	graphs := filepath.Join(run, "graphs")
+	logf := logger(c)
+	io, err := exportTrain(in, graphs, c, nil, logf)
+	if err != nil {
+		return err
+	}
+	spec := dataset.Spec{Loss: c.String("loss"), Labels: c.String("labels"), PadID: c.Int64("pad-id"), IgnoreIndex: c.Int64("ignore-index")}
+	for _, e := range io.Train.Inputs {
+		if e.Role == trainio.RoleBatch || e.Role == trainio.RoleLabel {
+			spec.Inputs = append(spec.Inputs, e)
+			if e.Name == c.String("mask-input") && spec.Loss == "lm" {
+				spec.MaskInput = e.Name
+			}
+		}
+	}
+	data, err := dataset.Load(c.String("data"), spec)
+	if err != nil {
+		return err
+	}
+	var evalSet *dataset.Set
+	if p := c.String("eval"); p != "" {
+		if evalSet, err = dataset.Load(p, spec); err != nil {
+			return err
+		}
+	}
+	env, err := openRuntime(c)
+	if err != nil {
+		return err
+	}
+	defer env.Close()
+	device, err := pickDevice(c, env, filepath.Join(graphs, "train.onnx"))
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	cfg := train.Config{
+		Run: run, TrainGraph: filepath.Join(graphs, "train.onnx"), EvalGraph: filepath.Join(graphs, "eval.onnx"), IO: io,
+		Adapter: start, Data: data, Eval: evalSet,
+		Epochs: c.Int("epochs"), MaxSteps: c.Int("max-steps"), BatchSize: c.Int("batch-size"), GradAccum: c.Int("grad-accum"),
+		Schedule: train.Schedule{Kind: c.String("schedule"), LR: c.Float64("lr"), Warmup: c.Int("warmup")},
+		Seed:     c.Uint64("seed"), Session: runtime.SessionOptions{Device: device},
+		EvalEvery: c.Int("eval-every"), SaveEvery: c.Int("save-every"), Resume: c.Bool("resume"),
+		Out: c.App.ErrWriter, Terminal: isTerminal(c.App.ErrWriter),
+	}
+	fmt.Fprintf(c.App.Writer, "training %d adapter layers on %d examples (%s, %s)\n", len(start.Layers), data.Len(), c.String("data"), device)
+	res, err := train.Run(ctx, env, cfg)
+	if err != nil {
+		return fmt.Errorf("%s: %w", run, err)
+	}
+	if res.Interrupted {
+		return nil
+	}
+	adir := filepath.Join(run, "adapter")
+	if err := res.Adapter.Save(adir); err != nil {
+		return err
+	}
+	fmt.Fprintf(c.App.Writer, "trained %d steps: loss %.6g", res.Steps, res.Loss)
+	if res.EvalLoss == res.EvalLoss {
+		fmt.Fprintf(c.App.Writer, ", eval loss %.6g", res.EvalLoss)
+	}
+	fmt.Fprintf(c.App.Writer, "\nadapter: %s\nmetrics: %s, %s\n", adir, filepath.Join(run, "metrics.csv"), filepath.Join(run, "loss.png"))
+	if c.Bool("fuse") {
+		fused := filepath.Join(run, "model.fused.onnx")
+		fm, err := graph.Load(in)
+		if err != nil {
+			return err
+		}
+		if err := rewrite.Run(fm, &rewrite.Context{Adapter: res.Adapter, Logf: logf}, "strip", "fuse"); err != nil {
+			return fmt.Errorf("%s: %w", in, err)
+		}
+		if err := graph.Save(fm, fused, graph.SaveOptions{Notef: logf}); err != nil {
+			return err
+		}
+		fmt.Fprintf(c.App.Writer, "fused model: %s\n", fused)
+	}
+	return nil
+}
+
+// startingAdapter is --adapter, else the adapter directory inject wrote
+// beside the model, else the values the model's branches hold.
+func startingAdapter(c *cli.Context, in string, m *graph.Model) (*adapter.Adapter, error) {
+	dir := c.String("adapter")
+	if dir == "" {
+		if st, err := os.Stat(adapterDir(in)); err == nil && st.IsDir() {
+			dir = adapterDir(in)
+		}
+	}
+	if dir != "" {
+		return adapter.Load(dir)
+	}
+	return train.AdapterFromModel(m, rewrite.BranchKey, nil)
+}
+
+// pickDevice resolves --device: auto tries CUDA and falls back to the CPU
+// with a one-line notice saying why.
+func pickDevice(c *cli.Context, env *runtime.Env, model string) (string, error) {
+	d := c.String("device")
+	switch d {
+	case "cpu", "cuda":
+		return d, nil
+	case "auto":
+		s, err := env.NewSession(model, runtime.SessionOptions{Device: "cuda"})
+		if err != nil {
+			fmt.Fprintf(c.App.ErrWriter, "note: CUDA is not available (%v); training on the CPU\n", firstLine(err.Error()))
+			return "cpu", nil
+		}
+		s.Close()
+		return "cuda", nil
+	}
+	return "", fmt.Errorf("--device %q: want cpu, cuda or auto", d)
+}
+
+func firstLine(s string) string {
+	for i, r := range s {
+		if r == '\n' {
+			return s[:i]
+		}
+	}
+	if len(s) > 200 {
+		return s[:200] + "..."
+	}
+	return s
+}
+
+func isTerminal(w any) bool {
+	f, ok := w.(*os.File)
+	return ok && progress.IsTerminal(f)
+}

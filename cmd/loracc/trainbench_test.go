@@ -1,0 +1,152 @@
+package main
+
+import (
+	"encoding/json"
+	"math"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/loracc/loracc/adapter"
+	"github.com/loracc/loracc/graph"
+	"github.com/loracc/loracc/rewrite"
+	"github.com/loracc/loracc/runtime"
+	"github.com/loracc/loracc/trainio"
+)
+
+// gptTrainSetup injects the PEFT reference adapter into the tiny GPT-2,
+// compiles its training graph and returns the folder, the train.json and
+// the initial params.
+func gptTrainSetup(t testing.TB, extra ...string) (string, string, TrainIO, map[string]runtime.Tensor) {
+	t.Helper()
+	a, err := adapter.Load("../../testdata/ref/gpt2_tiny_lora_init")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := graph.Load("../../testdata/models/gpt2_tiny.onnx")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := rewrite.Run(m, &rewrite.Context{Adapter: a}, "inject"); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	lora := filepath.Join(dir, "m.lora.onnx")
+	if err := graph.Save(m, lora, graph.SaveOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(dir, "train")
+	var o, e bytesBuffer
+	if err := run(append([]string{"loracc", "export-train", lora, "--loss", "lm", "--logits", "logits", "-o", out}, extra...), &o, &e); err != nil {
+		t.Fatal(err)
+	}
+	var io TrainIO
+	data, err := os.ReadFile(filepath.Join(out, "train.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(data, &io); err != nil {
+		t.Fatal(err)
+	}
+	params := map[string]runtime.Tensor{}
+	for _, l := range a.Layers {
+		params[l.Name+".lora_A"] = runtime.FloatTensor([]int64{int64(l.In), int64(l.Rank)}, transpose(l.A, l.Rank, l.In))
+		params[l.Name+".lora_B"] = runtime.FloatTensor([]int64{int64(l.Rank), int64(l.Out)}, transpose(l.B, l.Out, l.Rank))
+	}
+	return lora, out, io, params
+}
+
+type bytesBuffer struct{ b []byte }
+
+func (w *bytesBuffer) Write(p []byte) (int, error) { w.b = append(w.b, p...); return len(p), nil }
+
+// randomTokens is a [batch, seq] int64 batch of ids below 256.
+func randomTokens(batch, seq int64, seed uint64) runtime.Tensor {
+	rng := rand.New(rand.NewPCG(seed, 3))
+	ids := make([]int64, batch*seq)
+	for i := range ids {
+		ids[i] = int64(rng.IntN(256))
+	}
+	return runtime.Int64Tensor([]int64{batch, seq}, ids)
+}
+
+// TestTrainGraphPortable: the compiled graphs use only ai.onnx ops and
+// give the same step with ORT's graph optimizations on and off.
+func TestTrainGraphPortable(t *testing.T) {
+	e := env(t)
+	_, dir, io, params := gptTrainSetup(t)
+	for _, name := range []string{"train.onnx", "eval.onnx"} {
+		m, err := graph.Load(filepath.Join(dir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		m.Graph.Walk(func(n *graph.Node) {
+			if n.Domain != "" && n.Domain != "ai.onnx" {
+				t.Errorf("%s: node %q (%s) is in domain %q", name, n.Name, n.Op, n.Domain)
+			}
+		})
+		for _, o := range m.Opsets {
+			if o.Domain != "" && o.Domain != "ai.onnx" {
+				t.Errorf("%s imports opset domain %q", name, o.Domain)
+			}
+		}
+	}
+	ids := randomTokens(2, 16, 1)
+	batch := map[string]runtime.Tensor{"input_ids": ids, "labels": ids}
+	var losses []float64
+	for _, disable := range []bool{false, true} {
+		s, err := e.NewSession(filepath.Join(dir, "train.onnx"), runtime.SessionOptions{DisableOptimizations: disable})
+		if err != nil {
+			t.Fatal(err)
+		}
+		tr := &trainer{sess: s, io: io.Train}
+		tr2 := newTrainer(t, e, dir, io.Train, batch, params)
+		tr.feeds, tr.outputs = tr2.feeds, tr2.outputs
+		out := tr.step(t, 1, 1e-3)
+		losses = append(losses, scalarOf(t, out["loss"]))
+		s.Close()
+	}
+	if math.Abs(losses[0]-losses[1]) > 1e-5*math.Abs(losses[0]) {
+		t.Errorf("loss with optimizations %v, without %v", losses[0], losses[1])
+	}
+	if len(io.Train.ByRole(trainio.RoleUpdatedParam)) != 16 {
+		t.Errorf("want 16 updated params, got %d", len(io.Train.ByRole(trainio.RoleUpdatedParam)))
+	}
+}
+
+// BenchmarkGPTForward and BenchmarkGPTTrainStep time, on the CPU, one
+// forward pass of the injected tiny GPT-2 and one full training step
+// (forward, loss, backward for the adapter, AdamW) on the same batch of
+// 8 × 64 tokens. Their ratio is the backward/forward cost:
+//
+//	go test ./cmd/loracc -run '^$' -bench 'GPT' -benchtime 200x
+func BenchmarkGPTForward(b *testing.B) {
+	e := env(b)
+	lora, _, _, _ := gptTrainSetup(b)
+	s, err := e.NewSession(lora, runtime.SessionOptions{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	feeds := map[string]runtime.Tensor{"input_ids": randomTokens(8, 64, 1)}
+	b.ResetTimer()
+	for b.Loop() {
+		if _, err := s.Run(feeds, []string{"logits"}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkGPTTrainStep(b *testing.B) {
+	e := env(b)
+	_, dir, io, params := gptTrainSetup(b)
+	ids := randomTokens(8, 64, 1)
+	tr := newTrainer(b, e, dir, io.Train, map[string]runtime.Tensor{"input_ids": ids, "labels": ids}, params)
+	b.ResetTimer()
+	n := 0
+	for b.Loop() {
+		n++
+		tr.step(b, n, 1e-3)
+	}
+}

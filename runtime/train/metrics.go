@@ -1,0 +1,155 @@
+package train
+
+import (
+	"bufio"
+	"encoding/csv"
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"strconv"
+
+	"github.com/loracc/loracc/internal/plot"
+)
+
+const metricsHeader = "step,epoch,loss,lr,grad_norm,tokens_per_s,eval_loss"
+
+type row struct {
+	step                                            int
+	epoch, loss, lr, gradNorm, tokensPerS, evalLoss float64
+}
+
+// metricsFile appends one CSV row per step to RUN/metrics.csv and keeps
+// the loss curves (a few bytes per step) for loss.png.
+type metricsFile struct {
+	run  string
+	f    *os.File
+	w    *bufio.Writer
+	loss plot.Series
+	eval plot.Series
+}
+
+// openMetrics starts metrics.csv, or, when resuming, keeps its rows up to
+// the checkpoint's step (later ones belong to steps that will run again).
+func openMetrics(run string, keep int, resume bool) (*metricsFile, error) {
+	if err := os.MkdirAll(run, 0o755); err != nil {
+		return nil, err
+	}
+	path := filepath.Join(run, "metrics.csv")
+	m := &metricsFile{run: run, loss: plot.Series{Name: "train loss"}, eval: plot.Series{Name: "eval loss"}}
+	var kept [][]string
+	if resume {
+		if f, err := os.Open(path); err == nil {
+			recs, err := csv.NewReader(f).ReadAll()
+			f.Close()
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", path, err)
+			}
+			for i, rec := range recs {
+				if i == 0 || len(rec) < 7 {
+					continue
+				}
+				step, err := strconv.Atoi(rec[0])
+				if err != nil || step > keep {
+					continue
+				}
+				kept = append(kept, rec)
+				m.track(step, parse(rec[2]), parse(rec[6]))
+			}
+		}
+	}
+	tmp := path + ".tmp"
+	f, err := os.Create(tmp)
+	if err != nil {
+		return nil, err
+	}
+	w := bufio.NewWriter(f)
+	fmt.Fprintln(w, metricsHeader)
+	cw := csv.NewWriter(w)
+	if err := cw.WriteAll(kept); err != nil {
+		f.Close()
+		return nil, err
+	}
+	if err := w.Flush(); err != nil {
+		f.Close()
+		return nil, err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return nil, err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		f.Close()
+		return nil, err
+	}
+	m.f, m.w = f, bufio.NewWriter(f)
+	return m, nil
+}
+
+func parse(s string) float64 {
+	if s == "" {
+		return math.NaN()
+	}
+	v, err := strconv.ParseFloat(s, 64)
+	if err != nil {
+		return math.NaN()
+	}
+	return v
+}
+
+func (m *metricsFile) track(step int, loss, eval float64) {
+	m.loss.X = append(m.loss.X, float64(step))
+	m.loss.Y = append(m.loss.Y, loss)
+	if !math.IsNaN(eval) {
+		m.eval.X = append(m.eval.X, float64(step))
+		m.eval.Y = append(m.eval.Y, eval)
+	}
+}
+
+// fmtFloat writes a float32-exact value: the same run writes the same
+// bytes.
+func fmtFloat(v float64) string {
+	if math.IsNaN(v) {
+		return ""
+	}
+	return strconv.FormatFloat(v, 'g', 9, 64)
+}
+
+// Add appends a row.
+func (m *metricsFile) Add(r row) error {
+	m.track(r.step, r.loss, r.evalLoss)
+	_, err := fmt.Fprintf(m.w, "%d,%s,%s,%s,%s,%s,%s\n", r.step, strconv.FormatFloat(r.epoch, 'f', 4, 64), fmtFloat(r.loss),
+		fmtFloat(r.lr), fmtFloat(r.gradNorm), strconv.FormatFloat(r.tokensPerS, 'f', 1, 64), fmtFloat(r.evalLoss))
+	return err
+}
+
+// Sync makes every row so far durable (checkpoints call it first, so the
+// metrics never lag the checkpoint they belong to).
+func (m *metricsFile) Sync() error {
+	if err := m.w.Flush(); err != nil {
+		return err
+	}
+	return m.f.Sync()
+}
+
+// Plot writes RUN/loss.png.
+func (m *metricsFile) Plot() error {
+	series := []plot.Series{m.loss}
+	if len(m.eval.X) > 0 {
+		series = append(series, m.eval)
+	}
+	return plot.LossPNG(filepath.Join(m.run, "loss.png"), series, "loracc train")
+}
+
+// Close flushes and closes metrics.csv.
+func (m *metricsFile) Close() error {
+	if m.f == nil {
+		return nil
+	}
+	err := m.w.Flush()
+	if cerr := m.f.Close(); err == nil {
+		err = cerr
+	}
+	m.f = nil
+	return err
+}
