@@ -1,0 +1,197 @@
+package main
+
+import (
+	"bytes"
+	"encoding/csv"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/loracc/loracc/graph"
+	"github.com/loracc/loracc/internal/testmodels"
+	"github.com/loracc/loracc/runtime/train"
+)
+
+// seedRun prepares the seed model, its injected copy and data in dir.
+func seedRun(t *testing.T, dir string) (injected, data string) {
+	t.Helper()
+	m, err := testmodels.Seed()
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := filepath.Join(dir, "seed.onnx")
+	if err := graph.Save(m, base, graph.SaveOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	injected = filepath.Join(dir, "seed.lora.onnx")
+	mustLoracc(t, "inject", base, "--rank", "2", "--seed", "1", "-o", injected)
+	w, err := loadWeight(base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data = filepath.Join(dir, "train.jsonl")
+	if err := writePairs(data, w, 64, 1); err != nil {
+		t.Fatal(err)
+	}
+	return injected, data
+}
+
+// lossColumn reads metrics.csv's step and loss columns.
+func lossColumn(t *testing.T, run string) []string {
+	t.Helper()
+	f, err := os.Open(filepath.Join(run, "metrics.csv"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	recs, err := csv.NewReader(f).ReadAll()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, r := range recs[1:] {
+		out = append(out, r[0]+":"+r[2])
+	}
+	return out
+}
+
+func seedTrainArgs(injected, data, run string, steps string) []string {
+	return []string{"train", injected, "--data", data, "--loss", "mse", "--logits", "y", "--labels", "labels",
+		"--max-steps", steps, "--batch-size", "8", "--lr", "0.01", "--device", "cpu", "--save-every", "50", "--out", run}
+}
+
+// TestTrainDeterministic: the same seed and data give a bit-identical loss
+// column, and the run leaves its files.
+func TestTrainDeterministic(t *testing.T) {
+	env(t)
+	dir := t.TempDir()
+	injected, data := seedRun(t, dir)
+	a, b := filepath.Join(dir, "a"), filepath.Join(dir, "b")
+	mustLoracc(t, seedTrainArgs(injected, data, a, "300")...)
+	mustLoracc(t, seedTrainArgs(injected, data, b, "300")...)
+	la, lb := lossColumn(t, a), lossColumn(t, b)
+	if strings.Join(la, "\n") != strings.Join(lb, "\n") || len(la) != 300 {
+		t.Errorf("two runs differ or are short: %d and %d rows", len(la), len(lb))
+	}
+	for _, f := range []string{"metrics.csv", "loss.png", "adapter/adapter_model.safetensors", "adapter/adapter_config.json", "checkpoints/latest"} {
+		if _, err := os.Stat(filepath.Join(a, f)); err != nil {
+			t.Errorf("run folder lacks %s", f)
+		}
+	}
+	// A second run into the same folder needs --resume.
+	if _, err := loracc(t, seedTrainArgs(injected, data, a, "300")...); err == nil || !strings.Contains(err.Error(), "--resume") {
+		t.Errorf("reusing a run folder: %v", err)
+	}
+}
+
+// TestTrainResumeEqualsUninterrupted: a run stopped at step 130 and
+// resumed gives the same loss column as one that never stopped.
+func TestTrainResumeEqualsUninterrupted(t *testing.T) {
+	env(t)
+	dir := t.TempDir()
+	injected, data := seedRun(t, dir)
+	full, cut := filepath.Join(dir, "full"), filepath.Join(dir, "cut")
+	mustLoracc(t, seedTrainArgs(injected, data, full, "300")...)
+	// Run to step 130 only, as if stopped, then continue to 300.
+	mustLoracc(t, seedTrainArgs(injected, data, cut, "130")...)
+	mustLoracc(t, append(seedTrainArgs(injected, data, cut, "300"), "--resume")...)
+	if a, b := lossColumn(t, full), lossColumn(t, cut); strings.Join(a, "\n") != strings.Join(b, "\n") {
+		t.Errorf("resumed loss column differs from the uninterrupted one (%d vs %d rows)", len(a), len(b))
+	}
+}
+
+// TestTrainNaNStops: a diverging run stops with an error naming the step
+// and keeps the last good checkpoint.
+func TestTrainNaNStops(t *testing.T) {
+	env(t)
+	dir := t.TempDir()
+	injected, data := seedRun(t, dir)
+	run := filepath.Join(dir, "run")
+	args := seedTrainArgs(injected, data, run, "2000")
+	args = append(args, "--lr", "1e30", "--optimizer", "sgd", "--clip-norm", "0")
+	_, err := loracc(t, args...)
+	if !errors.Is(err, train.ErrNonFinite) || !strings.Contains(err.Error(), "step ") {
+		t.Fatalf("want a non-finite loss error naming the step, got %v", err)
+	}
+	ck, lerr := train.LoadLatest(run)
+	if lerr != nil {
+		t.Fatal(lerr)
+	}
+	if ck != nil {
+		for _, l := range ck.Adapter.Layers {
+			for _, v := range append(l.A, l.B...) {
+				if v != v {
+					t.Fatal("the kept checkpoint holds NaN")
+				}
+			}
+		}
+	}
+}
+
+// TestTrainCtrlC sends SIGINT to a real loracc process: it writes a
+// checkpoint and exits 0 within seconds, and --resume finishes the run
+// with the loss column of an uninterrupted one.
+func TestTrainCtrlC(t *testing.T) {
+	env(t)
+	if testing.Short() {
+		t.Skip("builds the binary")
+	}
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "loracc")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	injected, data := seedRun(t, dir)
+	const steps = "30000"
+	full, cut := filepath.Join(dir, "full"), filepath.Join(dir, "cut")
+	mustLoracc(t, seedTrainArgs(injected, data, full, steps)...)
+
+	cmd := exec.Command(bin, seedTrainArgs(injected, data, cut, steps)...)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	// Wait until training runs (a first checkpoint exists), then interrupt.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if _, err := os.Stat(filepath.Join(cut, "checkpoints", "latest")); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			cmd.Process.Kill()
+			t.Fatalf("no checkpoint after 30 s:\n%s", out.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	sent := time.Now()
+	if err := cmd.Process.Signal(syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	err := cmd.Wait()
+	if took := time.Since(sent); took > 5*time.Second {
+		t.Errorf("took %v to stop after Ctrl-C", took)
+	}
+	if err != nil {
+		t.Fatalf("exit after Ctrl-C: %v\n%s", err, out.String())
+	}
+	if !strings.Contains(out.String(), "interrupted") {
+		t.Errorf("no interruption message:\n%s", out.String())
+	}
+	ck, err := train.LoadLatest(cut)
+	if err != nil || ck == nil {
+		t.Fatalf("no checkpoint after Ctrl-C: %v", err)
+	}
+	if ck.Progress.Step >= 30000 {
+		t.Skip("the run finished before the signal arrived")
+	}
+	mustLoracc(t, append(seedTrainArgs(injected, data, cut, steps), "--resume")...)
+	if a, b := lossColumn(t, full), lossColumn(t, cut); strings.Join(a, "\n") != strings.Join(b, "\n") {
+		t.Errorf("loss column after Ctrl-C and --resume differs from the uninterrupted run (%d vs %d rows)", len(a), len(b))
+	}
+}
