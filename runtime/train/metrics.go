@@ -19,14 +19,13 @@ type row struct {
 	epoch, loss, lr, gradNorm, tokensPerS, evalLoss float64
 }
 
-// metricsFile appends one CSV row per step to RUN/metrics.csv and keeps
-// the loss curves (a few bytes per step) for loss.png.
+// metricsFile appends one CSV row per step to RUN/metrics.csv. Nothing
+// per step stays in memory: loss.png is drawn from the file at the end, so
+// memory is flat however long the run.
 type metricsFile struct {
-	run  string
-	f    *os.File
-	w    *bufio.Writer
-	loss plot.Series
-	eval plot.Series
+	run string
+	f   *os.File
+	w   *bufio.Writer
 }
 
 // openMetrics starts metrics.csv, or, when resuming, keeps its rows up to
@@ -36,7 +35,7 @@ func openMetrics(run string, keep int, resume bool) (*metricsFile, error) {
 		return nil, err
 	}
 	path := filepath.Join(run, "metrics.csv")
-	m := &metricsFile{run: run, loss: plot.Series{Name: "train loss"}, eval: plot.Series{Name: "eval loss"}}
+	m := &metricsFile{run: run}
 	var kept [][]string
 	if resume {
 		if f, err := os.Open(path); err == nil {
@@ -54,7 +53,6 @@ func openMetrics(run string, keep int, resume bool) (*metricsFile, error) {
 					continue
 				}
 				kept = append(kept, rec)
-				m.track(step, parse(rec[2]), parse(rec[6]))
 			}
 		}
 	}
@@ -97,15 +95,6 @@ func parse(s string) float64 {
 	return v
 }
 
-func (m *metricsFile) track(step int, loss, eval float64) {
-	m.loss.X = append(m.loss.X, float64(step))
-	m.loss.Y = append(m.loss.Y, loss)
-	if !math.IsNaN(eval) {
-		m.eval.X = append(m.eval.X, float64(step))
-		m.eval.Y = append(m.eval.Y, eval)
-	}
-}
-
 // fmtFloat writes a float32-exact value: the same run writes the same
 // bytes.
 func fmtFloat(v float64) string {
@@ -117,7 +106,6 @@ func fmtFloat(v float64) string {
 
 // Add appends a row.
 func (m *metricsFile) Add(r row) error {
-	m.track(r.step, r.loss, r.evalLoss)
 	_, err := fmt.Fprintf(m.w, "%d,%s,%s,%s,%s,%s,%s\n", r.step, strconv.FormatFloat(r.epoch, 'f', 4, 64), fmtFloat(r.loss),
 		fmtFloat(r.lr), fmtFloat(r.gradNorm), strconv.FormatFloat(r.tokensPerS, 'f', 1, 64), fmtFloat(r.evalLoss))
 	return err
@@ -132,11 +120,37 @@ func (m *metricsFile) Sync() error {
 	return m.f.Sync()
 }
 
-// Plot writes RUN/loss.png.
+// Plot writes RUN/loss.png from metrics.csv.
 func (m *metricsFile) Plot() error {
-	series := []plot.Series{m.loss}
-	if len(m.eval.X) > 0 {
-		series = append(series, m.eval)
+	if err := m.Sync(); err != nil {
+		return err
+	}
+	path := filepath.Join(m.run, "metrics.csv")
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	loss, eval := plot.Series{Name: "train loss"}, plot.Series{Name: "eval loss"}
+	r := csv.NewReader(bufio.NewReader(f))
+	r.ReuseRecord = true
+	for first := true; ; first = false {
+		rec, err := r.Read()
+		if err != nil {
+			break
+		}
+		if first || len(rec) < 7 {
+			continue
+		}
+		step := parse(rec[0])
+		loss.X, loss.Y = append(loss.X, step), append(loss.Y, parse(rec[2]))
+		if e := parse(rec[6]); !math.IsNaN(e) {
+			eval.X, eval.Y = append(eval.X, step), append(eval.Y, e)
+		}
+	}
+	series := []plot.Series{loss}
+	if len(eval.X) > 0 {
+		series = append(series, eval)
 	}
 	return plot.LossPNG(filepath.Join(m.run, "loss.png"), series, "loracc train")
 }
