@@ -346,3 +346,13 @@ func TestSeedDemo(t *testing.T) {
 		}
 	}
 }
+
+// TestGPTDemo runs the second example: the fused model must beat the base
+// on held-out sequences (the command fails otherwise).
+func TestGPTDemo(t *testing.T) {
+	env(t)
+	out := mustLoracc(t, "demo-gpt", "--model", "../../testdata/models/gpt2_tiny.onnx", "--dir", t.TempDir(), "--steps", "300")
+	if !strings.Contains(out, "fused (trained) model") {
+		t.Errorf("no comparison in:\n%s", out)
+	}
+}

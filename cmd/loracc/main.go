@@ -43,6 +43,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			trainCommand(),
 			doctorCommand(),
 			demoCommand(),
+			reverseCommand(),
 		},
 		// No command: the embedded seed example, so `loracc` alone shows
 		// what the tool does.
