@@ -75,8 +75,12 @@ type trainer struct {
 }
 
 func newTrainer(t testing.TB, e *runtime.Env, dir string, io GraphIO, batch map[string]runtime.Tensor, params map[string]runtime.Tensor) *trainer {
+	return newTrainerOn(t, e, dir, io, batch, params, runtime.SessionOptions{})
+}
+
+func newTrainerOn(t testing.TB, e *runtime.Env, dir string, io GraphIO, batch map[string]runtime.Tensor, params map[string]runtime.Tensor, opts runtime.SessionOptions) *trainer {
 	t.Helper()
-	s, err := e.NewSession(filepath.Join(dir, "train.onnx"), runtime.SessionOptions{})
+	s, err := e.NewSession(filepath.Join(dir, "train.onnx"), opts)
 	if err != nil {
 		t.Fatal(err)
 	}
