@@ -1,0 +1,123 @@
+package plot
+
+import (
+	"bytes"
+	"image"
+	"image/png"
+	"math"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func curves() []Series {
+	var train, eval Series
+	train.Name, eval.Name = "train loss", "eval loss"
+	for i := 1; i <= 200; i++ {
+		x := float64(i)
+		train.X = append(train.X, x)
+		train.Y = append(train.Y, 2.5*math.Exp(-x/60)+0.3+0.05*math.Sin(x))
+		if i%40 == 0 {
+			eval.X = append(eval.X, x)
+			eval.Y = append(eval.Y, 2.5*math.Exp(-x/60)+0.4)
+		}
+	}
+	train.Y[50] = math.NaN()
+	train.Y[51] = math.Inf(1)
+	return []Series{train, eval}
+}
+
+// render writes the chart and decodes it back.
+func render(t *testing.T, series []Series, title string) (image.Image, []byte) {
+	t.Helper()
+	dir := t.TempDir()
+	path := filepath.Join(dir, "loss.png")
+	if err := LossPNG(path, series, title); err != nil {
+		t.Fatal(err)
+	}
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := png.Decode(bytes.NewReader(raw))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b := img.Bounds(); b.Dx() != width || b.Dy() != height {
+		t.Fatalf("size %v, want %dx%d", b, width, height)
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 1 {
+		t.Errorf("%d files in the folder, want only loss.png (a temp file left?)", len(ents))
+	}
+	if os.Getenv("PLOT_KEEP") != "" {
+		os.WriteFile(filepath.Join(os.Getenv("PLOT_KEEP"), strings.ReplaceAll(t.Name(), "/", "_")+".png"), raw, 0o644)
+	}
+	return img, raw
+}
+
+// pixels counts the pixels of exactly colour i's RGBA.
+func pixels(img image.Image, i int) int {
+	want := colorOf(i)
+	n := 0
+	b := img.Bounds()
+	for y := b.Min.Y; y < b.Max.Y; y++ {
+		for x := b.Min.X; x < b.Max.X; x++ {
+			r, g, bl, a := img.At(x, y).RGBA()
+			if uint8(r>>8) == want.R && uint8(g>>8) == want.G && uint8(bl>>8) == want.B && uint8(a>>8) == want.A {
+				n++
+			}
+		}
+	}
+	return n
+}
+
+func TestLossPNG(t *testing.T) {
+	img, raw := render(t, curves(), "loracc train: tiny-llama r=8")
+	train, eval := pixels(img, 0), pixels(img, 1)
+	// The curves cover far more than the legend swatches (22×2 pixels).
+	if train < 500 || eval < 100 {
+		t.Errorf("series pixels: train %d, eval %d", train, eval)
+	}
+	if r, g, b, _ := img.At(2, 2).RGBA(); r != 0xffff || g != 0xffff || b != 0xffff {
+		t.Errorf("background at (2,2) is not white")
+	}
+	_, again := render(t, curves(), "loracc train: tiny-llama r=8")
+	if !bytes.Equal(raw, again) {
+		t.Error("the same input gave different bytes")
+	}
+}
+
+func TestLossPNGEdgeCases(t *testing.T) {
+	for _, c := range []struct {
+		name     string
+		series   []Series
+		minTrain int // pixels of series 0's colour
+	}{
+		{"one point", []Series{{Name: "train loss", X: []float64{3}, Y: []float64{1.5}}}, 25 + 44},
+		{"all NaN", []Series{{Name: "train loss", X: []float64{1, 2}, Y: []float64{math.NaN(), math.Inf(-1)}}}, 44},
+		{"no points", []Series{{Name: "train loss"}, {Name: "eval loss"}}, 44},
+		{"no series", nil, 0},
+		{"flat", []Series{{Name: "train loss", X: []float64{1, 2, 3}, Y: []float64{2, 2, 2}}}, 100},
+		{"huge range", []Series{{Name: "train loss", X: []float64{-math.MaxFloat64, math.MaxFloat64}, Y: []float64{math.MaxFloat64, -math.MaxFloat64}}}, 500},
+		{"isolated points", []Series{{Name: "train loss", X: []float64{1, 2, 3, 4, 5}, Y: []float64{1, math.NaN(), 2, math.NaN(), 3}}}, 3 * 25},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			img, _ := render(t, c.series, "edge: "+c.name)
+			if got := pixels(img, 0); got < c.minTrain {
+				t.Errorf("%d pixels of the series colour, want at least %d", got, c.minTrain)
+			}
+		})
+	}
+}
+
+func TestLossPNGErrors(t *testing.T) {
+	err := LossPNG(filepath.Join(t.TempDir(), "loss.png"), []Series{{Name: "a", X: []float64{1}}}, "")
+	if err == nil {
+		t.Error("mismatched X and Y: no error")
+	}
+	err = LossPNG(filepath.Join(t.TempDir(), "missing", "loss.png"), nil, "")
+	if err == nil {
+		t.Error("missing folder: no error")
+	}
+}
