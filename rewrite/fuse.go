@@ -33,19 +33,13 @@ func fusePass(m *graph.Model, c *Context) error {
 		return fmt.Errorf("fuse needs an adapter")
 	}
 	all, _ := FindTargets(m)
-	byName := map[string]*Target{}
-	for _, t := range all {
-		byName[t.Name] = t
+	matches, err := MatchAdapter(all, c.Adapter)
+	if err != nil {
+		return err
 	}
-	for i := range c.Adapter.Layers {
-		l := &c.Adapter.Layers[i]
-		t := byName[l.Name]
-		if t == nil {
-			return fmt.Errorf("adapter layer %q: the model has no target of that name (targets: %s)", l.Name, targetList(all))
-		}
-		if int64(l.In) != t.In || int64(l.Out) != t.Out {
-			return fmt.Errorf("adapter layer %q is [in=%d, out=%d], but node %q (%s) has weight %q [in=%d, out=%d]", l.Name, l.In, l.Out, t.Node.Name, t.Node.Op, t.Weight.Name, t.In, t.Out)
-		}
+	reportMatches(c, all, matches)
+	for i, mt := range matches {
+		l, t := &c.Adapter.Layers[i], mt.Target
 		scale := c.Adapter.Config.Scale(l.Name)
 		if c.Scale != nil {
 			scale = *c.Scale

@@ -2,6 +2,7 @@ package rewrite
 
 import (
 	"math"
+	"strings"
 	"testing"
 
 	"github.com/loracc/loracc/adapter"
@@ -142,5 +143,24 @@ func TestModulePath(t *testing.T) {
 		if got := modulePath(in); got != want {
 			t.Errorf("modulePath(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+func TestMatchAdapterNames(t *testing.T) {
+	m := seedModel(t)
+	targets, _ := FindTargets(m)
+	for name, how := range map[string]string{"seed": "name", "model.seed": "suffix"} {
+		a := seedAdapter()
+		a.Layers[0].Name = name
+		ms, err := MatchAdapter(targets, a)
+		if err != nil || len(ms) != 1 || ms[0].How != how {
+			t.Errorf("layer %q: %v %v", name, ms, err)
+		}
+	}
+	a := seedAdapter()
+	a.Layers = append(a.Layers, a.Layers[0])
+	a.Layers[1].Name = "missing"
+	if _, err := MatchAdapter(targets, a); err == nil || !strings.Contains(err.Error(), `"missing" matches no target`) {
+		t.Errorf("leftover layer: %v", err)
 	}
 }

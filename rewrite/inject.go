@@ -44,19 +44,16 @@ func injectPass(m *graph.Model, c *Context) error {
 	all, _ := FindTargets(m)
 	var targets []*Target
 	if c.Adapter != nil {
-		byName := map[string]*Target{}
-		for _, t := range all {
-			byName[t.Name] = t
+		matches, err := MatchAdapter(all, c.Adapter)
+		if err != nil {
+			return err
 		}
-		for _, l := range c.Adapter.Layers {
-			t := byName[l.Name]
-			if t == nil {
-				return fmt.Errorf("adapter layer %q: the model has no target of that name (targets: %s)", l.Name, targetList(all))
-			}
-			if int64(l.In) != t.In || int64(l.Out) != t.Out {
-				return fmt.Errorf("adapter layer %q is [in=%d, out=%d], but node %q (%s) has weight %q [in=%d, out=%d]", l.Name, l.In, l.Out, t.Node.Name, t.Node.Op, t.Weight.Name, t.In, t.Out)
-			}
-			targets = append(targets, t)
+		reportMatches(c, all, matches)
+		// The graph's tensors take the target's name; the adapter keeps
+		// its own module names, so it fuses back where it came from.
+		for i, mt := range matches {
+			targets = append(targets, mt.Target)
+			mt.Target.Name = c.Adapter.Layers[i].Name
 		}
 	} else {
 		targets, _ = c.Selector.Select(all)

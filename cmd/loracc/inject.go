@@ -29,6 +29,7 @@ func injectCommand() *cli.Command {
 			&cli.BoolFlag{Name: "adapter-inputs", Usage: "make lora_A/lora_B graph inputs, so one loaded model serves any adapter"},
 			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Usage: "output model (default: MODEL.lora.onnx)"},
 			&cli.StringFlag{Name: "adapter", Usage: "adapter directory to write (default: OUT without .onnx plus .adapter)"},
+			&cli.StringFlag{Name: "from-adapter", Usage: "inject this PEFT adapter (its layers, values, rank and alpha) instead of a new one; layers are matched to targets by module path, suffix or weight name"},
 			&cli.BoolFlag{Name: "dump", Usage: "print the graph after each pass"},
 		),
 		Action: injectAction,
@@ -112,6 +113,17 @@ func injectAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	var from *adapter.Adapter
+	if dir := c.String("from-adapter"); dir != "" {
+		for _, f := range []string{"rank", "alpha", "rank-pattern", "alpha-pattern", "init", "seed", "target", "exclude"} {
+			if c.IsSet(f) {
+				return fmt.Errorf("--%s and --from-adapter conflict: the adapter decides which layers and values", f)
+			}
+		}
+		if from, err = adapter.Load(dir); err != nil {
+			return err
+		}
+	}
 	out := c.String("output")
 	if out == "" {
 		out = outputPath(in, "lora")
@@ -131,7 +143,7 @@ func injectAction(c *cli.Context) error {
 	ctx := &rewrite.Context{
 		Selector: sel, Config: cfg, AdapterInputs: c.Bool("adapter-inputs"),
 		Init: rewrite.Init{Method: c.String("init"), Seed: c.Uint64("seed")},
-		Logf: logf,
+		Logf: logf, Adapter: from,
 	}
 	if c.Bool("dump") {
 		ctx.Dump = dumper(c)

@@ -201,7 +201,12 @@ func (b *Bar) eta() string {
 	return dur(b.perStep * float64(b.total-b.lastStep))
 }
 
+// lossText shows four decimals, switching to significant digits for
+// losses so small that decimals would print 0.0000.
 func lossText(v float64) string {
+	if v != 0 && math.Abs(v) < 0.01 {
+		return fmt.Sprintf("%.3e", v)
+	}
 	return fmt.Sprintf("%.4f", v)
 }
 
