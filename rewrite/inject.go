@@ -124,9 +124,8 @@ func newAdapter(ts []*Target, cfg adapter.Config, init Init) (*adapter.Adapter, 
 		if r <= 0 {
 			return nil, fmt.Errorf("target %q: rank %d must be positive", t.Name, r)
 		}
-		if int64(r) > min(t.In, t.Out) {
-			return nil, fmt.Errorf("target %q: rank %d exceeds min(in=%d, out=%d)", t.Name, r, t.In, t.Out)
-		}
+		// r above min(in, out) adds parameters without adding rank; PEFT
+		// allows it and so do we (a model's small heads get the global r).
 		l := adapter.Layer{Name: t.Name, Rank: r, In: int(t.In), Out: int(t.Out),
 			A: make([]float32, r*int(t.In)), B: make([]float32, int(t.Out)*r)}
 		h := fnv.New64a()
