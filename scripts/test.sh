@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 lib=$(bash scripts/fetch-ort.sh)
 export LORACC_ORT_LIB="$lib" LORACC_REQUIRE_ORT=1
-export LORACC_MODELS_DIR="$(bash scripts/fetch-real-models.sh)" LORACC_REQUIRE_REAL=1
+models=$(bash scripts/fetch-real-models.sh); export LORACC_MODELS_DIR="$models" LORACC_REQUIRE_REAL=1
 echo "== go vet"
 go vet ./...
 echo "== import direction"
