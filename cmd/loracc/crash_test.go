@@ -141,3 +141,34 @@ func TestCrashFuseAtomic(t *testing.T) {
 	}
 	t.Logf("%d of 20 fuses finished before the kill", complete)
 }
+
+// TestDiskFull runs loracc under a file-size limit (prlimit), the way a
+// full disk fails writes: the command fails with one line naming the file,
+// and neither an output nor a temporary file is left.
+func TestDiskFull(t *testing.T) {
+	if _, err := exec.LookPath("prlimit"); err != nil {
+		t.Skip("prlimit (util-linux) not installed")
+	}
+	bin := buildBinary(t)
+	dir := t.TempDir()
+	base := copyModel(t, "../../testdata/models/gpt2_tiny.onnx")
+	for _, args := range [][]string{
+		{"inject", base, "--rank", "4", "-o", filepath.Join(dir, "full.onnx")},
+		{"fuse", base, "--adapter", "../../testdata/ref/gpt2_tiny_lora_init", "-o", filepath.Join(dir, "full.onnx")},
+	} {
+		cmd := exec.Command("prlimit", append([]string{"--fsize=100000", bin}, args...)...)
+		out, err := cmd.CombinedOutput()
+		if err == nil {
+			t.Fatalf("%s succeeded under a 100 kB file limit", args[0])
+		}
+		lines := bytes.Split(bytes.TrimSpace(out), []byte("\n"))
+		last := string(lines[len(lines)-1])
+		if bytes.Count(out, []byte("loracc: ")) != 1 || !bytes.HasPrefix([]byte(last), []byte("loracc: ")) || !bytes.Contains([]byte(last), []byte("full.onnx")) {
+			t.Errorf("%s: want one error line naming the file, got %q", args[0], out)
+		}
+		entries, _ := os.ReadDir(dir)
+		for _, e := range entries {
+			t.Errorf("%s left %s behind", args[0], e.Name())
+		}
+	}
+}
