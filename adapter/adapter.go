@@ -233,3 +233,16 @@ func (a *Adapter) Save(dir string) error {
 	}
 	return nil
 }
+
+// Transpose returns the [cols, rows] transpose of a row-major [rows, cols]
+// matrix. Graphs hold a layer's factors as lora_Aᵀ [in, r] and lora_Bᵀ
+// [r, out], PEFT files as lora_A [r, in] and lora_B [out, r].
+func Transpose(x []float32, rows, cols int) []float32 {
+	out := make([]float32, len(x))
+	for i := 0; i < rows; i++ {
+		for j := 0; j < cols; j++ {
+			out[j*rows+i] = x[i*cols+j]
+		}
+	}
+	return out
+}

@@ -79,7 +79,7 @@ func newLowRank(t *Target, l *adapter.Layer, s float64) lowRank {
 		return lowRank{rows: l.Out, cols: l.In, r: r, p: conv(l.B), q: conv(l.A), s: s}
 	}
 	// W is [in, out]: ΔW = lora_Aᵀ [in, r] · lora_Bᵀ [r, out].
-	return lowRank{rows: l.In, cols: l.Out, r: r, p: conv(transposed(l.A, r, l.In)), q: conv(transposed(l.B, l.Out, r)), s: s}
+	return lowRank{rows: l.In, cols: l.Out, r: r, p: conv(adapter.Transpose(l.A, r, l.In)), q: conv(adapter.Transpose(l.B, l.Out, r)), s: s}
 }
 
 // addRows adds ΔW rows [row0, row0+len(w)/cols) to w in place.

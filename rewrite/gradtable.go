@@ -8,7 +8,7 @@ package rewrite
 //
 // Left out on purpose: ReduceMax/ReduceMin/ReduceProd and the other
 // reductions (not met between adapters and losses yet), Einsum, Resize,
-// Conv and pooling, TopK, and edge/reflect Pad.
+// ConvTranspose and pooling, TopK, and edge/reflect Pad.
 func gradRules() map[string]gradRule {
 	return map[string]gradRule{
 		// non-differentiable
@@ -58,6 +58,10 @@ func gradRules() map[string]gradRule {
 		"Softmax":            gradSoftmax,
 		"LogSoftmax":         gradLogSoftmax,
 		"LayerNormalization": gradLayerNorm,
+
+		// convolutional networks (grad_conv.go)
+		"Conv":               gradConv,
+		"BatchNormalization": gradBatchNorm, // inference mode
 
 		// data movement (grad_shape.go)
 		"Reshape":   gradReshape,

@@ -158,17 +158,6 @@ func SortLayers(a *adapter.Adapter) {
 	sort.SliceStable(a.Layers, func(i, j int) bool { return a.Layers[i].Name < a.Layers[j].Name })
 }
 
-// transposed returns the [cols, rows] transpose of a row-major matrix.
-func transposed(x []float32, rows, cols int) []float32 {
-	out := make([]float32, len(x))
-	for i := 0; i < rows; i++ {
-		for j := 0; j < cols; j++ {
-			out[j*rows+i] = x[i*cols+j]
-		}
-	}
-	return out
-}
-
 // addBranch inserts the LoRA branch for one target.
 func addBranch(t *Target, l *adapter.Layer, scale float64, asInputs bool) error {
 	g := t.Node.Graph()
@@ -178,8 +167,8 @@ func addBranch(t *Target, l *adapter.Layer, scale float64, asInputs bool) error 
 		return errors.New("node has no output")
 	}
 	dt := t.DType
-	aT := transposed(l.A, l.Rank, l.In)  // [in, r]
-	bT := transposed(l.B, l.Out, l.Rank) // [r, out]
+	aT := adapter.Transpose(l.A, l.Rank, l.In)  // [in, r]
+	bT := adapter.Transpose(l.B, l.Out, l.Rank) // [r, out]
 	b := &graph.Builder{G: g, Prefix: "lora/" + t.Name, Metadata: append(keepScopes(t.Node), graph.KV{Key: BranchKey, Value: t.Name})}
 	// Adapter tensors live in the main graph so that they can be graph
 	// inputs and so that one place holds them all; subgraphs see them.

@@ -1,6 +1,8 @@
 package rewrite
 
 import (
+	"fmt"
+
 	"github.com/loracc/loracc/graph"
 )
 
@@ -45,7 +47,7 @@ func (s *inferer) compute(v *graph.Value) staticInfo {
 		return staticInfo{dt: t.DType, rank: len(t.Dims), dims: constDims(t.Dims)}
 	}
 	if v.Type != nil && v.Type.Shape != nil {
-		return staticInfo{dt: v.Type.DType, rank: len(v.Type.Shape), dims: v.Type.Shape}
+		return staticInfo{dt: v.Type.DType, rank: len(v.Type.Shape), dims: nameUnknown(v, len(v.Type.Shape), v.Type.Shape)}
 	}
 	in := staticInfo{rank: -1}
 	if v.Type != nil {
@@ -72,7 +74,70 @@ func (s *inferer) compute(v *graph.Value) staticInfo {
 			in.dims = []graph.Dim{{Value: int64(l)}}
 		}
 	}
+	in.dims = nameUnknown(v, in.rank, in.dims)
 	return in
+}
+
+// nameUnknown gives every unknown dim of v a symbol of its own
+// ("v.name?axis"), building the dims when only the rank is known. A
+// symbol then travels through the ops that keep sizes (elementwise ops,
+// Transpose, MatMul, Reshape of a shape read at run time, ...), so the
+// gradient rules can tell, say, that a bias Add in a model of dynamic
+// shapes needs no reduction, even in opsets whose Slice and ReduceSum
+// cannot find reduction axes at run time. Symbols never equal one another
+// unless the sizes are provably equal.
+func nameUnknown(v *graph.Value, rank int, dims []graph.Dim) []graph.Dim {
+	if rank < 0 || (dims != nil && len(dims) != rank) {
+		return dims
+	}
+	var out []graph.Dim
+	for i := range rank {
+		if dims != nil && (dims[i].Known() || dims[i].Param != "") {
+			continue
+		}
+		if out == nil {
+			out = make([]graph.Dim, rank)
+			if dims != nil {
+				copy(out, dims)
+			}
+		}
+		out[i] = graph.Dim{Value: -1, Param: fmt.Sprintf("%s?%d", v.Name, i)}
+	}
+	if out == nil {
+		return dims
+	}
+	return out
+}
+
+// broadcastDims is numpy broadcasting, right-aligned: a size other than 1
+// wins, a symbol shared by every non-1 operand is kept, else unknown.
+func broadcastDims(ds [][]graph.Dim, rank int) []graph.Dim {
+	out := make([]graph.Dim, rank)
+	for i := range out {
+		out[i] = graph.Dim{Value: 1}
+	}
+	for _, d := range ds {
+		if d == nil || len(d) > rank {
+			return nil
+		}
+		off := rank - len(d)
+		for i, di := range d {
+			o := &out[off+i]
+			switch {
+			case di.Known() && di.Value == 1:
+			case o.Known() && o.Value == 1:
+				*o = di
+			case di.Known() && o.Known() && di.Value == o.Value:
+			case di.Param != "" && di.Param == o.Param:
+			case di.Known() && di.Value != 1 && !o.Known():
+				*o = graph.Dim{Value: di.Value}
+			case o.Known():
+			default:
+				*o = graph.Dim{Value: -1}
+			}
+		}
+	}
+	return out
 }
 
 // outDims derives dims (unknown ones as Value −1) for the ops whose
@@ -97,35 +162,11 @@ func (s *inferer) outDims(n *graph.Node, rank int) []graph.Dim {
 	switch n.Op {
 	case "Add", "Sub", "Mul", "Div", "Pow", "Where", "Max", "Min", "Sum", "Equal", "Less", "Greater",
 		"LessOrEqual", "GreaterOrEqual", "And", "Or", "Xor", "Mod", "PRelu":
-		// numpy broadcasting, right-aligned: a size other than 1 wins, a
-		// symbol shared by every non-1 operand is kept, else unknown.
-		out := make([]graph.Dim, rank)
-		for i := range out {
-			out[i] = graph.Dim{Value: 1}
-		}
+		var ds [][]graph.Dim
 		for _, in := range n.Inputs() {
-			d := dimsOf(in)
-			if d == nil || len(d) > rank {
-				return nil
-			}
-			off := rank - len(d)
-			for i, di := range d {
-				o := &out[off+i]
-				switch {
-				case di.Known() && di.Value == 1:
-				case o.Known() && o.Value == 1:
-					*o = di
-				case di.Known() && o.Known() && di.Value == o.Value:
-				case di.Param != "" && di.Param == o.Param:
-				case di.Known() && di.Value != 1 && !o.Known():
-					*o = graph.Dim{Value: di.Value}
-				case o.Known():
-				default:
-					*o = graph.Dim{Value: -1}
-				}
-			}
+			ds = append(ds, dimsOf(in))
 		}
-		return out
+		return broadcastDims(ds, rank)
 	case "Unsqueeze":
 		x := dimsOf(n.Input(0))
 		axes, ok := s.axes(n)
@@ -184,8 +225,86 @@ func (s *inferer) outDims(n *graph.Node, rank int) []graph.Dim {
 		}
 		out[a] = graph.Dim{Value: total}
 		return out
+	case "Conv", "AveragePool", "MaxPool", "LpPool", "GlobalAveragePool", "GlobalMaxPool":
+		// Channels are what Concat's gradient needs in convolutional
+		// necks: Conv's come from the weight, pooling keeps x's.
+		return s.windowDims(n, rank, dimsOf(n.Input(0)))
 	}
 	return nil
+}
+
+// windowDims are the dims of a Conv or pooling output: x's batch, the
+// channels (Conv: the weight's dim 0), and each spatial size from the
+// window arithmetic when x's size, the kernel and the pads are static.
+func (s *inferer) windowDims(n *graph.Node, rank int, x []graph.Dim) []graph.Dim {
+	if len(x) != rank || rank < 2 {
+		return nil
+	}
+	out := make([]graph.Dim, rank)
+	for i := range out {
+		out[i] = graph.Dim{Value: -1}
+	}
+	out[0], out[1] = x[0], x[1]
+	k := rank - 2
+	if n.Op == "GlobalAveragePool" || n.Op == "GlobalMaxPool" {
+		for i := 2; i < rank; i++ {
+			out[i] = graph.Dim{Value: 1}
+		}
+		return out
+	}
+	kernel := n.AttrInts("kernel_shape")
+	if n.Op == "Conv" {
+		out[1] = graph.Dim{Value: -1}
+		w := s.info(n.Input(1))
+		if w.dims != nil && len(w.dims) == rank {
+			out[1] = w.dims[0]
+			if kernel == nil {
+				kernel = make([]int64, k)
+				for i := range k {
+					kernel[i] = -1
+					if w.dims[2+i].Known() {
+						kernel[i] = w.dims[2+i].Value
+					}
+				}
+			}
+		}
+	}
+	at := func(name string, i int, def int64) int64 {
+		if xs := n.AttrInts(name); len(xs) > i {
+			return xs[i]
+		}
+		return def
+	}
+	autoPad := "NOTSET"
+	if a := n.Attr("auto_pad"); a != nil && len(a.S) > 0 {
+		autoPad = string(a.S)
+	}
+	for i := range k {
+		xi := x[2+i]
+		if !xi.Known() || len(kernel) != k || kernel[i] < 0 {
+			continue
+		}
+		st, d := at("strides", i, 1), at("dilations", i, 1)
+		span := d*(kernel[i]-1) + 1
+		var size int64
+		switch autoPad {
+		case "NOTSET":
+			free := xi.Value + at("pads", i, 0) + at("pads", k+i, 0) - span
+			if n.AttrInt("ceil_mode", 0) != 0 {
+				size = (free+st-1)/st + 1
+			} else {
+				size = free/st + 1
+			}
+		case "VALID":
+			size = (xi.Value-span)/st + 1
+		case "SAME_UPPER", "SAME_LOWER":
+			size = (xi.Value + st - 1) / st
+		default:
+			continue
+		}
+		out[2+i] = graph.Dim{Value: size}
+	}
+	return out
 }
 
 func constDims(dims []int64) []graph.Dim {
@@ -204,6 +323,7 @@ var sameShapeOps = map[string]bool{
 	"IsInf": true, "Not": true, "CumSum": true, "Abs": true, "Sin": true, "Cos": true, "Softplus": true,
 	"LeakyRelu": true, "Elu": true, "HardSigmoid": true, "Clip": true, "SimplifiedLayerNormalization": true,
 	"Trilu": true, "CastLike": true, "Sign": true, "Floor": true, "Ceil": true, "Round": true,
+	"BatchNormalization": true, "InstanceNormalization": true, "HardSwish": true, "LRN": true,
 }
 
 // dataFirstOps take their element type from input 0 alone: their other
@@ -221,6 +341,10 @@ func (s *inferer) outDType(n *graph.Node, idx int) graph.DataType {
 		return graph.DataType(n.AttrInt("to", 0))
 	case "Shape", "Size", "NonZero", "ArgMax", "ArgMin":
 		return graph.Int64
+	case "MaxPool":
+		if idx == 1 {
+			return graph.Int64 // Indices
+		}
 	case "Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "And", "Or", "Not", "Xor", "IsNaN", "IsInf":
 		return graph.Bool
 	case "Constant":
@@ -284,6 +408,8 @@ func (s *inferer) outRank(n *graph.Node, idx int) int {
 		return max(a, b)
 	case "Gemm", "Flatten":
 		return 2
+	case "Conv", "ConvTranspose", "AveragePool", "MaxPool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "Upsample", "Resize":
+		return r(0)
 	case "Shape":
 		return 1
 	case "Size":

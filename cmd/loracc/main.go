@@ -42,6 +42,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			exportTrainCommand(),
 			trainCommand(),
 			doctorCommand(),
+			exportAdapterCommand(),
 			demoCommand(),
 			reverseCommand(),
 		},

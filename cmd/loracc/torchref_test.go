@@ -181,8 +181,8 @@ func TestTrainMatchesPyTorch(t *testing.T) {
 			}
 			params := map[string]runtime.Tensor{}
 			for _, l := range a.Layers {
-				params[l.Name+".lora_A"] = runtime.FloatTensor([]int64{int64(l.In), int64(l.Rank)}, transpose(l.A, l.Rank, l.In))
-				params[l.Name+".lora_B"] = runtime.FloatTensor([]int64{int64(l.Rank), int64(l.Out)}, transpose(l.B, l.Out, l.Rank))
+				params[l.Name+".lora_A"] = runtime.FloatTensor([]int64{int64(l.In), int64(l.Rank)}, adapter.Transpose(l.A, l.Rank, l.In))
+				params[l.Name+".lora_B"] = runtime.FloatTensor([]int64{int64(l.Rank), int64(l.Out)}, adapter.Transpose(l.B, l.Out, l.Rank))
 			}
 			batch := loadBatch(t, filepath.Join("../../testdata/ref", tc.model+"_batch.json"))
 			tr := newTrainer(t, e, out, io.Train, batch, params)
@@ -221,7 +221,7 @@ func TestTrainMatchesPyTorch(t *testing.T) {
 						if err != nil {
 							t.Fatal(err)
 						}
-						want := transpose(rv, part.cols, part.rows) // PEFT stores the transpose of ours
+						want := adapter.Transpose(rv, part.cols, part.rows) // PEFT stores the transpose of ours
 						if rel := relDiff(got, want); rel > 1e-4 {
 							t.Errorf("gradient of %s%s differs from PyTorch by %.2g relative", l.Name, part.suffix, rel)
 						}
@@ -243,16 +243,6 @@ func readRef(t *testing.T, model string) torchRef {
 		t.Fatal(err)
 	}
 	return r
-}
-
-func transpose(x []float32, rows, cols int) []float32 {
-	out := make([]float32, len(x))
-	for i := 0; i < rows; i++ {
-		for j := 0; j < cols; j++ {
-			out[j*rows+i] = x[i*cols+j]
-		}
-	}
-	return out
 }
 
 // relDiff is max |a−b| over max |b|.

@@ -51,8 +51,8 @@ func gptTrainSetup(t testing.TB, extra ...string) (string, string, TrainIO, map[
 	}
 	params := map[string]runtime.Tensor{}
 	for _, l := range a.Layers {
-		params[l.Name+".lora_A"] = runtime.FloatTensor([]int64{int64(l.In), int64(l.Rank)}, transpose(l.A, l.Rank, l.In))
-		params[l.Name+".lora_B"] = runtime.FloatTensor([]int64{int64(l.Rank), int64(l.Out)}, transpose(l.B, l.Out, l.Rank))
+		params[l.Name+".lora_A"] = runtime.FloatTensor([]int64{int64(l.In), int64(l.Rank)}, adapter.Transpose(l.A, l.Rank, l.In))
+		params[l.Name+".lora_B"] = runtime.FloatTensor([]int64{int64(l.Rank), int64(l.Out)}, adapter.Transpose(l.B, l.Out, l.Rank))
 	}
 	return lora, out, io, params
 }

@@ -18,24 +18,13 @@ import (
 // "<target>.lora_A" [in, r] and "<target>.lora_B" [r, out], float32.
 type Params map[string]runtime.Tensor
 
-// transpose returns the [cols, rows] transpose of a row-major matrix.
-func transpose(x []float32, rows, cols int) []float32 {
-	out := make([]float32, len(x))
-	for i := 0; i < rows; i++ {
-		for j := 0; j < cols; j++ {
-			out[j*rows+i] = x[i*cols+j]
-		}
-	}
-	return out
-}
-
 // FromAdapter lays out a PEFT adapter (lora_A [r, in], lora_B [out, r]) as
 // graph params (their transposes).
 func FromAdapter(a *adapter.Adapter) Params {
 	p := Params{}
 	for _, l := range a.Layers {
-		p[l.Name+".lora_A"] = runtime.FloatTensor([]int64{int64(l.In), int64(l.Rank)}, transpose(l.A, l.Rank, l.In))
-		p[l.Name+".lora_B"] = runtime.FloatTensor([]int64{int64(l.Rank), int64(l.Out)}, transpose(l.B, l.Out, l.Rank))
+		p[l.Name+".lora_A"] = runtime.FloatTensor([]int64{int64(l.In), int64(l.Rank)}, adapter.Transpose(l.A, l.Rank, l.In))
+		p[l.Name+".lora_B"] = runtime.FloatTensor([]int64{int64(l.Rank), int64(l.Out)}, adapter.Transpose(l.B, l.Out, l.Rank))
 	}
 	return p
 }
@@ -57,8 +46,8 @@ func ToAdapter(p Params, like *adapter.Adapter) (*adapter.Adapter, error) {
 			return nil, fmt.Errorf("layer %q: params have %d and %d values, want %d and %d", l.Name, len(av), len(bv), l.In*l.Rank, l.Rank*l.Out)
 		}
 		nl := l
-		nl.A = transpose(av, l.In, l.Rank)
-		nl.B = transpose(bv, l.Rank, l.Out)
+		nl.A = adapter.Transpose(av, l.In, l.Rank)
+		nl.B = adapter.Transpose(bv, l.Rank, l.Out)
 		out.Layers = append(out.Layers, nl)
 	}
 	return out, nil
@@ -116,7 +105,7 @@ func AdapterFromModel(m *graph.Model, branchKey string, cfg *adapter.Config) (*a
 			return nil, err
 		}
 		in, r, out2 := int(p.a.Const.Dims[0]), int(p.a.Const.Dims[1]), int(p.b.Const.Dims[1])
-		out.Layers = append(out.Layers, adapter.Layer{Name: name, Rank: r, In: in, Out: out2, A: transpose(av, in, r), B: transpose(bv, r, out2)})
+		out.Layers = append(out.Layers, adapter.Layer{Name: name, Rank: r, In: in, Out: out2, A: adapter.Transpose(av, in, r), B: adapter.Transpose(bv, r, out2)})
 		if p.s != nil && p.s.Const != nil {
 			if s, err := p.s.Const.Floats(); err == nil && len(s) == 1 {
 				alphas[name] = float64(s[0]) * float64(r)
