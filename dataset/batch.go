@@ -3,6 +3,7 @@ package dataset
 import (
 	"encoding/binary"
 	"fmt"
+	"github.com/loracc/loracc/graph"
 	"math"
 )
 
@@ -88,6 +89,21 @@ func (s *Set) stack(f *field, idx []int) (Tensor, error) {
 			if f.pad != 0 {
 				putInts(row[n*size:], f.kind, per-n, nil, f.pad)
 			}
+		}
+	}
+	if f.kind == kFloat32 && f.dtype != "float32" {
+		// Values were laid out as float32: convert the whole batch once,
+		// rounding once, to the input's float type.
+		dt, err := graph.ParseDataType(f.dtype)
+		if err != nil {
+			return Tensor{}, err
+		}
+		vals := make([]float32, len(data)/4)
+		for k := range vals {
+			vals[k] = math.Float32frombits(binary.LittleEndian.Uint32(data[4*k:]))
+		}
+		if data, err = graph.EncodeFloats(dt, vals); err != nil {
+			return Tensor{}, err
 		}
 	}
 	return Tensor{DType: f.dtype, Shape: shape, Data: data}, nil

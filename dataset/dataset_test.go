@@ -306,8 +306,8 @@ func TestBadSpec(t *testing.T) {
 		spec Spec
 		want string
 	}{
-		{"dtype", Spec{Loss: "lm", Inputs: entries(t, `[{"name": "a", "dtype": "float16", "shape": ["b", "s"]}]`)},
-			`input "a": dtype "float16" is not supported in data (int64, int32, bool, float32)`},
+		{"dtype", Spec{Loss: "lm", Inputs: entries(t, `[{"name": "a", "dtype": "complex64", "shape": ["b", "s"]}]`)},
+			`input "a": dtype "complex64" is not supported in data (int64, int32, bool, float32, float16, bfloat16, float64)`},
 		{"loss", Spec{Loss: "ctc"}, `unknown loss "ctc" (want lm, ce or mse)`},
 		{"labels", Spec{Loss: "lm", Labels: "labels", Inputs: entries(t, `[{"name": "a", "dtype": "int64", "shape": ["b", "s"]}]`)},
 			`labels "labels" are not among the graph's inputs`},

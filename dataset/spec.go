@@ -53,7 +53,8 @@ func kindOf(dtype string) (kind, bool) {
 		return kInt32, true
 	case "bool":
 		return kBool, true
-	case "float32":
+	case "float32", "float16", "bfloat16", "float64":
+		// Parsed as float32 values; Batch encodes other float types.
 		return kFloat32, true
 	}
 	return 0, false
@@ -203,7 +204,7 @@ func compile(spec Spec) (*Set, error) {
 		s.spec.Inputs = append(s.spec.Inputs, e)
 		k, ok := kindOf(e.DType)
 		if !ok {
-			return nil, fmt.Errorf("input %q: dtype %q is not supported in data (int64, int32, bool, float32)", e.Name, e.DType)
+			return nil, fmt.Errorf("input %q: dtype %q is not supported in data (int64, int32, bool, float32, float16, bfloat16, float64)", e.Name, e.DType)
 		}
 		if _, dup := s.byName[e.Name]; dup {
 			return nil, fmt.Errorf("input %q is listed twice", e.Name)

@@ -59,6 +59,13 @@ func (g *Graph) AddOutput(v *Value) { g.Outputs = append(g.Outputs, v) }
 // NewNode appends a node computing op(inputs) with numOut outputs named
 // after outBase ("" picks the node name). Inputs must be visible from g.
 func (g *Graph) NewNode(op, name string, inputs []*Value, numOut int, outBase string) *Node {
+	if name != "" {
+		base := name
+		for i := 1; g.names.nodes[name]; i++ {
+			name = base + "_" + strconv.Itoa(i)
+		}
+		g.names.nodes[name] = true
+	}
 	n := &Node{Name: name, Op: op, graph: g}
 	for i, v := range inputs {
 		n.inputs = append(n.inputs, v)

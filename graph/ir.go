@@ -194,12 +194,14 @@ type Attr struct {
 	rest []byte
 }
 
-// nameSet hands out value names unique across a model.
+// nameSet hands out value names, and node names, unique across a model
+// (ONNX Runtime rejects two nodes of one name).
 type nameSet struct {
-	used map[string]bool
+	used  map[string]bool
+	nodes map[string]bool
 }
 
-func newNameSet() *nameSet { return &nameSet{used: map[string]bool{}} }
+func newNameSet() *nameSet { return &nameSet{used: map[string]bool{}, nodes: map[string]bool{}} }
 
 // Graph accessors.
 

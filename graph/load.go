@@ -266,6 +266,7 @@ func fillValueInfo(v *Value, p *onnxpb.ValueInfoProto) error {
 
 func (l *loader) node(n *Node, pn *onnxpb.NodeProto, m *Model, names *nameSet) error {
 	n.Name, n.Op, n.Domain, n.Overload = pn.GetName(), pn.GetOpType(), pn.GetDomain(), pn.GetOverload()
+	names.nodes[n.Name] = true
 	n.DocString = pn.GetDocString()
 	n.Metadata = kvsFromProto(pn.MetadataProps)
 	g := n.graph

@@ -8,6 +8,7 @@ package rewrite
 
 import (
 	"fmt"
+	"math"
 
 	"github.com/loracc/loracc/graph"
 )
@@ -332,5 +333,93 @@ func gradBatchNorm(c *gradCtx, n *graph.Node, gys []*graph.Value) ([]*graph.Valu
 		rho2 := c.op("Mul", vals(rho, rho))
 		out[4] = c.op("Mul", vals(c.op("Mul", vals(sumGyXc, c.op("Mul", vals(sRho, rho2)))), half))
 	}
+	return out, nil
+}
+
+// gradSliceOpset picks the Slice rule the model's opset allows: from 11
+// gradSlice scatters into zeros at run-time positions; before 11 (no Range,
+// no ScatterElements) gradSliceStatic pads the gradient back with pads
+// known at compile time. Paddle's opset-9 exports slice q, k and v out of
+// one projection this way, between a conv backbone and its transformer
+// neck, which is why the rule sits with the conv rules.
+func gradSliceOpset(c *gradCtx, n *graph.Node, gys []*graph.Value) ([]*graph.Value, error) {
+	if c.opset >= 11 {
+		return gradSlice(c, n, gys)
+	}
+	return gradSliceStatic(c, n, gys)
+}
+
+// gradSliceStatic: for step 1, x[s:e] along an axis of size d is undone
+// by padding the gradient with s zeros before and d − e after (after ONNX's
+// clamping). The bounds are Slice-1's attributes or Slice-10's constant
+// inputs; the pads need x's size along each sliced axis unless the slice
+// runs from a non-negative start to the end.
+func gradSliceStatic(c *gradCtx, n *graph.Node, gys []*graph.Value) ([]*graph.Value, error) {
+	x := n.Input(0)
+	r, err := c.rank(x)
+	if err != nil {
+		return nil, err
+	}
+	var starts, ends, axes []int64
+	if n.Attr("starts") != nil {
+		starts, ends, axes = n.AttrInts("starts"), n.AttrInts("ends"), n.AttrInts("axes")
+	} else {
+		var ok bool
+		if starts, ok = constInts(optInput(n, 1)); !ok {
+			return nil, fmt.Errorf("starts are computed at run time; before opset 11 only constant bounds are supported")
+		}
+		if ends, ok = constInts(optInput(n, 2)); !ok {
+			return nil, fmt.Errorf("ends are computed at run time; before opset 11 only constant bounds are supported")
+		}
+		if v := optInput(n, 3); v != nil {
+			if axes, ok = constInts(v); !ok {
+				return nil, fmt.Errorf("axes are computed at run time")
+			}
+		}
+		if v := optInput(n, 4); v != nil {
+			steps, ok := constInts(v)
+			if !ok {
+				return nil, fmt.Errorf("steps are computed at run time")
+			}
+			for _, st := range steps {
+				if st != 1 {
+					return nil, fmt.Errorf("step %d: before opset 11 only step 1 is supported", st)
+				}
+			}
+		}
+	}
+	if len(ends) != len(starts) || (axes != nil && len(axes) != len(starts)) {
+		return nil, fmt.Errorf("starts %v, ends %v and axes %v differ in length", starts, ends, axes)
+	}
+	pads := make([]int64, 2*r)
+	for k := range starts {
+		a := int64(k)
+		if axes != nil {
+			a = axes[k]
+		}
+		a, err := normAxis(a, r)
+		if err != nil {
+			return nil, err
+		}
+		size, known := c.staticDim(x, a)
+		switch {
+		case known:
+			clamp := func(i int64) int64 {
+				if i < 0 {
+					i += size
+				}
+				return min(max(i, 0), size)
+			}
+			s, e := clamp(starts[k]), clamp(ends[k])
+			e = max(e, s)
+			pads[a], pads[int64(r)+a] = s, size-e
+		case starts[k] >= 0 && ends[k] >= math.MaxInt32:
+			pads[a] = starts[k]
+		default:
+			return nil, fmt.Errorf("%q's size along axis %d is not known statically, and before opset 11 the gradient of slice [%d:%d] needs it", x.Name, a, starts[k], ends[k])
+		}
+	}
+	out := make([]*graph.Value, n.NumInputs())
+	out[0] = c.op("Pad", vals(gys[0]), graph.AttrIs("pads", pads...)) // Pad-2: pads attribute until opset 11
 	return out, nil
 }

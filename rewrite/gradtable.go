@@ -72,7 +72,7 @@ func gradRules() map[string]gradRule {
 		"Expand":    gradExpand,
 		"Concat":    gradConcat,
 		"Split":     gradSplit,
-		"Slice":     gradSlice,
+		"Slice":     gradSliceOpset, // gradSlice from opset 11, gradSliceStatic before
 		"Pad":       gradPad,
 		"Tile":      gradTile,
 		"CumSum":    gradCumSum,

@@ -75,7 +75,7 @@ func injectPass(m *graph.Model, c *Context) error {
 	for _, t := range targets {
 		l := c.Adapter.Layer(t.Name)
 		scale := c.Adapter.Config.Scale(t.Name)
-		if err := addBranch(t, l, scale, c.AdapterInputs); err != nil {
+		if err := addBranch(t, l, scale, c.AdapterInputs, c.BranchFP32); err != nil {
 			return fmt.Errorf("node %q (%s): %w", t.Node.Name, t.Node.Op, err)
 		}
 	}
@@ -159,14 +159,17 @@ func SortLayers(a *adapter.Adapter) {
 }
 
 // addBranch inserts the LoRA branch for one target.
-func addBranch(t *Target, l *adapter.Layer, scale float64, asInputs bool) error {
+func addBranch(t *Target, l *adapter.Layer, scale float64, asInputs, fp32 bool) error {
 	g := t.Node.Graph()
 	x := t.Node.Input(0)
 	y := t.Node.Output(0)
 	if y == nil {
 		return errors.New("node has no output")
 	}
-	dt := t.DType
+	dt := t.DType // the branch's element type
+	if fp32 {
+		dt = graph.Float
+	}
 	aT := adapter.Transpose(l.A, l.Rank, l.In)  // [in, r]
 	bT := adapter.Transpose(l.B, l.Out, l.Rank) // [r, out]
 	b := &graph.Builder{G: g, Prefix: "lora/" + t.Name, Metadata: append(keepScopes(t.Node), graph.KV{Key: BranchKey, Value: t.Name})}
@@ -208,10 +211,22 @@ func addBranch(t *Target, l *adapter.Layer, scale float64, asInputs bool) error 
 	if err := y.Rename(g.UniqueName(orig + ".base")); err != nil {
 		return err
 	}
-	xa := b.Op("MatMul", t.Name+".lora_xA", []*graph.Value{x, av})
+	var branch []*graph.Value
+	xin := x
+	if cast := fp32 && t.DType != dt; cast {
+		xin = b.Op("Cast", t.Name+".lora_x32", []*graph.Value{x}, graph.AttrI("to", int64(graph.Float)))
+		branch = append(branch, xin)
+	}
+	xa := b.Op("MatMul", t.Name+".lora_xA", []*graph.Value{xin, av})
 	xab := b.Op("MatMul", t.Name+".lora_xAB", []*graph.Value{xa, bv})
 	scaled := b.Op("Mul", t.Name+".lora_delta", []*graph.Value{xab, sv})
+	branch = append(branch, xa, xab, scaled)
+	if dt != t.DType {
+		scaled = b.Op("Cast", t.Name+".lora_delta_"+t.DType.String(), []*graph.Value{scaled}, graph.AttrI("to", int64(t.DType)))
+		branch = append(branch, scaled)
+	}
 	sum := b.Op("Add", orig, []*graph.Value{y, scaled})
+	branch = append(branch, sum)
 	// The sum takes over the value's identity: name, type, doc, metadata.
 	if y.Type != nil {
 		tt := *y.Type
@@ -223,12 +238,12 @@ func addBranch(t *Target, l *adapter.Layer, scale float64, asInputs bool) error 
 		u.Node.SetInput(u.Index, sum)
 	}
 	// x is ready before the target, so the branch can follow it directly.
-	var branch []*graph.Node
-	for _, v := range []*graph.Value{xa, xab, scaled, sum} {
+	var nodes []*graph.Node
+	for _, v := range branch {
 		p, _ := v.Producer()
-		branch = append(branch, p)
+		nodes = append(nodes, p)
 	}
-	g.PlaceAfter(t.Node, branch...)
+	g.PlaceAfter(t.Node, nodes...)
 	if wasOutput {
 		for i, o := range g.Outputs {
 			if o == y {

@@ -31,6 +31,10 @@ type Context struct {
 	Adapter *adapter.Adapter
 	// AdapterInputs makes A and B graph inputs instead of initializers.
 	AdapterInputs bool
+	// BranchFP32 computes the branch of an fp16/bf16 target in float32
+	// (x cast up, the delta cast down before the sum) instead of in the
+	// base's type.
+	BranchFP32 bool
 	// Scale, when non-nil, replaces each layer's alpha/r (fuse --scale).
 	Scale *float64
 	// Logf receives progress and notes; nil discards them.

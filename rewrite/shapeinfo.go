@@ -2,6 +2,7 @@ package rewrite
 
 import (
 	"fmt"
+	"math"
 
 	"github.com/loracc/loracc/graph"
 )
@@ -43,7 +44,7 @@ func (s *inferer) info(v *graph.Value) staticInfo {
 }
 
 func (s *inferer) compute(v *graph.Value) staticInfo {
-	if t := v.Const; t != nil {
+	if t := constTensor(v); t != nil { // initializers and Constant nodes
 		return staticInfo{dt: t.DType, rank: len(t.Dims), dims: constDims(t.Dims)}
 	}
 	if v.Type != nil && v.Type.Shape != nil {
@@ -225,10 +226,397 @@ func (s *inferer) outDims(n *graph.Node, rank int) []graph.Dim {
 		}
 		out[a] = graph.Dim{Value: total}
 		return out
+	case "MatMul":
+		a, b := dimsOf(n.Input(0)), dimsOf(n.Input(1))
+		switch {
+		case a == nil || b == nil:
+			return nil
+		case len(a) >= 2 && len(b) >= 2:
+			batch := broadcastDims([][]graph.Dim{a[:len(a)-2], b[:len(b)-2]}, rank-2)
+			if batch == nil {
+				return nil
+			}
+			return append(batch, a[len(a)-2], b[len(b)-1])
+		case len(a) == 1 && len(b) >= 2:
+			return append(append([]graph.Dim{}, b[:len(b)-2]...), b[len(b)-1])
+		case len(b) == 1 && len(a) >= 2:
+			return append([]graph.Dim{}, a[:len(a)-1]...)
+		}
+		return nil
+	case "Gemm":
+		a, b := dimsOf(n.Input(0)), dimsOf(n.Input(1))
+		if len(a) != 2 || len(b) != 2 {
+			return nil
+		}
+		return []graph.Dim{a[n.AttrInt("transA", 0)&1], b[1-n.AttrInt("transB", 0)&1]}
+	case "Transpose":
+		x := dimsOf(n.Input(0))
+		if len(x) != rank {
+			return nil
+		}
+		perm := n.AttrInts("perm")
+		out := make([]graph.Dim, rank)
+		for i := range out {
+			p := int64(rank - 1 - i)
+			if perm != nil {
+				p = perm[i]
+			}
+			if p < 0 || p >= int64(rank) {
+				return nil
+			}
+			out[i] = x[p]
+		}
+		return out
+	case "Squeeze":
+		x := dimsOf(n.Input(0))
+		axes, ok := s.axes(n)
+		if x == nil || !ok {
+			return nil
+		}
+		drop := make([]bool, len(x))
+		for _, a := range axes {
+			a, err := normAxis(a, len(x))
+			if err != nil {
+				return nil
+			}
+			drop[a] = true
+		}
+		var out []graph.Dim
+		for i, d := range x {
+			if len(axes) == 0 && d.Known() && d.Value == 1 || drop[i] {
+				continue
+			}
+			out = append(out, d)
+		}
+		if len(out) != rank {
+			return nil
+		}
+		return out
+	case "ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL2", "ReduceSumSquare", "ReduceLogSumExp":
+		x := dimsOf(n.Input(0))
+		axes, ok := s.axes(n)
+		if x == nil || !ok {
+			return nil
+		}
+		if len(axes) == 0 && n.AttrInt("noop_with_empty_axes", 0) != 0 {
+			return x
+		}
+		reduced := make([]bool, len(x))
+		for i := range reduced {
+			reduced[i] = len(axes) == 0
+		}
+		for _, a := range axes {
+			a, err := normAxis(a, len(x))
+			if err != nil {
+				return nil
+			}
+			reduced[a] = true
+		}
+		keep := n.AttrInt("keepdims", 1) != 0
+		var out []graph.Dim
+		for i, d := range x {
+			switch {
+			case !reduced[i]:
+				out = append(out, d)
+			case keep:
+				out = append(out, graph.Dim{Value: 1})
+			}
+		}
+		if len(out) != rank {
+			return nil
+		}
+		return out
+	case "Slice":
+		return s.sliceDims(n, dimsOf(n.Input(0)), rank)
+	case "Reshape":
+		return s.reshapeDims(n, dimsOf(n.Input(0)), rank)
+	case "Gather":
+		x, idx := dimsOf(n.Input(0)), dimsOf(n.Input(1))
+		if x == nil || idx == nil {
+			return nil
+		}
+		a, err := normAxis(n.AttrInt("axis", 0), len(x))
+		if err != nil {
+			return nil
+		}
+		out := append(append(append([]graph.Dim{}, x[:a]...), idx...), x[a+1:]...)
+		if len(out) != rank {
+			return nil
+		}
+		return out
 	case "Conv", "AveragePool", "MaxPool", "LpPool", "GlobalAveragePool", "GlobalMaxPool":
 		// Channels are what Concat's gradient needs in convolutional
 		// necks: Conv's come from the weight, pooling keeps x's.
 		return s.windowDims(n, rank, dimsOf(n.Input(0)))
+	}
+	return nil
+}
+
+// sliceDims are the dims of a Slice with constant bounds (attributes
+// before opset 10, constant inputs after): a known size is cut as ONNX
+// clamps it; an unknown one keeps its symbol when the slice takes it whole.
+func (s *inferer) sliceDims(n *graph.Node, x []graph.Dim, rank int) []graph.Dim {
+	if len(x) != rank {
+		return nil
+	}
+	var starts, ends, axes, steps []int64
+	if n.Attr("starts") != nil {
+		starts, ends, axes = n.AttrInts("starts"), n.AttrInts("ends"), n.AttrInts("axes")
+	} else {
+		var ok bool
+		if starts, ok = constInts(optInput(n, 1)); !ok {
+			return nil
+		}
+		if ends, ok = constInts(optInput(n, 2)); !ok {
+			return nil
+		}
+		if v := optInput(n, 3); v != nil {
+			if axes, ok = constInts(v); !ok {
+				return nil
+			}
+		}
+		if v := optInput(n, 4); v != nil {
+			if steps, ok = constInts(v); !ok {
+				return nil
+			}
+		}
+	}
+	if len(ends) != len(starts) || (axes != nil && len(axes) != len(starts)) || (steps != nil && len(steps) != len(starts)) {
+		return nil
+	}
+	out := append([]graph.Dim{}, x...)
+	for k := range starts {
+		a := int64(k)
+		if axes != nil {
+			a = axes[k]
+		}
+		a, err := normAxis(a, rank)
+		if err != nil {
+			return nil
+		}
+		step := int64(1)
+		if steps != nil {
+			step = steps[k]
+		}
+		switch {
+		case x[a].Known():
+			l := sliceLen(int(x[a].Value), starts[k], ends[k], step)
+			if l < 0 {
+				return nil
+			}
+			out[a] = graph.Dim{Value: int64(l)}
+		case step == 1 && starts[k] == 0 && ends[k] >= math.MaxInt32:
+			// the whole axis: the size and its symbol stay
+		default:
+			out[a] = graph.Dim{Value: -1}
+		}
+	}
+	return out
+}
+
+// reshapeDims reads Reshape's target from the shape arithmetic that
+// built it (see shapeVec): 0 copies x's dim (unless allowzero), −1 is
+// what is left of x's size once the other dims are divided out — a known
+// number, or one symbol of x's that the others do not account for.
+func (s *inferer) reshapeDims(n *graph.Node, x []graph.Dim, rank int) []graph.Dim {
+	target := s.shapeVec(n.Input(1))
+	if len(target) != rank {
+		return nil
+	}
+	out := make([]graph.Dim, rank)
+	infer := -1
+	for i, e := range target {
+		switch {
+		case e.Param != "":
+			out[i] = e
+		case e.Value == 0 && n.AttrInt("allowzero", 0) == 0:
+			if i >= len(x) {
+				return nil
+			}
+			out[i] = x[i]
+		case e.Value == -1 && e.Param == "" && infer < 0:
+			infer = i
+		case e.Value >= 0:
+			out[i] = graph.Dim{Value: e.Value}
+		default:
+			out[i] = graph.Dim{Value: -1}
+		}
+	}
+	if infer < 0 {
+		return out
+	}
+	out[infer] = graph.Dim{Value: -1}
+	if x == nil {
+		return out
+	}
+	// Divide x's dims by the others: matching symbols cancel, known sizes
+	// multiply up.
+	left := append([]graph.Dim{}, x...)
+	known := int64(1)
+	for i, d := range out {
+		if i == infer {
+			continue
+		}
+		switch {
+		case d.Known():
+			known *= d.Value
+		case d.Param != "":
+			found := false
+			for j, l := range left {
+				if l.Param == d.Param {
+					left = append(left[:j], left[j+1:]...)
+					found = true
+					break
+				}
+			}
+			if !found {
+				return out
+			}
+		default:
+			return out
+		}
+	}
+	have := int64(1)
+	var syms []graph.Dim
+	for _, l := range left {
+		if l.Known() {
+			have *= l.Value
+		} else {
+			syms = append(syms, l)
+		}
+	}
+	switch {
+	case len(syms) == 0 && known > 0 && have%known == 0:
+		out[infer] = graph.Dim{Value: have / known}
+	case len(syms) == 1 && syms[0].Param != "" && have == known:
+		out[infer] = syms[0]
+	}
+	return out
+}
+
+// shapeVec evaluates a 1-D int64 tensor built by shape arithmetic —
+// constants, Shape, Cast, Concat, Slice, Gather, Unsqueeze, Squeeze —
+// entry by entry: a number (Dim.Value, which may be 0 or −1 here, as
+// Reshape reads them), a symbol (Dim.Param), or nil when not derivable.
+func (s *inferer) shapeVec(v *graph.Value) []graph.Dim {
+	if v == nil {
+		return nil
+	}
+	if t := constTensor(v); t != nil {
+		xs, err := t.Int64s()
+		if err != nil || len(t.Dims) > 1 {
+			return nil
+		}
+		out := make([]graph.Dim, len(xs))
+		for i, x := range xs {
+			out[i] = graph.Dim{Value: x}
+		}
+		return out
+	}
+	n, _ := v.Producer()
+	if n == nil {
+		return nil
+	}
+	switch n.Op {
+	case "Shape":
+		x := s.info(n.Input(0)).dims
+		if x == nil {
+			return nil
+		}
+		r := len(x)
+		start, end := clampIndex(n.AttrInt("start", 0), r), clampIndex(n.AttrInt("end", int64(r)), r)
+		if end <= start {
+			return []graph.Dim{}
+		}
+		out := append([]graph.Dim{}, x[start:end]...)
+		for _, d := range out {
+			if !d.Known() && d.Param == "" {
+				return nil // an unnamed unknown would read as −1
+			}
+		}
+		return out
+	case "Cast":
+		if dt := graph.DataType(n.AttrInt("to", 0)); dt == graph.Int64 || dt == graph.Int32 {
+			return s.shapeVec(n.Input(0))
+		}
+	case "Identity":
+		return s.shapeVec(n.Input(0))
+	case "Squeeze", "Unsqueeze":
+		// between a scalar and a one-element vector
+		if in := s.shapeVec(n.Input(0)); len(in) == 1 {
+			return in
+		}
+	case "Concat":
+		var out []graph.Dim
+		for _, in := range n.Inputs() {
+			p := s.shapeVec(in)
+			if p == nil {
+				return nil
+			}
+			out = append(out, p...)
+		}
+		return out
+	case "Slice":
+		x := s.shapeVec(n.Input(0))
+		if x == nil {
+			return nil
+		}
+		st, en, axes := n.AttrInts("starts"), n.AttrInts("ends"), n.AttrInts("axes")
+		step := int64(1)
+		if n.Attr("starts") == nil {
+			var ok bool
+			if st, ok = constInts(optInput(n, 1)); !ok {
+				return nil
+			}
+			if en, ok = constInts(optInput(n, 2)); !ok {
+				return nil
+			}
+			if a := optInput(n, 3); a != nil {
+				if axes, ok = constInts(a); !ok {
+					return nil
+				}
+			}
+			if p := optInput(n, 4); p != nil {
+				ps, ok := constInts(p)
+				if !ok || len(ps) != 1 {
+					return nil
+				}
+				step = ps[0]
+			}
+		}
+		if len(st) != 1 || len(en) != 1 || (axes != nil && (len(axes) != 1 || (axes[0] != 0 && axes[0] != -1))) || step != 1 {
+			return nil
+		}
+		l := int64(len(x))
+		a, b := st[0], en[0]
+		if a < 0 {
+			a += l
+		}
+		if b < 0 {
+			b += l
+		}
+		a, b = min(max(a, 0), l), min(max(b, 0), l)
+		if b <= a {
+			return []graph.Dim{}
+		}
+		return append([]graph.Dim{}, x[a:b]...)
+	case "Gather":
+		x := s.shapeVec(n.Input(0))
+		idx, ok := constInts(n.Input(1))
+		if x == nil || !ok || n.AttrInt("axis", 0) != 0 {
+			return nil
+		}
+		out := make([]graph.Dim, len(idx))
+		for i, k := range idx {
+			if k < 0 {
+				k += int64(len(x))
+			}
+			if k < 0 || k >= int64(len(x)) {
+				return nil
+			}
+			out[i] = x[k]
+		}
+		return out
 	}
 	return nil
 }
@@ -281,11 +669,21 @@ func (s *inferer) windowDims(n *graph.Node, rank int, x []graph.Dim) []graph.Dim
 	}
 	for i := range k {
 		xi := x[2+i]
-		if !xi.Known() || len(kernel) != k || kernel[i] < 0 {
+		if len(kernel) != k || kernel[i] < 0 {
 			continue
 		}
 		st, d := at("strides", i, 1), at("dilations", i, 1)
 		span := d*(kernel[i]-1) + 1
+		if !xi.Known() {
+			// A window that keeps the size keeps x's symbol.
+			same := st == 1 && (autoPad == "SAME_UPPER" || autoPad == "SAME_LOWER" ||
+				autoPad == "NOTSET" && at("pads", i, 0)+at("pads", k+i, 0) == span-1 ||
+				autoPad == "VALID" && span == 1)
+			if same {
+				out[2+i] = xi
+			}
+			continue
+		}
 		var size int64
 		switch autoPad {
 		case "NOTSET":

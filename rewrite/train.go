@@ -151,9 +151,36 @@ func paramsPass(m *graph.Model, c *Context) error {
 			} else if !v.IsGraphInput() || v.Graph() != g {
 				return fmt.Errorf("branch %q: %q is neither an initializer nor a graph input", name, v.Name)
 			}
+			if v.Type.DType != graph.Float {
+				// Train an fp32 master copy: the graph takes the param in
+				// fp32 and casts it to the branch's type where it is read,
+				// so gradients and optimizer state stay fp32.
+				master, err := masterCopy(g, v)
+				if err != nil {
+					return fmt.Errorf("branch %q: %w", name, err)
+				}
+				v = master
+			}
 			st.params = append(st.params, v)
 			st.role(v, trainio.RoleParam, "")
 		}
 	}
 	return nil
+}
+
+// masterCopy replaces a low-precision param input v by an fp32 input of
+// the same name and shape followed by a Cast to v's type.
+func masterCopy(g *graph.Graph, v *graph.Value) (*graph.Value, error) {
+	name, low := v.Name, v.Type.DType
+	if err := v.Rename(g.UniqueName(name + ".low")); err != nil {
+		return nil, err
+	}
+	master := g.AddInput(name, &graph.TensorType{DType: graph.Float, Shape: v.Type.Shape})
+	b := &graph.Builder{G: g, Prefix: "params"}
+	cast := b.Op("Cast", name+".as_"+low.String(), []*graph.Value{master}, graph.AttrI("to", int64(low)))
+	v.ReplaceAllUsesWith(cast)
+	if err := g.RemoveInput(v); err != nil {
+		return nil, err
+	}
+	return master, nil
 }

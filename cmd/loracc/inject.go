@@ -27,6 +27,7 @@ func injectCommand() *cli.Command {
 			&cli.StringFlag{Name: "init", Value: "kaiming", Usage: "kaiming (PEFT's default: A uniform ±1/√in, B=0), gaussian (A ~ N(0, (1/r)²), B=0) or zeros"},
 			&cli.Uint64Flag{Name: "seed", Value: 0, Usage: "random seed for the initial adapter"},
 			&cli.BoolFlag{Name: "adapter-inputs", Usage: "make lora_A/lora_B graph inputs, so one loaded model serves any adapter"},
+			&cli.StringFlag{Name: "branch-dtype", Value: "base", Usage: "for fp16/bf16 targets: compute the branch in the base's type (base) or in float32 (float32)"},
 			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Usage: "output model (default: MODEL.lora.onnx)"},
 			&cli.StringFlag{Name: "adapter", Usage: "adapter directory to write (default: OUT without .onnx plus .adapter)"},
 			&cli.StringFlag{Name: "from-adapter", Usage: "inject this PEFT adapter (its layers, values, rank and alpha) instead of a new one; layers are matched to targets by module path, suffix or weight name"},
@@ -144,6 +145,13 @@ func injectAction(c *cli.Context) error {
 		Selector: sel, Config: cfg, AdapterInputs: c.Bool("adapter-inputs"),
 		Init: rewrite.Init{Method: c.String("init"), Seed: c.Uint64("seed")},
 		Logf: logf, Adapter: from,
+	}
+	switch c.String("branch-dtype") {
+	case "base":
+	case "float32":
+		ctx.BranchFP32 = true
+	default:
+		return fmt.Errorf("--branch-dtype %q: want base or float32", c.String("branch-dtype"))
 	}
 	if c.Bool("dump") {
 		ctx.Dump = dumper(c)
