@@ -3,8 +3,8 @@ package rewrite
 import (
 	"fmt"
 	"os"
-	"strings"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/loracc/loracc/adapter"

@@ -181,7 +181,14 @@ func check(env *runtime.Env, mc Model, dir string, rng *rand.Rand) (Result, erro
 	feeds = maps.Clone(feeds)
 	feeds[r.Name] = tensor(dt, yOut.Shape, rv)
 	lb := &graph.Builder{G: g, Prefix: "loss"}
-	loss := lb.Op("ReduceSum", "loss", []*graph.Value{lb.Op("Mul", "yr", []*graph.Value{y, r})}, graph.AttrI("keepdims", 0))
+	rv2 := r
+	if m.OpsetVersion("") < 10 {
+		// Before opset 10 the gradient of Mul(y, r) cannot find at run
+		// time how a y of symbolic shape broadcast against a static r:
+		// reshaping r to Shape(y) tells the compiler they are alike.
+		rv2 = lb.Op("Reshape", "r_like_y", []*graph.Value{r, lb.Op("Shape", "y_shape", []*graph.Value{y})})
+	}
+	loss := lb.Op("ReduceSum", "loss", []*graph.Value{lb.Op("Mul", "yr", []*graph.Value{y, rv2})}, graph.AttrI("keepdims", 0))
 	loss.Type = &graph.TensorType{DType: dt, Shape: []graph.Dim{}}
 	grads, err := rewrite.Gradients(m, loss, params)
 	if err != nil {
