@@ -51,6 +51,12 @@ func fusePass(m *graph.Model, c *Context) error {
 			}
 			scale /= float64(alpha)
 		}
+		if t.Quant != nil {
+			if err := fuseQuantized(t, newLowRank(t, l, scale), c.QuantizedToFloat, c.Logf); err != nil {
+				return fmt.Errorf("node %q (%s), quantized weight %q: %w", t.Node.Name, t.Node.Op, t.Quant.DQ.Input(0).Name, err)
+			}
+			continue
+		}
 		if err := fuseWeight(t, l, scale); err != nil {
 			return fmt.Errorf("node %q (%s), weight %q: %w", t.Node.Name, t.Node.Op, t.Weight.Name, err)
 		}

@@ -37,6 +37,9 @@ type Context struct {
 	BranchFP32 bool
 	// Scale, when non-nil, replaces each layer's alpha/r (fuse --scale).
 	Scale *float64
+	// QuantizedToFloat makes fuse replace a quantized weight by a float
+	// one instead of re-quantizing W + s·ΔW on the weight's own grid.
+	QuantizedToFloat bool
 	// Logf receives progress and notes; nil discards them.
 	Logf func(format string, args ...any)
 	// Dump, when set, is called after each pass with the pass's name.

@@ -719,7 +719,7 @@ var sameShapeOps = map[string]bool{
 	"Neg": true, "Reciprocal": true, "Erf": true, "Gelu": true, "Softmax": true, "LogSoftmax": true,
 	"LayerNormalization": true, "Cast": true, "Identity": true, "Dropout": true, "IsNaN": true,
 	"IsInf": true, "Not": true, "CumSum": true, "Abs": true, "Sin": true, "Cos": true, "Softplus": true,
-	"LeakyRelu": true, "Elu": true, "HardSigmoid": true, "Clip": true, "SimplifiedLayerNormalization": true,
+	"LeakyRelu": true, "Elu": true, "DequantizeLinear": true, "QuantizeLinear": true, "HardSigmoid": true, "Clip": true, "SimplifiedLayerNormalization": true,
 	"Trilu": true, "CastLike": true, "Sign": true, "Floor": true, "Ceil": true, "Round": true,
 	"BatchNormalization": true, "InstanceNormalization": true, "HardSwish": true, "LRN": true,
 }
@@ -758,7 +758,7 @@ func (s *inferer) outDType(n *graph.Node, idx int) graph.DataType {
 			return a.T.DType
 		}
 		return graph.Float
-	case "Where":
+	case "Where", "DequantizeLinear":
 		return s.dtype(n.Input(1))
 	case "CastLike":
 		return s.dtype(n.Input(1))

@@ -23,6 +23,9 @@ type Target struct {
 	DType  graph.DataType
 	// TransB is Gemm's transB: the weight is stored [out, in].
 	TransB bool
+	// Quant is set when the weight is DequantizeLinear of constants;
+	// Tensor is then nil.
+	Quant *Quantized
 }
 
 // Skip is a MatMul or Gemm that is not a target, with the reason.
@@ -85,6 +88,15 @@ func asTarget(n *graph.Node) (*Target, string) {
 	}
 	w := n.Input(1)
 	t := constTensor(w)
+	if t == nil && n.Op == "MatMul" {
+		q, reason := quantizedWeight(w)
+		if q != nil {
+			return &Target{Node: n, Weight: w, DType: q.Scale.DType, In: q.Data.Dims[0], Out: q.Data.Dims[1], Quant: q}, ""
+		}
+		if reason != "" {
+			return nil, reason
+		}
+	}
 	if t == nil {
 		if constTensor(n.Input(0)) != nil {
 			return nil, "constant is the first input (x·W expected, W·x found)"
@@ -121,6 +133,11 @@ func targetName(n *graph.Node, w *graph.Value, wrapper string) string {
 			path = strings.TrimPrefix(path, wrapper+".")
 		}
 		return path
+	}
+	if t := n.Input(1); t != nil {
+		if q, _ := quantizedWeight(t); q != nil {
+			return quantName(q.DQ.Input(0))
+		}
 	}
 	return strings.TrimSuffix(w.Name, ".weight")
 }

@@ -230,6 +230,10 @@ func TestFuseEveryModel(t *testing.T) {
 			fusedA := filepath.Join(dir, "a.fused.onnx")
 			fusedB := filepath.Join(dir, "b.fused.onnx")
 			runs := ortRuns(t, e, base)
+			if strings.Contains(src, "quantized") {
+				// re-quantizing rounds W': TestQuantizedFuse covers it
+				runs = false
+			}
 			args := []string{"fuse", injected, "--adapter", ad, "-o", fusedA}
 			if runs {
 				args = append(args, "--check")

@@ -19,6 +19,7 @@ func fuseCommand() *cli.Command {
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "adapter", Required: true, Usage: "PEFT adapter directory (adapter_config.json + adapter_model.safetensors)"},
 			&cli.Float64Flag{Name: "scale", Usage: "use this scale instead of each layer's lora_alpha/r"},
+			&cli.StringFlag{Name: "quantized", Value: "requantize", Usage: "for DequantizeLinear weights: requantize (keep the quantized graph; the rounding error is printed) or float (replace by an exact float weight)"},
 			&cli.BoolFlag{Name: "check", Usage: "run unfused and fused models in ONNX Runtime on seeded random inputs and compare"},
 			&cli.StringFlag{Name: "device", Value: "cpu", Usage: "device for --check: cpu or cuda"},
 			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Usage: "output model (default: MODEL.fused.onnx)"},
@@ -50,6 +51,13 @@ func fuseAction(c *cli.Context) error {
 	}
 	logf := logger(c)
 	ctx := &rewrite.Context{Adapter: a, Logf: logf}
+	switch c.String("quantized") {
+	case "requantize":
+	case "float":
+		ctx.QuantizedToFloat = true
+	default:
+		return fmt.Errorf("--quantized %q: want requantize or float", c.String("quantized"))
+	}
 	if c.IsSet("scale") {
 		s := c.Float64("scale")
 		ctx.Scale = &s

@@ -38,6 +38,7 @@ func All() map[string]func() (*graph.Model, error) {
 		"if_gemm":           IfGemm,
 		"fp16_mlp":          FP16MLP,
 		"bf16_matmul":       BF16MatMul,
+		"quantized_mlp":     QuantizedMLP,
 	}
 }
 
