@@ -423,3 +423,28 @@ func gradSliceStatic(c *gradCtx, n *graph.Node, gys []*graph.Value) ([]*graph.Va
 	out[0] = c.op("Pad", vals(gys[0]), graph.AttrIs("pads", pads...)) // Pad-2: pads attribute until opset 11
 	return out, nil
 }
+
+// withGemmC adapts a rule whose backward graph uses two-input Gemm
+// (MatMul's and Gemm's) to opsets before 11, where Gemm's C is
+// required: each Gemm the rule built gets a zero scalar C. Paddle's
+// opset-9 exports meet this in every adapted MatMul.
+func withGemmC(rule gradRule) gradRule {
+	return func(c *gradCtx, n *graph.Node, gys []*graph.Value) ([]*graph.Value, error) {
+		before := len(c.g.Nodes)
+		out, err := rule(c, n, gys)
+		if err != nil || c.opset >= 11 {
+			return out, err
+		}
+		for _, m := range c.g.Nodes[before:] {
+			if m.Op != "Gemm" || m.Domain != "" || optInput(m, 2) != nil {
+				continue
+			}
+			zero, err := c.scalar(0, m.Input(0))
+			if err != nil {
+				return nil, err
+			}
+			m.SetInput(2, zero)
+		}
+		return out, nil
+	}
+}

@@ -28,8 +28,8 @@ func gradRules() map[string]gradRule {
 		"Mul":      gradMul,
 		"Div":      gradDiv,
 		"Neg":      gradNeg,
-		"MatMul":   gradMatMul,
-		"Gemm":     gradGemm,
+		"MatMul":   withGemmC(gradMatMul), // zero C for Gemm before opset 11
+		"Gemm":     withGemmC(gradGemm),
 		"Sum":      gradSumOp,
 
 		"ReduceSum":  gradReduceSum,
