@@ -331,7 +331,7 @@ func Gradients(m *graph.Model, loss *graph.Value, params []*graph.Value) ([]*gra
 		dep[p] = true
 	}
 	for _, n := range g.Nodes {
-		if rule, known := rules[n.Op]; n.Domain == "" && known && rule == nil {
+		if rule, known := rules[ruleKey(n)]; known && rule == nil {
 			continue // non-differentiable: its outputs carry no gradient
 		}
 		hit := false
@@ -385,11 +385,8 @@ func Gradients(m *graph.Model, loss *graph.Value, params []*graph.Value) ([]*gra
 	// Every op on the way needs a rule: report all missing ones at once.
 	var missing []string
 	for _, n := range active {
-		if _, ok := rules[n.Op]; !ok || n.Domain != "" || len(n.Subgraphs()) > 0 {
-			op := n.Op
-			if n.Domain != "" {
-				op = n.Domain + "::" + op
-			}
+		if _, ok := rules[ruleKey(n)]; !ok || len(n.Subgraphs()) > 0 {
+			op := ruleKey(n)
 			missing = append(missing, fmt.Sprintf("%s (node %q)", op, n.Name))
 		}
 	}
@@ -442,7 +439,7 @@ func Gradients(m *graph.Model, loss *graph.Value, params []*graph.Value) ([]*gra
 			continue
 		}
 		c.node = n
-		gxs, err := rules[n.Op](c, n, gys)
+		gxs, err := rules[ruleKey(n)](c, n, gys)
 		if err == nil {
 			err = c.err
 		}
@@ -479,6 +476,15 @@ func Gradients(m *graph.Model, loss *graph.Value, params []*graph.Value) ([]*gra
 		}
 	}
 	return out, nil
+}
+
+// ruleKey is a node's key in the rule table: the op for the default
+// domain, "domain::op" for others (e.g. "com.microsoft::MatMulNBits").
+func ruleKey(n *graph.Node) string {
+	if n.Domain == "" || n.Domain == "ai.onnx" {
+		return n.Op
+	}
+	return n.Domain + "::" + n.Op
 }
 
 func isDiscrete(dt graph.DataType) bool {

@@ -51,6 +51,12 @@ func fusePass(m *graph.Model, c *Context) error {
 			}
 			scale /= float64(alpha)
 		}
+		if t.NBits != nil {
+			if err := fuseNBits(t, newLowRank(t, l, scale), c.QuantizedToFloat, c.Logf); err != nil {
+				return fmt.Errorf("node %q (MatMulNBits): %w", t.Node.Name, err)
+			}
+			continue
+		}
 		if t.Quant != nil {
 			if err := fuseQuantized(t, newLowRank(t, l, scale), c.QuantizedToFloat, c.Logf); err != nil {
 				return fmt.Errorf("node %q (%s), quantized weight %q: %w", t.Node.Name, t.Node.Op, t.Quant.DQ.Input(0).Name, err)

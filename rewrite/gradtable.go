@@ -11,6 +11,7 @@ package rewrite
 // ConvTranspose and pooling, TopK, and edge/reflect Pad.
 func gradRules() map[string]gradRule {
 	return map[string]gradRule{
+		"com.microsoft::MatMulNBits": gradMatMulNBits,
 		// non-differentiable
 		"Shape": nil, "Size": nil, "Constant": nil, "ConstantOfShape": nil, "Range": nil,
 		"Equal": nil, "Less": nil, "Greater": nil, "LessOrEqual": nil, "GreaterOrEqual": nil,

@@ -26,6 +26,8 @@ type Target struct {
 	// Quant is set when the weight is DequantizeLinear of constants;
 	// Tensor is then nil.
 	Quant *Quantized
+	// NBits is set for a com.microsoft MatMulNBits node; Tensor is nil.
+	NBits *NBits
 }
 
 // Skip is a MatMul or Gemm that is not a target, with the reason.
@@ -46,6 +48,19 @@ func FindTargets(m *graph.Model) ([]*Target, []Skip) {
 	var skips []Skip
 	wrapper := exportWrapper(m.Graph)
 	m.Graph.Walk(func(n *graph.Node) {
+		if n.Domain == "com.microsoft" && n.Op == "MatMulNBits" {
+			q, reason := nbitsWeight(n)
+			if q == nil {
+				skips = append(skips, Skip{Node: n.Name, Op: n.Op, Reason: reason})
+				return
+			}
+			name := modulePath(n.MetadataValue(torchScopesKey))
+			if name == "" {
+				name = strings.TrimSuffix(strings.TrimSuffix(n.Input(1).Name, "_Q4"), ".weight")
+			}
+			targets = append(targets, &Target{Name: name, Node: n, Weight: n.Input(1), DType: q.Scales.DType, In: q.K, Out: q.N, NBits: q})
+			return
+		}
 		if n.Domain != "" || (n.Op != "MatMul" && n.Op != "Gemm") {
 			return
 		}

@@ -15,8 +15,17 @@ import (
 // the weights' own scales (same graph, error within half a quantization
 // step per weight) or writes exact float weights.
 func TestQuantizedFuse(t *testing.T) {
+	for _, tc := range []struct{ model, op, requant string }{
+		{"quantized_mlp", "DequantizeLinear", "re-quantized to int8"},
+		{"nbits_mlp", "MatMulNBits", "re-quantized to 4 bits"},
+	} {
+		t.Run(tc.model, func(t *testing.T) { quantizedFuse(t, tc.model, tc.op, tc.requant) })
+	}
+}
+
+func quantizedFuse(t *testing.T, model, op, requantMsg string) {
 	e := env(t)
-	base := copyModel(t, "../../testdata/models/quantized_mlp.onnx")
+	base := copyModel(t, "../../testdata/models/"+model+".onnx")
 	dir := filepath.Dir(base)
 	injected := filepath.Join(dir, "q.lora.onnx")
 	mustLoracc(t, "inject", base, "--rank", "2", "-o", injected)
@@ -34,8 +43,8 @@ func TestQuantizedFuse(t *testing.T) {
 	if !res.OK() {
 		t.Errorf("float fuse differs from unfused: %s", res)
 	}
-	if strings.Contains(opHistogram(t, exact), "DequantizeLinear") {
-		t.Error("float fuse kept a DequantizeLinear")
+	if strings.Contains(opHistogram(t, exact), op) {
+		t.Errorf("float fuse kept a %s", op)
 	}
 
 	requant := filepath.Join(dir, "requant.onnx")
@@ -43,7 +52,7 @@ func TestQuantizedFuse(t *testing.T) {
 	if err := run([]string{"loracc", "fuse", injected, "--adapter", ad, "-o", requant}, &out, &errb); err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(string(errb.b), "re-quantized to int8") || !strings.Contains(string(errb.b), "max abs error") {
+	if !strings.Contains(string(errb.b), requantMsg) || !strings.Contains(string(errb.b), "max abs error") {
 		t.Errorf("no re-quantization report:\n%s", errb.b)
 	}
 	if got, want := opHistogram(t, requant), opHistogram(t, base); got != want {
@@ -54,7 +63,14 @@ func TestQuantizedFuse(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("re-quantized vs unfused: %s", res)
-	if res.Rel() > 0.05 {
+	// Re-quantizing rounds every weight to its grid (and clips at the
+	// code range): a few percent at 8 bits, more at 4 with this random,
+	// large adapter. --quantized float is the exact path.
+	limit := 0.05
+	if model == "nbits_mlp" {
+		limit = 0.15
+	}
+	if res.Rel() > limit {
 		t.Errorf("re-quantized model is far from the unfused one: %s", res)
 	}
 	moved, _ := compareModels(e, base, requant, "cpu", 8)
@@ -63,14 +79,18 @@ func TestQuantizedFuse(t *testing.T) {
 	}
 
 	// Training: the adapter learns while the base stays quantized.
+	nIn, nOut := 16, 4
+	if model == "nbits_mlp" {
+		nIn, nOut = 32, 8
+	}
 	var lines []string
 	rng := rand.New(rand.NewPCG(2, 2))
 	for range 64 {
-		x := make([]float64, 16)
-		y := make([]float64, 4)
+		x := make([]float64, nIn)
+		y := make([]float64, nOut)
 		for i := range x {
 			x[i] = rng.NormFloat64()
-			y[i%4] += 0.1 * x[i]
+			y[i%nOut] += 0.1 * x[i]
 		}
 		b, _ := json.Marshal(map[string][]float64{"x": x, "labels": y})
 		lines = append(lines, string(b))

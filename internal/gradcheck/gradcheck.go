@@ -48,6 +48,8 @@ type Case struct {
 	// (one name per input and axis), so rules take their run-time-shape
 	// paths. Int and bool inputs keep static shapes.
 	Symbolic bool
+	// Domains imports extra op domains (e.g. com.microsoft) at version 1.
+	Domains []string
 	// Build makes the forward graph from the inputs and returns y.
 	Build func(b *graph.Builder, in map[string]*graph.Value) (*graph.Value, error)
 }
@@ -73,6 +75,9 @@ func Check(env *runtime.Env, c Case, dir string) (Result, error) {
 	}
 	rng := rand.New(rand.NewPCG(uint64(len(c.Name)), 7))
 	m := graph.NewModel(c.Opset)
+	for _, d := range c.Domains {
+		m.Opsets = append(m.Opsets, graph.Opset{Domain: d, Version: 1})
+	}
 	g := m.Graph
 	vals := map[string]*graph.Value{}
 	feeds := map[string]runtime.Tensor{}

@@ -39,6 +39,7 @@ func All() map[string]func() (*graph.Model, error) {
 		"fp16_mlp":          FP16MLP,
 		"bf16_matmul":       BF16MatMul,
 		"quantized_mlp":     QuantizedMLP,
+		"nbits_mlp":         NBitsMLP,
 	}
 }
 
