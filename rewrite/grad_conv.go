@@ -1,10 +1,12 @@
 package rewrite
 
-// Gradient rules for convolutional networks: Conv and BatchNormalization
-// in inference mode. Every op these rules emit exists from opset 9 on
-// (ConvTranspose, Conv, Transpose, attribute Slice below 10, and a
-// Range-free crop built from ConstantOfShape and NonZero), so old Paddle
-// and Keras exports differentiate too.
+// Gradient rules for convolutional networks — Conv, BatchNormalization in
+// inference mode — and the two opset-9 gaps met beside them in Paddle's
+// conv + transformer exports: Slice before opset 11 and Gemm's required C
+// before opset 11. Every op these rules emit exists from opset 9 on
+// (ConvTranspose, Conv, Transpose, Pad with a pads attribute, attribute
+// Slice below 10, and a Range-free crop built from ConstantOfShape and
+// NonZero), so old Paddle and Keras exports differentiate too.
 
 import (
 	"fmt"
