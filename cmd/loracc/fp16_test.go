@@ -7,7 +7,6 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 
@@ -76,12 +75,7 @@ func TestFP16Training(t *testing.T) {
 		run := filepath.Join(dir, name+".run")
 		mustLoracc(t, "train", lora, "--data", data, "--loss", "mse", "--logits", "y", "--max-steps", "30", "--lr", "1e-2",
 			"--batch-size", "16", "--device", "cpu", "--out", run)
-		var out []float64
-		for _, row := range lossColumn(t, run) {
-			v, _ := strconv.ParseFloat(row[strings.Index(row, ":")+1:], 64)
-			out = append(out, v)
-		}
-		return out
+		return lossValues(t, run)
 	}
 	ref := curve(p32, "fp32")
 	for _, mode := range []string{"base", "float32"} {

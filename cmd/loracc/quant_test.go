@@ -5,7 +5,6 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 )
@@ -99,9 +98,8 @@ func quantizedFuse(t *testing.T, model, op, requantMsg string) {
 	os.WriteFile(data, []byte(strings.Join(lines, "\n")+"\n"), 0o644)
 	runDir := filepath.Join(dir, "run")
 	mustLoracc(t, "train", injected, "--data", data, "--loss", "mse", "--logits", "y", "--max-steps", "100", "--lr", "1e-2", "--device", "cpu", "--out", runDir)
-	col := lossColumn(t, runDir)
-	first, _ := strconv.ParseFloat(col[0][strings.Index(col[0], ":")+1:], 64)
-	last, _ := strconv.ParseFloat(col[len(col)-1][strings.Index(col[len(col)-1], ":")+1:], 64)
+	col := lossValues(t, runDir)
+	first, last := col[0], col[len(col)-1]
 	if last > first/2 {
 		t.Errorf("training beside quantized weights: loss %.4g → %.4g", first, last)
 	}

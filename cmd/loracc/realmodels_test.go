@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/csv"
 	"encoding/json"
 	"fmt"
 	"math"
@@ -178,7 +177,7 @@ func testRealModel(t *testing.T, rc realCase) {
 		"--max-steps", strconv.Itoa(rc.steps), "--batch-size", strconv.Itoa(rc.batch), "--lr", rc.lr,
 		"--seed", "1", "--device", "cpu", "--out", run, "--fuse")
 	trainTime := time.Since(trainStart)
-	losses := realLosses(t, run)
+	losses := lossValues(t, run)
 	if len(losses) != rc.steps {
 		t.Fatalf("metrics.csv has %d losses, want %d", len(losses), rc.steps)
 	}
@@ -321,41 +320,6 @@ func compareRun(ref, got *runtime.Session, feeds map[string]runtime.Tensor, name
 		res.Outputs++
 	}
 	return nil
-}
-
-// realLosses reads metrics.csv's loss column.
-func realLosses(t *testing.T, run string) []float64 {
-	t.Helper()
-	f, err := os.Open(filepath.Join(run, "metrics.csv"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	recs, err := csv.NewReader(f).ReadAll()
-	if err != nil {
-		t.Fatal(err)
-	}
-	col := -1
-	for i, h := range recs[0] {
-		if h == "loss" {
-			col = i
-		}
-	}
-	if col < 0 {
-		t.Fatalf("metrics.csv has no loss column: %v", recs[0])
-	}
-	var out []float64
-	for _, r := range recs[1:] {
-		if r[col] == "" {
-			continue
-		}
-		v, err := strconv.ParseFloat(r[col], 64)
-		if err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, v)
-	}
-	return out
 }
 
 // nestJSON shapes a flat slice as nested arrays for JSON.

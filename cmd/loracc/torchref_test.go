@@ -10,8 +10,6 @@ import (
 	"testing"
 
 	"github.com/loracc/loracc/adapter"
-	"github.com/loracc/loracc/graph"
-	"github.com/loracc/loracc/rewrite"
 	"github.com/loracc/loracc/runtime"
 	"github.com/loracc/loracc/trainio"
 )
@@ -151,39 +149,9 @@ func TestTrainMatchesPyTorch(t *testing.T) {
 	for _, tc := range []struct{ model, loss string }{{"gpt2_tiny", "lm"}, {"bert_tiny", "ce"}} {
 		t.Run(tc.model, func(t *testing.T) {
 			ref := readRef(t, tc.model)
-			a, err := adapter.Load(filepath.Join("../../testdata/ref", tc.model+"_lora_init"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			m, err := graph.Load(filepath.Join("../../testdata/models", tc.model+".onnx"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := rewrite.Run(m, &rewrite.Context{Adapter: a}, "inject"); err != nil {
-				t.Fatal(err)
-			}
-			dir := t.TempDir()
-			lora := filepath.Join(dir, "m.lora.onnx")
-			if err := graph.Save(m, lora, graph.SaveOptions{}); err != nil {
-				t.Fatal(err)
-			}
-			out := filepath.Join(dir, "train")
-			mustLoracc(t, "export-train", lora, "--loss", tc.loss, "--logits", "logits", "--labels", "labels",
+			_, out, io, params, a := refTrainSetup(t, tc.model, "--loss", tc.loss, "--labels", "labels",
 				"--weight-decay", fmt.Sprint(ref.Optimizer.WeightDecay), "--beta1", fmt.Sprint(ref.Optimizer.Betas[0]),
-				"--beta2", fmt.Sprint(ref.Optimizer.Betas[1]), "--eps", fmt.Sprint(ref.Optimizer.Eps), "--emit-grads", "-o", out)
-			var io TrainIO
-			data, err := os.ReadFile(filepath.Join(out, "train.json"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := json.Unmarshal(data, &io); err != nil {
-				t.Fatal(err)
-			}
-			params := map[string]runtime.Tensor{}
-			for _, l := range a.Layers {
-				params[l.Name+".lora_A"] = runtime.FloatTensor([]int64{int64(l.In), int64(l.Rank)}, adapter.Transpose(l.A, l.Rank, l.In))
-				params[l.Name+".lora_B"] = runtime.FloatTensor([]int64{int64(l.Rank), int64(l.Out)}, adapter.Transpose(l.B, l.Out, l.Rank))
-			}
+				"--beta2", fmt.Sprint(ref.Optimizer.Betas[1]), "--eps", fmt.Sprint(ref.Optimizer.Eps), "--emit-grads")
 			batch := loadBatch(t, filepath.Join("../../testdata/ref", tc.model+"_batch.json"))
 			tr := newTrainer(t, e, out, io.Train, batch, params)
 			grads, err := adapter.ReadSafetensors(filepath.Join("../../testdata/ref", tc.model+"_grads.safetensors"))

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -56,6 +57,20 @@ func lossColumn(t *testing.T, run string) []string {
 	var out []string
 	for _, r := range recs[1:] {
 		out = append(out, r[0]+":"+r[2])
+	}
+	return out
+}
+
+// lossValues is metrics.csv's loss column as numbers.
+func lossValues(t *testing.T, run string) []float64 {
+	t.Helper()
+	var out []float64
+	for _, row := range lossColumn(t, run) {
+		v, err := strconv.ParseFloat(row[strings.Index(row, ":")+1:], 64)
+		if err != nil {
+			t.Fatalf("metrics.csv: %v", err)
+		}
+		out = append(out, v)
 	}
 	return out
 }

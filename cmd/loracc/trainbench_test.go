@@ -15,16 +15,24 @@ import (
 	"github.com/loracc/loracc/trainio"
 )
 
-// gptTrainSetup injects the PEFT reference adapter into the tiny GPT-2,
-// compiles its training graph and returns the folder, the train.json and
-// the initial params.
+// gptTrainSetup is refTrainSetup for the tiny GPT-2 with the lm loss.
 func gptTrainSetup(t testing.TB, extra ...string) (string, string, TrainIO, map[string]runtime.Tensor) {
+	lora, out, io, params, _ := refTrainSetup(t, "gpt2_tiny", append([]string{"--loss", "lm"}, extra...)...)
+	return lora, out, io, params
+}
+
+// refTrainSetup injects the PEFT adapter PyTorch started from
+// (testdata/ref/<model>_lora_init) into a testdata export, compiles its
+// training graph with the given export-train flags, and returns the
+// injected model, the graphs' folder, train.json, the initial params and
+// the adapter.
+func refTrainSetup(t testing.TB, model string, exportArgs ...string) (string, string, TrainIO, map[string]runtime.Tensor, *adapter.Adapter) {
 	t.Helper()
-	a, err := adapter.Load("../../testdata/ref/gpt2_tiny_lora_init")
+	a, err := adapter.Load(filepath.Join("../../testdata/ref", model+"_lora_init"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	m, err := graph.Load("../../testdata/models/gpt2_tiny.onnx")
+	m, err := graph.Load(filepath.Join("../../testdata/models", model+".onnx"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -38,7 +46,7 @@ func gptTrainSetup(t testing.TB, extra ...string) (string, string, TrainIO, map[
 	}
 	out := filepath.Join(dir, "train")
 	var o, e bytesBuffer
-	if err := run(append([]string{"loracc", "export-train", lora, "--loss", "lm", "--logits", "logits", "-o", out}, extra...), &o, &e); err != nil {
+	if err := run(append([]string{"loracc", "export-train", lora, "--logits", "logits", "-o", out}, exportArgs...), &o, &e); err != nil {
 		t.Fatal(err)
 	}
 	var io TrainIO
@@ -54,7 +62,7 @@ func gptTrainSetup(t testing.TB, extra ...string) (string, string, TrainIO, map[
 		params[l.Name+".lora_A"] = runtime.FloatTensor([]int64{int64(l.In), int64(l.Rank)}, adapter.Transpose(l.A, l.Rank, l.In))
 		params[l.Name+".lora_B"] = runtime.FloatTensor([]int64{int64(l.Rank), int64(l.Out)}, adapter.Transpose(l.B, l.Out, l.Rank))
 	}
-	return lora, out, io, params
+	return lora, out, io, params, a
 }
 
 type bytesBuffer struct{ b []byte }
