@@ -1,0 +1,235 @@
+#!/usr/bin/env bash
+# bench/gpu/run.sh: the GPU-machine side of docs/gpu-benchmarks.md.
+#
+# Runs from the repository root on the GPU machine after ONNX Runtime with
+# the CUDA provider was staged (../shared/gpu/stage-ort.sh; source
+# /root/ort/env.sh), with the binaries built here beforehand:
+#   go build -o .gpu/bin/loracc ./cmd/loracc
+#   go test -c -o .gpu/bin/cmd.test ./cmd/loracc
+#   go build -o .gpu/bin/latency ./bench/gpu/latency
+# Steps (each fits one 10-minute device call):
+#   bench/gpu/run.sh tests          doctor, CUDA/PyTorch/portability tests, Python-ORT portability run
+#   bench/gpu/run.sh gpt2           PyTorch+PEFT vs loracc train, GPT-2 small; inference latency
+#   bench/gpu/run.sh llama-torch    export + PyTorch+PEFT for the ~1B Llama-style model
+#   bench/gpu/run.sh llama-loracc   loracc train of the same (after llama-torch on the same machine)
+#   bench/gpu/run.sh gpt2-extra     forward without the logits copy, train-step memory vs batch, ORT profiles
+#   bench/gpu/run.sh llama-extra    loracc train of the 1B model with only 81559 MiB free (an H100's size)
+# Results go to $OUT (tarred) and stay in $WORK (default /root/bench).
+set -uo pipefail
+ROOT=$(pwd)
+BIN=$ROOT/.gpu/bin
+WORK=${WORK:-/root/bench}
+OUT=${OUT:-/tmp/out}
+STEPS=${STEPS:-50}
+BATCH=${BATCH:-8}
+SEQ=${SEQ:-512}
+DEVICE=${DEVICE:-cuda}
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+mkdir -p "$WORK" "$OUT"
+
+now() { date +%s.%N; }
+
+# mempoll FILE: samples the GPU's used memory (MiB) every 100 ms in the background
+mempoll() { nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 >"$1" 2>/dev/null & echo $!; }
+
+tests() {
+	local log=$OUT/tests.log
+	{
+		echo "== nvidia-smi"; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
+		echo "== loracc doctor"; "$BIN"/loracc doctor
+		echo "== go tests"
+		(cd cmd/loracc && timeout 300 "$BIN"/cmd.test -test.run 'TestCUDAMatchesCPU|TestTrainMatchesPyTorch|TestTrainGraphPortable' -test.v)
+		echo "tests exit $?"
+		echo "== python onnxruntime portability"
+		timeout 120 python3 testdata/torch/run_ort_python.py .gpu/port/gpt2_tiny_train \
+			--batch testdata/ref/gpt2_tiny_batch.json --adapter testdata/ref/gpt2_tiny_lora_init \
+			--ref testdata/ref/gpt2_tiny_ref.json --trained testdata/ref/gpt2_tiny_lora_trained.safetensors \
+			--out "$OUT"/portability_gpt2_tiny.json
+		echo "portability exit $?"
+	} 2>&1 | tee "$log"
+}
+
+# loracc_train NAME: inject, train on CUDA with the PEFT init adapter, poll memory
+loracc_train() {
+	local W=$WORK/$1 re
+	re=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['loracc_target_regex'])" "$W"/torch_summary.json)
+	echo "== loracc inspect/inject ($1, target $re)"
+	"$BIN"/loracc inspect "$W"/model.onnx --rank 16 --target "$re" --json >"$W"/inspect.json 2>"$W"/inspect.err
+	"$BIN"/loracc inspect "$W"/model.onnx --rank 16 --target "$re" | tail -3
+	local t0=$(now)
+	"$BIN"/loracc inject "$W"/model.onnx --rank 16 --target "$re" -o "$W"/model.lora.onnx | tail -3
+	echo "inject_s $(python3 -c "print($(now)-$t0)")"
+	nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits >"$W"/mem_idle.txt
+	rm -rf "$W"/run
+	local mp; mp=$(mempoll "$W"/mem_loracc_train.txt)
+	t0=$(now)
+	"$BIN"/loracc train "$W"/model.lora.onnx --adapter "$W"/peft_init --data "$W"/data.jsonl --loss lm \
+		--logits logits --labels labels --max-steps "$STEPS" --batch-size "$BATCH" --lr 1e-4 --weight-decay 0 \
+		--clip-norm 0 --device "$DEVICE" --save-every 0 --out "$W"/run >"$W"/train.log 2>&1
+	local rc=$?
+	echo "train_exit $rc train_wall_s $(python3 -c "print($(now)-$t0)")" | tee "$W"/train_wall.txt
+	kill "$mp" 2>/dev/null
+	grep -v '^\s*$' "$W"/train.log | tail -25
+	if [ $rc -ne 0 ]; then
+		echo "== train with --adapter failed; retrying from inject --from-adapter"
+		cp "$W"/train.log "$W"/train_with_adapter_flag.log
+		"$BIN"/loracc inject "$W"/model.onnx --from-adapter "$W"/peft_init -o "$W"/model.lora.onnx | tail -3
+		rm -rf "$W"/run
+		mp=$(mempoll "$W"/mem_loracc_train.txt)
+		t0=$(now)
+		"$BIN"/loracc train "$W"/model.lora.onnx --data "$W"/data.jsonl --loss lm \
+			--logits logits --labels labels --max-steps "$STEPS" --batch-size "$BATCH" --lr 1e-4 --weight-decay 0 \
+			--clip-norm 0 --device "$DEVICE" --save-every 0 --out "$W"/run >"$W"/train.log 2>&1
+		echo "train_exit $? train_wall_s $(python3 -c "print($(now)-$t0)") (from-adapter)" | tee "$W"/train_wall.txt
+		kill "$mp" 2>/dev/null
+		grep -v '^\s*$' "$W"/train.log | tail -25
+	fi
+}
+
+# lat NAME LABEL MODEL DEVICE BATCH SEQ N [OUTPUTS]: one latency line into NAME/latency.jsonl
+lat() {
+	local W=$WORK/$1 vocab
+	vocab=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['vocab'])" "$W"/torch_summary.json)
+	local mp; mp=$(mempoll "$W"/mem_lat.txt)
+	timeout 300 "$BIN"/latency -label "$2" -model "$3" -device "$4" -batch "$5" -seq "$6" -n "$7" -vocab "$vocab" \
+		${8:+-outputs "$8"} >"$W"/lat.tmp 2>"$W"/lat.err
+	local rc=$?
+	kill "$mp" 2>/dev/null; sleep 0.2
+	local peak; peak=$(sort -n "$W"/mem_lat.txt | tail -1)
+	if [ $rc -eq 0 ]; then
+		python3 -c "import json,sys; d=json.loads(open(sys.argv[1]).read()); d['gpu_mem_peak_mib']=int(sys.argv[2] or 0); print(json.dumps(d))" \
+			"$W"/lat.tmp "$peak" | tee -a "$W"/latency.jsonl
+	else
+		echo "latency $2 failed ($rc): $(tail -3 "$W"/lat.err)" | tee -a "$W"/latency_errors.txt
+	fi
+}
+
+pack() { # NAME: small result files to $OUT
+	local W=$WORK/$1
+	(cd "$WORK" && tar czf "$OUT"/results_"$1".tgz --exclude='*.onnx' --exclude='*.data' --exclude='data.jsonl' \
+		--exclude='checkpoints' --exclude='*.safetensors' --exclude='graphs' "$1")
+	python3 "$ROOT"/bench/gpu/summarize.py "$W" | tee "$OUT"/summary_"$1".txt
+}
+
+gpt2() {
+	local W=$WORK/gpt2
+	mkdir -p "$W"
+	echo "== torch side (gpt2)"
+	local mp; mp=$(mempoll "$W"/mem_torch.txt)
+	timeout 360 python3 bench/gpu/torch_side.py --model gpt2 --dir "$W" --steps "$STEPS" --batch "$BATCH" --seq "$SEQ" 2>&1 | grep -v Warning | tee "$W"/torch.log
+	kill "$mp" 2>/dev/null
+	loracc_train gpt2
+	echo "== fuse"
+	"$BIN"/loracc fuse "$W"/model.lora.onnx --adapter "$W"/run/adapter -o "$W"/model.fused.onnx 2>&1 | tail -2
+	echo "== latency"
+	rm -f "$W"/latency.jsonl
+	local G=$W/run/graphs
+	lat gpt2 train_step_all "$G"/train.onnx cuda "$BATCH" "$SEQ" 20
+	lat gpt2 train_step_loss_only "$G"/train.onnx cuda "$BATCH" "$SEQ" 20 loss
+	lat gpt2 eval_forward_loss "$G"/eval.onnx cuda "$BATCH" "$SEQ" 20
+	for m in base:model.onnx injected:model.lora.onnx fused:model.fused.onnx; do
+		lat gpt2 "${m%%:*}" "$W/${m#*:}" cuda 1 128 50
+		lat gpt2 "${m%%:*}" "$W/${m#*:}" cuda "$BATCH" "$SEQ" 20
+		lat gpt2 "${m%%:*}" "$W/${m#*:}" cpu 1 128 20
+	done
+	pack gpt2
+}
+
+llama_torch() {
+	local W=$WORK/llama1b
+	mkdir -p "$W"
+	local mp; mp=$(mempoll "$W"/mem_torch.txt)
+	timeout 540 python3 bench/gpu/torch_side.py --model llama1b --dir "$W" --steps "$STEPS" --batch "$BATCH" --seq "$SEQ" 2>&1 | grep -v Warning | tee "$W"/torch.log
+	kill "$mp" 2>/dev/null
+	ls -la "$W"
+	pack llama1b
+}
+
+llama_loracc() {
+	local W=$WORK/llama1b
+	loracc_train llama1b
+	rm -f "$W"/latency.jsonl
+	local G=$W/run/graphs
+	lat llama1b train_step_all "$G"/train.onnx cuda "$BATCH" "$SEQ" 10
+	lat llama1b train_step_loss_only "$G"/train.onnx cuda "$BATCH" "$SEQ" 10 loss
+	lat llama1b eval_forward_loss "$G"/eval.onnx cuda "$BATCH" "$SEQ" 10
+	pack llama1b
+}
+
+# prof NAME LABEL MODEL BATCH SEQ: ORT profile (node placement, host time per node) with the
+# throwaway .gpu/bin/ortprof, if it was built (it imports onnxruntime_go directly, so it is not
+# part of the repository: only runtime/internal/ort may import the binding)
+prof() {
+	local W=$WORK/$1 vocab
+	[ -x "$BIN"/ortprof ] || { echo "no ortprof; skipping profile $2"; return; }
+	vocab=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['vocab'])" "$W"/torch_summary.json)
+	(cd "$W" && rm -f prof_"$2"_*.json && timeout 300 "$BIN"/ortprof -model "$3" -batch "$4" -seq "$5" -vocab "$vocab" -n 3 -prefix prof_"$2")
+	python3 "$ROOT"/bench/gpu/profsum.py "$W"/prof_"$2"_*.json >"$W"/profsum_"$2".txt; head -40 "$W"/profsum_"$2".txt
+	gzip -f "$W"/prof_"$2"_*.json
+}
+
+# gpt2-extra: what the first pass left open (run on a fresh machine: re-exports the model)
+gpt2_extra() {
+	local W=$WORK/gpt2
+	mkdir -p "$W"
+	[ -f "$W"/model.onnx ] || timeout 300 python3 bench/gpu/torch_side.py --model gpt2 --dir "$W" --modes none 2>&1 | grep -v Warning
+	local re; re=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['loracc_target_regex'])" "$W"/torch_summary.json)
+	[ -f "$W"/model.lora.onnx ] || "$BIN"/loracc inject "$W"/model.onnx --rank 16 --target "$re" -o "$W"/model.lora.onnx | tail -1
+	local G=$W/graphs
+	"$BIN"/loracc export-train "$W"/model.lora.onnx --loss lm --logits logits --labels labels --weight-decay 0 --clip-norm 0 -o "$G" | tail -1
+	rm -f "$W"/latency.jsonl
+	echo "== forward + loss without the logits copy (eval.onnx)"
+	lat gpt2 eval_forward_loss "$G"/eval.onnx cuda 1 128 50
+	lat gpt2 eval_forward_loss "$G"/eval.onnx cpu 1 128 20
+	lat gpt2 injected "$W"/model.lora.onnx cuda 1 128 50
+	echo "== train step memory vs batch"
+	for b in 1 2 4 8; do lat gpt2 train_step_all "$G"/train.onnx cuda $b "$SEQ" 5; done
+	echo "== ORT profiles"
+	prof gpt2 train "$G"/train.onnx "$BATCH" "$SEQ"
+	prof gpt2 eval "$G"/eval.onnx "$BATCH" "$SEQ"
+	prof gpt2 fwd1x128 "$W"/model.lora.onnx 1 128
+	(cd "$WORK" && tar czf "$OUT"/extra_gpt2.tgz gpt2/latency.jsonl gpt2/profsum_*.txt gpt2/prof_*.json.gz gpt2/*.log 2>/dev/null)
+}
+
+# llama-extra: re-export, then loracc train with only ~80 GB of the GPU free (an H100's size), and a profile
+llama_extra() {
+	local W=$WORK/llama1b
+	mkdir -p "$W"
+	[ -f "$W"/model.onnx ] || timeout 300 python3 bench/gpu/torch_side.py --model llama1b --dir "$W" --modes none 2>&1 | grep -v Warning
+	local re; re=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['loracc_target_regex'])" "$W"/torch_summary.json)
+	[ -f "$W"/model.lora.onnx ] || "$BIN"/loracc inject "$W"/model.onnx --rank 16 --target "$re" -o "$W"/model.lora.onnx | tail -1
+	local total hold
+	total=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits)
+	hold=$((total - ${FREE_MIB:-81559}))
+	if [ "$hold" -gt 0 ]; then
+		python3 -c "
+import sys, time, torch
+x = torch.empty(int(sys.argv[1]) * 2**20, dtype=torch.uint8, device='cuda')
+open('/tmp/held', 'w').write('ok'); time.sleep(900)" "$hold" &
+		local hp=$!
+		while [ ! -f /tmp/held ]; do sleep 1; done
+	fi
+	echo "== GPU memory while holding $hold MiB: $(nvidia-smi --query-gpu=memory.used,memory.free --format=csv,noheader)"
+	rm -rf "$W"/run_80g
+	local mp; mp=$(mempoll "$W"/mem_loracc_train_80g.txt)
+	local t0=$(now)
+	"$BIN"/loracc train "$W"/model.lora.onnx --adapter "$W"/peft_init --data "$W"/data.jsonl --loss lm \
+		--logits logits --labels labels --max-steps "${STEPS_80G:-20}" --batch-size "$BATCH" --lr 1e-4 --weight-decay 0 \
+		--clip-norm 0 --device "$DEVICE" --save-every 0 --out "$W"/run_80g >"$W"/train_80g.log 2>&1
+	echo "train_80g_exit $? wall_s $(python3 -c "print($(now)-$t0)") peak_used_mib $(sort -n "$W"/mem_loracc_train_80g.txt | tail -1)" | tee "$W"/train_80g.txt
+	kill "$mp" 2>/dev/null
+	grep -v '^step' "$W"/train_80g.log | tail -5
+	[ -n "${hp:-}" ] && kill "$hp" && rm -f /tmp/held && sleep 2
+	prof llama1b train "$W"/run_80g/graphs/train.onnx "$BATCH" "$SEQ"
+	(cd "$WORK" && tar czf "$OUT"/extra_llama1b.tgz llama1b/train_80g.* llama1b/run_80g/metrics.csv llama1b/mem_loracc_train_80g.txt llama1b/profsum_*.txt llama1b/prof_*.json.gz 2>/dev/null)
+}
+
+case "${1:-}" in
+tests) tests ;;
+gpt2) gpt2 ;;
+llama-torch) llama_torch ;;
+llama-loracc) llama_loracc ;;
+gpt2-extra) gpt2_extra ;;
+llama-extra) llama_extra ;;
+*) echo "usage: $0 tests|gpt2|llama-torch|llama-loracc|gpt2-extra|llama-extra" >&2; exit 2 ;;
+esac
