@@ -277,7 +277,9 @@ func (g *Graph) PromoteToInput(v *Value) error {
 		if w == v {
 			g.Initializers = append(g.Initializers[:i], g.Initializers[i+1:]...)
 			v.Const = nil
-			g.Inputs = append(g.Inputs, v)
+			if !v.IsGraphInput() { // an optional input is an input already
+				g.Inputs = append(g.Inputs, v)
+			}
 			return nil
 		}
 	}

@@ -178,18 +178,23 @@ func addBranch(t *Target, l *adapter.Layer, scale float64, asInputs, fp32 bool) 
 	root := g.Root()
 	param := func(suffix string, dims []int64, vals []float32) (*graph.Value, error) {
 		name := t.Name + suffix
-		if asInputs {
-			shape := make([]graph.Dim, len(dims))
-			for i, d := range dims {
-				shape[i] = graph.Dim{Value: d}
-			}
-			return root.AddInput(name, &graph.TensorType{DType: dt, Shape: shape}), nil
-		}
 		tensor, err := graph.NewFloatTensor(name, dt, dims, vals)
 		if err != nil {
 			return nil, err
 		}
-		return root.AddInitializer(tensor), nil
+		v := root.AddInitializer(tensor)
+		if asInputs {
+			// An input with an initializer is an optional input: runs
+			// that feed nothing use this adapter, ONNX Runtime's active
+			// adapters (or explicit feeds) override it per run.
+			shape := make([]graph.Dim, len(dims))
+			for i, d := range dims {
+				shape[i] = graph.Dim{Value: d}
+			}
+			v.Type = &graph.TensorType{DType: dt, Shape: shape}
+			root.Inputs = append(root.Inputs, v)
+		}
+		return v, nil
 	}
 	av, err := param(".lora_A", []int64{int64(l.In), int64(l.Rank)}, aT)
 	if err != nil {

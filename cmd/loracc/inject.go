@@ -171,7 +171,7 @@ func injectAction(c *cli.Context) error {
 	}
 	fmt.Fprintf(c.App.Writer, "injected %d LoRA branches (%d trainable parameters)\nmodel:   %s\nadapter: %s\n", len(ctx.Injected), params, out, dir)
 	if ctx.AdapterInputs {
-		fmt.Fprintf(c.App.Writer, "adapter tensors are graph inputs: feed <target>.lora_A [in, r] and <target>.lora_B [r, out] (the transposes of the adapter's lora_A/lora_B) with every run\n")
+		fmt.Fprintf(c.App.Writer, "adapter tensors are optional graph inputs (defaulting to this adapter): feed <target>.lora_A [in, r] and <target>.lora_B [r, out] (the adapter's lora_A/lora_B transposed), or activate an .onnx_adapter from loracc export-adapter, per run\n")
 	}
 	return nil
 }

@@ -161,10 +161,32 @@ func startingAdapter(c *cli.Context, in string, m *graph.Model) (*adapter.Adapte
 			dir = adapterDir(in)
 		}
 	}
-	if dir != "" {
-		return adapter.Load(dir)
+	if dir == "" {
+		return train.AdapterFromModel(m, rewrite.BranchKey, nil)
 	}
-	return train.AdapterFromModel(m, rewrite.BranchKey, nil)
+	a, err := adapter.Load(dir)
+	if err != nil {
+		return nil, err
+	}
+	// The adapter must fit the model's branches, or the first step fails
+	// deep inside ONNX Runtime.
+	inModel, err := train.AdapterFromModel(m, rewrite.BranchKey, nil)
+	if err != nil {
+		return nil, err
+	}
+	for _, l := range inModel.Layers {
+		al := a.Layer(l.Name)
+		if al == nil {
+			return nil, fmt.Errorf("%s: no layer %q for the model's branch of that name", dir, l.Name)
+		}
+		if al.Rank != l.Rank || al.In != l.In || al.Out != l.Out {
+			return nil, fmt.Errorf("%s: layer %q is rank %d [in=%d, out=%d], but the model's branch is rank %d [in=%d, out=%d]", dir, l.Name, al.Rank, al.In, al.Out, l.Rank, l.In, l.Out)
+		}
+	}
+	if len(a.Layers) != len(inModel.Layers) {
+		return nil, fmt.Errorf("%s: %d layers, but the model has %d branches", dir, len(a.Layers), len(inModel.Layers))
+	}
+	return a, nil
 }
 
 // pickDevice resolves --device: auto tries CUDA and falls back to the CPU

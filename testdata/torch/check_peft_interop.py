@@ -85,7 +85,11 @@ for k in (1, 2, 1, 2):
     diff = float(np.abs(got - want).max())
     ml["switches"].append({"adapter": k, "max_abs_diff_vs_fused": diff})
     print("active adapter", k, "vs its fused model: max abs diff", diff)
-ml["ok"] = all(s["max_abs_diff_vs_fused"] <= 1e-4 for s in ml["switches"])
+plain = sess.run(["logits"], {"input_ids": ids})[0]
+base_logits = onnx_logits(os.path.join(d, "gpt2_tiny.onnx"), {"input_ids": ids})
+ml["no_adapter_vs_base"] = float(np.abs(plain - base_logits).max())
+print("no active adapter vs the base model: max abs diff", ml["no_adapter_vs_base"])
+ml["ok"] = ml["no_adapter_vs_base"] <= 1e-4 and all(s["max_abs_diff_vs_fused"] <= 1e-4 for s in ml["switches"])
 ml["adapters_differ"] = float(np.abs(onnx_logits(os.path.join(d, "fused1.onnx"), {"input_ids": ids}) -
                                     onnx_logits(os.path.join(d, "fused2.onnx"), {"input_ids": ids})).max())
 result["multi_lora"] = ml
