@@ -164,3 +164,36 @@ func TestMatchAdapterNames(t *testing.T) {
 		t.Errorf("leftover layer: %v", err)
 	}
 }
+
+// TestFuseLowPrecision fuses the seed adapter into fp16 and bf16 copies of
+// the seed weight: each fused weight equals the fp32 result rounded once
+// to the type (within half a unit in the last place).
+func TestFuseLowPrecision(t *testing.T) {
+	for _, dt := range []graph.DataType{graph.Float16, graph.BFloat16} {
+		m := seedModel(t)
+		w := m.Graph.Lookup("seed.weight").Const
+		vals, _ := w.Floats()
+		raw, err := graph.EncodeFloats(dt, vals)
+		if err != nil {
+			t.Fatal(err)
+		}
+		w.DType = dt
+		w.SetBytes(raw)
+		if err := Run(m, &Context{Adapter: seedAdapter()}, "fuse"); err != nil {
+			t.Fatal(err)
+		}
+		got, _ := w.Floats()
+		ulp := math.Pow(2, -10) // fp16: 10 mantissa bits
+		if dt == graph.BFloat16 {
+			ulp = math.Pow(2, -7)
+		}
+		for i := range seedFused {
+			for j, want := range seedFused[i] {
+				g := float64(got[i*4+j])
+				if math.Abs(g-want) > want*ulp/2*1.0001 {
+					t.Errorf("%s W'[%d][%d] = %v, fp32 %v: more than half an ulp apart", dt, i, j, g, want)
+				}
+			}
+		}
+	}
+}
