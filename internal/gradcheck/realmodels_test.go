@@ -67,7 +67,9 @@ func testRealModels(t *testing.T, strip bool) {
 			// BERT's classifier has 3 outputs, too few for rank 4.
 			sel := rewrite.Selector{Exclude: []*regexp.Regexp{regexp.MustCompile(`^classifier$`)}}
 			ctx := &rewrite.Context{Selector: sel, Config: adapter.NewConfig(4, 8), Init: rewrite.Init{Method: "gaussian"}, AdapterInputs: true, Verify: true}
-			if err := rewrite.Run(m, ctx, "inject"); err != nil {
+			// params turns the adapter's optional inputs into required
+			// ones (no default initializer), which the checker feeds.
+			if err := rewrite.Run(m, ctx, "inject", "params"); err != nil {
 				t.Fatal(err)
 			}
 			rng := rand.New(rand.NewPCG(1, 2))
