@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 
 	"github.com/loracc/loracc/internal/plot"
 )
@@ -38,14 +39,13 @@ func openMetrics(run string, keep int, resume bool) (*metricsFile, error) {
 	m := &metricsFile{run: run}
 	var kept [][]string
 	if resume {
-		if f, err := os.Open(path); err == nil {
-			recs, err := csv.NewReader(f).ReadAll()
-			f.Close()
-			if err != nil {
-				return nil, fmt.Errorf("%s: %w", path, err)
-			}
-			for i, rec := range recs {
-				if i == 0 || len(rec) < 7 {
+		// Read line by line, not as strict CSV: a kill can leave the last
+		// row half written, and rows after the checkpoint are dropped
+		// anyway.
+		if data, err := os.ReadFile(path); err == nil {
+			for i, line := range strings.Split(string(data), "\n") {
+				rec := strings.Split(line, ",")
+				if i == 0 || len(rec) != 7 {
 					continue
 				}
 				step, err := strconv.Atoi(rec[0])
