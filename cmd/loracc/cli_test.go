@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"github.com/loracc/loracc/internal/ortest"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -36,20 +37,7 @@ func mustLoracc(t *testing.T, args ...string) string {
 // env opens ONNX Runtime or skips; with LORACC_REQUIRE_ORT=1 (CI) a
 // missing library fails instead.
 func env(t testing.TB) *runtime.Env {
-	t.Helper()
-	lib, err := runtime.FindLibrary("")
-	if err != nil {
-		if os.Getenv("LORACC_REQUIRE_ORT") != "" {
-			t.Fatal(err)
-		}
-		t.Skip(err)
-	}
-	e, err := runtime.Open(lib)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { e.Close() })
-	return e
+	return ortest.Env(t)
 }
 
 // testModels lists the committed test models.

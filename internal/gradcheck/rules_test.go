@@ -2,7 +2,7 @@ package gradcheck
 
 import (
 	"fmt"
-	"os"
+	"github.com/loracc/loracc/internal/ortest"
 	"testing"
 
 	"github.com/loracc/loracc/graph"
@@ -10,20 +10,7 @@ import (
 )
 
 func openEnv(t *testing.T) *runtime.Env {
-	t.Helper()
-	lib, err := runtime.FindLibrary("")
-	if err != nil {
-		if os.Getenv("LORACC_REQUIRE_ORT") != "" {
-			t.Fatal(err)
-		}
-		t.Skip(err)
-	}
-	e, err := runtime.Open(lib)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { e.Close() })
-	return e
+	return ortest.Env(t)
 }
 
 // op builds y = op(inputs in order) with attributes.

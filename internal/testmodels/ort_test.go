@@ -1,7 +1,7 @@
 package testmodels
 
 import (
-	"errors"
+	"github.com/loracc/loracc/internal/ortest"
 	"math"
 	"path/filepath"
 	"strconv"
@@ -17,24 +17,7 @@ var dimSizes = map[string]int64{"batch": 3, "seq": 5}
 
 // openEnv opens ONNX Runtime or skips the test when no library is installed.
 func openEnv(t *testing.T) *runtime.Env {
-	t.Helper()
-	lib, err := runtime.FindLibrary("")
-	if err != nil {
-		if errors.Is(err, runtime.ErrNoLibrary) {
-			t.Skipf("no onnxruntime library (run scripts/fetch-ort.sh): %v", err)
-		}
-		t.Fatal(err)
-	}
-	env, err := runtime.Open(lib)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := env.Close(); err != nil {
-			t.Errorf("env.Close: %v", err)
-		}
-	})
-	return env
+	return ortest.Env(t)
 }
 
 func openSession(t *testing.T, env *runtime.Env, path string) *runtime.Session {
