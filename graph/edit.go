@@ -340,3 +340,35 @@ func (g *Graph) Prune() (int, error) {
 	g.ValueInfo = kept
 	return removed, nil
 }
+
+// CloneNode adds to g a copy of n reading inputs, with outputs named after
+// n's plus suffix (made unique). Attributes are shared (tensors are
+// read-only); nodes holding subgraphs cannot be cloned.
+func (g *Graph) CloneNode(n *Node, inputs []*Value, suffix string) (*Node, error) {
+	if len(n.Subgraphs()) > 0 {
+		return nil, fmt.Errorf("node %q (%s) holds subgraphs and cannot be cloned", n.Name, n.Op)
+	}
+	name := n.Name
+	if name != "" {
+		name += suffix
+	}
+	c := g.NewNode(n.Op, name, inputs, 0, "")
+	c.Domain, c.Overload, c.DocString = n.Domain, n.Overload, n.DocString
+	c.Metadata = append([]KV(nil), n.Metadata...)
+	c.Attrs = append([]*Attr(nil), n.Attrs...)
+	c.rest = n.rest
+	for i, o := range n.outputs {
+		if o == nil {
+			c.outputs = append(c.outputs, nil)
+			continue
+		}
+		v := g.newValue(o.Name + suffix)
+		v.producer, v.outIndex = c, i
+		if o.Type != nil {
+			tt := *o.Type
+			v.Type = &tt
+		}
+		c.outputs = append(c.outputs, v)
+	}
+	return c, nil
+}

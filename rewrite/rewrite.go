@@ -80,6 +80,7 @@ func Passes() []Pass {
 		{Name: "loss", Why: "add the scalar training loss (lm, ce or mse) and the labels input", Run: lossPass},
 		{Name: "autodiff", Why: "append reverse-mode gradients of the loss for the adapter tensors only", Run: autodiffPass},
 		{Name: "optimizer", Why: "clip the gradients' global norm and apply AdamW or SGD, outputting new params and state", Run: optimizerPass},
+		{Name: "unroll", Why: "run K optimizer steps per graph run, so adapter and optimizer state cross between host and device once per K steps", Run: unrollPass},
 		{Name: "prune", Why: "keep only the outputs training needs and drop every node, constant and input they do not use", Run: prunePass},
 	}
 }

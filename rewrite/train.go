@@ -38,6 +38,9 @@ type TrainOptions struct {
 	// training graph's outputs as "<param>.grad", role "grad", for
 	// inspection and tests.
 	EmitGrads bool
+
+	// StepsPerRun K > 1 makes pass "unroll" compile K steps into one run.
+	StepsPerRun int
 }
 
 // DefaultTrainOptions mirrors PyTorch's AdamW defaults and Hugging Face's

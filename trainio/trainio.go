@@ -39,6 +39,12 @@ type Graph struct {
 type File struct {
 	Train Graph `json:"train"`
 	Eval  Graph `json:"eval"`
+	// Multi, with StepsPerRun K > 1, is train_multi.onnx: K steps per run,
+	// each batch and label input holding K equal micro-batches stacked
+	// along the batch axis, lr and step of shape [K], loss and grad_norm
+	// of shape [K].
+	Multi       *Graph `json:"train_multi,omitempty"`
+	StepsPerRun int    `json:"steps_per_run,omitempty"`
 }
 
 // ByRole returns the entries with a role.

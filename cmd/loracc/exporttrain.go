@@ -30,6 +30,7 @@ func trainFlags(d rewrite.TrainOptions) []cli.Flag {
 		&cli.Float64Flag{Name: "momentum", Value: d.Momentum, Usage: "SGD momentum"},
 		&cli.Float64Flag{Name: "clip-norm", Value: d.ClipNorm, Usage: "clip the adapter gradients' global L2 norm to this (0: off)"},
 		&cli.BoolFlag{Name: "emit-grads", Usage: "also output every adapter gradient as <param>.grad (role grad)"},
+		&cli.IntFlag{Name: "steps-per-run", Value: 1, Usage: "also compile train_multi.onnx running K steps per run (state crosses host↔device once per K steps)"},
 	}
 }
 
@@ -38,7 +39,7 @@ func trainOptions(c *cli.Context, m *graph.Model) (rewrite.TrainOptions, error) 
 		Loss: c.String("loss"), Logits: c.String("logits"), Labels: c.String("labels"), IgnoreIndex: c.Int64("ignore-index"),
 		Optimizer: c.String("optimizer"), WeightDecay: c.Float64("weight-decay"), Beta1: c.Float64("beta1"), Beta2: c.Float64("beta2"),
 		Eps: c.Float64("eps"), Momentum: c.Float64("momentum"), ClipNorm: c.Float64("clip-norm"),
-		EmitGrads: c.Bool("emit-grads"),
+		EmitGrads: c.Bool("emit-grads"), StepsPerRun: c.Int("steps-per-run"),
 	}
 	if o.Logits == "" {
 		if len(m.Graph.Outputs) != 1 {
@@ -127,6 +128,13 @@ func exportTrain(in, dir string, c *cli.Context, dump func(string, *graph.Model)
 	}
 	if res.Eval, err = build("eval", "params", "loss", "prune"); err != nil {
 		return res, err
+	}
+	if k := c.Int("steps-per-run"); k > 1 {
+		multi, err := build("train_multi", "params", "loss", "autodiff", "optimizer", "prune", "unroll")
+		if err != nil {
+			return res, err
+		}
+		res.Multi, res.StepsPerRun = &multi, k
 	}
 	data, err := json.MarshalIndent(res, "", "  ")
 	if err != nil {

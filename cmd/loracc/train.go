@@ -111,7 +111,8 @@ func trainAction(c *cli.Context) error {
 	defer stop()
 	cfg := train.Config{
 		Run: run, TrainGraph: filepath.Join(graphs, "train.onnx"), EvalGraph: filepath.Join(graphs, "eval.onnx"), IO: io,
-		Adapter: start, Data: data, Eval: evalSet,
+		MultiGraph: filepath.Join(graphs, "train_multi.onnx"),
+		Adapter:    start, Data: data, Eval: evalSet,
 		Epochs: c.Int("epochs"), MaxSteps: c.Int("max-steps"), BatchSize: c.Int("batch-size"), GradAccum: c.Int("grad-accum"),
 		Schedule: train.Schedule{Kind: c.String("schedule"), LR: c.Float64("lr"), Warmup: c.Int("warmup")},
 		Seed:     c.Uint64("seed"), Session: runtime.SessionOptions{Device: device},

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/csv"
+	"encoding/json"
 	"errors"
 	"os"
 	"os/exec"
@@ -208,5 +209,28 @@ func TestTrainCtrlC(t *testing.T) {
 	mustLoracc(t, append(seedTrainArgs(injected, data, cut, steps), "--resume")...)
 	if a, b := lossColumn(t, full), lossColumn(t, cut); strings.Join(a, "\n") != strings.Join(b, "\n") {
 		t.Errorf("loss column after Ctrl-C and --resume differs from the uninterrupted run (%d vs %d rows)", len(a), len(b))
+	}
+}
+
+// TestStepsPerRunMatchesSingle: compiling 4 steps into one run gives the
+// loss column of single steps, bit for bit (CPU), and resumes like it.
+func TestStepsPerRunMatchesSingle(t *testing.T) {
+	env(t)
+	dir := t.TempDir()
+	injected, data := seedRun(t, dir)
+	single, multi := filepath.Join(dir, "single"), filepath.Join(dir, "multi")
+	mustLoracc(t, seedTrainArgs(injected, data, single, "301")...)
+	mustLoracc(t, append(seedTrainArgs(injected, data, multi, "301"), "--steps-per-run", "4")...)
+	a, b := lossColumn(t, single), lossColumn(t, multi)
+	if strings.Join(a, "\n") != strings.Join(b, "\n") {
+		t.Errorf("4 steps per run give a different loss column (%d vs %d rows)", len(a), len(b))
+	}
+	var io TrainIO
+	data2, err := os.ReadFile(filepath.Join(multi, "graphs", "train.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(data2, &io); err != nil || io.StepsPerRun != 4 || io.Multi == nil {
+		t.Fatalf("train.json has no 4-step graph: %v", err)
 	}
 }

@@ -21,6 +21,9 @@ type Config struct {
 	Run        string // the run folder: checkpoints, metrics.csv, loss.png, adapter/
 	TrainGraph string // train.onnx
 	EvalGraph  string // eval.onnx
+	// MultiGraph is train_multi.onnx (IO.Multi), K steps per run; used
+	// whenever K full micro-batches remain in the epoch and the budget.
+	MultiGraph string
 	IO         trainio.File
 	// Adapter is the starting adapter, and the layout checkpoints use.
 	Adapter *adapter.Adapter
@@ -64,6 +67,7 @@ var ErrNonFinite = errors.New("loss is not finite")
 type runner struct {
 	cfg     Config
 	sess    *runtime.Session
+	multi   *runtime.Session
 	eval    *runtime.Session
 	params  Params
 	state   map[string]runtime.Tensor
@@ -141,6 +145,12 @@ func Run(ctx context.Context, env *runtime.Env, cfg Config) (*Result, error) {
 		return nil, err
 	}
 	defer r.sess.Close()
+	if cfg.IO.Multi != nil && cfg.IO.StepsPerRun > 1 && cfg.MultiGraph != "" {
+		if r.multi, err = env.NewSession(cfg.MultiGraph, cfg.Session); err != nil {
+			return nil, err
+		}
+		defer r.multi.Close()
+	}
 	if cfg.Eval != nil {
 		if r.eval, err = env.NewSession(cfg.EvalGraph, cfg.Session); err != nil {
 			return nil, err
@@ -154,7 +164,14 @@ func Run(ctx context.Context, env *runtime.Env, cfg Config) (*Result, error) {
 			res.Interrupted = true
 			break
 		}
-		loss, evalLoss, err := r.step()
+		before := r.prog.Step
+		var loss, evalLoss float64
+		var err error
+		if r.canRunMulti(total) {
+			loss, evalLoss, err = r.stepMulti()
+		} else {
+			loss, evalLoss, err = r.step()
+		}
 		if err != nil {
 			r.bar.Finish()
 			return nil, err
@@ -163,13 +180,15 @@ func Run(ctx context.Context, env *runtime.Env, cfg Config) (*Result, error) {
 		if !math.IsNaN(evalLoss) {
 			res.EvalLoss = evalLoss
 		}
-		if cfg.SaveEvery > 0 && r.prog.Step%cfg.SaveEvery == 0 {
+		if cfg.SaveEvery > 0 && r.prog.Step/cfg.SaveEvery != before/cfg.SaveEvery {
 			if err := r.checkpoint(); err != nil {
 				return nil, err
 			}
 		}
 		if cfg.OnStep != nil {
-			cfg.OnStep(r.prog.Step)
+			for s := before + 1; s <= r.prog.Step; s++ {
+				cfg.OnStep(s)
+			}
 		}
 	}
 	r.bar.Finish()
@@ -391,4 +410,125 @@ func zerosFor(e trainio.Entry) (runtime.Tensor, error) {
 		n *= shape[i]
 	}
 	return runtime.Tensor{DType: dt, Shape: shape, Data: make([]byte, dt.ByteSize(n))}, nil
+}
+
+// canRunMulti reports whether the next K steps can run as one: the K-step
+// graph exists, K steps remain in the budget, and K full micro-batches
+// remain in this epoch (the graph splits its batch into K equal parts).
+func (r *runner) canRunMulti(total int) bool {
+	k := r.cfg.IO.StepsPerRun
+	if r.multi == nil || r.prog.Step+k > total {
+		return false
+	}
+	return r.prog.Position+k*r.cfg.BatchSize*r.cfg.GradAccum <= r.cfg.Data.Len()
+}
+
+// stepMulti runs K steps in one run of train_multi.onnx. Each step sees
+// the same examples as K single steps would; the K micro-batches are
+// padded to one length. Evaluation due inside the K steps runs after
+// them, and its loss is recorded on the last step.
+func (r *runner) stepMulti() (float64, float64, error) {
+	k := r.cfg.IO.StepsPerRun
+	start := time.Now()
+	epochAt := float64(r.prog.Epoch) + float64(r.prog.Position)/float64(r.cfg.Data.Len())
+	var idx []int
+	tokens := make([]int, k)
+	for j := range k {
+		part := r.nextIndices()
+		for _, i := range part {
+			tokens[j] += r.cfg.Data.Tokens(i)
+		}
+		idx = append(idx, part...)
+	}
+	db, err := r.cfg.Data.Batch(idx)
+	if err != nil {
+		return 0, 0, err
+	}
+	batch, err := toRuntime(db)
+	if err != nil {
+		return 0, 0, err
+	}
+	first := r.prog.Step + 1
+	lrs, steps, lr64 := make([]float32, k), make([]float32, k), make([]float64, k)
+	for j := range k {
+		lr64[j] = r.cfg.Schedule.At(first + j)
+		lrs[j] = float32(lr64[j])
+		steps[j] = float32(first + j)
+	}
+	feeds := map[string]runtime.Tensor{}
+	for _, in := range r.cfg.IO.Multi.Inputs {
+		var v runtime.Tensor
+		var ok bool
+		switch in.Role {
+		case trainio.RoleBatch, trainio.RoleLabel:
+			v, ok = batch[in.Name]
+		case trainio.RoleParam:
+			v, ok = r.params[in.Name]
+		case trainio.RoleState:
+			v, ok = r.state[in.Name]
+		case trainio.RoleLR:
+			v, ok = runtime.FloatTensor([]int64{int64(k)}, lrs), true
+		case trainio.RoleStep:
+			v, ok = runtime.FloatTensor([]int64{int64(k)}, steps), true
+		}
+		if !ok {
+			return 0, 0, fmt.Errorf("nothing to feed input %q (role %s)", in.Name, in.Role)
+		}
+		feeds[in.Name] = v
+	}
+	var names []string
+	for _, o := range r.cfg.IO.Multi.Outputs {
+		names = append(names, o.Name)
+	}
+	out, err := r.multi.Run(feeds, names)
+	if err != nil {
+		return 0, 0, fmt.Errorf("steps %d..%d: %w", first, first+k-1, err)
+	}
+	var losses, norms []float32
+	for _, o := range r.cfg.IO.Multi.Outputs {
+		switch o.Role {
+		case trainio.RoleLoss:
+			losses, _ = out[o.Name].Floats()
+		case trainio.RoleGradNorm:
+			norms, _ = out[o.Name].Floats()
+		}
+	}
+	if len(losses) != k || len(norms) != k {
+		return 0, 0, fmt.Errorf("steps %d..%d: the graph returned %d losses and %d norms, want %d", first, first+k-1, len(losses), len(norms), k)
+	}
+	for j := range k {
+		l, n := float64(losses[j]), float64(norms[j])
+		if math.IsNaN(l) || math.IsInf(l, 0) || math.IsNaN(n) || math.IsInf(n, 0) {
+			return 0, 0, fmt.Errorf("step %d: %w (loss %g, gradient norm %g); stopped without applying steps %d..%d", first+j, ErrNonFinite, l, n, first, first+k-1)
+		}
+	}
+	for _, o := range r.cfg.IO.Multi.Outputs {
+		switch o.Role {
+		case trainio.RoleUpdatedParam:
+			r.params[o.Replaces] = out[o.Name]
+		case trainio.RoleUpdatedState:
+			r.state[o.Replaces] = out[o.Name]
+		}
+	}
+	r.prog.Step = first + k - 1
+	per := time.Since(start).Seconds() / float64(k)
+	evalLoss := math.NaN()
+	if r.cfg.Eval != nil && r.cfg.EvalEvery > 0 && r.prog.Step/r.cfg.EvalEvery != (first-1)/r.cfg.EvalEvery {
+		if evalLoss, err = r.evaluate(); err != nil {
+			return 0, 0, err
+		}
+		r.bar.Log("step %d: eval loss %.6g", r.prog.Step, evalLoss)
+	}
+	for j := range k {
+		ev := math.NaN()
+		if j == k-1 {
+			ev = evalLoss
+		}
+		tps := float64(tokens[j]) / math.Max(per, 1e-9)
+		r.bar.Update(first+j, float64(losses[j]), tps)
+		if err := r.metrics.Add(row{step: first + j, epoch: epochAt, loss: float64(losses[j]), lr: lr64[j], gradNorm: float64(norms[j]), tokensPerS: tps, evalLoss: ev}); err != nil {
+			return 0, 0, err
+		}
+	}
+	return float64(losses[k-1]), evalLoss, nil
 }
