@@ -48,8 +48,37 @@ func (s *inferer) compute(v *graph.Value) staticInfo {
 		return staticInfo{dt: t.DType, rank: len(t.Dims), dims: constDims(t.Dims)}
 	}
 	if v.Type != nil && v.Type.Shape != nil {
-		return staticInfo{dt: v.Type.DType, rank: len(v.Type.Shape), dims: nameUnknown(v, len(v.Type.Shape), v.Type.Shape)}
+		dims := v.Type.Shape
+		if hasUnknown(dims) {
+			// Exporters leave some dims of value_info unnamed; what the
+			// producer implies (e.g. the batch symbol of its input) lets
+			// un-broadcasting stay static.
+			if derived := s.fromProducer(v); derived.rank == len(dims) && derived.dims != nil {
+				merged := append([]graph.Dim(nil), dims...)
+				for i, d := range merged {
+					if !d.Known() && d.Param == "" {
+						merged[i] = derived.dims[i]
+					}
+				}
+				dims = merged
+			}
+		}
+		return staticInfo{dt: v.Type.DType, rank: len(dims), dims: nameUnknown(v, len(dims), dims)}
 	}
+	return s.fromProducer(v)
+}
+
+func hasUnknown(dims []graph.Dim) bool {
+	for _, d := range dims {
+		if !d.Known() && d.Param == "" {
+			return true
+		}
+	}
+	return false
+}
+
+// fromProducer infers v's type and shape from the node computing it.
+func (s *inferer) fromProducer(v *graph.Value) staticInfo {
 	in := staticInfo{rank: -1}
 	if v.Type != nil {
 		in.dt = v.Type.DType
