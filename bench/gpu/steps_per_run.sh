@@ -15,7 +15,7 @@ export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 [ -f "$W"/model.onnx ] || timeout 300 python3 bench/gpu/torch_side.py --model gpt2 --dir "$W" --modes none 2>&1 | grep -v Warning | tail -3
 re=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['loracc_target_regex'])" "$W"/torch_summary.json)
 "$BIN"/loracc inject "$W"/model.onnx --rank 16 --target "$re" -o "$W"/model.lora.onnx | tail -1
-for k in 1 4 8; do
+for k in ${KS:-1 4 8}; do
 	rm -rf "$W"/run$k
 	nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 >"$W"/mem$k.txt 2>/dev/null &
 	mp=$!
