@@ -248,7 +248,31 @@ func toRuntime(b map[string]dataset.Tensor) (map[string]runtime.Tensor, error) {
 	return out, nil
 }
 
-func (r *runner) feeds(g trainio.Graph, batch map[string]runtime.Tensor, step int, lr float64) (map[string]runtime.Tensor, error) {
+// batch stacks examples idx of set as runtime tensors.
+func batchOf(set *dataset.Set, idx []int) (map[string]runtime.Tensor, error) {
+	db, err := set.Batch(idx)
+	if err != nil {
+		return nil, err
+	}
+	return toRuntime(db)
+}
+
+// apply takes a run's updated params and state.
+func (r *runner) apply(g trainio.Graph, out map[string]runtime.Tensor) {
+	for _, o := range g.Outputs {
+		switch o.Role {
+		case trainio.RoleUpdatedParam:
+			r.params[o.Replaces] = out[o.Name]
+		case trainio.RoleUpdatedState:
+			r.state[o.Replaces] = out[o.Name]
+		}
+	}
+}
+
+// feeds maps every input of g to its value: batch and labels, the current
+// params and state, and lr and step (scalars for one step, [K] vectors for
+// K steps per run).
+func (r *runner) feeds(g trainio.Graph, batch map[string]runtime.Tensor, lr, step runtime.Tensor) (map[string]runtime.Tensor, error) {
 	feeds := map[string]runtime.Tensor{}
 	for _, in := range g.Inputs {
 		var v runtime.Tensor
@@ -261,9 +285,9 @@ func (r *runner) feeds(g trainio.Graph, batch map[string]runtime.Tensor, step in
 		case trainio.RoleState:
 			v, ok = r.state[in.Name]
 		case trainio.RoleLR:
-			v, ok = runtime.FloatTensor(nil, []float32{float32(lr)}), true
+			v, ok = lr, true
 		case trainio.RoleStep:
-			v, ok = runtime.FloatTensor(nil, []float32{float32(step)}), true
+			v, ok = step, true
 		}
 		if !ok {
 			return nil, fmt.Errorf("nothing to feed input %q (role %s)", in.Name, in.Role)
@@ -283,17 +307,13 @@ func (r *runner) step() (float64, float64, error) {
 	for _, i := range idx {
 		tokens += r.cfg.Data.Tokens(i)
 	}
-	db, err := r.cfg.Data.Batch(idx)
-	if err != nil {
-		return 0, 0, err
-	}
-	batch, err := toRuntime(db)
+	batch, err := batchOf(r.cfg.Data, idx)
 	if err != nil {
 		return 0, 0, err
 	}
 	step := r.prog.Step + 1
 	lr := r.cfg.Schedule.At(step)
-	feeds, err := r.feeds(r.cfg.IO.Train, batch, step, lr)
+	feeds, err := r.feeds(r.cfg.IO.Train, batch, runtime.FloatTensor(nil, []float32{float32(lr)}), runtime.FloatTensor(nil, []float32{float32(step)}))
 	if err != nil {
 		return 0, 0, err
 	}
@@ -318,14 +338,7 @@ func (r *runner) step() (float64, float64, error) {
 		return 0, 0, fmt.Errorf("step %d: %w (loss %g, gradient norm %g); stopped without applying it, last good checkpoint: %s", step, ErrNonFinite, loss, norm, last)
 	}
 	// Only now, with a finite step, take the new params and state.
-	for _, o := range r.cfg.IO.Train.Outputs {
-		switch o.Role {
-		case trainio.RoleUpdatedParam:
-			r.params[o.Replaces] = out[o.Name]
-		case trainio.RoleUpdatedState:
-			r.state[o.Replaces] = out[o.Name]
-		}
-	}
+	r.apply(r.cfg.IO.Train, out)
 	r.prog.Step = step
 	elapsed := time.Since(start).Seconds()
 	tps := float64(tokens) / math.Max(elapsed, 1e-9)
@@ -354,15 +367,11 @@ func (r *runner) evaluate() (float64, error) {
 			idx = append(idx, i)
 			w += set.Tokens(i)
 		}
-		db, err := set.Batch(idx)
+		batch, err := batchOf(set, idx)
 		if err != nil {
 			return 0, err
 		}
-		batch, err := toRuntime(db)
-		if err != nil {
-			return 0, err
-		}
-		feeds, err := r.feeds(r.cfg.IO.Eval, batch, 0, 0)
+		feeds, err := r.feeds(r.cfg.IO.Eval, batch, runtime.Tensor{}, runtime.Tensor{})
 		if err != nil {
 			return 0, err
 		}
@@ -440,11 +449,7 @@ func (r *runner) stepMulti() (float64, float64, error) {
 		}
 		idx = append(idx, part...)
 	}
-	db, err := r.cfg.Data.Batch(idx)
-	if err != nil {
-		return 0, 0, err
-	}
-	batch, err := toRuntime(db)
+	batch, err := batchOf(r.cfg.Data, idx)
 	if err != nil {
 		return 0, 0, err
 	}
@@ -455,26 +460,9 @@ func (r *runner) stepMulti() (float64, float64, error) {
 		lrs[j] = float32(lr64[j])
 		steps[j] = float32(first + j)
 	}
-	feeds := map[string]runtime.Tensor{}
-	for _, in := range r.cfg.IO.Multi.Inputs {
-		var v runtime.Tensor
-		var ok bool
-		switch in.Role {
-		case trainio.RoleBatch, trainio.RoleLabel:
-			v, ok = batch[in.Name]
-		case trainio.RoleParam:
-			v, ok = r.params[in.Name]
-		case trainio.RoleState:
-			v, ok = r.state[in.Name]
-		case trainio.RoleLR:
-			v, ok = runtime.FloatTensor([]int64{int64(k)}, lrs), true
-		case trainio.RoleStep:
-			v, ok = runtime.FloatTensor([]int64{int64(k)}, steps), true
-		}
-		if !ok {
-			return 0, 0, fmt.Errorf("nothing to feed input %q (role %s)", in.Name, in.Role)
-		}
-		feeds[in.Name] = v
+	feeds, err := r.feeds(*r.cfg.IO.Multi, batch, runtime.FloatTensor([]int64{int64(k)}, lrs), runtime.FloatTensor([]int64{int64(k)}, steps))
+	if err != nil {
+		return 0, 0, err
 	}
 	var names []string
 	for _, o := range r.cfg.IO.Multi.Outputs {
@@ -502,14 +490,7 @@ func (r *runner) stepMulti() (float64, float64, error) {
 			return 0, 0, fmt.Errorf("step %d: %w (loss %g, gradient norm %g); stopped without applying steps %d..%d", first+j, ErrNonFinite, l, n, first, first+k-1)
 		}
 	}
-	for _, o := range r.cfg.IO.Multi.Outputs {
-		switch o.Role {
-		case trainio.RoleUpdatedParam:
-			r.params[o.Replaces] = out[o.Name]
-		case trainio.RoleUpdatedState:
-			r.state[o.Replaces] = out[o.Name]
-		}
-	}
+	r.apply(*r.cfg.IO.Multi, out)
 	r.prog.Step = first + k - 1
 	per := time.Since(start).Seconds() / float64(k)
 	evalLoss := math.NaN()
