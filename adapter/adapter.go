@@ -246,3 +246,8 @@ func Transpose(x []float32, rows, cols int) []float32 {
 	}
 	return out
 }
+
+// SortLayers orders the layers by name, as Layer's lookup expects.
+func (a *Adapter) SortLayers() {
+	sort.Slice(a.Layers, func(i, j int) bool { return a.Layers[i].Name < a.Layers[j].Name })
+}

@@ -19,7 +19,6 @@ import (
 	"hash/fnv"
 	"math"
 	"math/rand/v2"
-	"sort"
 	"strings"
 
 	"github.com/loracc/loracc/adapter"
@@ -149,13 +148,8 @@ func newAdapter(ts []*Target, cfg adapter.Config, init Init) (*adapter.Adapter, 
 		a.Layers = append(a.Layers, l)
 		a.Config.TargetModules = append(a.Config.TargetModules, t.Name)
 	}
-	SortLayers(a)
+	a.SortLayers()
 	return a, nil
-}
-
-// SortLayers orders an adapter's layers by name, as Adapter.Layer expects.
-func SortLayers(a *adapter.Adapter) {
-	sort.SliceStable(a.Layers, func(i, j int) bool { return a.Layers[i].Name < a.Layers[j].Name })
 }
 
 // addBranch inserts the LoRA branch for one target.

@@ -6,7 +6,6 @@ package train
 
 import (
 	"fmt"
-	"sort"
 	"strings"
 
 	"github.com/loracc/loracc/adapter"
@@ -115,7 +114,7 @@ func AdapterFromModel(m *graph.Model, branchKey string, cfg *adapter.Config) (*a
 	if cfg == nil {
 		out.Config = recoverConfig(out.Layers, alphas)
 	}
-	sortLayers(out)
+	out.SortLayers()
 	return out, nil
 }
 
@@ -158,8 +157,4 @@ func mostCommon[K int | float64](m map[K]int) K {
 		}
 	}
 	return best
-}
-
-func sortLayers(a *adapter.Adapter) {
-	sort.Slice(a.Layers, func(i, j int) bool { return a.Layers[i].Name < a.Layers[j].Name })
 }
