@@ -13,8 +13,10 @@ package rewrite
 // for inputs that get nothing, and no zero tensors are built.
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
 	"sort"
 	"strings"
 
@@ -107,7 +109,7 @@ func (c *gradCtx) scalar(x float64, like *graph.Value) (*graph.Value, error) {
 	var err error
 	if dt == graph.Double {
 		raw := make([]byte, 8)
-		putFloat64(raw, x)
+		binary.LittleEndian.PutUint64(raw, math.Float64bits(x))
 		t = graph.NewTensor("grad.const", dt, nil, raw)
 	} else if t, err = graph.NewFloatTensor("grad.const", dt, nil, []float32{float32(x)}); err != nil {
 		return nil, fmt.Errorf("constant %v for %q: %w", x, like.Name, err)

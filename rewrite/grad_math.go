@@ -181,10 +181,3 @@ func gradGemm(c *gradCtx, n *graph.Node, gys []*graph.Value) ([]*graph.Value, er
 	}
 	return out, nil
 }
-
-func putFloat64(b []byte, v float64) {
-	bits := math.Float64bits(v)
-	for i := 0; i < 8; i++ {
-		b[i] = byte(bits >> (8 * i))
-	}
-}

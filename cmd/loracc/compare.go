@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/binary"
 	"fmt"
 	"math"
 	"math/rand/v2"
@@ -140,7 +141,7 @@ func RandomInputs(infos []runtime.IOInfo, seed uint64) (map[string]runtime.Tenso
 			if in.DType == graph.Double {
 				raw = make([]byte, 8*n)
 				for i, v := range vals {
-					putU64(raw[8*i:], math.Float64bits(float64(v)))
+					binary.LittleEndian.PutUint64(raw[8*i:], math.Float64bits(float64(v)))
 				}
 			} else if raw, err = graph.EncodeFloats(in.DType, vals); err != nil {
 				return nil, err
@@ -162,10 +163,4 @@ func RandomInputs(infos []runtime.IOInfo, seed uint64) (map[string]runtime.Tenso
 		out[in.Name] = runtime.Tensor{DType: in.DType, Shape: shape, Data: raw}
 	}
 	return out, nil
-}
-
-func putU64(b []byte, v uint64) {
-	for i := 0; i < 8; i++ {
-		b[i] = byte(v >> (8 * i))
-	}
 }
