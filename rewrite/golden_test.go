@@ -9,6 +9,8 @@ import (
 
 	"github.com/loracc/loracc/adapter"
 	"github.com/loracc/loracc/graph"
+	"github.com/loracc/loracc/lora"
+	"github.com/loracc/loracc/trainstep"
 )
 
 // golden compares text with testdata/<name>, rewriting it when
@@ -36,13 +38,13 @@ func golden(t *testing.T, name, got string) {
 
 func TestGoldenSeedInject(t *testing.T) {
 	m := seedModel(t)
-	c := &Context{Config: adapter.NewConfig(2, 4), Init: Init{Method: "kaiming", Seed: 1}, Verify: true}
+	c := &Context{Lora: lora.Options{Config: adapter.NewConfig(2, 4), Init: lora.Init{Method: "kaiming", Seed: 1}}, Verify: true}
 	if err := Run(m, c, "inject"); err != nil {
 		t.Fatal(err)
 	}
 	golden(t, "seed_inject.txt", graph.Format(m))
 	adaptersAsInputs := seedModel(t)
-	c = &Context{Config: adapter.NewConfig(2, 2), AdapterInputs: true, Verify: true}
+	c = &Context{Lora: lora.Options{Config: adapter.NewConfig(2, 2), AdapterInputs: true}, Verify: true}
 	if err := Run(adaptersAsInputs, c, "inject"); err != nil {
 		t.Fatal(err)
 	}
@@ -53,11 +55,11 @@ func TestGoldenSeedInject(t *testing.T) {
 // pass, as `loracc export-train --dump` does.
 func TestGoldenSeedTrain(t *testing.T) {
 	m := seedModel(t)
-	if err := Run(m, &Context{Config: adapter.NewConfig(2, 2), Init: Init{Method: "kaiming", Seed: 1}}, "inject"); err != nil {
+	if err := Run(m, &Context{Lora: lora.Options{Config: adapter.NewConfig(2, 2), Init: lora.Init{Method: "kaiming", Seed: 1}}}, "inject"); err != nil {
 		t.Fatal(err)
 	}
 	var out strings.Builder
-	opts := DefaultTrainOptions()
+	opts := trainstep.DefaultOptions()
 	opts.Loss, opts.Logits, opts.Labels, opts.ClipNorm = "mse", "y", "labels", 1
 	c := &Context{Train: opts, Verify: true, Dump: func(pass string, m *graph.Model) {
 		fmt.Fprintf(&out, "=== after pass %q ===\n%s", pass, graph.Format(m))

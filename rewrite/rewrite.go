@@ -1,13 +1,18 @@
-// Package rewrite holds loracc's graph passes. Every pass has the same
-// signature and lives in its own file; the table below is the one place
-// that lists them, in the order pipelines run them, with why each exists.
+// Package rewrite is loracc's pass table: the one place that lists the
+// graph passes, says why each exists and checks that a requested pipeline
+// runs them in an order that works. The passes themselves live in two
+// packages: lora (graph surgery: inject, strip, fuse) and trainstep (the
+// training compiler: params, loss, autodiff, optimizer, prune, unroll).
 package rewrite
 
 import (
 	"fmt"
+	"slices"
 
-	"github.com/loracc/loracc/adapter"
 	"github.com/loracc/loracc/graph"
+	"github.com/loracc/loracc/lora"
+	"github.com/loracc/loracc/trainio"
+	"github.com/loracc/loracc/trainstep"
 )
 
 // Pass is one graph rewrite.
@@ -19,27 +24,17 @@ type Pass struct {
 }
 
 // Context carries a pipeline's options and what passes hand each other.
+// One Context may serve several Run calls on the same model; the order
+// checks then count the passes earlier calls ran.
 type Context struct {
-	// Selector picks targets (inject, inspect).
-	Selector Selector
-	// Config gives rank, alpha and patterns for new adapters (inject).
-	Config adapter.Config
-	// Init chooses how new adapters start (inject).
-	Init Init
-	// Adapter is the adapter a pass reads (fuse, inject with given
-	// values) or writes (inject).
-	Adapter *adapter.Adapter
-	// AdapterInputs makes A and B graph inputs instead of initializers.
-	AdapterInputs bool
-	// BranchFP32 computes the branch of an fp16/bf16 target in float32
-	// (x cast up, the delta cast down before the sum) instead of in the
-	// base's type.
-	BranchFP32 bool
-	// Scale, when non-nil, replaces each layer's alpha/r (fuse --scale).
-	Scale *float64
-	// QuantizedToFloat makes fuse replace a quantized weight by a float
-	// one instead of re-quantizing W + s·ΔW on the weight's own grid.
-	QuantizedToFloat bool
+	// Lora configures the surgery passes and receives what inject did.
+	Lora lora.Options
+	// Train configures the training passes.
+	Train trainstep.Options
+	// IO describes the compiled graph's inputs and outputs after prune
+	// (and unroll).
+	IO struct{ Inputs, Outputs []trainio.Entry }
+
 	// Logf receives progress and notes; nil discards them.
 	Logf func(format string, args ...any)
 	// Dump, when set, is called after each pass with the pass's name.
@@ -47,59 +42,130 @@ type Context struct {
 	// Verify runs graph.Verify after every pass (tests turn it on).
 	Verify bool
 
-	// Train configures the training passes (params, loss, autodiff,
-	// optimizer, prune).
-	Train TrainOptions
-	// IO describes the compiled graph's inputs and outputs after prune.
-	IO struct{ Inputs, Outputs []IOEntry }
-
-	// Injected lists the targets inject rewrote, in adapter order.
-	Injected []*Target
-
-	trainState *trainState
+	compiler *trainstep.Compiler
+	ran      []string
 }
 
-func (c *Context) logf(format string, args ...any) {
-	if c.Logf != nil {
-		c.Logf(format, args...)
+// trainer is the training compiler shared by this context's passes.
+func (c *Context) trainer() *trainstep.Compiler {
+	if c.compiler == nil {
+		c.compiler = trainstep.New(c.Train, c.Logf)
+	}
+	return c.compiler
+}
+
+func (c *Context) surgery() *lora.Options {
+	if c.Lora.Logf == nil {
+		c.Lora.Logf = c.Logf
+	}
+	return &c.Lora
+}
+
+// trainPass adapts a training-compiler step to the table and publishes
+// the compiled graph's IO.
+func trainPass(step func(*trainstep.Compiler, *graph.Model) error) func(*graph.Model, *Context) error {
+	return func(m *graph.Model, c *Context) error {
+		t := c.trainer()
+		if err := step(t, m); err != nil {
+			return err
+		}
+		c.IO.Inputs, c.IO.Outputs = t.IO.Inputs, t.IO.Outputs
+		return nil
 	}
 }
 
-// Passes returns the pass table. Order matters where a pipeline runs
-// several: strip must precede fuse (fuse folds into the base weights and
-// expects no branch), and inject must not see a model that still has
-// branches from another adapter (it refuses targets that have one).
-// Training: params → loss → autodiff → optimizer → prune; each needs what
-// the one before recorded (checked by the passes themselves).
+// Passes returns the pass table, in the order pipelines run them.
 func Passes() []Pass {
 	return []Pass{
-		{Name: "inject", Why: "add y += scale·(x·A)·B beside each selected MatMul/Gemm with a constant weight", Run: injectPass},
-		{Name: "strip", Why: "remove LoRA branches added by inject, restoring the base graph's names", Run: stripPass},
-		{Name: "fuse", Why: "fold W += scale·A·B into the base weights, streaming external data", Run: fusePass},
-		{Name: "params", Why: "make every branch's lora_A/lora_B a graph input the host feeds", Run: paramsPass},
-		{Name: "loss", Why: "add the scalar training loss (lm, ce or mse) and the labels input", Run: lossPass},
-		{Name: "autodiff", Why: "append reverse-mode gradients of the loss for the adapter tensors only", Run: autodiffPass},
-		{Name: "optimizer", Why: "clip the gradients' global norm and apply AdamW or SGD, outputting new params and state", Run: optimizerPass},
-		{Name: "unroll", Why: "run K optimizer steps per graph run, so adapter and optimizer state cross between host and device once per K steps", Run: unrollPass},
-		{Name: "prune", Why: "keep only the outputs training needs and drop every node, constant and input they do not use", Run: prunePass},
+		{Name: "inject", Why: "add y += scale·(x·A)·B beside each selected MatMul/Gemm with a constant weight",
+			Run: func(m *graph.Model, c *Context) error { return lora.Inject(m, c.surgery()) }},
+		{Name: "strip", Why: "remove LoRA branches added by inject, restoring the base graph's names",
+			Run: func(m *graph.Model, c *Context) error { return lora.Strip(m, c.surgery()) }},
+		{Name: "fuse", Why: "fold W += scale·A·B into the base weights, streaming external data",
+			Run: func(m *graph.Model, c *Context) error { return lora.Fuse(m, c.surgery()) }},
+		{Name: "params", Why: "make every branch's lora_A/lora_B a graph input the host feeds", Run: trainPass((*trainstep.Compiler).Params)},
+		{Name: "loss", Why: "add the scalar training loss (lm, ce or mse) and the labels input", Run: trainPass((*trainstep.Compiler).Loss)},
+		{Name: "autodiff", Why: "append reverse-mode gradients of the loss for the adapter tensors only", Run: trainPass((*trainstep.Compiler).Autodiff)},
+		{Name: "optimizer", Why: "clip the gradients' global norm and apply AdamW or SGD, outputting new params and state", Run: trainPass((*trainstep.Compiler).Optimizer)},
+		{Name: "prune", Why: "keep only the outputs training needs and drop every node, constant and input they do not use", Run: trainPass((*trainstep.Compiler).Prune)},
+		{Name: "unroll", Why: "run K optimizer steps per graph run, so adapter and optimizer state cross between host and device once per K steps", Run: trainPass((*trainstep.Compiler).Unroll)},
 	}
 }
 
-// Run applies the named passes in order. Errors are wrapped as
-// `pass "name": ...`.
+// orderRule says that pass first must run before pass then when both are
+// in a pipeline; with required, then cannot run at all unless first ran
+// before it (in this Run or an earlier one on the same Context).
+type orderRule struct {
+	first, then string
+	required    bool
+	why         string
+}
+
+// passOrder is the one table of ordering constraints, checked by Run.
+var passOrder = [...]orderRule{
+	{"strip", "fuse", false, "fuse folds the adapter into the base weights and expects no branch in the graph"},
+	{"inject", "params", false, "params turns the branches inject adds into graph inputs"},
+	{"params", "loss", true, "the compiled graphs take the adapter as inputs, which params makes"},
+	{"params", "autodiff", true, "autodiff differentiates with respect to the params"},
+	{"loss", "autodiff", true, "autodiff differentiates the loss"},
+	{"autodiff", "optimizer", true, "the optimizer updates the params with their gradients"},
+	{"loss", "prune", true, "prune keeps what the loss (and the optimizer's outputs) need"},
+	{"optimizer", "prune", false, "prune drops everything the graph's outputs do not need, so the optimizer's outputs must exist by then"},
+	{"prune", "unroll", true, "unroll copies the pruned step graph K times"},
+	{"optimizer", "unroll", true, "unroll chains the optimizer's updated params and state from step to step"},
+}
+
+// checkOrder reports the first ordering constraint the pipeline breaks:
+// within names, first must come before then; a required first must have
+// run before then, here or in an earlier Run (before).
+func checkOrder(before, names []string) error {
+	pos := map[string]int{}
+	for i, n := range names {
+		if _, seen := pos[n]; !seen {
+			pos[n] = i
+		}
+	}
+	ranBefore := func(pass string, i int) bool {
+		if j, ok := pos[pass]; ok && j < i {
+			return true
+		}
+		return slices.Contains(before, pass)
+	}
+	for _, r := range passOrder {
+		t, hasThen := pos[r.then]
+		if !hasThen {
+			continue
+		}
+		if f, hasFirst := pos[r.first]; hasFirst && f > t {
+			return fmt.Errorf("pass %q must run before pass %q: %s", r.first, r.then, r.why)
+		}
+		if r.required && !ranBefore(r.first, t) {
+			return fmt.Errorf("pass %q needs pass %q before it: %s", r.then, r.first, r.why)
+		}
+	}
+	return nil
+}
+
+// Run applies the named passes in order, after checking the order against
+// passOrder. Errors are wrapped as `pass "name": ...`.
 func Run(m *graph.Model, c *Context, names ...string) error {
 	table := map[string]Pass{}
 	for _, p := range Passes() {
 		table[p.Name] = p
 	}
 	for _, name := range names {
-		p, ok := table[name]
-		if !ok {
+		if _, ok := table[name]; !ok {
 			return fmt.Errorf("unknown pass %q", name)
 		}
-		if err := p.Run(m, c); err != nil {
+	}
+	if err := checkOrder(c.ran, names); err != nil {
+		return err
+	}
+	for _, name := range names {
+		if err := table[name].Run(m, c); err != nil {
 			return fmt.Errorf("pass %q: %w", name, err)
 		}
+		c.ran = append(c.ran, name)
 		if c.Verify {
 			if err := m.Graph.Verify(); err != nil {
 				return fmt.Errorf("pass %q broke the IR: %w", name, err)

@@ -3,13 +3,15 @@ package main
 import (
 	"bytes"
 	"encoding/json"
-	"github.com/loracc/loracc/internal/ortest"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"sort"
 	"strings"
 	"testing"
+
+	"github.com/loracc/loracc/internal/ortest"
+	"github.com/loracc/loracc/lora"
 
 	"github.com/loracc/loracc/adapter"
 	"github.com/loracc/loracc/graph"
@@ -273,7 +275,7 @@ func buildUnfused(t *testing.T, base, adapterDir, out string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := rewrite.Run(m, &rewrite.Context{Adapter: a, Verify: true}, "inject"); err != nil {
+	if err := rewrite.Run(m, &rewrite.Context{Lora: lora.Options{Adapter: a}, Verify: true}, "inject"); err != nil {
 		t.Fatal(err)
 	}
 	if err := graph.Save(m, out, graph.SaveOptions{}); err != nil {

@@ -12,7 +12,7 @@ import (
 	"github.com/loracc/loracc/adapter"
 	"github.com/loracc/loracc/graph"
 	"github.com/loracc/loracc/internal/testmodels"
-	"github.com/loracc/loracc/rewrite"
+	"github.com/loracc/loracc/lora"
 	"github.com/urfave/cli/v2"
 )
 
@@ -186,7 +186,7 @@ func loadWeight(path string) ([]float32, error) {
 	if err != nil {
 		return nil, err
 	}
-	targets, _ := rewrite.FindTargets(m)
+	targets, _ := lora.FindTargets(m)
 	if len(targets) != 1 {
 		return nil, fmt.Errorf("%s: expected one target, found %d", path, len(targets))
 	}

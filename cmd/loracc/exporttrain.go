@@ -11,12 +11,13 @@ import (
 	"github.com/loracc/loracc/graph"
 	"github.com/loracc/loracc/rewrite"
 	"github.com/loracc/loracc/trainio"
+	"github.com/loracc/loracc/trainstep"
 	"github.com/urfave/cli/v2"
 )
 
 // trainFlags are the loss and optimizer flags export-train and train
 // share; d gives their defaults.
-func trainFlags(d rewrite.TrainOptions) []cli.Flag {
+func trainFlags(d trainstep.Options) []cli.Flag {
 	return []cli.Flag{
 		&cli.StringFlag{Name: "loss", Value: d.Loss, Usage: "lm (next-token cross-entropy on [B,T,V]), ce ([B,C] with labels [B]) or mse"},
 		&cli.StringFlag{Name: "logits", Usage: "the model output the loss reads (default: the model's only output)"},
@@ -34,8 +35,8 @@ func trainFlags(d rewrite.TrainOptions) []cli.Flag {
 	}
 }
 
-func trainOptions(c *cli.Context, m *graph.Model) (rewrite.TrainOptions, error) {
-	o := rewrite.TrainOptions{
+func trainOptions(c *cli.Context, m *graph.Model) (trainstep.Options, error) {
+	o := trainstep.Options{
 		Loss: c.String("loss"), Logits: c.String("logits"), Labels: c.String("labels"), IgnoreIndex: c.Int64("ignore-index"),
 		Optimizer: c.String("optimizer"), WeightDecay: c.Float64("weight-decay"), Beta1: c.Float64("beta1"), Beta2: c.Float64("beta2"),
 		Eps: c.Float64("eps"), Momentum: c.Float64("momentum"), ClipNorm: c.Float64("clip-norm"),
@@ -63,7 +64,7 @@ func exportTrainCommand() *cli.Command {
 		Usage: "compile the training step (forward, loss, gradients, optimizer) and the eval graph as plain ONNX",
 		UsageText: "export-train LORA.onnx --loss lm|ce|mse --logits OUTPUT --labels NAME [--ignore-index -100] [--optimizer adamw|sgd] " +
 			"[--weight-decay W] [--beta1 B1] [--beta2 B2] [--eps E] [--momentum M] [--clip-norm C] [--dump] [-o DIR]",
-		Flags: append(trainFlags(rewrite.DefaultTrainOptions()),
+		Flags: append(trainFlags(trainstep.DefaultOptions()),
 			&cli.BoolFlag{Name: "dump", Usage: "print the graph after each pass"},
 			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Usage: "output folder (default: LORA without .onnx plus .train)"},
 		),

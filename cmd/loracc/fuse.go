@@ -7,6 +7,7 @@ import (
 
 	"github.com/loracc/loracc/adapter"
 	"github.com/loracc/loracc/graph"
+	"github.com/loracc/loracc/lora"
 	"github.com/loracc/loracc/rewrite"
 	"github.com/urfave/cli/v2"
 )
@@ -50,17 +51,17 @@ func fuseAction(c *cli.Context) error {
 		return err
 	}
 	logf := logger(c)
-	ctx := &rewrite.Context{Adapter: a, Logf: logf}
+	ctx := &rewrite.Context{Lora: lora.Options{Adapter: a}, Logf: logf}
 	switch c.String("quantized") {
 	case "requantize":
 	case "float":
-		ctx.QuantizedToFloat = true
+		ctx.Lora.QuantizedToFloat = true
 	default:
 		return fmt.Errorf("--quantized %q: want requantize or float", c.String("quantized"))
 	}
 	if c.IsSet("scale") {
 		s := c.Float64("scale")
-		ctx.Scale = &s
+		ctx.Lora.Scale = &s
 	}
 	if c.Bool("dump") {
 		ctx.Dump = dumper(c)
@@ -86,7 +87,7 @@ func fuseCheck(c *cli.Context, in, out string, fctx *rewrite.Context) error {
 	if err != nil {
 		return err
 	}
-	ctx := &rewrite.Context{Adapter: fctx.Adapter, Scale: fctx.Scale}
+	ctx := &rewrite.Context{Lora: lora.Options{Adapter: fctx.Lora.Adapter, Scale: fctx.Lora.Scale}}
 	if err := rewrite.Run(m, ctx, "strip", "inject"); err != nil {
 		return fmt.Errorf("%s: building the unfused model: %w", in, err)
 	}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/loracc/loracc/adapter"
 	"github.com/loracc/loracc/graph"
+	"github.com/loracc/loracc/lora"
 	"github.com/loracc/loracc/rewrite"
 	"github.com/urfave/cli/v2"
 )
@@ -142,14 +143,17 @@ func injectAction(c *cli.Context) error {
 	}
 	logf := logger(c)
 	ctx := &rewrite.Context{
-		Selector: sel, Config: cfg, AdapterInputs: c.Bool("adapter-inputs"),
-		Init: rewrite.Init{Method: c.String("init"), Seed: c.Uint64("seed")},
-		Logf: logf, Adapter: from,
+		Lora: lora.Options{
+			Selector: sel, Config: cfg, AdapterInputs: c.Bool("adapter-inputs"),
+			Init:    lora.Init{Method: c.String("init"), Seed: c.Uint64("seed")},
+			Adapter: from,
+		},
+		Logf: logf,
 	}
 	switch c.String("branch-dtype") {
 	case "base":
 	case "float32":
-		ctx.BranchFP32 = true
+		ctx.Lora.BranchFP32 = true
 	default:
 		return fmt.Errorf("--branch-dtype %q: want base or float32", c.String("branch-dtype"))
 	}
@@ -162,15 +166,15 @@ func injectAction(c *cli.Context) error {
 	if err := graph.Save(m, out, graph.SaveOptions{Notef: logf}); err != nil {
 		return err
 	}
-	if err := ctx.Adapter.Save(dir); err != nil {
+	if err := ctx.Lora.Adapter.Save(dir); err != nil {
 		return err
 	}
 	var params int64
-	for _, l := range ctx.Adapter.Layers {
+	for _, l := range ctx.Lora.Adapter.Layers {
 		params += int64(l.Rank * (l.In + l.Out))
 	}
-	fmt.Fprintf(c.App.Writer, "injected %d LoRA branches (%d trainable parameters)\nmodel:   %s\nadapter: %s\n", len(ctx.Injected), params, out, dir)
-	if ctx.AdapterInputs {
+	fmt.Fprintf(c.App.Writer, "injected %d LoRA branches (%d trainable parameters)\nmodel:   %s\nadapter: %s\n", len(ctx.Lora.Injected), params, out, dir)
+	if ctx.Lora.AdapterInputs {
 		fmt.Fprintf(c.App.Writer, "adapter tensors are optional graph inputs (defaulting to this adapter): feed <target>.lora_A [in, r] and <target>.lora_B [r, out] (the adapter's lora_A/lora_B transposed), or activate an .onnx_adapter from loracc export-adapter, per run\n")
 	}
 	return nil

@@ -7,7 +7,7 @@ import (
 	"text/tabwriter"
 
 	"github.com/loracc/loracc/graph"
-	"github.com/loracc/loracc/rewrite"
+	"github.com/loracc/loracc/lora"
 	"github.com/urfave/cli/v2"
 )
 
@@ -18,8 +18,8 @@ func selectorFlags() []cli.Flag {
 	}
 }
 
-func selector(c *cli.Context) (rewrite.Selector, error) {
-	var s rewrite.Selector
+func selector(c *cli.Context) (lora.Selector, error) {
+	var s lora.Selector
 	compile := func(flag string) ([]*regexp.Regexp, error) {
 		var out []*regexp.Regexp
 		for _, p := range c.StringSlice(flag) {
@@ -49,13 +49,13 @@ type targetJSON struct {
 }
 
 type inspectJSON struct {
-	Model            string         `json:"model"`
-	Targets          []targetJSON   `json:"targets"`
-	Skipped          []rewrite.Skip `json:"skipped"`
-	Rank             int            `json:"rank"`
-	BaseParams       int64          `json:"base_params"`
-	LoraParams       int64          `json:"lora_params"`
-	TrainablePercent float64        `json:"trainable_percent"`
+	Model            string       `json:"model"`
+	Targets          []targetJSON `json:"targets"`
+	Skipped          []lora.Skip  `json:"skipped"`
+	Rank             int          `json:"rank"`
+	BaseParams       int64        `json:"base_params"`
+	LoraParams       int64        `json:"lora_params"`
+	TrainablePercent float64      `json:"trainable_percent"`
 }
 
 func inspectCommand() *cli.Command {
@@ -97,8 +97,8 @@ func inspectCommand() *cli.Command {
 	}
 }
 
-func inspect(m *graph.Model, sel rewrite.Selector, rank int) inspectJSON {
-	all, skips := rewrite.FindTargets(m)
+func inspect(m *graph.Model, sel lora.Selector, rank int) inspectJSON {
+	all, skips := lora.FindTargets(m)
 	chosen, unselected := sel.Select(all)
 	rep := inspectJSON{Rank: rank, Targets: []targetJSON{}, Skipped: append(skips, unselected...)}
 	for _, t := range chosen {
@@ -106,9 +106,9 @@ func inspect(m *graph.Model, sel rewrite.Selector, rank int) inspectJSON {
 		rep.LoraParams += int64(rank) * (t.In + t.Out)
 	}
 	if rep.Skipped == nil {
-		rep.Skipped = []rewrite.Skip{}
+		rep.Skipped = []lora.Skip{}
 	}
-	rep.BaseParams = rewrite.ParamCounts(m)
+	rep.BaseParams = lora.ParamCounts(m)
 	if rep.BaseParams > 0 {
 		rep.TrainablePercent = 100 * float64(rep.LoraParams) / float64(rep.BaseParams)
 	}

@@ -9,18 +9,21 @@ import (
 	"syscall"
 
 	"github.com/loracc/loracc/adapter"
+	"github.com/loracc/loracc/branch"
 	"github.com/loracc/loracc/dataset"
 	"github.com/loracc/loracc/graph"
 	"github.com/loracc/loracc/internal/progress"
+	"github.com/loracc/loracc/lora"
 	"github.com/loracc/loracc/rewrite"
 	"github.com/loracc/loracc/runtime"
 	"github.com/loracc/loracc/runtime/train"
 	"github.com/loracc/loracc/trainio"
+	"github.com/loracc/loracc/trainstep"
 	"github.com/urfave/cli/v2"
 )
 
 func trainCommand() *cli.Command {
-	d := rewrite.DefaultTrainOptions()
+	d := trainstep.DefaultOptions()
 	d.WeightDecay, d.ClipNorm = 0, 1
 	return &cli.Command{
 		Name:  "train",
@@ -142,7 +145,7 @@ func trainAction(c *cli.Context) error {
 		if err != nil {
 			return err
 		}
-		if err := rewrite.Run(fm, &rewrite.Context{Adapter: res.Adapter, Logf: logf}, "strip", "fuse"); err != nil {
+		if err := rewrite.Run(fm, &rewrite.Context{Lora: lora.Options{Adapter: res.Adapter}, Logf: logf}, "strip", "fuse"); err != nil {
 			return fmt.Errorf("%s: %w", in, err)
 		}
 		if err := graph.Save(fm, fused, graph.SaveOptions{Notef: logf}); err != nil {
@@ -163,7 +166,7 @@ func startingAdapter(c *cli.Context, in string, m *graph.Model) (*adapter.Adapte
 		}
 	}
 	if dir == "" {
-		return train.AdapterFromModel(m, rewrite.BranchKey, nil)
+		return branch.Adapter(m, nil)
 	}
 	a, err := adapter.Load(dir)
 	if err != nil {
@@ -171,7 +174,7 @@ func startingAdapter(c *cli.Context, in string, m *graph.Model) (*adapter.Adapte
 	}
 	// The adapter must fit the model's branches, or the first step fails
 	// deep inside ONNX Runtime.
-	inModel, err := train.AdapterFromModel(m, rewrite.BranchKey, nil)
+	inModel, err := branch.Adapter(m, nil)
 	if err != nil {
 		return nil, err
 	}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/loracc/loracc/adapter"
 	"github.com/loracc/loracc/graph"
+	"github.com/loracc/loracc/lora"
 	"github.com/loracc/loracc/rewrite"
 	"github.com/loracc/loracc/runtime"
 	"github.com/loracc/loracc/trainio"
@@ -36,7 +37,7 @@ func refTrainSetup(t testing.TB, model string, exportArgs ...string) (string, st
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := rewrite.Run(m, &rewrite.Context{Adapter: a}, "inject"); err != nil {
+	if err := rewrite.Run(m, &rewrite.Context{Lora: lora.Options{Adapter: a}}, "inject"); err != nil {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()

@@ -1,6 +1,6 @@
 // Package gradcheck checks gradient rules against central finite
 // differences in ONNX Runtime. A case is a tiny forward graph; the checker
-// adds loss = Σ y·r for a random r, asks rewrite.Gradients for the
+// adds loss = Σ y·r for a random r, asks autodiff.Gradients for the
 // parameter gradients, and compares ⟨∇L, d⟩ with (L(x+εd) − L(x−εd)) / 2ε
 // for a random direction d (JAX's check: one directional derivative per
 // case, exact up to the difference scheme).
@@ -16,8 +16,8 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/loracc/loracc/autodiff"
 	"github.com/loracc/loracc/graph"
-	"github.com/loracc/loracc/rewrite"
 	"github.com/loracc/loracc/runtime"
 )
 
@@ -195,7 +195,7 @@ func check(env *runtime.Env, mc Model, dir string, rng *rand.Rand) (Result, erro
 	}
 	loss := lb.Op("ReduceSum", "loss", []*graph.Value{lb.Op("Mul", "yr", []*graph.Value{y, rv2})}, graph.AttrI("keepdims", 0))
 	loss.Type = &graph.TensorType{DType: dt, Shape: []graph.Dim{}}
-	grads, err := rewrite.Gradients(m, loss, params)
+	grads, err := autodiff.Gradients(m, loss, params)
 	if err != nil {
 		return Result{}, err
 	}

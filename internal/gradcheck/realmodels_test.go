@@ -9,6 +9,7 @@ import (
 
 	"github.com/loracc/loracc/adapter"
 	"github.com/loracc/loracc/graph"
+	"github.com/loracc/loracc/lora"
 	"github.com/loracc/loracc/rewrite"
 	"github.com/loracc/loracc/runtime"
 )
@@ -65,8 +66,8 @@ func testRealModels(t *testing.T, strip bool) {
 				m.Graph.ValueInfo = nil
 			}
 			// BERT's classifier has 3 outputs, too few for rank 4.
-			sel := rewrite.Selector{Exclude: []*regexp.Regexp{regexp.MustCompile(`^classifier$`)}}
-			ctx := &rewrite.Context{Selector: sel, Config: adapter.NewConfig(4, 8), Init: rewrite.Init{Method: "gaussian"}, AdapterInputs: true, Verify: true}
+			sel := lora.Selector{Exclude: []*regexp.Regexp{regexp.MustCompile(`^classifier$`)}}
+			ctx := &rewrite.Context{Lora: lora.Options{Selector: sel, Config: adapter.NewConfig(4, 8), Init: lora.Init{Method: "gaussian"}, AdapterInputs: true}, Verify: true}
 			// params turns the adapter's optional inputs into required
 			// ones (no default initializer), which the checker feeds.
 			if err := rewrite.Run(m, ctx, "inject", "params"); err != nil {

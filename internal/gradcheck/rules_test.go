@@ -2,8 +2,9 @@ package gradcheck
 
 import (
 	"fmt"
-	"github.com/loracc/loracc/internal/ortest"
 	"testing"
+
+	"github.com/loracc/loracc/internal/ortest"
 
 	"github.com/loracc/loracc/graph"
 	"github.com/loracc/loracc/runtime"

@@ -1,0 +1,311 @@
+package lora
+
+import (
+	"fmt"
+	"regexp"
+	"sort"
+	"strings"
+
+	"github.com/loracc/loracc/branch"
+	"github.com/loracc/loracc/graph"
+	"github.com/loracc/loracc/internal/quant"
+)
+
+// Target is a MatMul or Gemm whose weight is a constant 2-D float tensor:
+// the place a LoRA branch can go.
+type Target struct {
+	// Name is the module path the exporter recorded, else the weight's
+	// name without ".weight"; unique within the model.
+	Name   string
+	Node   *graph.Node
+	Weight *graph.Value  // the B input: an initializer or a Constant output
+	Tensor *graph.Tensor // the weight's data
+	In     int64         // input features
+	Out    int64         // output features
+	DType  graph.DataType
+	// TransB is Gemm's transB: the weight is stored [out, in].
+	TransB bool
+	// Quant is set when the weight is DequantizeLinear of constants;
+	// Tensor is then nil.
+	Quant *quant.Quantized
+	// NBits is set for a com.microsoft MatMulNBits node; Tensor is nil.
+	NBits *quant.NBits
+}
+
+// Skip is a MatMul or Gemm that is not a target, with the reason.
+type Skip struct {
+	Node   string `json:"node"`
+	Op     string `json:"op"`
+	Reason string `json:"reason"`
+}
+
+// torchScopesKey is where torch.onnx's dynamo exporter records the module
+// path of each node.
+const torchScopesKey = "pkg.torch.onnx.name_scopes"
+
+// FindTargets lists every target of the model (subgraphs included, in a
+// deterministic walk order) and every MatMul/Gemm that is not one.
+func FindTargets(m *graph.Model) ([]*Target, []Skip) {
+	var targets []*Target
+	var skips []Skip
+	wrapper := exportWrapper(m.Graph)
+	m.Graph.Walk(func(n *graph.Node) {
+		if n.Domain == "com.microsoft" && n.Op == "MatMulNBits" {
+			q, reason := quant.FromNBits(n)
+			if q == nil {
+				skips = append(skips, Skip{Node: n.Name, Op: n.Op, Reason: reason})
+				return
+			}
+			name := modulePath(n.MetadataValue(torchScopesKey))
+			if name == "" {
+				name = strings.TrimSuffix(strings.TrimSuffix(n.Input(1).Name, "_Q4"), ".weight")
+			}
+			targets = append(targets, &Target{Name: name, Node: n, Weight: n.Input(1), DType: q.Scales.DType, In: q.K, Out: q.N, NBits: q})
+			return
+		}
+		if n.Domain != "" || (n.Op != "MatMul" && n.Op != "Gemm") {
+			return
+		}
+		if owner := n.MetadataValue(branch.Key); owner != "" {
+			skips = append(skips, Skip{Node: n.Name, Op: n.Op, Reason: fmt.Sprintf("part of the LoRA branch of %q", owner)})
+			return
+		}
+		t, reason := asTarget(n)
+		if t == nil {
+			skips = append(skips, Skip{Node: n.Name, Op: n.Op, Reason: reason})
+			return
+		}
+		t.Name = targetName(n, t.Weight, wrapper)
+		targets = append(targets, t)
+	})
+	uniqueNames(targets)
+	return targets, skips
+}
+
+func asTarget(n *graph.Node) (*Target, string) {
+	if n.NumInputs() < 2 || n.Input(0) == nil || n.Input(1) == nil {
+		return nil, "missing an input"
+	}
+	w := n.Input(1)
+	t := graph.ConstTensor(w)
+	if t == nil && n.Op == "MatMul" {
+		q, reason := quant.FromDequantize(w)
+		if q != nil {
+			return &Target{Node: n, Weight: w, DType: q.Scale.DType, In: q.Data.Dims[0], Out: q.Data.Dims[1], Quant: q}, ""
+		}
+		if reason != "" {
+			return nil, reason
+		}
+	}
+	if t == nil {
+		if graph.ConstTensor(n.Input(0)) != nil {
+			return nil, "constant is the first input (x·W expected, W·x found)"
+		}
+		if p, _ := w.Producer(); p != nil && p.Op != "Constant" {
+			return nil, fmt.Sprintf("weight is not a constant: computed by %s node %q (activation × activation)", p.Op, p.Name)
+		}
+		return nil, "weight is not a constant (activation × activation)"
+	}
+	if len(t.Dims) != 2 {
+		return nil, fmt.Sprintf("constant weight %q is %d-D, not 2-D", w.Name, len(t.Dims))
+	}
+	if t.DType != graph.Float && t.DType != graph.Float16 && t.DType != graph.BFloat16 {
+		return nil, fmt.Sprintf("weight %q is %s, not fp32/fp16/bf16", w.Name, t.DType)
+	}
+	tg := &Target{Node: n, Weight: w, Tensor: t, DType: t.DType, In: t.Dims[0], Out: t.Dims[1]}
+	if n.Op == "Gemm" {
+		if n.AttrInt("transA", 0) != 0 {
+			return nil, "Gemm with transA=1 is not supported"
+		}
+		if n.AttrInt("transB", 0) != 0 {
+			tg.TransB = true
+			tg.In, tg.Out = t.Dims[1], t.Dims[0]
+		}
+	}
+	return tg, ""
+}
+
+// targetName picks the module path from the exporter's metadata, else the
+// weight's name.
+func targetName(n *graph.Node, w *graph.Value, wrapper string) string {
+	if path := modulePath(n.MetadataValue(torchScopesKey)); path != "" {
+		if wrapper != "" && strings.HasPrefix(path, wrapper+".") {
+			path = strings.TrimPrefix(path, wrapper+".")
+		}
+		return path
+	}
+	if t := n.Input(1); t != nil {
+		if q, _ := quant.FromDequantize(t); q != nil {
+			return quantName(q.DQ.Input(0))
+		}
+	}
+	return strings.TrimSuffix(w.Name, ".weight")
+}
+
+// modulePath reads a name_scopes list such as
+// "[”, 'm', 'm.model', 'm.model.layers.0.q_proj', 'linear']" and returns
+// the deepest entry of the chain in which each entry extends the one
+// before with ".": here "m.model.layers.0.q_proj" (the trailing 'linear'
+// names the function called, not a module). Lists that do not start at
+// the root module (”) are not module stacks (the exporter uses them for
+// shape arithmetic outside any module) and give "".
+func modulePath(scopes string) string {
+	parts := parseScopes(scopes)
+	if len(parts) == 0 || parts[0] != "" {
+		return ""
+	}
+	path := ""
+	for _, p := range parts[1:] {
+		if p == "" {
+			continue
+		}
+		if path == "" || strings.HasPrefix(p, path+".") {
+			path = p
+			continue
+		}
+		break
+	}
+	return path
+}
+
+// parseScopes splits a Python list-of-strings literal.
+func parseScopes(s string) []string {
+	s = strings.TrimSpace(s)
+	if !strings.HasPrefix(s, "[") || !strings.HasSuffix(s, "]") {
+		return nil
+	}
+	var out []string
+	for _, p := range strings.Split(s[1:len(s)-1], ",") {
+		p = strings.TrimSpace(p)
+		p = strings.Trim(p, `'"`)
+		out = append(out, p)
+	}
+	return out
+}
+
+// exportWrapper detects the wrapper module that export scripts put around
+// a model (EXPORTERS.md: "the leading scopes include the wrapper's
+// attribute name"): when every node that records a module path has the
+// same first path element, that element names the wrapper, not a module
+// of the model, and is dropped from target names so they match the
+// model's own (PEFT's) module names.
+func exportWrapper(g *graph.Graph) string {
+	first := ""
+	same := true
+	var count int
+	g.Walk(func(n *graph.Node) {
+		path := modulePath(n.MetadataValue(torchScopesKey))
+		if path == "" || !same {
+			return
+		}
+		head, _, _ := strings.Cut(path, ".")
+		count++
+		if first == "" {
+			first = head
+		} else if head != first {
+			same = false
+		}
+	})
+	if !same || count == 0 {
+		return ""
+	}
+	return first
+}
+
+// uniqueNames keeps the first target of a name and gives later ones the
+// smallest free numeric suffix, in walk order, so names are stable.
+func uniqueNames(ts []*Target) {
+	used := map[string]bool{}
+	for _, t := range ts {
+		used[t.Name] = true
+	}
+	first := map[string]bool{}
+	for _, t := range ts {
+		if !first[t.Name] {
+			first[t.Name] = true
+			continue
+		}
+		base := t.Name
+		name := base
+		for i := 1; used[name]; i++ {
+			name = fmt.Sprintf("%s_%d", base, i)
+		}
+		used[name] = true
+		t.Name = name
+	}
+}
+
+// Selector picks targets by Go regular expressions searched in the target
+// name and the node name.
+type Selector struct {
+	Include []*regexp.Regexp
+	Exclude []*regexp.Regexp
+}
+
+// Match reports whether a target passes the selector.
+func (s Selector) Match(t *Target) bool {
+	hit := func(res []*regexp.Regexp) bool {
+		for _, re := range res {
+			if re.MatchString(t.Name) || re.MatchString(t.Node.Name) {
+				return true
+			}
+		}
+		return false
+	}
+	if len(s.Include) > 0 && !hit(s.Include) {
+		return false
+	}
+	return !hit(s.Exclude)
+}
+
+// Select returns the targets that pass, and the others as skips.
+func (s Selector) Select(ts []*Target) ([]*Target, []Skip) {
+	var in []*Target
+	var out []Skip
+	for _, t := range ts {
+		if s.Match(t) {
+			in = append(in, t)
+		} else {
+			out = append(out, Skip{Node: t.Node.Name, Op: t.Node.Op, Reason: fmt.Sprintf("target %q not selected by --target/--exclude", t.Name)})
+		}
+	}
+	return in, out
+}
+
+// ParamCounts returns the number of elements in every float tensor
+// constant of the model (initializers and Constant-node values, subgraphs
+// included; integer tensors excluded).
+func ParamCounts(m *graph.Model) int64 {
+	var total int64
+	count := func(t *graph.Tensor) {
+		if t == nil || !t.DType.IsFloat() {
+			return
+		}
+		if n, err := t.NumElements(); err == nil {
+			total += n
+		}
+	}
+	var visit func(g *graph.Graph)
+	visit = func(g *graph.Graph) {
+		for _, v := range g.Initializers {
+			count(v.Const)
+		}
+		for _, n := range g.Nodes {
+			if n.Op == "Constant" && n.Domain == "" {
+				if a := n.Attr("value"); a != nil {
+					count(a.T)
+				}
+			}
+			for _, sg := range n.Subgraphs() {
+				visit(sg)
+			}
+		}
+	}
+	visit(m.Graph)
+	return total
+}
+
+// SortByName orders targets by name, the order adapters list layers in.
+func SortByName(ts []*Target) {
+	sort.SliceStable(ts, func(i, j int) bool { return ts[i].Name < ts[j].Name })
+}

@@ -1,0 +1,170 @@
+package trainstep
+
+// Pass "autodiff".
+//
+// Pre:  params and loss ran.
+// Post: c's train state holds d loss / d p for every adapter tensor p
+//       (zeros, with a note, for a tensor the loss does not reach).
+//
+// Pass "optimizer".
+//
+// Pre:  autodiff ran.
+// Post: inputs "lr" and "step" (float32 scalars; step counts from 1) and
+//       per-parameter state inputs; outputs "grad_norm" (global L2 norm of
+//       the adapter gradients, before clipping), "<p>.new" for every
+//       parameter and "<state>.new" for every state, computing one step of:
+//   adamw — PyTorch's AdamW: p ← p·(1 − lr·wd); m ← m + (1−β1)(g − m);
+//           v ← β2·v + (1−β2)·g²; p ← p − lr/(1−β1^t) · m / (√v/√(1−β2^t) + ε)
+//   sgd   — PyTorch's SGD: d = g + wd·p; with momentum μ: b ← μ·b + d,
+//           d = b; p ← p − lr·d.
+//       With ClipNorm C > 0, gradients are first scaled by
+//       min(1, C / (‖g‖ + 1e-6)) as torch.nn.utils.clip_grad_norm_ does.
+
+import (
+	"fmt"
+
+	"github.com/loracc/loracc/autodiff"
+	"github.com/loracc/loracc/graph"
+	"github.com/loracc/loracc/infer"
+	"github.com/loracc/loracc/internal/opb"
+	"github.com/loracc/loracc/trainio"
+)
+
+func (st *Compiler) Autodiff(m *graph.Model) error {
+	grads, err := autodiff.Gradients(m, st.loss, st.params)
+	if err != nil {
+		return err
+	}
+	gc := opb.New(m, "grad/zero", "grad/zero", st.inf)
+	for i, g := range grads {
+		if g == nil {
+			p := st.params[i]
+			st.logf("note: the loss does not depend on %q; its gradient is zero", p.Name)
+			zero := graph.NewTensor("", graph.Float, []int64{1}, make([]byte, 4))
+			grads[i] = gc.Op("ConstantOfShape", ops(gc.Shape(p)), graph.AttrT("value", zero))
+		}
+		st.inf.Set(grads[i], st.inf.Info(st.params[i]))
+	}
+	st.grads = grads
+	if st.opts.EmitGrads {
+		for i, g := range grads {
+			p := st.params[i]
+			tt := *p.Type
+			g.Type = &tt
+			st.role(g, trainio.RoleGrad, "")
+			st.emitted = append(st.emitted, g)
+		}
+	}
+	return nil
+}
+
+func (st *Compiler) Optimizer(m *graph.Model) error {
+	o := st.opts
+	g := m.Graph
+	b := opb.New(m, "optim", "optim", st.inf)
+	scalarInput := func(name, role string) *graph.Value {
+		v := g.AddInput(name, &graph.TensorType{DType: graph.Float, Shape: []graph.Dim{}})
+		st.inf.Set(v, infer.Info{DType: graph.Float, Rank: 0, Dims: []graph.Dim{}})
+		st.role(v, role, "")
+		return v
+	}
+	k := func(x float64) *graph.Value {
+		v, _ := b.Scalar(x, st.loss) // float32 constants
+		return v
+	}
+	lr := scalarInput("lr", trainio.RoleLR)
+	step := scalarInput("step", trainio.RoleStep)
+
+	// Global gradient norm, before clipping.
+	var squares []*graph.Value
+	for _, gr := range st.grads {
+		squares = append(squares, b.Op("ReduceSum", ops(b.Op("Mul", ops(gr, gr))), graph.AttrI("keepdims", 0)))
+	}
+	sq := squares[0]
+	if len(squares) > 1 {
+		sq = b.Op("Sum", squares)
+	}
+	norm := b.Named("Sqrt", "grad_norm", ops(sq))
+	norm.Type = &graph.TensorType{DType: graph.Float, Shape: []graph.Dim{}}
+	st.role(norm, trainio.RoleGradNorm, "")
+	st.outputs = append(st.outputs, st.loss, norm)
+	st.outputs = append(st.outputs, st.emitted...)
+	grads := st.grads
+	if o.ClipNorm > 0 {
+		coef := b.Op("Div", ops(k(o.ClipNorm), b.Op("Add", ops(norm, k(1e-6)))))
+		coef = b.Op("Min", ops(coef, k(1)))
+		clipped := make([]*graph.Value, len(grads))
+		for i, gr := range grads {
+			clipped[i] = b.Op("Mul", ops(gr, coef))
+		}
+		grads = clipped
+	}
+
+	state := func(p *graph.Value, suffix string) *graph.Value {
+		v := g.AddInput(p.Name+suffix, p.Type)
+		st.inf.Set(v, st.inf.Info(p))
+		st.role(v, trainio.RoleState, "")
+		return v
+	}
+	output := func(v *graph.Value, of *graph.Value, role string) error {
+		if err := v.Rename(g.UniqueName(of.Name + ".new")); err != nil {
+			return err
+		}
+		tt := *of.Type
+		v.Type = &tt
+		st.role(v, role, of.Name)
+		st.outputs = append(st.outputs, v)
+		return nil
+	}
+	switch o.Optimizer {
+	case "adamw":
+		// Bias corrections, shared by every parameter.
+		bc1 := b.Op("Sub", ops(k(1), b.Op("Pow", ops(k(o.Beta1), step))))
+		bc2 := b.Op("Sub", ops(k(1), b.Op("Pow", ops(k(o.Beta2), step))))
+		stepSize := b.Op("Div", ops(lr, bc1))
+		bc2Sqrt := b.Op("Sqrt", ops(bc2))
+		decay := b.Op("Sub", ops(k(1), b.Op("Mul", ops(lr, k(o.WeightDecay)))))
+		for i, p := range st.params {
+			gr := grads[i]
+			mIn, vIn := state(p, ".adam_m"), state(p, ".adam_v")
+			pd := p
+			if o.WeightDecay != 0 {
+				pd = b.Op("Mul", ops(p, decay))
+			}
+			mNew := b.Op("Add", ops(mIn, b.Op("Mul", ops(b.Op("Sub", ops(gr, mIn)), k(1-o.Beta1)))))
+			vNew := b.Op("Add", ops(b.Op("Mul", ops(vIn, k(o.Beta2))), b.Op("Mul", ops(b.Op("Mul", ops(gr, gr)), k(1-o.Beta2)))))
+			denom := b.Op("Add", ops(b.Op("Div", ops(b.Op("Sqrt", ops(vNew)), bc2Sqrt)), k(o.Eps)))
+			pNew := b.Op("Sub", ops(pd, b.Op("Mul", ops(b.Op("Div", ops(mNew, denom)), stepSize))))
+			if err := output(pNew, p, trainio.RoleUpdatedParam); err != nil {
+				return err
+			}
+			if err := output(mNew, mIn, trainio.RoleUpdatedState); err != nil {
+				return err
+			}
+			if err := output(vNew, vIn, trainio.RoleUpdatedState); err != nil {
+				return err
+			}
+		}
+	case "sgd":
+		for i, p := range st.params {
+			d := grads[i]
+			if o.WeightDecay != 0 {
+				d = b.Op("Add", ops(d, b.Op("Mul", ops(p, k(o.WeightDecay)))))
+			}
+			if o.Momentum != 0 {
+				buf := state(p, ".momentum")
+				d = b.Op("Add", ops(b.Op("Mul", ops(buf, k(o.Momentum))), d))
+				if err := output(d, buf, trainio.RoleUpdatedState); err != nil {
+					return err
+				}
+			}
+			pNew := b.Op("Sub", ops(p, b.Op("Mul", ops(d, lr))))
+			if err := output(pNew, p, trainio.RoleUpdatedParam); err != nil {
+				return err
+			}
+		}
+	default:
+		return fmt.Errorf("unknown optimizer %q (want adamw or sgd)", o.Optimizer)
+	}
+	return nil
+}

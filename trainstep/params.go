@@ -1,0 +1,170 @@
+// Package trainstep is the training compiler: passes that turn an injected
+// model into one training step — the adapter as inputs (params), the loss,
+// reverse-mode gradients for the adapter only (autodiff, through package
+// autodiff), clipping and the AdamW/SGD update (optimizer), pruning to what
+// the step outputs, and K steps per run (unroll) — plus the IO description
+// train.json records. Each pass is a method of Compiler; package rewrite
+// lists them and checks their order.
+package trainstep
+
+// Pass "params".
+//
+// Pre:  the model has LoRA branches (inject ran).
+// Post: every branch's lora_A and lora_B is a graph input of the main
+//       graph (initializers are turned into inputs, keeping name, dtype and
+//       shape); c.Params lists them in adapter order (by target name, A
+//       before B) and c.IO describes them with role "param".
+
+import (
+	"fmt"
+
+	"github.com/loracc/loracc/branch"
+	"github.com/loracc/loracc/graph"
+	"github.com/loracc/loracc/infer"
+	"github.com/loracc/loracc/trainio"
+)
+
+// Options are export-train's settings.
+type Options struct {
+	Loss        string // "lm", "ce" or "mse"
+	Logits      string // the model output the loss reads
+	Labels      string // name of the labels input to add
+	IgnoreIndex int64  // label value excluded from lm/ce losses
+
+	Optimizer   string // "adamw" or "sgd"
+	WeightDecay float64
+	Beta1       float64
+	Beta2       float64
+	Eps         float64
+	Momentum    float64
+	ClipNorm    float64 // 0 disables clipping
+
+	// EmitGrads adds every adapter gradient (before clipping) to the
+	// training graph's outputs as "<param>.grad", role "grad", for
+	// inspection and tests.
+	EmitGrads bool
+
+	// StepsPerRun K > 1 makes pass "unroll" compile K steps into one run.
+	StepsPerRun int
+}
+
+// DefaultOptions mirrors PyTorch's AdamW defaults and Hugging Face's
+// ignore index.
+func DefaultOptions() Options {
+	return Options{Loss: "lm", IgnoreIndex: -100, Optimizer: "adamw", WeightDecay: 0.01, Beta1: 0.9, Beta2: 0.999, Eps: 1e-8}
+}
+
+// IOEntry is one input or output of a compiled graph (train.json).
+type IOEntry = trainio.Entry
+
+// Compiler compiles a training step, one pass (method) at a time; its
+// fields are what the passes hand each other.
+type Compiler struct {
+	opts Options
+	logf func(format string, args ...any)
+	// IO describes the compiled graph's inputs and outputs after Prune
+	// (and Unroll).
+	IO struct{ Inputs, Outputs []trainio.Entry }
+
+	params  []*graph.Value
+	loss    *graph.Value
+	grads   []*graph.Value
+	outputs []*graph.Value
+	emitted []*graph.Value // gradients output with EmitGrads
+	roles   map[*graph.Value]IOEntry
+	inf     *infer.Inferer
+}
+
+// New makes a compiler for one graph; logf receives notes (nil: none).
+func New(o Options, logf func(format string, args ...any)) *Compiler {
+	if logf == nil {
+		logf = func(string, ...any) {}
+	}
+	return &Compiler{opts: o, logf: logf, roles: map[*graph.Value]IOEntry{}, inf: infer.New()}
+}
+
+// shapeOf describes a value's shape for train.json.
+func shapeOf(t *graph.TensorType) []any {
+	if t == nil || t.Shape == nil {
+		return nil
+	}
+	out := make([]any, len(t.Shape))
+	for i, d := range t.Shape {
+		switch {
+		case d.Param != "":
+			out[i] = d.Param
+		case d.Value >= 0:
+			out[i] = d.Value
+		default:
+			out[i] = "?"
+		}
+	}
+	return out
+}
+
+func (s *Compiler) role(v *graph.Value, role, replaces string) {
+	s.roles[v] = IOEntry{Name: v.Name, DType: v.DType().String(), Shape: shapeOf(v.Type), Role: role, Replaces: replaces}
+}
+
+// Params is pass "params".
+func (st *Compiler) Params(m *graph.Model) error {
+	g := m.Graph
+	branches, err := branch.Find(g)
+	if err != nil {
+		return err
+	}
+	if len(branches) == 0 {
+		return fmt.Errorf("the model has no LoRA branches: run loracc inject first")
+	}
+	for _, br := range branches {
+		name := br.Target
+		for _, v := range []*graph.Value{br.A, br.B} {
+			if v.Const != nil {
+				t := v.Const
+				if err := g.PromoteToInput(v); err != nil {
+					return err
+				}
+				dims := make([]graph.Dim, len(t.Dims))
+				for i, d := range t.Dims {
+					dims[i] = graph.Dim{Value: d}
+				}
+				v.Type = &graph.TensorType{DType: t.DType, Shape: dims}
+			} else if !v.IsGraphInput() || v.Graph() != g {
+				return fmt.Errorf("branch %q: %q is neither an initializer nor a graph input", name, v.Name)
+			}
+			if v.Type.DType != graph.Float {
+				// Train an fp32 master copy: the graph takes the param in
+				// fp32 and casts it to the branch's type where it is read,
+				// so gradients and optimizer state stay fp32.
+				master, err := masterCopy(g, v)
+				if err != nil {
+					return fmt.Errorf("branch %q: %w", name, err)
+				}
+				v = master
+			}
+			st.params = append(st.params, v)
+			st.role(v, trainio.RoleParam, "")
+		}
+	}
+	return nil
+}
+
+// masterCopy replaces a low-precision param input v by an fp32 input of
+// the same name and shape followed by a Cast to v's type.
+func masterCopy(g *graph.Graph, v *graph.Value) (*graph.Value, error) {
+	name, low := v.Name, v.Type.DType
+	if err := v.Rename(g.UniqueName(name + ".low")); err != nil {
+		return nil, err
+	}
+	master := g.AddInput(name, &graph.TensorType{DType: graph.Float, Shape: v.Type.Shape})
+	b := &graph.Builder{G: g, Prefix: "params"}
+	cast := b.Op("Cast", name+".as_"+low.String(), []*graph.Value{master}, graph.AttrI("to", int64(low)))
+	v.ReplaceAllUsesWith(cast)
+	if err := g.RemoveInput(v); err != nil {
+		return nil, err
+	}
+	return master, nil
+}
+
+// ops lists values, for op inputs.
+func ops(vs ...*graph.Value) []*graph.Value { return vs }
