@@ -226,25 +226,31 @@ func (l *loader) graph(pg *onnxpb.GraphProto, parent *Graph, owner *Node, m *Mod
 	return g, nil
 }
 
+// tensorTypeFromProto is the IR form of a tensor type: Shape nil when the proto has
+// no shape (unknown rank); a dim without value or param has Value -1.
+func tensorTypeFromProto(tt *onnxpb.TypeProto_Tensor) *TensorType {
+	t := &TensorType{DType: DataType(tt.GetElemType())}
+	if tt.Shape != nil {
+		t.Shape = []Dim{}
+		for _, d := range tt.Shape.Dim {
+			dim := Dim{Value: -1, Denotation: d.GetDenotation()}
+			switch x := d.Value.(type) {
+			case *onnxpb.TensorShapeProto_Dimension_DimValue:
+				dim.Value = x.DimValue
+			case *onnxpb.TensorShapeProto_Dimension_DimParam:
+				dim.Param = x.DimParam
+			}
+			t.Shape = append(t.Shape, dim)
+		}
+	}
+	return t
+}
+
 func fillValueInfo(v *Value, p *onnxpb.ValueInfoProto) error {
 	if p.Type != nil {
 		tt := p.Type.GetTensorType()
 		if tt != nil {
-			t := &TensorType{DType: DataType(tt.GetElemType())}
-			if tt.Shape != nil {
-				t.Shape = []Dim{}
-				for _, d := range tt.Shape.Dim {
-					dim := Dim{Value: -1, Denotation: d.GetDenotation()}
-					switch x := d.Value.(type) {
-					case *onnxpb.TensorShapeProto_Dimension_DimValue:
-						dim.Value = x.DimValue
-					case *onnxpb.TensorShapeProto_Dimension_DimParam:
-						dim.Param = x.DimParam
-					}
-					t.Shape = append(t.Shape, dim)
-				}
-			}
-			v.Type = t
+			v.Type = tensorTypeFromProto(tt)
 			tt.ElemType, tt.Shape = nil, nil
 		}
 		rest, err := marshalRest(p.Type)

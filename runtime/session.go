@@ -3,6 +3,7 @@ package runtime
 import (
 	"errors"
 	"fmt"
+	"io"
 	"slices"
 	"sync"
 
@@ -52,6 +53,41 @@ type IOInfo struct {
 	// DimParams has, per dim, the dim_param name of a symbolic dim ("" for
 	// others); same length as Shape.
 	DimParams []string
+}
+
+// modelIO is what a session's model declares: the inputs ORT will ask for
+// (declared inputs that are not initializers) and the outputs.
+type modelIO struct {
+	inputs, outputs []IOInfo
+}
+
+// readModelIO reads the model's signature (graph.ReadSignature, which
+// skips the weights) in the form Run checks feeds against.
+func readModelIO(r io.ReaderAt, size int64) (modelIO, error) {
+	sig, err := graph.ReadSignature(r, size)
+	if err != nil {
+		return modelIO{}, err
+	}
+	conv := func(ps []graph.Port) []IOInfo {
+		out := make([]IOInfo, len(ps))
+		for i, p := range ps {
+			info := IOInfo{Name: p.Name, DType: p.Type.DType}
+			if p.Type.Shape != nil {
+				info.Shape, info.DimParams = []int64{}, []string{}
+				for _, d := range p.Type.Shape {
+					size := d.Value
+					if !d.Known() {
+						size = -1
+					}
+					info.Shape = append(info.Shape, size)
+					info.DimParams = append(info.DimParams, d.Param)
+				}
+			}
+			out[i] = info
+		}
+		return out
+	}
+	return modelIO{inputs: conv(sig.Inputs), outputs: conv(sig.Outputs)}, nil
 }
 
 // Session is a loaded model. Run may be called from many goroutines at

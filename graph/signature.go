@@ -1,4 +1,4 @@
-package runtime
+package graph
 
 import (
 	"encoding/binary"
@@ -6,19 +6,19 @@ import (
 	"fmt"
 	"io"
 
+	"github.com/loracc/loracc/graph/onnxpb"
 	"google.golang.org/protobuf/encoding/protowire"
-
-	"github.com/loracc/loracc/graph"
+	"google.golang.org/protobuf/proto"
 )
 
-// Why read the model ourselves: onnxruntime_go only reports input/output
-// types through a second, temporary ORT session (loading a large model
-// twice), and never reports dim_param names. Both are cheap to get from the
-// protobuf: the graph's inputs and outputs are small messages, and the large
-// parts (initializers, nodes) are skipped by offset without being read. The
-// file is read with ReadAt, so a model with embedded weights is not loaded
-// into memory here. This is deliberately a reader of five message types, not
-// a model loader; that is package graph's job.
+// ReadSignature exists for the runtime: onnxruntime_go only reports
+// input/output types through a second, temporary ORT session (loading a
+// large model twice), and never reports dim_param names. Both are cheap to
+// get from the protobuf: the graph's inputs and outputs are small messages,
+// and the large parts (initializers, nodes) are skipped by offset without
+// being read. The file is read with ReadAt, so a model with embedded
+// weights is not loaded into memory; the value infos found are decoded like
+// Load decodes them.
 
 // ONNX protobuf field numbers used below (onnx.proto).
 const (
@@ -31,41 +31,31 @@ const (
 
 	tensorName         = 8 // TensorProto.name
 	sparseTensorValues = 1 // SparseTensorProto.values
-
-	valueInfoName = 1 // ValueInfoProto.name
-	valueInfoType = 2 // ValueInfoProto.type
-
-	typeTensor       = 1 // TypeProto.tensor_type
-	typeSequence     = 4 // TypeProto.sequence_type
-	typeMap          = 5 // TypeProto.map_type
-	typeOpaque       = 7 // TypeProto.opaque_type
-	typeSparseTensor = 8 // TypeProto.sparse_tensor_type
-	typeOptional     = 9 // TypeProto.optional_type
-
-	tensorTypeElem  = 1 // TypeProto.Tensor.elem_type
-	tensorTypeShape = 2 // TypeProto.Tensor.shape
-
-	shapeDim = 1 // TensorShapeProto.dim
-	dimValue = 1 // TensorShapeProto.Dimension.dim_value
-	dimParam = 2 // TensorShapeProto.Dimension.dim_param
 )
 
 // maxSmallField bounds the value infos and names we read into memory, so a
 // corrupt length cannot make us allocate gigabytes.
 const maxSmallField = 1 << 20
 
-// modelIO is what readModelIO finds: the graph inputs ORT will ask for
-// (declared inputs that are not initializers) and the graph outputs.
-type modelIO struct {
-	inputs, outputs []IOInfo
+// Signature is what ReadSignature finds: the graph inputs a runtime asks
+// for (declared inputs that are not initializers) and the graph outputs.
+type Signature struct {
+	Inputs, Outputs []Port
 }
 
-// readModelIO reads the graph inputs and outputs of the ONNX model in
-// r[0:size].
-func readModelIO(r io.ReaderAt, size int64) (modelIO, error) {
+// Port is one graph input or output: its name and tensor type (Shape nil
+// when the model gives no shape at all, empty for a scalar).
+type Port struct {
+	Name string
+	Type *TensorType
+}
+
+// ReadSignature reads the graph inputs and outputs of the ONNX model in
+// r[0:size], skipping everything else by offset.
+func ReadSignature(r io.ReaderAt, size int64) (Signature, error) {
 	var (
-		res       modelIO
-		inputs    []IOInfo
+		res       Signature
+		inputs    []Port
 		initNames = map[string]bool{}
 		sawGraph  bool
 	)
@@ -117,7 +107,7 @@ func readModelIO(r io.ReaderAt, size int64) (modelIO, error) {
 				if num == graphInput {
 					inputs = append(inputs, info)
 				} else {
-					res.outputs = append(res.outputs, info)
+					res.Outputs = append(res.Outputs, info)
 				}
 			case graphInitializer:
 				name, err := m.stringField(tensorName)
@@ -147,7 +137,7 @@ func readModelIO(r io.ReaderAt, size int64) (modelIO, error) {
 	// list them among the inputs it requires, and neither do we.
 	for _, in := range inputs {
 		if !initNames[in.Name] {
-			res.inputs = append(res.inputs, in)
+			res.Inputs = append(res.Inputs, in)
 		}
 	}
 	return res, nil
@@ -160,124 +150,38 @@ func fieldName(num protowire.Number) string {
 	return "output"
 }
 
-// decodeValueInfo decodes a ValueInfoProto. Non-tensor types are reported
-// as an error naming the kind, since Run only moves tensors.
-func decodeValueInfo(b []byte) (IOInfo, error) {
-	var info IOInfo
-	var typeBytes []byte
-	err := eachField(b, func(num protowire.Number, typ protowire.Type, _ uint64, data []byte) error {
-		switch {
-		case num == valueInfoName && typ == protowire.BytesType:
-			info.Name = string(data)
-		case num == valueInfoType && typ == protowire.BytesType:
-			typeBytes = data
-		}
-		return nil
-	})
-	if err != nil {
-		return info, err
+// decodeValueInfo decodes a ValueInfoProto as Load does. Non-tensor
+// types are an error naming the kind, since runtimes feed only tensors.
+func decodeValueInfo(b []byte) (Port, error) {
+	var p onnxpb.ValueInfoProto
+	if err := proto.Unmarshal(b, &p); err != nil {
+		return Port{}, err
 	}
-	if typeBytes == nil {
-		return info, errors.New("has no type")
+	port := Port{Name: p.GetName()}
+	if p.Type == nil {
+		return port, errors.New("has no type")
 	}
-	var tensorBytes []byte
 	kind := ""
-	err = eachField(typeBytes, func(num protowire.Number, typ protowire.Type, _ uint64, data []byte) error {
-		switch num {
-		case typeTensor:
-			tensorBytes = data
-		case typeSequence:
-			kind = "a sequence"
-		case typeMap:
-			kind = "a map"
-		case typeOpaque:
-			kind = "opaque"
-		case typeSparseTensor:
-			kind = "a sparse tensor"
-		case typeOptional:
-			kind = "an optional"
-		}
-		return nil
-	})
-	if err != nil {
-		return info, err
+	switch p.Type.Value.(type) {
+	case *onnxpb.TypeProto_TensorType:
+	case *onnxpb.TypeProto_SequenceType:
+		kind = "a sequence"
+	case *onnxpb.TypeProto_MapType:
+		kind = "a map"
+	case *onnxpb.TypeProto_OpaqueType:
+		kind = "opaque"
+	case *onnxpb.TypeProto_SparseTensorType:
+		kind = "a sparse tensor"
+	case *onnxpb.TypeProto_OptionalType:
+		kind = "an optional"
+	default:
+		return port, errors.New("has no tensor type")
 	}
 	if kind != "" {
-		return info, fmt.Errorf("is %s; only dense tensors are supported", kind)
+		return port, fmt.Errorf("is %s; only dense tensors are supported", kind)
 	}
-	if tensorBytes == nil {
-		return info, errors.New("has no tensor type")
-	}
-	var shapeBytes []byte
-	hasShape := false
-	err = eachField(tensorBytes, func(num protowire.Number, typ protowire.Type, v uint64, data []byte) error {
-		switch {
-		case num == tensorTypeElem && typ == protowire.VarintType:
-			info.DType = graph.DataType(int32(v))
-		case num == tensorTypeShape && typ == protowire.BytesType:
-			shapeBytes, hasShape = data, true
-		}
-		return nil
-	})
-	if err != nil {
-		return info, err
-	}
-	if !hasShape {
-		return info, nil // unknown rank: Shape stays nil
-	}
-	info.Shape = []int64{}
-	info.DimParams = []string{}
-	err = eachField(shapeBytes, func(num protowire.Number, typ protowire.Type, _ uint64, data []byte) error {
-		if num != shapeDim || typ != protowire.BytesType {
-			return nil
-		}
-		size, param := int64(-1), ""
-		err := eachField(data, func(num protowire.Number, typ protowire.Type, v uint64, data []byte) error {
-			switch {
-			case num == dimValue && typ == protowire.VarintType:
-				if d := int64(v); d >= 0 {
-					size, param = d, ""
-				}
-			case num == dimParam && typ == protowire.BytesType:
-				size, param = -1, string(data)
-			}
-			return nil
-		})
-		info.Shape = append(info.Shape, size)
-		info.DimParams = append(info.DimParams, param)
-		return err
-	})
-	return info, err
-}
-
-// eachField calls fn for every field of the message b; v holds varint values
-// and data the contents of length-delimited fields.
-func eachField(b []byte, fn func(num protowire.Number, typ protowire.Type, v uint64, data []byte) error) error {
-	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 {
-			return protowire.ParseError(n)
-		}
-		b = b[n:]
-		var v uint64
-		var data []byte
-		switch typ {
-		case protowire.VarintType:
-			v, n = protowire.ConsumeVarint(b)
-		case protowire.BytesType:
-			data, n = protowire.ConsumeBytes(b)
-		default:
-			n = protowire.ConsumeFieldValue(num, typ, b)
-		}
-		if n < 0 {
-			return protowire.ParseError(n)
-		}
-		b = b[n:]
-		if err := fn(num, typ, v, data); err != nil {
-			return err
-		}
-	}
-	return nil
+	port.Type = tensorTypeFromProto(p.Type.GetTensorType())
+	return port, nil
 }
 
 // scanner walks the fields of one message in r[pos:end] without reading
