@@ -15,7 +15,6 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
-	"math"
 
 	"github.com/loracc/loracc/graph"
 )
@@ -105,8 +104,8 @@ func EncodeORTAdapter(params []NamedTensor, adapterVersion, modelVersion int) ([
 	}
 	w.patch(rslots[3], vec)
 	for i, p := range params {
-		size := p.DType.ByteSize(product(p.Shape))
-		if size < 0 || int64(len(p.Data)) != size {
+		size, err := graph.ByteSize(p.DType, p.Shape)
+		if err != nil || int64(len(p.Data)) != size {
 			return nil, fmt.Errorf("parameter %q: %d bytes for %s%v", p.Name, len(p.Data), p.DType, p.Shape)
 		}
 		tpos, slots := w.table(4)
@@ -125,17 +124,6 @@ func EncodeORTAdapter(params []NamedTensor, adapterVersion, modelVersion int) ([
 	}
 	w.pad(8)
 	return w.b, nil
-}
-
-func product(dims []int64) int64 {
-	n := int64(1)
-	for _, d := range dims {
-		if d < 0 || (d > 0 && n > math.MaxInt64/d) {
-			return -1
-		}
-		n *= d
-	}
-	return n
 }
 
 // WriteORTAdapter writes an .onnx_adapter file atomically.

@@ -16,6 +16,8 @@ import (
 	"os"
 	"strings"
 	"unicode/utf8"
+
+	"github.com/loracc/loracc/graph"
 )
 
 // maxLine bounds one line, so a file without newlines cannot make Load
@@ -204,12 +206,10 @@ func (s *Set) shape(f *field, i int) []int64 {
 	return f.shapes[i*r : (i+1)*r]
 }
 
+// count is the element count of a shape the loader has validated.
 func count(shape []int64) int {
-	n := 1
-	for _, d := range shape {
-		n *= int(d)
-	}
-	return n
+	n, _ := graph.NumElements(shape)
+	return int(n)
 }
 
 // checkExample checks what one field cannot check alone: lm sequences of

@@ -66,10 +66,13 @@ func NewFloatTensor(name string, dt DataType, dims []int64, vals []float32) (*Te
 // NumElements is the product of the dims, with an error on negative dims or
 // int64 overflow.
 func (t *Tensor) NumElements() (int64, error) {
-	return numElements(t.Dims)
+	return NumElements(t.Dims)
 }
 
-func numElements(dims []int64) (int64, error) {
+// NumElements is the product of dims (1 for a scalar), or an error on a
+// negative dim or int64 overflow. Every element count of a shape that came
+// from a file or a user goes through it.
+func NumElements(dims []int64) (int64, error) {
 	n := int64(1)
 	for _, d := range dims {
 		if d < 0 {
@@ -87,13 +90,23 @@ func numElements(dims []int64) (int64, error) {
 // ByteSize is the size of the data in bytes, or an error when the type has
 // no fixed size or the size overflows.
 func (t *Tensor) ByteSize() (int64, error) {
-	n, err := t.NumElements()
+	b, err := ByteSize(t.DType, t.Dims)
+	if err != nil {
+		return 0, fmt.Errorf("tensor %q: %w", t.Name, err)
+	}
+	return b, nil
+}
+
+// ByteSize is the size in bytes of a dense tensor of dt and dims, or an
+// error when the dims are invalid or dt has no fixed size.
+func ByteSize(dt DataType, dims []int64) (int64, error) {
+	n, err := NumElements(dims)
 	if err != nil {
 		return 0, err
 	}
-	b := t.DType.ByteSize(n)
+	b := dt.ByteSize(n)
 	if b < 0 {
-		return 0, fmt.Errorf("tensor %q: no fixed byte size for %d elements of %s", t.Name, n, t.DType)
+		return 0, fmt.Errorf("no fixed byte size for %d elements of %s", n, dt)
 	}
 	return b, nil
 }

@@ -44,17 +44,7 @@ func (t Tensor) Int64s() ([]int64, error) {
 // NumElements is the product of the shape (1 for a scalar), or an error for
 // a negative dimension or overflow.
 func (t Tensor) NumElements() (int64, error) {
-	n := int64(1)
-	for i, d := range t.Shape {
-		if d < 0 {
-			return 0, fmt.Errorf("dimension %d of shape %v is negative", i, t.Shape)
-		}
-		if d != 0 && n > (1<<62)/d {
-			return 0, fmt.Errorf("shape %v is too large", t.Shape)
-		}
-		n *= d
-	}
-	return n, nil
+	return graph.NumElements(t.Shape)
 }
 
 // Validate checks that Data has exactly the bytes DType and Shape call for.

@@ -77,12 +77,9 @@ func (r *rng) between(lo, hi float32) float32 { return lo + float32((hi-lo)*r.un
 // data is written straight into the byte buffer so gigabyte tensors are not
 // held twice.
 func uniform(name string, dt graph.DataType, dims []int64, lo, hi float32) (*graph.Tensor, error) {
-	n := int64(1)
-	for _, d := range dims {
-		if d <= 0 || n > math.MaxInt64/4/d {
-			return nil, fmt.Errorf("testmodels: tensor %q: bad dims %v", name, dims)
-		}
-		n *= d
+	n, err := graph.NumElements(dims)
+	if err != nil || n == 0 || n > math.MaxInt64/8 {
+		return nil, fmt.Errorf("testmodels: tensor %q: bad dims %v", name, dims)
 	}
 	r := newRNG(name)
 	if dt == graph.Float {

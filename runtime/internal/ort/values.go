@@ -103,37 +103,13 @@ func supported(dt graph.DataType) bool {
 	return dt != graph.String && dt.BitSize() >= 8
 }
 
-// numElements is the product of shape, or an error for negative dimensions
-// or overflow.
-func numElements(shape []int64) (int64, error) {
-	n := int64(1)
-	for i, d := range shape {
-		if d < 0 {
-			return 0, fmt.Errorf("dimension %d is %d", i, d)
-		}
-		if d != 0 && n > (1<<62)/d {
-			return 0, fmt.Errorf("shape %v is too large", shape)
-		}
-		n *= d
-	}
-	return n, nil
-}
-
 // byteSize checks that dt and shape describe a tensor we can pass and
 // returns its size in bytes.
 func byteSize(dt graph.DataType, shape []int64) (int64, error) {
 	if !supported(dt) {
 		return 0, fmt.Errorf("element type %s is not supported", dt)
 	}
-	n, err := numElements(shape)
-	if err != nil {
-		return 0, err
-	}
-	size := dt.ByteSize(n)
-	if size < 0 {
-		return 0, fmt.Errorf("shape %v is too large", shape)
-	}
-	return size, nil
+	return graph.ByteSize(dt, shape)
 }
 
 // newInput wraps t for ORT. Rank >= 1 shares t.Data (ORT only reads inputs);
