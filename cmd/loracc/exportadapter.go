@@ -5,6 +5,7 @@ import (
 	"strings"
 
 	"github.com/loracc/loracc/adapter"
+	"github.com/loracc/loracc/branch"
 	"github.com/loracc/loracc/graph"
 	"github.com/urfave/cli/v2"
 )
@@ -54,50 +55,42 @@ func exportAdapterCommand() *cli.Command {
 	}
 }
 
-// ortAdapterParams lays the adapter out as the injected model's inputs:
-// "<name>.lora_A" = lora_Aᵀ [in, r], "<name>.lora_B" = lora_Bᵀ [r, out],
-// with B scaled by adapter scale / model scale when a model is given.
+// ortAdapterParams lays the adapter out as the injected model's inputs
+// (branch.Params: lora_Aᵀ [in, r], lora_Bᵀ [r, out]), with B scaled by
+// adapter scale / model scale when a model is given.
 func ortAdapterParams(a *adapter.Adapter, m *graph.Model) ([]adapter.NamedTensor, error) {
 	var out []adapter.NamedTensor
 	for _, l := range a.Layers {
-		at := adapter.Transpose(l.A, l.Rank, l.In)
-		bt := adapter.Transpose(l.B, l.Out, l.Rank)
+		ps := branch.Params(l)
 		dt := graph.Float
 		if m != nil {
-			for _, part := range []struct {
-				name string
-				dims [2]int
-			}{{l.Name + ".lora_A", [2]int{l.In, l.Rank}}, {l.Name + ".lora_B", [2]int{l.Rank, l.Out}}} {
-				v := m.Graph.Lookup(part.name)
+			for _, p := range ps {
+				v := m.Graph.Lookup(p.Name)
 				if v == nil || !v.IsGraphInput() {
-					return nil, fmt.Errorf("the model has no input %q (inject it with --adapter-inputs)", part.name)
+					return nil, fmt.Errorf("the model has no input %q (inject it with --adapter-inputs)", p.Name)
 				}
-				if v.Type == nil || len(v.Type.Shape) != 2 || v.Type.Shape[0].Value != int64(part.dims[0]) || v.Type.Shape[1].Value != int64(part.dims[1]) {
-					return nil, fmt.Errorf("model input %q is not [%d, %d]", part.name, part.dims[0], part.dims[1])
+				if v.Type == nil || len(v.Type.Shape) != 2 || v.Type.Shape[0].Value != p.Shape[0] || v.Type.Shape[1].Value != p.Shape[1] {
+					return nil, fmt.Errorf("model input %q is not [%d, %d]", p.Name, p.Shape[0], p.Shape[1])
 				}
 				dt = v.Type.DType
 			}
-			if s := m.Graph.Lookup(l.Name + ".lora_scale"); s != nil && s.Const != nil {
+			if s := m.Graph.Lookup(branch.ScaleName(l.Name)); s != nil && s.Const != nil {
 				vals, err := s.Const.Floats()
 				if err != nil || len(vals) != 1 || vals[0] == 0 {
 					return nil, fmt.Errorf("bad scale %q in the model", s.Name)
 				}
 				ratio := float32(a.Config.Scale(l.Name) / float64(vals[0]))
-				for i := range bt {
-					bt[i] *= ratio
+				for i := range ps[1].Data {
+					ps[1].Data[i] *= ratio
 				}
 			}
 		}
-		for _, p := range []struct {
-			name  string
-			shape []int64
-			vals  []float32
-		}{{l.Name + ".lora_A", []int64{int64(l.In), int64(l.Rank)}, at}, {l.Name + ".lora_B", []int64{int64(l.Rank), int64(l.Out)}, bt}} {
-			raw, err := graph.EncodeFloats(dt, p.vals)
+		for _, p := range ps {
+			raw, err := graph.EncodeFloats(dt, p.Data)
 			if err != nil {
 				return nil, err
 			}
-			out = append(out, adapter.NamedTensor{Name: p.name, DType: dt, Shape: p.shape, Data: raw})
+			out = append(out, adapter.NamedTensor{Name: p.Name, DType: dt, Shape: p.Shape, Data: raw})
 		}
 	}
 	return out, nil
