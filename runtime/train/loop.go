@@ -307,16 +307,10 @@ func zerosFor(e trainio.Entry) (runtime.Tensor, error) {
 	shape := make([]int64, len(e.Shape))
 	n := int64(1)
 	for i, d := range e.Shape {
-		switch d := d.(type) {
-		case float64:
-			shape[i] = int64(d)
-		case int64:
-			shape[i] = d
-		case int:
-			shape[i] = int64(d)
-		default:
-			return runtime.Tensor{}, fmt.Errorf("state %q has a symbolic dim %v", e.Name, d)
+		if d.Symbolic() {
+			return runtime.Tensor{}, fmt.Errorf("state %q has a symbolic dim %s", e.Name, d)
 		}
+		shape[i] = d.Size
 		n *= shape[i]
 	}
 	return runtime.Tensor{DType: dt, Shape: shape, Data: make([]byte, dt.ByteSize(n))}, nil
