@@ -125,26 +125,15 @@ func (f *fakeTrain) Run(feeds map[string]runtime.Tensor, outputs []string) (map[
 	if err != nil {
 		return nil, err
 	}
-	lrs, err := feeds["lr"].Floats()
+	fs, err := floatFeeds(feeds, "lr", "step", "l.lora_A", "m")
 	if err != nil {
 		return nil, err
 	}
-	steps, err := feeds["step"].Floats()
-	if err != nil {
-		return nil, err
-	}
+	lrs, steps := fs[0], fs[1]
 	if len(lrs) != f.k || len(steps) != f.k || rows%f.k != 0 {
 		return nil, fmt.Errorf("fake: %d lrs, %d steps, %d rows for %d steps per run", len(lrs), len(steps), rows, f.k)
 	}
-	av, err := feeds["l.lora_A"].Floats()
-	if err != nil {
-		return nil, err
-	}
-	mv, err := feeds["m"].Floats()
-	if err != nil {
-		return nil, err
-	}
-	a, m := av[0], mv[0]
+	a, m := fs[2][0], fs[3][0]
 	per := rows / f.k
 	losses, norms := make([]float32, f.k), make([]float32, f.k)
 	for j := range f.k {
@@ -180,7 +169,7 @@ func (f *fakeEval) Run(feeds map[string]runtime.Tensor, outputs []string) (map[s
 	if err != nil {
 		return nil, err
 	}
-	av, err := feeds["l.lora_A"].Floats()
+	av, err := floatFeeds(feeds, "l.lora_A")
 	if err != nil {
 		return nil, err
 	}
@@ -189,7 +178,20 @@ func (f *fakeEval) Run(feeds map[string]runtime.Tensor, outputs []string) (map[s
 	for _, i := range ids {
 		sum += i
 	}
-	return map[string]runtime.Tensor{"loss": runtime.FloatTensor(nil, []float32{av[0] + float32(sum)/float32(rows)})}, nil
+	return map[string]runtime.Tensor{"loss": runtime.FloatTensor(nil, []float32{av[0][0] + float32(sum)/float32(rows)})}, nil
+}
+
+// floatFeeds reads the float inputs names.
+func floatFeeds(feeds map[string]runtime.Tensor, names ...string) ([][]float32, error) {
+	out := make([][]float32, len(names))
+	for i, n := range names {
+		f, err := feeds[n].Floats()
+		if err != nil || len(f) == 0 {
+			return nil, fmt.Errorf("fake: input %q: %v values, %v", n, len(f), err)
+		}
+		out[i] = f
+	}
+	return out, nil
 }
 
 // firstColumn reads a [rows, seq] int64 batch's first column: the example
