@@ -63,6 +63,8 @@ type Result struct {
 // ErrNonFinite is returned (wrapped) when a step's loss is NaN or Inf.
 var ErrNonFinite = errors.New("loss is not finite")
 
+// runner is one run in progress: its graphs, the params and optimizer
+// state they update, and where it stands in the data.
 type runner struct {
 	cfg     Config
 	total   int // the step budget
