@@ -331,7 +331,7 @@ func TestBadSpec(t *testing.T) {
 
 func TestBatchErrors(t *testing.T) {
 	spec := lmSpec(t)
-	spec.Inputs[0].Shape = []any{float64(2), "seq"}
+	spec.Inputs[0].Shape = []trainio.Dim{{Size: 2}, {Name: "seq"}}
 	s, err := load(t, spec, `{"input_ids": [1], "labels": [1]}`)
 	if err != nil {
 		t.Fatal(err)

@@ -1,7 +1,6 @@
 package dataset
 
 import (
-	"encoding/json"
 	"fmt"
 	"math"
 	"strings"
@@ -151,38 +150,15 @@ func intList(ds []int64) string {
 	return "[" + strings.Join(s, ", ") + "]"
 }
 
-// entryDim reads one shape element of train.json: a string is a symbolic
-// dim; a number (float64 after encoding/json, int64 when the entry was
-// built in memory) a fixed one.
-func entryDim(v any) (dim, error) {
-	var n int64
-	switch x := v.(type) {
-	case string:
-		return dim{size: -1, name: x}, nil
-	case float64:
-		if x != math.Trunc(x) || x < 0 || x > 1<<53 {
-			return dim{}, fmt.Errorf("dim %v is not a size", x)
-		}
-		n = int64(x)
-	case int:
-		n = int64(x)
-	case int64:
-		n = x
-	case int32:
-		n = int64(x)
-	case json.Number:
-		i, err := x.Int64()
-		if err != nil {
-			return dim{}, fmt.Errorf("dim %v is not a size", x)
-		}
-		n = i
-	default:
-		return dim{}, fmt.Errorf("dim %v (%T) is neither a size nor a name", v, v)
+// entryDim is one shape element of train.json as the data sees it.
+func entryDim(d trainio.Dim) (dim, error) {
+	switch {
+	case d.Symbolic():
+		return dim{size: -1, name: d.Name}, nil
+	case d.Size < 0:
+		return dim{}, fmt.Errorf("dim %d is negative", d.Size)
 	}
-	if n < 0 {
-		return dim{}, fmt.Errorf("dim %d is negative", n)
-	}
-	return dim{size: n}, nil
+	return dim{size: d.Size}, nil
 }
 
 // compile checks a Spec and builds the empty Set it describes. Errors

@@ -278,11 +278,7 @@ func mustMarshal(t *testing.T, m proto.Message) []byte {
 }
 
 func TestCloseTwice(t *testing.T) {
-	lib, err := FindLibrary("")
-	if err != nil {
-		t.Skipf("no onnxruntime library (run scripts/fetch-ort.sh): %v", err)
-	}
-	env, err := Open(lib)
+	env, err := Open(findLib(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -624,9 +620,7 @@ func TestNoInputs(t *testing.T) {
 }
 
 func TestOpenBadLibrary(t *testing.T) {
-	if _, err := FindLibrary(""); err != nil {
-		t.Skipf("no onnxruntime library (run scripts/fetch-ort.sh): %v", err)
-	}
+	findLib(t)
 	stub := filepath.Join(t.TempDir(), "libonnxruntime.so.1")
 	if err := os.WriteFile(stub, []byte("not a shared library"), 0o644); err != nil {
 		t.Fatal(err)

@@ -1,9 +1,16 @@
 // Package trainio is the contract between the training-graph compiler
 // (rewrite) and the code that runs it (runtime): the schema of train.json,
 // which names every input and output of train.onnx and eval.onnx with its
-// role. It imports nothing, so both sides can depend on it without
-// depending on each other.
+// role. It imports nothing of ours, so both sides can depend on it
+// without depending on each other.
 package trainio
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"strconv"
+)
 
 // Roles of graph inputs and outputs.
 const (
@@ -24,7 +31,7 @@ const (
 type Entry struct {
 	Name     string `json:"name"`
 	DType    string `json:"dtype"`
-	Shape    []any  `json:"shape"` // ints, or strings for symbolic dims
+	Shape    []Dim  `json:"shape"` // nil: rank unknown
 	Role     string `json:"role"`
 	Replaces string `json:"replaces,omitempty"`
 }
@@ -56,4 +63,54 @@ func (g Graph) ByRole(role string) []Entry {
 		}
 	}
 	return out
+}
+
+// Dim is one dim of a shape in train.json: a size, or a symbolic dim
+// ("batch", "seq", "?" for an unknown one). JSON holds it as a number or a
+// string, so readers in other languages see plain shapes.
+type Dim struct {
+	Size int64  // the size, when Name is empty
+	Name string // the symbolic dim's name
+}
+
+// Symbolic reports whether the dim is a name rather than a size.
+func (d Dim) Symbolic() bool { return d.Name != "" }
+
+// String is the name or the size.
+func (d Dim) String() string {
+	if d.Symbolic() {
+		return d.Name
+	}
+	return strconv.FormatInt(d.Size, 10)
+}
+
+// MarshalJSON writes a size as a number and a name as a string.
+func (d Dim) MarshalJSON() ([]byte, error) {
+	if d.Symbolic() {
+		return json.Marshal(d.Name)
+	}
+	return strconv.AppendInt(nil, d.Size, 10), nil
+}
+
+// UnmarshalJSON reads a non-negative integer or a non-empty string, so a
+// bad train.json fails when read, not in the middle of a run.
+func (d *Dim) UnmarshalJSON(b []byte) error {
+	b = bytes.TrimSpace(b)
+	if len(b) > 0 && b[0] == '"' {
+		var name string
+		if err := json.Unmarshal(b, &name); err != nil {
+			return err
+		}
+		if name == "" {
+			return fmt.Errorf("trainio: a dim name is empty")
+		}
+		*d = Dim{Name: name}
+		return nil
+	}
+	n, err := strconv.ParseInt(string(b), 10, 64)
+	if err != nil || n < 0 {
+		return fmt.Errorf("trainio: dim %s is neither a size nor a name", b)
+	}
+	*d = Dim{Size: n}
+	return nil
 }

@@ -84,19 +84,19 @@ func New(o Options, logf func(format string, args ...any)) *Compiler {
 }
 
 // shapeOf describes a value's shape for train.json.
-func shapeOf(t *graph.TensorType) []any {
+func shapeOf(t *graph.TensorType) []trainio.Dim {
 	if t == nil || t.Shape == nil {
 		return nil
 	}
-	out := make([]any, len(t.Shape))
+	out := make([]trainio.Dim, len(t.Shape))
 	for i, d := range t.Shape {
 		switch {
 		case d.Param != "":
-			out[i] = d.Param
+			out[i] = trainio.Dim{Name: d.Param}
 		case d.Value >= 0:
-			out[i] = d.Value
+			out[i] = trainio.Dim{Size: d.Value}
 		default:
-			out[i] = "?"
+			out[i] = trainio.Dim{Name: "?"}
 		}
 	}
 	return out

@@ -5,6 +5,8 @@ import (
 	"encoding/csv"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -76,9 +78,12 @@ func lossValues(t *testing.T, run string) []float64 {
 	return out
 }
 
+// seedTrainArgs trains the seed model for steps steps. It checkpoints only
+// at the end (--save-every 0): checkpoint fsyncs would be most of these
+// tests' time; tests of checkpoints pass their own --save-every.
 func seedTrainArgs(injected, data, run string, steps string) []string {
 	return []string{"train", injected, "--data", data, "--loss", "mse", "--logits", "y", "--labels", "labels",
-		"--max-steps", steps, "--batch-size", "8", "--lr", "0.01", "--device", "cpu", "--save-every", "50", "--out", run}
+		"--max-steps", steps, "--batch-size", "8", "--lr", "0.01", "--device", "cpu", "--save-every", "0", "--out", run}
 }
 
 // TestTrainDeterministic: the same seed and data give a bit-identical loss
@@ -122,30 +127,37 @@ func TestTrainResumeEqualsUninterrupted(t *testing.T) {
 }
 
 // TestTrainNaNStops: a diverging run stops with an error naming the step
-// and keeps the last good checkpoint.
+// and the last good checkpoint, which it keeps, free of NaN and Inf. The
+// run checkpoints every step so that there is one before it diverges.
 func TestTrainNaNStops(t *testing.T) {
 	env(t)
 	dir := t.TempDir()
 	injected, data := seedRun(t, dir)
 	run := filepath.Join(dir, "run")
 	args := seedTrainArgs(injected, data, run, "2000")
-	args = append(args, "--lr", "1e30", "--optimizer", "sgd", "--clip-norm", "0")
+	args = append(args, "--lr", "1e30", "--optimizer", "sgd", "--clip-norm", "0", "--save-every", "1")
 	_, err := loracc(t, args...)
 	if !errors.Is(err, train.ErrNonFinite) || !strings.Contains(err.Error(), "step ") {
 		t.Fatalf("want a non-finite loss error naming the step, got %v", err)
 	}
 	ck, lerr := train.LoadLatest(run)
-	if lerr != nil {
-		t.Fatal(lerr)
+	if lerr != nil || ck == nil {
+		t.Fatalf("no checkpoint kept: %v", lerr)
 	}
-	if ck != nil {
-		for _, l := range ck.Adapter.Layers {
-			for _, v := range append(l.A, l.B...) {
-				if v != v {
-					t.Fatal("the kept checkpoint holds NaN")
-				}
+	if want := fmt.Sprintf("step %d: ", ck.Progress.Step+1); !strings.Contains(err.Error(), want) || !strings.HasSuffix(err.Error(), "last good checkpoint: "+ck.Dir) {
+		t.Errorf("the error names neither step %d nor checkpoint %s: %v", ck.Progress.Step+1, ck.Dir, err)
+	}
+	checked := 0
+	for _, l := range ck.Adapter.Layers {
+		for _, v := range append(l.A, l.B...) {
+			if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
+				t.Fatalf("the kept checkpoint (step %d) holds %g", ck.Progress.Step, v)
 			}
+			checked++
 		}
+	}
+	if checked == 0 {
+		t.Fatal("the kept checkpoint holds no adapter values")
 	}
 }
 
@@ -167,7 +179,9 @@ func TestTrainCtrlC(t *testing.T) {
 	full, cut := filepath.Join(dir, "full"), filepath.Join(dir, "cut")
 	mustLoracc(t, seedTrainArgs(injected, data, full, steps)...)
 
-	cmd := exec.Command(bin, seedTrainArgs(injected, data, cut, steps)...)
+	// The interrupted run checkpoints every 50 steps: the test waits for
+	// the first.
+	cmd := exec.Command(bin, append(seedTrainArgs(injected, data, cut, steps), "--save-every", "50")...)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {

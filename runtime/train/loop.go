@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"time"
 
 	"github.com/loracc/loracc/adapter"
 	"github.com/loracc/loracc/dataset"
@@ -64,14 +63,16 @@ type Result struct {
 // ErrNonFinite is returned (wrapped) when a step's loss is NaN or Inf.
 var ErrNonFinite = errors.New("loss is not finite")
 
+// runner is one run in progress: its graphs, the params and optimizer
+// state they update, and where it stands in the data.
 type runner struct {
 	cfg     Config
-	sess    *runtime.Session
-	multi   *runtime.Session
-	eval    *runtime.Session
+	total   int // the step budget
+	single  stepGraph
+	multi   *stepGraph // nil: no K-step graph
+	eval    graphRunner
 	params  Params
 	state   map[string]runtime.Tensor
-	outputs []string
 	prog    Progress
 	order   []int
 	bar     *progress.Bar
@@ -81,6 +82,41 @@ type runner struct {
 // Run trains until the step budget is spent or ctx is cancelled (then it
 // writes a checkpoint and returns with Interrupted set, no error).
 func Run(ctx context.Context, env *runtime.Env, cfg Config) (*Result, error) {
+	r, err := newRunner(cfg)
+	if err != nil {
+		return nil, err
+	}
+	defer r.metrics.Close()
+	cfg = r.cfg
+	sess, err := env.NewSession(cfg.TrainGraph, cfg.Session)
+	if err != nil {
+		return nil, err
+	}
+	defer sess.Close()
+	r.single.sess = sess
+	if cfg.IO.Multi != nil && cfg.IO.StepsPerRun > 1 && cfg.MultiGraph != "" {
+		multi, err := env.NewSession(cfg.MultiGraph, cfg.Session)
+		if err != nil {
+			return nil, err
+		}
+		defer multi.Close()
+		r.multi = &stepGraph{io: *cfg.IO.Multi, sess: multi, k: cfg.IO.StepsPerRun}
+	}
+	if cfg.Eval != nil {
+		eval, err := env.NewSession(cfg.EvalGraph, cfg.Session)
+		if err != nil {
+			return nil, err
+		}
+		defer eval.Close()
+		r.eval = eval
+	}
+	return r.loop(ctx)
+}
+
+// newRunner checks cfg, sets up params and zero optimizer state (or the
+// checkpoint's, when resuming) and opens metrics.csv; the caller attaches
+// the graphs' sessions, so tests can drive the loop with fakes.
+func newRunner(cfg Config) (*runner, error) {
 	if cfg.BatchSize <= 0 {
 		return nil, fmt.Errorf("batch size %d must be positive", cfg.BatchSize)
 	}
@@ -101,10 +137,8 @@ func Run(ctx context.Context, env *runtime.Env, cfg Config) (*Result, error) {
 	if err := cfg.Schedule.Validate(); err != nil {
 		return nil, err
 	}
-	r := &runner{cfg: cfg, params: FromAdapter(cfg.Adapter), state: map[string]runtime.Tensor{}, prog: Progress{Seed: cfg.Seed}}
-	for _, o := range cfg.IO.Train.Outputs {
-		r.outputs = append(r.outputs, o.Name)
-	}
+	r := &runner{cfg: cfg, total: total, single: stepGraph{io: cfg.IO.Train, k: 1},
+		params: FromAdapter(cfg.Adapter), state: map[string]runtime.Tensor{}, prog: Progress{Seed: cfg.Seed}}
 	for _, in := range cfg.IO.Train.Inputs {
 		if in.Role == trainio.RoleState {
 			t, err := zerosFor(in)
@@ -115,63 +149,62 @@ func Run(ctx context.Context, env *runtime.Env, cfg Config) (*Result, error) {
 		}
 	}
 	if cfg.Resume {
-		ck, err := LoadLatest(cfg.Run)
-		if err != nil {
+		if err := r.resume(); err != nil {
 			return nil, fmt.Errorf("resume: %w", err)
 		}
-		if ck == nil {
-			return nil, fmt.Errorf("resume: %s has no checkpoint", cfg.Run)
-		}
-		if ck.Progress.Seed != cfg.Seed {
-			return nil, fmt.Errorf("resume: the checkpoint was made with --seed %d, not %d", ck.Progress.Seed, cfg.Seed)
-		}
-		r.params = FromAdapter(ck.Adapter)
-		for k := range r.state {
-			v, ok := ck.State[k]
-			if !ok {
-				return nil, fmt.Errorf("resume: %s lacks optimizer state %q (different optimizer?)", ck.Dir, k)
-			}
-			r.state[k] = v
-		}
-		r.prog = ck.Progress
-		fmt.Fprintf(cfg.Out, "resuming from %s (step %d)\n", ck.Dir, r.prog.Step)
 	}
 	var err error
 	if r.metrics, err = openMetrics(cfg.Run, r.prog.Step, cfg.Resume); err != nil {
 		return nil, err
 	}
-	defer r.metrics.Close()
-	if r.sess, err = env.NewSession(cfg.TrainGraph, cfg.Session); err != nil {
-		return nil, err
+	return r, nil
+}
+
+// resume takes params, optimizer state and progress from the run's latest
+// checkpoint, refusing one made with another seed (its data order would
+// not continue).
+func (r *runner) resume() error {
+	ck, err := LoadLatest(r.cfg.Run)
+	if err != nil {
+		return err
 	}
-	defer r.sess.Close()
-	if cfg.IO.Multi != nil && cfg.IO.StepsPerRun > 1 && cfg.MultiGraph != "" {
-		if r.multi, err = env.NewSession(cfg.MultiGraph, cfg.Session); err != nil {
-			return nil, err
+	if ck == nil {
+		return fmt.Errorf("%s has no checkpoint", r.cfg.Run)
+	}
+	if ck.Progress.Seed != r.cfg.Seed {
+		return fmt.Errorf("the checkpoint was made with --seed %d, not %d", ck.Progress.Seed, r.cfg.Seed)
+	}
+	r.params = FromAdapter(ck.Adapter)
+	for k := range r.state {
+		v, ok := ck.State[k]
+		if !ok {
+			return fmt.Errorf("%s lacks optimizer state %q (different optimizer?)", ck.Dir, k)
 		}
-		defer r.multi.Close()
+		r.state[k] = v
 	}
-	if cfg.Eval != nil {
-		if r.eval, err = env.NewSession(cfg.EvalGraph, cfg.Session); err != nil {
-			return nil, err
-		}
-		defer r.eval.Close()
-	}
-	r.bar = progress.New(cfg.Out, total, cfg.Terminal)
+	r.prog = ck.Progress
+	fmt.Fprintf(r.cfg.Out, "resuming from %s (step %d)\n", ck.Dir, r.prog.Step)
+	return nil
+}
+
+// loop runs steps until the budget is spent or ctx is cancelled, then
+// evaluates (unless the last step did), writes the final checkpoint and
+// loss.png.
+func (r *runner) loop(ctx context.Context) (*Result, error) {
+	cfg := r.cfg
+	r.bar = progress.New(cfg.Out, r.total, cfg.Terminal)
 	res := &Result{EvalLoss: math.NaN()}
-	for r.prog.Step < total {
+	for r.prog.Step < r.total {
 		if ctx.Err() != nil {
 			res.Interrupted = true
 			break
 		}
 		before := r.prog.Step
-		var loss, evalLoss float64
-		var err error
-		if r.canRunMulti(total) {
-			loss, evalLoss, err = r.stepMulti()
-		} else {
-			loss, evalLoss, err = r.step()
+		g := &r.single
+		if r.canRunMulti() {
+			g = r.multi
 		}
+		loss, evalLoss, err := r.runSteps(g)
 		if err != nil {
 			r.bar.Finish()
 			return nil, err
@@ -180,7 +213,7 @@ func Run(ctx context.Context, env *runtime.Env, cfg Config) (*Result, error) {
 		if !math.IsNaN(evalLoss) {
 			res.EvalLoss = evalLoss
 		}
-		if cfg.SaveEvery > 0 && r.prog.Step/cfg.SaveEvery != before/cfg.SaveEvery {
+		if crossed(before, r.prog.Step, cfg.SaveEvery) {
 			if err := r.checkpoint(); err != nil {
 				return nil, err
 			}
@@ -192,6 +225,7 @@ func Run(ctx context.Context, env *runtime.Env, cfg Config) (*Result, error) {
 		}
 	}
 	r.bar.Finish()
+	var err error
 	if !res.Interrupted && cfg.Eval != nil && (cfg.EvalEvery <= 0 || r.prog.Step%cfg.EvalEvery != 0) {
 		if res.EvalLoss, err = r.evaluate(); err != nil {
 			return nil, err
@@ -211,149 +245,18 @@ func Run(ctx context.Context, env *runtime.Env, cfg Config) (*Result, error) {
 	return res, r.metrics.Plot()
 }
 
+// crossed reports whether steps after..now passed a multiple of every
+// (never when every ≤ 0): a K-step run checkpoints or evaluates once at
+// its end for a boundary inside it.
+func crossed(before, now, every int) bool {
+	return every > 0 && now/every != before/every
+}
+
 func (r *runner) checkpoint() error {
 	if err := r.metrics.Sync(); err != nil {
 		return err
 	}
 	return saveCheckpoint(r.cfg.Run, r.prog, r.params, r.state, r.cfg.Adapter)
-}
-
-// nextIndices takes the next examples of this epoch's order.
-func (r *runner) nextIndices() []int {
-	n := r.cfg.Data.Len()
-	want := r.cfg.BatchSize * r.cfg.GradAccum
-	if r.order == nil {
-		r.order = dataset.Order(n, r.prog.Seed, r.prog.Epoch)
-	}
-	end := min(r.prog.Position+want, n)
-	idx := r.order[r.prog.Position:end]
-	r.prog.Position = end
-	if r.prog.Position >= n {
-		r.prog.Epoch++
-		r.prog.Position = 0
-		r.order = nil
-	}
-	return idx
-}
-
-func toRuntime(b map[string]dataset.Tensor) (map[string]runtime.Tensor, error) {
-	out := make(map[string]runtime.Tensor, len(b))
-	for k, t := range b {
-		dt, err := graph.ParseDataType(t.DType)
-		if err != nil {
-			return nil, fmt.Errorf("field %q: %w", k, err)
-		}
-		out[k] = runtime.Tensor{DType: dt, Shape: t.Shape, Data: t.Data}
-	}
-	return out, nil
-}
-
-// batch stacks examples idx of set as runtime tensors.
-func batchOf(set *dataset.Set, idx []int) (map[string]runtime.Tensor, error) {
-	db, err := set.Batch(idx)
-	if err != nil {
-		return nil, err
-	}
-	return toRuntime(db)
-}
-
-// apply takes a run's updated params and state.
-func (r *runner) apply(g trainio.Graph, out map[string]runtime.Tensor) {
-	for _, o := range g.Outputs {
-		switch o.Role {
-		case trainio.RoleUpdatedParam:
-			r.params[o.Replaces] = out[o.Name]
-		case trainio.RoleUpdatedState:
-			r.state[o.Replaces] = out[o.Name]
-		}
-	}
-}
-
-// feeds maps every input of g to its value: batch and labels, the current
-// params and state, and lr and step (scalars for one step, [K] vectors for
-// K steps per run).
-func (r *runner) feeds(g trainio.Graph, batch map[string]runtime.Tensor, lr, step runtime.Tensor) (map[string]runtime.Tensor, error) {
-	feeds := map[string]runtime.Tensor{}
-	for _, in := range g.Inputs {
-		var v runtime.Tensor
-		var ok bool
-		switch in.Role {
-		case trainio.RoleBatch, trainio.RoleLabel:
-			v, ok = batch[in.Name]
-		case trainio.RoleParam:
-			v, ok = r.params[in.Name]
-		case trainio.RoleState:
-			v, ok = r.state[in.Name]
-		case trainio.RoleLR:
-			v, ok = lr, true
-		case trainio.RoleStep:
-			v, ok = step, true
-		}
-		if !ok {
-			return nil, fmt.Errorf("nothing to feed input %q (role %s)", in.Name, in.Role)
-		}
-		feeds[in.Name] = v
-	}
-	return feeds, nil
-}
-
-// step runs one optimizer step; it returns the loss and, when this step
-// evaluates, the eval loss (else NaN).
-func (r *runner) step() (float64, float64, error) {
-	start := time.Now()
-	epochAt := float64(r.prog.Epoch) + float64(r.prog.Position)/float64(r.cfg.Data.Len())
-	idx := r.nextIndices()
-	tokens := 0
-	for _, i := range idx {
-		tokens += r.cfg.Data.Tokens(i)
-	}
-	batch, err := batchOf(r.cfg.Data, idx)
-	if err != nil {
-		return 0, 0, err
-	}
-	step := r.prog.Step + 1
-	lr := r.cfg.Schedule.At(step)
-	feeds, err := r.feeds(r.cfg.IO.Train, batch, runtime.FloatTensor(nil, []float32{float32(lr)}), runtime.FloatTensor(nil, []float32{float32(step)}))
-	if err != nil {
-		return 0, 0, err
-	}
-	out, err := r.sess.Run(feeds, r.outputs)
-	if err != nil {
-		return 0, 0, fmt.Errorf("step %d: %w", step, err)
-	}
-	var loss, norm float64
-	for _, o := range r.cfg.IO.Train.Outputs {
-		switch o.Role {
-		case trainio.RoleLoss:
-			loss = scalar(out[o.Name])
-		case trainio.RoleGradNorm:
-			norm = scalar(out[o.Name])
-		}
-	}
-	if math.IsNaN(loss) || math.IsInf(loss, 0) || math.IsNaN(norm) || math.IsInf(norm, 0) {
-		last := "none yet"
-		if ck, err := LoadLatest(r.cfg.Run); err == nil && ck != nil {
-			last = ck.Dir
-		}
-		return 0, 0, fmt.Errorf("step %d: %w (loss %g, gradient norm %g); stopped without applying it, last good checkpoint: %s", step, ErrNonFinite, loss, norm, last)
-	}
-	// Only now, with a finite step, take the new params and state.
-	r.apply(r.cfg.IO.Train, out)
-	r.prog.Step = step
-	elapsed := time.Since(start).Seconds()
-	tps := float64(tokens) / math.Max(elapsed, 1e-9)
-	evalLoss := math.NaN()
-	if r.cfg.Eval != nil && r.cfg.EvalEvery > 0 && step%r.cfg.EvalEvery == 0 {
-		if evalLoss, err = r.evaluate(); err != nil {
-			return 0, 0, err
-		}
-		r.bar.Log("step %d: eval loss %.6g", step, evalLoss)
-	}
-	r.bar.Update(step, loss, tps)
-	if err := r.metrics.Add(row{step: step, epoch: epochAt, loss: loss, lr: lr, gradNorm: norm, tokensPerS: tps, evalLoss: evalLoss}); err != nil {
-		return 0, 0, err
-	}
-	return loss, evalLoss, nil
 }
 
 // evaluate is the token-weighted mean loss over the eval set, in order.
@@ -406,110 +309,11 @@ func zerosFor(e trainio.Entry) (runtime.Tensor, error) {
 	shape := make([]int64, len(e.Shape))
 	n := int64(1)
 	for i, d := range e.Shape {
-		switch d := d.(type) {
-		case float64:
-			shape[i] = int64(d)
-		case int64:
-			shape[i] = d
-		case int:
-			shape[i] = int64(d)
-		default:
-			return runtime.Tensor{}, fmt.Errorf("state %q has a symbolic dim %v", e.Name, d)
+		if d.Symbolic() {
+			return runtime.Tensor{}, fmt.Errorf("state %q has a symbolic dim %s", e.Name, d)
 		}
+		shape[i] = d.Size
 		n *= shape[i]
 	}
 	return runtime.Tensor{DType: dt, Shape: shape, Data: make([]byte, dt.ByteSize(n))}, nil
-}
-
-// canRunMulti reports whether the next K steps can run as one: the K-step
-// graph exists, K steps remain in the budget, and K full micro-batches
-// remain in this epoch (the graph splits its batch into K equal parts).
-func (r *runner) canRunMulti(total int) bool {
-	k := r.cfg.IO.StepsPerRun
-	if r.multi == nil || r.prog.Step+k > total {
-		return false
-	}
-	return r.prog.Position+k*r.cfg.BatchSize*r.cfg.GradAccum <= r.cfg.Data.Len()
-}
-
-// stepMulti runs K steps in one run of train_multi.onnx. Each step sees
-// the same examples as K single steps would; the K micro-batches are
-// padded to one length. Evaluation due inside the K steps runs after
-// them, and its loss is recorded on the last step.
-func (r *runner) stepMulti() (float64, float64, error) {
-	k := r.cfg.IO.StepsPerRun
-	start := time.Now()
-	epochAt := float64(r.prog.Epoch) + float64(r.prog.Position)/float64(r.cfg.Data.Len())
-	var idx []int
-	tokens := make([]int, k)
-	for j := range k {
-		part := r.nextIndices()
-		for _, i := range part {
-			tokens[j] += r.cfg.Data.Tokens(i)
-		}
-		idx = append(idx, part...)
-	}
-	batch, err := batchOf(r.cfg.Data, idx)
-	if err != nil {
-		return 0, 0, err
-	}
-	first := r.prog.Step + 1
-	lrs, steps, lr64 := make([]float32, k), make([]float32, k), make([]float64, k)
-	for j := range k {
-		lr64[j] = r.cfg.Schedule.At(first + j)
-		lrs[j] = float32(lr64[j])
-		steps[j] = float32(first + j)
-	}
-	feeds, err := r.feeds(*r.cfg.IO.Multi, batch, runtime.FloatTensor([]int64{int64(k)}, lrs), runtime.FloatTensor([]int64{int64(k)}, steps))
-	if err != nil {
-		return 0, 0, err
-	}
-	var names []string
-	for _, o := range r.cfg.IO.Multi.Outputs {
-		names = append(names, o.Name)
-	}
-	out, err := r.multi.Run(feeds, names)
-	if err != nil {
-		return 0, 0, fmt.Errorf("steps %d..%d: %w", first, first+k-1, err)
-	}
-	var losses, norms []float32
-	for _, o := range r.cfg.IO.Multi.Outputs {
-		switch o.Role {
-		case trainio.RoleLoss:
-			losses, _ = out[o.Name].Floats()
-		case trainio.RoleGradNorm:
-			norms, _ = out[o.Name].Floats()
-		}
-	}
-	if len(losses) != k || len(norms) != k {
-		return 0, 0, fmt.Errorf("steps %d..%d: the graph returned %d losses and %d norms, want %d", first, first+k-1, len(losses), len(norms), k)
-	}
-	for j := range k {
-		l, n := float64(losses[j]), float64(norms[j])
-		if math.IsNaN(l) || math.IsInf(l, 0) || math.IsNaN(n) || math.IsInf(n, 0) {
-			return 0, 0, fmt.Errorf("step %d: %w (loss %g, gradient norm %g); stopped without applying steps %d..%d", first+j, ErrNonFinite, l, n, first, first+k-1)
-		}
-	}
-	r.apply(*r.cfg.IO.Multi, out)
-	r.prog.Step = first + k - 1
-	per := time.Since(start).Seconds() / float64(k)
-	evalLoss := math.NaN()
-	if r.cfg.Eval != nil && r.cfg.EvalEvery > 0 && r.prog.Step/r.cfg.EvalEvery != (first-1)/r.cfg.EvalEvery {
-		if evalLoss, err = r.evaluate(); err != nil {
-			return 0, 0, err
-		}
-		r.bar.Log("step %d: eval loss %.6g", r.prog.Step, evalLoss)
-	}
-	for j := range k {
-		ev := math.NaN()
-		if j == k-1 {
-			ev = evalLoss
-		}
-		tps := float64(tokens[j]) / math.Max(per, 1e-9)
-		r.bar.Update(first+j, float64(losses[j]), tps)
-		if err := r.metrics.Add(row{step: first + j, epoch: epochAt, loss: float64(losses[j]), lr: lr64[j], gradNorm: float64(norms[j]), tokensPerS: tps, evalLoss: ev}); err != nil {
-			return 0, 0, err
-		}
-	}
-	return float64(losses[k-1]), evalLoss, nil
 }

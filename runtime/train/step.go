@@ -1,0 +1,266 @@
+package train
+
+import (
+	"fmt"
+	"math"
+	"time"
+
+	"github.com/loracc/loracc/dataset"
+	"github.com/loracc/loracc/graph"
+	"github.com/loracc/loracc/runtime"
+	"github.com/loracc/loracc/trainio"
+)
+
+// graphRunner is what the loop needs of an ONNX Runtime session
+// (*runtime.Session); the loop's tests put a fake behind it, so schedules,
+// batching, evaluation and resumption are tested without ORT.
+type graphRunner interface {
+	Run(feeds map[string]runtime.Tensor, outputs []string) (map[string]runtime.Tensor, error)
+}
+
+// stepGraph is a compiled training graph: k optimizer steps per run, 1 for
+// train.onnx (lr and step fed as scalars), IO.StepsPerRun > 1 for
+// train_multi.onnx (lr and step as [k] vectors, k micro-batches stacked).
+type stepGraph struct {
+	io   trainio.Graph
+	sess graphRunner
+	k    int
+}
+
+// canRunMulti reports whether the next K steps can run as one: the K-step
+// graph exists, K steps remain in the budget, and K full micro-batches
+// remain in this epoch (the graph splits its batch into K equal parts).
+func (r *runner) canRunMulti() bool {
+	if r.multi == nil || r.prog.Step+r.multi.k > r.total {
+		return false
+	}
+	return r.prog.Position+r.multi.k*r.cfg.BatchSize*r.cfg.GradAccum <= r.cfg.Data.Len()
+}
+
+// microBatches are the examples of k consecutive steps.
+type microBatches struct {
+	idx    []int     // all k steps' examples, in order
+	tokens []int     // per step: the tokens its examples count
+	epochs []float64 // per step: the epoch position before it, for metrics.csv
+}
+
+// gather takes the next k steps' examples from the epoch order, each step
+// BatchSize·GradAccum of them (fewer at an epoch's end).
+func (r *runner) gather(k int) microBatches {
+	mb := microBatches{tokens: make([]int, k), epochs: make([]float64, k)}
+	for j := range k {
+		mb.epochs[j] = float64(r.prog.Epoch) + float64(r.prog.Position)/float64(r.cfg.Data.Len())
+		part := r.nextIndices()
+		for _, i := range part {
+			mb.tokens[j] += r.cfg.Data.Tokens(i)
+		}
+		mb.idx = append(mb.idx, part...)
+	}
+	return mb
+}
+
+// nextIndices takes the next examples of this epoch's order.
+func (r *runner) nextIndices() []int {
+	n := r.cfg.Data.Len()
+	want := r.cfg.BatchSize * r.cfg.GradAccum
+	if r.order == nil {
+		r.order = dataset.Order(n, r.prog.Seed, r.prog.Epoch)
+	}
+	end := min(r.prog.Position+want, n)
+	idx := r.order[r.prog.Position:end]
+	r.prog.Position = end
+	if r.prog.Position >= n {
+		r.prog.Epoch++
+		r.prog.Position = 0
+		r.order = nil
+	}
+	return idx
+}
+
+// runSteps runs g once: g.k optimizer steps, each on the examples, lr and
+// step number it would have as a single step. Only when every loss and
+// gradient norm is finite does it take the new params and state. An
+// evaluation due within the k steps runs after them and is recorded on
+// the last. It returns the last loss and the eval loss (NaN when none ran).
+func (r *runner) runSteps(g *stepGraph) (float64, float64, error) {
+	k := g.k
+	start := time.Now()
+	first, last := r.prog.Step+1, r.prog.Step+k
+	mb := r.gather(k)
+	batch, err := batchOf(r.cfg.Data, mb.idx)
+	if err != nil {
+		return 0, 0, err
+	}
+	lrs, lr32, step32 := make([]float64, k), make([]float32, k), make([]float32, k)
+	for j := range k {
+		lrs[j] = r.cfg.Schedule.At(first + j)
+		lr32[j], step32[j] = float32(lrs[j]), float32(first+j)
+	}
+	var shape []int64 // a scalar for one step per run
+	if k > 1 {
+		shape = []int64{int64(k)}
+	}
+	feeds, err := r.feeds(g.io, batch, runtime.FloatTensor(shape, lr32), runtime.FloatTensor(shape, step32))
+	if err != nil {
+		return 0, 0, err
+	}
+	out, err := g.sess.Run(feeds, outputNames(g.io))
+	if err != nil {
+		return 0, 0, fmt.Errorf("%s: %w", stepSpan(first, last), err)
+	}
+	losses, norms, err := lossesOf(g.io, out, k)
+	if err != nil {
+		return 0, 0, fmt.Errorf("%s: %w", stepSpan(first, last), err)
+	}
+	for j := range k {
+		if !finite(losses[j]) || !finite(norms[j]) {
+			return 0, 0, r.nonFinite(first+j, losses[j], norms[j], first, last)
+		}
+	}
+	// Only now, with finite steps, take the new params and state.
+	r.apply(g.io, out)
+	r.prog.Step = last
+	per := time.Since(start).Seconds() / float64(k)
+	evalLoss := math.NaN()
+	if r.cfg.Eval != nil && crossed(first-1, last, r.cfg.EvalEvery) {
+		if evalLoss, err = r.evaluate(); err != nil {
+			return 0, 0, err
+		}
+		r.bar.Log("step %d: eval loss %.6g", last, evalLoss)
+	}
+	for j := range k {
+		ev := math.NaN()
+		if j == k-1 {
+			ev = evalLoss
+		}
+		tps := float64(mb.tokens[j]) / math.Max(per, 1e-9)
+		r.bar.Update(first+j, losses[j], tps)
+		if err := r.metrics.Add(row{step: first + j, epoch: mb.epochs[j], loss: losses[j], lr: lrs[j], gradNorm: norms[j], tokensPerS: tps, evalLoss: ev}); err != nil {
+			return 0, 0, err
+		}
+	}
+	return losses[k-1], evalLoss, nil
+}
+
+func finite(v float64) bool { return !math.IsNaN(v) && !math.IsInf(v, 0) }
+
+// stepSpan names steps first..last in messages.
+func stepSpan(first, last int) string {
+	if first == last {
+		return fmt.Sprintf("step %d", first)
+	}
+	return fmt.Sprintf("steps %d..%d", first, last)
+}
+
+// nonFinite is the error for a diverged step: it names the step, the
+// steps not applied and the checkpoint a user can go back to.
+func (r *runner) nonFinite(step int, loss, norm float64, first, last int) error {
+	kept := "none yet"
+	if ck, err := LoadLatest(r.cfg.Run); err == nil && ck != nil {
+		kept = ck.Dir
+	}
+	dropped := "it"
+	if last > first {
+		dropped = stepSpan(first, last)
+	}
+	return fmt.Errorf("step %d: %w (loss %g, gradient norm %g); stopped without applying %s, last good checkpoint: %s", step, ErrNonFinite, loss, norm, dropped, kept)
+}
+
+func outputNames(g trainio.Graph) []string {
+	names := make([]string, len(g.Outputs))
+	for i, o := range g.Outputs {
+		names[i] = o.Name
+	}
+	return names
+}
+
+// lossesOf reads a run's k losses and gradient norms (norms are 0 when the
+// graph has none).
+func lossesOf(g trainio.Graph, out map[string]runtime.Tensor, k int) ([]float64, []float64, error) {
+	var losses, norms []float64
+	for _, o := range g.Outputs {
+		switch o.Role {
+		case trainio.RoleLoss:
+			losses = floats64(out[o.Name])
+		case trainio.RoleGradNorm:
+			norms = floats64(out[o.Name])
+		}
+	}
+	if norms == nil && len(g.ByRole(trainio.RoleGradNorm)) == 0 {
+		norms = make([]float64, k)
+	}
+	if len(losses) != k || len(norms) != k {
+		return nil, nil, fmt.Errorf("the graph returned %d losses and %d norms, want %d", len(losses), len(norms), k)
+	}
+	return losses, norms, nil
+}
+
+// floats64 widens a float tensor's values (nil when it is not one).
+func floats64(t runtime.Tensor) []float64 {
+	f, err := t.Floats()
+	if err != nil {
+		return nil
+	}
+	out := make([]float64, len(f))
+	for i, v := range f {
+		out[i] = float64(v)
+	}
+	return out
+}
+
+// apply takes a run's updated params and state.
+func (r *runner) apply(g trainio.Graph, out map[string]runtime.Tensor) {
+	for _, o := range g.Outputs {
+		switch o.Role {
+		case trainio.RoleUpdatedParam:
+			r.params[o.Replaces] = out[o.Name]
+		case trainio.RoleUpdatedState:
+			r.state[o.Replaces] = out[o.Name]
+		}
+	}
+}
+
+// feeds maps every input of g to its value: batch and labels, the current
+// params and state, and lr and step (scalars for one step, [K] vectors for
+// K steps per run).
+func (r *runner) feeds(g trainio.Graph, batch map[string]runtime.Tensor, lr, step runtime.Tensor) (map[string]runtime.Tensor, error) {
+	feeds := map[string]runtime.Tensor{}
+	for _, in := range g.Inputs {
+		var v runtime.Tensor
+		var ok bool
+		switch in.Role {
+		case trainio.RoleBatch, trainio.RoleLabel:
+			v, ok = batch[in.Name]
+		case trainio.RoleParam:
+			v, ok = r.params[in.Name]
+		case trainio.RoleState:
+			v, ok = r.state[in.Name]
+		case trainio.RoleLR:
+			v, ok = lr, true
+		case trainio.RoleStep:
+			v, ok = step, true
+		}
+		if !ok {
+			return nil, fmt.Errorf("nothing to feed input %q (role %s)", in.Name, in.Role)
+		}
+		feeds[in.Name] = v
+	}
+	return feeds, nil
+}
+
+// batchOf stacks examples idx of set as runtime tensors.
+func batchOf(set *dataset.Set, idx []int) (map[string]runtime.Tensor, error) {
+	db, err := set.Batch(idx)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]runtime.Tensor, len(db))
+	for k, t := range db {
+		dt, err := graph.ParseDataType(t.DType)
+		if err != nil {
+			return nil, fmt.Errorf("field %q: %w", k, err)
+		}
+		out[k] = runtime.Tensor{DType: dt, Shape: t.Shape, Data: t.Data}
+	}
+	return out, nil
+}
