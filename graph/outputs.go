@@ -317,7 +317,10 @@ func (o *Outputs) Commit() error {
 // previous file under a hidden name (a hard link, so the target never
 // disappears; a rename where links are not supported).
 func (f *outFile) place() error {
-	if _, err := os.Lstat(f.abs); err == nil {
+	if st, err := os.Lstat(f.abs); err == nil {
+		if st.IsDir() {
+			return fmt.Errorf("write %s: a folder is in the way", f.path)
+		}
 		b, err := reserveName(filepath.Dir(f.abs), "."+filepath.Base(f.abs)+".prev-*")
 		if err != nil {
 			return fmt.Errorf("write %s: keeping the previous file: %w", f.path, err)
