@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"strings"
 
 	"github.com/loracc/loracc/adapter"
@@ -31,6 +32,13 @@ func exportAdapterCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
+			sig, stop := signalContext(c)
+			defer stop()
+			o := graph.NewOutputs(sig)
+			defer o.Abort()
+			if err := addAdapterInputs(o, dir); err != nil {
+				return err
+			}
 			out := c.String("output")
 			if out == "" {
 				out = strings.TrimSuffix(strings.TrimRight(dir, "/"), ".adapter") + ".onnx_adapter"
@@ -40,13 +48,26 @@ func exportAdapterCommand() *cli.Command {
 				if m, err = graph.Load(p); err != nil {
 					return err
 				}
+				if err := o.AddModel(p, m); err != nil {
+					return err
+				}
 			}
 			params, err := ortAdapterParams(a, m)
 			if err != nil {
 				return fmt.Errorf("%s: %w", dir, err)
 			}
-			if err := adapter.WriteORTAdapter(out, params, c.Int("adapter-version"), 1); err != nil {
+			data, err := adapter.EncodeORTAdapter(params, c.Int("adapter-version"), 1)
+			if err != nil {
+				return fmt.Errorf("%s: %w", out, err)
+			}
+			if err := o.Create(out, func(w io.Writer) error {
+				_, err := w.Write(data)
 				return err
+			}); err != nil {
+				return outputErr(sig, "export-adapter", err)
+			}
+			if err := o.Commit(); err != nil {
+				return outputErr(sig, "export-adapter", err)
 			}
 			fmt.Fprintf(c.App.Writer, "wrote %s (%d tensors)\n", out, len(params))
 			return nil

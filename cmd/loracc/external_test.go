@@ -29,7 +29,9 @@ func fileHash(t *testing.T, path string) string {
 // TestExternalData: weights in an external file load lazily, inject writes
 // only the new tensors and references the base's file (hard-linking it when
 // the output is elsewhere), and fuse writes its own data file without
-// touching the base's.
+// touching the base's. A data file placed beside an output elsewhere is
+// named after the output (x.onnx.base-1.data), never after the model's
+// location.
 func TestExternalData(t *testing.T) {
 	e := env(t)
 	dir := t.TempDir()
@@ -75,7 +77,7 @@ func TestExternalData(t *testing.T) {
 		t.Fatal(err)
 	}
 	_ = out
-	st1, err := os.Stat(filepath.Join(other, "big.onnx.data"))
+	st1, err := os.Stat(filepath.Join(other, "x.onnx.base-1.data"))
 	if err != nil {
 		t.Fatalf("data file not placed beside an output in another folder: %v", err)
 	}

@@ -1,11 +1,14 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 
 	"github.com/loracc/loracc/adapter"
 	"github.com/loracc/loracc/graph"
@@ -133,12 +136,24 @@ func injectAction(c *cli.Context) error {
 	if dir == "" {
 		dir = adapterDir(out)
 	}
-	if err := checkOutputs(in, out); err != nil {
+	if err := checkOutputs(out); err != nil {
 		return err
 	}
 	m, err := graph.Load(in)
 	if err != nil {
 		return err
+	}
+	sig, stop := signalContext(c)
+	defer stop()
+	o := graph.NewOutputs(sig)
+	defer o.Abort()
+	if err := o.AddModel(in, m); err != nil {
+		return err
+	}
+	if from != nil {
+		if err := addAdapterInputs(o, c.String("from-adapter")); err != nil {
+			return err
+		}
 	}
 	logf := logger(c)
 	ctx := &rewrite.Context{
@@ -159,11 +174,16 @@ func injectAction(c *cli.Context) error {
 	if err := rewrite.Run(m, ctx, "inject"); err != nil {
 		return fmt.Errorf("%s: %w", in, err)
 	}
-	if err := graph.Save(m, out, graph.SaveOptions{Notef: logf}); err != nil {
-		return err
+	// The model and the adapter are one output set: a failure in either
+	// leaves neither.
+	if err := o.Save(m, out, graph.SaveOptions{Notef: logf}); err != nil {
+		return outputErr(sig, "inject", err)
 	}
-	if err := ctx.Adapter.Save(dir); err != nil {
-		return err
+	if err := o.CreateDir(dir, ctx.Adapter.Save); err != nil {
+		return outputErr(sig, "inject", err)
+	}
+	if err := o.Commit(); err != nil {
+		return outputErr(sig, "inject", err)
 	}
 	var params int64
 	for _, l := range ctx.Adapter.Layers {
@@ -176,17 +196,40 @@ func injectAction(c *cli.Context) error {
 	return nil
 }
 
-// checkOutputs refuses to overwrite the input model.
-func checkOutputs(in, out string) error {
-	ai, err1 := filepath.Abs(in)
-	ao, err2 := filepath.Abs(out)
-	if err1 == nil && err2 == nil && ai == ao {
-		return fmt.Errorf("output %s would overwrite the input model; pass -o", out)
-	}
-	if st, err := os.Stat(filepath.Dir(ao)); err != nil || !st.IsDir() {
-		return fmt.Errorf("output folder %s does not exist", filepath.Dir(out))
+// checkOutputs fails early on an output folder that does not exist. That
+// an output is no input of the run is checked by graph.Outputs, by inode.
+func checkOutputs(out string) error {
+	dir := filepath.Dir(out)
+	if st, err := os.Stat(dir); err != nil || !st.IsDir() {
+		return fmt.Errorf("output folder %s does not exist", dir)
 	}
 	return nil
+}
+
+// signalContext is cancelled by SIGINT or SIGTERM, so that a staged output
+// set stops writing and removes its temporary files instead of dying with
+// them in place.
+func signalContext(c *cli.Context) (context.Context, context.CancelFunc) {
+	return signal.NotifyContext(c.Context, os.Interrupt, syscall.SIGTERM)
+}
+
+// addAdapterInputs records an adapter folder's files as inputs of the run.
+func addAdapterInputs(o *graph.Outputs, dir string) error {
+	for _, f := range []string{adapter.ConfigFile, adapter.WeightsFile} {
+		if err := o.AddInput(filepath.Join(dir, f), "input adapter file"); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// outputErr names the command, and says so plainly when a signal stopped
+// the writes.
+func outputErr(sig context.Context, cmd string, err error) error {
+	if sig.Err() != nil {
+		return fmt.Errorf("%s: interrupted; no output written, previous files unchanged", cmd)
+	}
+	return fmt.Errorf("%s: %w", cmd, err)
 }
 
 func dumper(c *cli.Context) func(string, *graph.Model) {
