@@ -1,6 +1,7 @@
 package graph
 
 import (
+	"bytes"
 	"fmt"
 	"io"
 	"os"
@@ -20,10 +21,10 @@ import (
 //     (".bashrc", "out.onnx", "sub/dir/w.bin") never names a file we write.
 //
 // Every external file m reads becomes an input of the set. A derived file
-// that exists already is replaced only if it is the very file it would
-// receive, or if the previous model at path references it (the output of
-// an earlier run of the same command); any other file stays and the save
-// fails.
+// that exists already is replaced only if loracc made it: it is the very
+// file or holds the very bytes it would receive, or the previous model at
+// path references it (the output of an earlier run of the same command).
+// Any other file stays and the save fails.
 func (o *Outputs) Save(m *Model, path string, opts SaveOptions) error {
 	_, err := o.saveModel(m, path, opts, false)
 	return err
@@ -175,18 +176,54 @@ func (o *Outputs) stageDerived(final, owner string, temp bool, src *source, writ
 	if abs, err = o.claim(final); err != nil {
 		return "", err
 	}
-	if exists(abs) && !referencedBy(owner, abs) {
+	// A file already there is replaced only if it is loracc's: data of the
+	// previous output of this name, or the same bytes (what a rerun after
+	// a crash between two renames finds).
+	foreign := exists(abs) && !referencedBy(owner, abs)
+	tmp, ok := src.link(dir, base)
+	if ok {
+		o.files = append(o.files, &outFile{path: final, abs: abs, tmp: tmp})
+	} else {
+		f, err := o.stage(final, abs, write)
+		if err != nil {
+			return "", err
+		}
+		tmp = f.tmp
+	}
+	if foreign && !sameBytes(tmp, abs) {
 		return "", fmt.Errorf("%s exists and is not a data file of the previous %s; loracc replaces only files it wrote: remove it or choose another output name", final, owner)
 	}
-	if tmp, ok := src.link(dir, base); ok {
-		o.files = append(o.files, &outFile{path: final, abs: abs, tmp: tmp})
-		return tmp, nil
-	}
-	f, err := o.stage(final, abs, write)
+	return tmp, nil
+}
+
+// sameBytes reports whether two files hold the same bytes.
+func sameBytes(a, b string) bool {
+	fa, err := os.Open(a)
 	if err != nil {
-		return "", err
+		return false
 	}
-	return f.tmp, nil
+	defer fa.Close()
+	fb, err := os.Open(b)
+	if err != nil {
+		return false
+	}
+	defer fb.Close()
+	sa, err1 := fa.Stat()
+	sb, err2 := fb.Stat()
+	if err1 != nil || err2 != nil || sa.Size() != sb.Size() || !sb.Mode().IsRegular() {
+		return false
+	}
+	ba, bb := make([]byte, 1<<20), make([]byte, 1<<20)
+	for {
+		na, ea := io.ReadFull(fa, ba)
+		nb, eb := io.ReadFull(fb, bb)
+		if na != nb || !bytes.Equal(ba[:na], bb[:nb]) {
+			return false
+		}
+		if ea != nil || eb != nil {
+			return (ea == io.EOF || ea == io.ErrUnexpectedEOF) && ea == eb
+		}
+	}
 }
 
 // link hard-links src to a fresh hidden name in dir, reporting whether
