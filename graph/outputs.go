@@ -30,6 +30,7 @@ type Outputs struct {
 	files    []*outFile // committed in this order
 	temps    []string   // scratch files and folders, never committed
 	dirs     []string   // folders made for staged files, removed on abort if empty
+	notes    []func()   // messages for the user, given once committed
 	finished bool       // committed or aborted
 }
 
@@ -310,6 +311,9 @@ func (o *Outputs) Commit() error {
 		}
 	}
 	o.removeTemps()
+	for _, note := range o.notes {
+		note()
+	}
 	return nil
 }
 

@@ -120,7 +120,11 @@ func (o *Outputs) saveModel(m *Model, path string, opts SaveOptions, temp bool) 
 		}
 		places = append(places, placement{name, tmp, src.point})
 		if !temp && filepath.Base(tmp) != name && opts.Notef != nil {
-			opts.Notef("external data %s placed beside the output as %s (outputs may only reference files in their own folder)", src.ext.Path(), final)
+			// Told once committed: a failed run placed nothing.
+			notef, from := opts.Notef, src.ext.Path()
+			o.notes = append(o.notes, func() {
+				notef("external data %s placed beside the output as %s (outputs may only reference files in their own folder)", from, final)
+			})
 		}
 	}
 	var data, view []byte
