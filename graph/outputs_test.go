@@ -57,6 +57,25 @@ func mustWrite(t *testing.T, path, s string) {
 	}
 }
 
+// stageReplacement makes a folder holding a.onnx ("old a") and stages, as
+// inject does, a new a.onnx and an adapter folder at adapter (relative).
+func stageReplacement(t *testing.T, adapter string) (string, *Outputs) {
+	t.Helper()
+	dir := t.TempDir()
+	a := filepath.Join(dir, "a.onnx")
+	mustWrite(t, a, "old a")
+	o := NewOutputs(context.Background())
+	if err := o.Create(a, writeString("new a")); err != nil {
+		t.Fatal(err)
+	}
+	if err := o.CreateDir(filepath.Join(dir, adapter), func(tmp string) error {
+		return os.WriteFile(filepath.Join(tmp, "w.safetensors"), []byte("w"), 0o644)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return dir, o
+}
+
 // TestOutputsCommitRestoresOnError makes the second rename of a commit
 // fail: the first output, already replaced, gets its previous bytes back
 // and nothing staged is left.
@@ -87,18 +106,7 @@ func TestOutputsCommitRestoresOnError(t *testing.T) {
 // TestOutputsAbort: staged files vanish, previous files and folders stay,
 // and folders made for the outputs go.
 func TestOutputsAbort(t *testing.T) {
-	dir := t.TempDir()
-	a := filepath.Join(dir, "a.onnx")
-	mustWrite(t, a, "old a")
-	o := NewOutputs(context.Background())
-	if err := o.Create(a, writeString("new a")); err != nil {
-		t.Fatal(err)
-	}
-	if err := o.CreateDir(filepath.Join(dir, "new", "x.adapter"), func(tmp string) error {
-		return os.WriteFile(filepath.Join(tmp, "w.safetensors"), []byte("w"), 0o644)
-	}); err != nil {
-		t.Fatal(err)
-	}
+	dir, o := stageReplacement(t, filepath.Join("new", "x.adapter"))
 	o.Abort()
 	o.Abort()
 	if got := snapshot(t, dir); len(got) != 1 || got["a.onnx"] != "old a" {
@@ -115,18 +123,7 @@ func TestOutputsAbort(t *testing.T) {
 // TestOutputsCommitReplaces: a committed set replaces previous files and
 // leaves no backup or temporary file.
 func TestOutputsCommitReplaces(t *testing.T) {
-	dir := t.TempDir()
-	a := filepath.Join(dir, "a.onnx")
-	mustWrite(t, a, "old a")
-	o := NewOutputs(context.Background())
-	if err := o.Create(a, writeString("new a")); err != nil {
-		t.Fatal(err)
-	}
-	if err := o.CreateDir(filepath.Join(dir, "x.adapter"), func(tmp string) error {
-		return os.WriteFile(filepath.Join(tmp, "w.safetensors"), []byte("w"), 0o644)
-	}); err != nil {
-		t.Fatal(err)
-	}
+	dir, o := stageReplacement(t, "x.adapter")
 	if err := o.Commit(); err != nil {
 		t.Fatal(err)
 	}

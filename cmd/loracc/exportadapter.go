@@ -32,13 +32,6 @@ func exportAdapterCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			sig, stop := signalContext(c)
-			defer stop()
-			o := graph.NewOutputs(sig)
-			defer o.Abort()
-			if err := addAdapterInputs(o, dir); err != nil {
-				return err
-			}
 			out := c.String("output")
 			if out == "" {
 				out = strings.TrimSuffix(strings.TrimRight(dir, "/"), ".adapter") + ".onnx_adapter"
@@ -48,10 +41,12 @@ func exportAdapterCommand() *cli.Command {
 				if m, err = graph.Load(p); err != nil {
 					return err
 				}
-				if err := o.AddModel(p, m); err != nil {
-					return err
-				}
 			}
+			o, sig, done, err := outputSet(c, c.String("model"), m, dir)
+			if err != nil {
+				return err
+			}
+			defer done()
 			params, err := ortAdapterParams(a, m)
 			if err != nil {
 				return fmt.Errorf("%s: %w", dir, err)

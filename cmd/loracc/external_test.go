@@ -26,6 +26,21 @@ func fileHash(t *testing.T, path string) string {
 	return string(h.Sum(nil))
 }
 
+// externalMLP saves testmodels.ExternalMLP(2, hidden) with its weights in
+// an external file as dir/big.onnx and returns that path.
+func externalMLP(t *testing.T, dir string, hidden int) string {
+	t.Helper()
+	m, err := testmodels.ExternalMLP(2, hidden)
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := filepath.Join(dir, "big.onnx")
+	if err := graph.Save(m, base, graph.SaveOptions{Externalize: true}); err != nil {
+		t.Fatal(err)
+	}
+	return base
+}
+
 // TestExternalData: weights in an external file load lazily, inject writes
 // only the new tensors and references the base's file (hard-linking it when
 // the output is elsewhere), and fuse writes its own data file without
@@ -35,14 +50,7 @@ func fileHash(t *testing.T, path string) string {
 func TestExternalData(t *testing.T) {
 	e := env(t)
 	dir := t.TempDir()
-	m, err := testmodels.ExternalMLP(2, 64)
-	if err != nil {
-		t.Fatal(err)
-	}
-	base := filepath.Join(dir, "big.onnx")
-	if err := graph.Save(m, base, graph.SaveOptions{Externalize: true}); err != nil {
-		t.Fatal(err)
-	}
+	base := externalMLP(t, dir, 64)
 	data := base + ".data"
 	hash0 := fileHash(t, data)
 	st0, err := os.Stat(data)

@@ -48,16 +48,11 @@ func fuseAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	sig, stop := signalContext(c)
-	defer stop()
-	o := graph.NewOutputs(sig)
-	defer o.Abort()
-	if err := o.AddModel(in, m); err != nil {
+	o, sig, done, err := outputSet(c, in, m, c.String("adapter"))
+	if err != nil {
 		return err
 	}
-	if err := addAdapterInputs(o, c.String("adapter")); err != nil {
-		return err
-	}
+	defer done()
 	logf := logger(c)
 	ctx := &rewrite.Context{Adapter: a, Logf: logf}
 	switch c.String("quantized") {

@@ -143,18 +143,15 @@ func injectAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	sig, stop := signalContext(c)
-	defer stop()
-	o := graph.NewOutputs(sig)
-	defer o.Abort()
-	if err := o.AddModel(in, m); err != nil {
+	var adapters []string
+	if from != nil {
+		adapters = append(adapters, c.String("from-adapter"))
+	}
+	o, sig, done, err := outputSet(c, in, m, adapters...)
+	if err != nil {
 		return err
 	}
-	if from != nil {
-		if err := addAdapterInputs(o, c.String("from-adapter")); err != nil {
-			return err
-		}
-	}
+	defer done()
 	logf := logger(c)
 	ctx := &rewrite.Context{
 		Selector: sel, Config: cfg, AdapterInputs: c.Bool("adapter-inputs"),
@@ -206,21 +203,35 @@ func checkOutputs(out string) error {
 	return nil
 }
 
-// signalContext is cancelled by SIGINT or SIGTERM, so that a staged output
-// set stops writing and removes its temporary files instead of dying with
-// them in place.
-func signalContext(c *cli.Context) (context.Context, context.CancelFunc) {
-	return signal.NotifyContext(c.Context, os.Interrupt, syscall.SIGTERM)
-}
-
-// addAdapterInputs records an adapter folder's files as inputs of the run.
-func addAdapterInputs(o *graph.Outputs, dir string) error {
-	for _, f := range []string{adapter.ConfigFile, adapter.WeightsFile} {
-		if err := o.AddInput(filepath.Join(dir, f), "input adapter file"); err != nil {
-			return err
+// outputSet starts the run's output set with its inputs: the model file
+// (when m is not nil) with its external data, and each adapter folder's
+// files. The set's context is cancelled by SIGINT or SIGTERM, so that the
+// writes stop and the temporary files go instead of the process dying with
+// them in place. Callers defer done, which aborts whatever was not
+// committed and ends the signal watch.
+func outputSet(c *cli.Context, model string, m *graph.Model, adapterDirs ...string) (*graph.Outputs, context.Context, func(), error) {
+	sig, stop := signal.NotifyContext(c.Context, os.Interrupt, syscall.SIGTERM)
+	o := graph.NewOutputs(sig)
+	done := func() {
+		o.Abort()
+		stop()
+	}
+	var err error
+	if m != nil {
+		err = o.AddModel(model, m)
+	}
+	for _, dir := range adapterDirs {
+		for _, f := range []string{adapter.ConfigFile, adapter.WeightsFile} {
+			if err == nil {
+				err = o.AddInput(filepath.Join(dir, f), "input adapter file")
+			}
 		}
 	}
-	return nil
+	if err != nil {
+		done()
+		return nil, nil, nil, err
+	}
+	return o, sig, done, nil
 }
 
 // outputErr names the command, and says so plainly when a signal stopped

@@ -13,7 +13,6 @@ import (
 
 	"github.com/loracc/loracc/graph"
 	"github.com/loracc/loracc/internal/hostile"
-	"github.com/loracc/loracc/internal/testmodels"
 )
 
 // hostileAdapter writes, in a folder of its own, an adapter that fits every
@@ -220,14 +219,7 @@ func TestSecuritySignal(t *testing.T) {
 	}
 	bin := buildBinary(t)
 	in, dir := t.TempDir(), t.TempDir()
-	m, err := testmodels.ExternalMLP(2, 1024)
-	if err != nil {
-		t.Fatal(err)
-	}
-	base := filepath.Join(in, "big.onnx")
-	if err := graph.Save(m, base, graph.SaveOptions{Externalize: true}); err != nil {
-		t.Fatal(err)
-	}
+	base := externalMLP(t, in, 1024)
 	mustLoracc(t, "inject", base, "--rank", "4", "-o", filepath.Join(in, "a.onnx"))
 	ad1, ad2 := filepath.Join(in, "a.adapter"), filepath.Join(t.TempDir(), "b.adapter")
 	mustLoracc(t, "inject", base, "--rank", "4", "-o", filepath.Join(filepath.Dir(ad2), "b.onnx"))

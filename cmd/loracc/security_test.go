@@ -131,13 +131,7 @@ func outputLocations(t *testing.T, path string) []string {
 // file is itself an output of the run, the run is refused naming both.
 // A second identical run replaces loracc's own files.
 func TestSecurityModelChosenNames(t *testing.T) {
-	adDir := t.TempDir()
-	clean, err := hostile.Model(adDir, "clean.onnx", "clean.bin")
-	if err != nil {
-		t.Fatal(err)
-	}
-	mustLoracc(t, "inject", clean, "--rank", "2", "-o", filepath.Join(adDir, "a.onnx"))
-	ad := filepath.Join(adDir, "a.adapter")
+	ad := hostileAdapter(t, 0)
 
 	type command struct {
 		name   string
