@@ -100,7 +100,7 @@ func (o *Outputs) saveModel(m *Model, path string, opts SaveOptions, temp bool) 
 	var places []placement
 	if len(s.pending) > 0 {
 		final := filepath.Join(dir, filepath.FromSlash(opts.DataFile))
-		tmp, err := o.stageDerived(final, path, temp, nil, s.writeData)
+		tmp, err := o.stageDerived(final, path, temp, nil, s.offset, s.writeData)
 		if err != nil {
 			return "", err
 		}
@@ -114,7 +114,7 @@ func (o *Outputs) saveModel(m *Model, path string, opts SaveOptions, temp bool) 
 		n++
 		name := filepath.Base(path) + ".base-" + strconv.Itoa(n) + ".data"
 		final := filepath.Join(dir, name)
-		tmp, err := o.stageDerived(final, path, temp, src, src.copyTo)
+		tmp, err := o.stageDerived(final, path, temp, src, src.st.Size(), src.copyTo)
 		if err != nil {
 			return "", err
 		}
@@ -159,7 +159,8 @@ func (o *Outputs) saveModel(m *Model, path string, opts SaveOptions, temp bool) 
 // stageDerived stages a data file loracc names after the output model
 // owner, from src by hard link or else from write. It returns the staged
 // file's path: final itself when final already is src (nothing to write).
-func (o *Outputs) stageDerived(final, owner string, temp bool, src *source, write func(io.Writer) error) (string, error) {
+// size is the file's length, to refuse a file of another size unwritten.
+func (o *Outputs) stageDerived(final, owner string, temp bool, src *source, size int64, write func(io.Writer) error) (string, error) {
 	abs, err := filepath.Abs(final)
 	if err != nil {
 		return "", err
@@ -184,6 +185,10 @@ func (o *Outputs) stageDerived(final, owner string, temp bool, src *source, writ
 	// previous output of this name, or the same bytes (what a rerun after
 	// a crash between two renames finds).
 	foreign := exists(abs) && !referencedBy(owner, abs)
+	refuse := fmt.Errorf("%s exists and is not a data file of the previous %s; loracc replaces only files it wrote: remove it or choose another output name", final, owner)
+	if st, err := os.Stat(abs); foreign && (err != nil || st.Size() != size) {
+		return "", refuse
+	}
 	tmp, ok := src.link(dir, base)
 	if ok {
 		o.files = append(o.files, &outFile{path: final, abs: abs, tmp: tmp})
@@ -195,7 +200,7 @@ func (o *Outputs) stageDerived(final, owner string, temp bool, src *source, writ
 		tmp = f.tmp
 	}
 	if foreign && !sameBytes(tmp, abs) {
-		return "", fmt.Errorf("%s exists and is not a data file of the previous %s; loracc replaces only files it wrote: remove it or choose another output name", final, owner)
+		return "", refuse
 	}
 	return tmp, nil
 }
