@@ -143,11 +143,17 @@ func TestSecurityModelChosenNames(t *testing.T) {
 			[]string{"out.onnx", "out.adapter", "out.adapter/adapter_config.json", "out.adapter/adapter_model.safetensors"}},
 		{"fuse", func(base, out string) []string { return []string{"fuse", base, "--adapter", ad, "-o", out} },
 			[]string{"out.onnx", "out.onnx.data"}},
+		// --check runs scratch models beside the output: none may stay.
+		{"fuse-check", func(base, out string) []string { return []string{"fuse", base, "--adapter", ad, "--check", "-o", out} },
+			[]string{"out.onnx", "out.onnx.data"}},
 	}
 	for _, loc := range hostile.Locations() {
 		for _, cmd := range commands {
 			for _, same := range []bool{false, true} {
 				t.Run(fmt.Sprintf("%s/%s/same-folder=%v", cmd.name, loc, same), func(t *testing.T) {
+					if cmd.name == "fuse-check" {
+						env(t)
+					}
 					in := t.TempDir()
 					base, err := hostile.Model(in, "m.onnx", loc)
 					if err != nil {
@@ -163,7 +169,7 @@ func TestSecurityModelChosenNames(t *testing.T) {
 					out := filepath.Join(dir, "out.onnx")
 					inBefore, before := tree(t, in), tree(t, dir)
 					for run := range 2 {
-						_, err := loracc(t, cmd.args(base, out)...)
+						stdout, err := loracc(t, cmd.args(base, out)...)
 						if same && slices.Contains(cmd.writes, loc) {
 							// The model's data file is one of the outputs.
 							victim := filepath.Join(in, filepath.FromSlash(loc))
@@ -177,6 +183,9 @@ func TestSecurityModelChosenNames(t *testing.T) {
 						}
 						if err != nil {
 							t.Fatalf("run %d: %v", run+1, err)
+						}
+						if cmd.name == "fuse-check" && !strings.Contains(stdout, "check: ") {
+							t.Fatalf("run %d: no check ran: %s", run+1, stdout)
 						}
 						for _, c := range changed(before, tree(t, dir)) {
 							if !slices.Contains(allowed, filepath.ToSlash(c)) {
