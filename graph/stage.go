@@ -53,8 +53,9 @@ func (o *Outputs) Preview(path string) (string, error) {
 	return "", fmt.Errorf("%s: no model staged there", path)
 }
 
-// placement is one file the saved model reads: its final location and
-// where the staged copy is, relative to the model's folder.
+// placement is one file the saved model reads: the location the output
+// will name, the path of its staged copy (what a preview names), and how
+// to set the model's entries to either.
 type placement struct {
 	final, staged string
 	point         func(loc string)
