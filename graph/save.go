@@ -1,11 +1,10 @@
 package graph
 
 import (
-	"bufio"
+	"context"
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"sort"
 	"strconv"
 
@@ -34,49 +33,18 @@ type SaveOptions struct {
 // map them and use them in place.
 const externalAlign = 64
 
-// Save writes m to path atomically: the model and any new data file are
-// written to temporary files and renamed into place only when complete.
-// Tensors still backed by an unmodified external file keep pointing at it;
-// when the output is in another folder, that file is hard-linked (or
-// copied) next to the output so the location stays inside the folder.
+// Save writes m to path and its data files, all or nothing (see Outputs).
+// Tensors still backed by an unmodified external file keep pointing at it
+// when it is in the output's folder; for an output in another folder the
+// file is hard-linked (or copied) beside the output under a name derived
+// from the output's, never under the name the model chose.
 func Save(m *Model, path string, opts SaveOptions) error {
-	abs, err := filepath.Abs(path)
-	if err != nil {
+	o := NewOutputs(context.Background())
+	defer o.Abort()
+	if err := o.Save(m, path, opts); err != nil {
 		return err
 	}
-	outDir := filepath.Dir(abs)
-	if opts.DataFile == "" {
-		opts.DataFile = filepath.Base(path) + ".data"
-	}
-	if opts.MinExternal <= 0 {
-		opts.MinExternal = 1024
-	}
-	if err := checkLocation(opts.DataFile); err != nil {
-		return fmt.Errorf("%s: %w", path, err)
-	}
-	s := &saver{opts: opts, outDir: outDir, linked: map[string]bool{}}
-	pm, err := s.model(m)
-	if err != nil {
-		return fmt.Errorf("%s: %w", path, err)
-	}
-	for loc := range s.linked {
-		if loc == opts.DataFile && len(s.pending) > 0 {
-			return fmt.Errorf("%s: new data file %q would overwrite the base model's data file; choose another output name", path, loc)
-		}
-	}
-	if len(s.pending) > 0 {
-		if err := s.writeData(filepath.Join(outDir, filepath.FromSlash(opts.DataFile))); err != nil {
-			return fmt.Errorf("%s: %w", path, err)
-		}
-	}
-	data, err := proto.MarshalOptions{Deterministic: true}.Marshal(pm)
-	if err != nil {
-		return fmt.Errorf("%s: serializing: %w (models over 2 GiB need external data)", path, err)
-	}
-	return WriteFileAtomic(path, func(w io.Writer) error {
-		_, err := w.Write(data)
-		return err
-	})
+	return o.Commit()
 }
 
 // Encode serializes a model whose tensors are all in memory or external
@@ -90,13 +58,52 @@ func Encode(m *Model) ([]byte, error) {
 	return proto.MarshalOptions{Deterministic: true}.Marshal(pm)
 }
 
+// saver turns the IR into protobuf. It writes nothing: it lists the tensors
+// for the new data file and the external files the model keeps reading,
+// with the location entries to fill in once their output names are chosen.
 type saver struct {
 	opts             SaveOptions
-	outDir           string
-	linked           map[string]bool // external files already placed beside the output
 	pending          []pendingTensor
+	dataLocs         []*onnxpb.StringStringEntryProto // location entries of pending tensors
 	offset           int64
 	noExternalWrites bool
+	sources          []*source // unmodified external files, in order of first use
+	bySource         map[string]*source
+	pm               *onnxpb.ModelProto
+}
+
+// build converts m, keeping the protobuf for encode.
+func (s *saver) build(m *Model) (err error) {
+	s.pm, err = s.model(m)
+	return err
+}
+
+// encode serializes the built model with its locations as they are now.
+func (s *saver) encode() ([]byte, error) {
+	data, err := proto.MarshalOptions{Deterministic: true}.Marshal(s.pm)
+	if err != nil {
+		return nil, fmt.Errorf("serializing: %w (models over 2 GiB need external data)", err)
+	}
+	return data, nil
+}
+
+// pointData sets the location of every tensor in the new data file.
+func (s *saver) pointData(loc string) { setLocations(s.dataLocs, loc) }
+
+// point sets the location of every tensor read from src.
+func (src *source) point(loc string) { setLocations(src.locs, loc) }
+
+func setLocations(kvs []*onnxpb.StringStringEntryProto, loc string) {
+	for _, kv := range kvs {
+		kv.Value = proto.String(loc)
+	}
+}
+
+// source is one external file of the input that the output still reads.
+type source struct {
+	ext  *External
+	locs []*onnxpb.StringStringEntryProto
+	st   os.FileInfo
 }
 
 type pendingTensor struct {
@@ -314,13 +321,8 @@ func (s *saver) tensor(t *Tensor) (*onnxpb.TensorProto, error) {
 	pt.MetadataProps = kvsToProto(t.Metadata)
 	switch {
 	case t.ext != nil:
-		loc, err := s.placeExternal(t.ext)
-		if err != nil {
-			return nil, fmt.Errorf("tensor %q: %w", t.Name, err)
-		}
 		pt.DataLocation = onnxpb.TensorProto_EXTERNAL.Enum()
-		pt.ExternalData = append(pt.ExternalData,
-			&onnxpb.StringStringEntryProto{Key: proto.String("location"), Value: proto.String(loc)},
+		pt.ExternalData = append(pt.ExternalData, s.refer(t.ext),
 			&onnxpb.StringStringEntryProto{Key: proto.String("offset"), Value: proto.String(strconv.FormatInt(t.ext.Offset, 10))})
 		size, err := t.ByteSize()
 		if err != nil {
@@ -353,8 +355,9 @@ func (s *saver) tensor(t *Tensor) (*onnxpb.TensorProto, error) {
 			s.pending = append(s.pending, pendingTensor{t: t, offset: off})
 			s.offset = off + size
 			pt.DataLocation = onnxpb.TensorProto_EXTERNAL.Enum()
-			pt.ExternalData = []*onnxpb.StringStringEntryProto{
-				{Key: proto.String("location"), Value: proto.String(s.opts.DataFile)},
+			loc := &onnxpb.StringStringEntryProto{Key: proto.String("location"), Value: proto.String(s.opts.DataFile)}
+			s.dataLocs = append(s.dataLocs, loc)
+			pt.ExternalData = []*onnxpb.StringStringEntryProto{loc,
 				{Key: proto.String("offset"), Value: proto.String(strconv.FormatInt(off, 10))},
 				{Key: proto.String("length"), Value: proto.String(strconv.FormatInt(size, 10))},
 			}
@@ -372,139 +375,56 @@ func (s *saver) tensor(t *Tensor) (*onnxpb.TensorProto, error) {
 	return pt, nil
 }
 
-// placeExternal returns the location to write for an unmodified external
-// tensor, making its file reachable from the output's folder.
-func (s *saver) placeExternal(e *External) (string, error) {
-	if s.noExternalWrites || s.linked[e.Location] {
-		return e.Location, nil
+// refer returns the location entry of an unmodified external tensor,
+// recording its file so that the entry can be pointed at wherever the
+// output will find it.
+func (s *saver) refer(e *External) *onnxpb.StringStringEntryProto {
+	kv := &onnxpb.StringStringEntryProto{Key: proto.String("location"), Value: proto.String(e.Location)}
+	if s.noExternalWrites {
+		return kv
 	}
-	if filepath.Clean(e.Dir) == filepath.Clean(s.outDir) {
-		s.linked[e.Location] = true
-		return e.Location, nil
+	if s.bySource == nil {
+		s.bySource = map[string]*source{}
 	}
-	src := e.Path()
-	dst := filepath.Join(s.outDir, filepath.FromSlash(e.Location))
-	if err := linkOrCopy(e, dst); err != nil {
-		return "", err
+	src := s.bySource[e.Path()]
+	if src == nil {
+		src = &source{ext: e}
+		s.bySource[e.Path()] = src
+		s.sources = append(s.sources, src)
 	}
-	s.linked[e.Location] = true
-	if s.opts.Notef != nil {
-		s.opts.Notef("external data %s placed beside the output as %s (outputs may only reference files in their own folder)", src, dst)
-	}
-	return e.Location, nil
-}
-
-// linkOrCopy makes dst hold src's bytes: nothing if it already is the same
-// file, else a hard link, else an atomic copy. The source is opened through
-// os.Root so a symlink cannot smuggle in a file from outside.
-func linkOrCopy(e *External, dst string) error {
-	in, err := e.open()
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	inSt, err := in.Stat()
-	if err != nil {
-		return err
-	}
-	if st, err := os.Stat(dst); err == nil && os.SameFile(st, inSt) {
-		return nil
-	}
-	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
-		return err
-	}
-	tmp := dst + ".tmp-link"
-	os.Remove(tmp)
-	if err := os.Link(e.Path(), tmp); err == nil {
-		if lst, err := os.Stat(tmp); err == nil && os.SameFile(lst, inSt) {
-			return os.Rename(tmp, dst)
-		}
-		os.Remove(tmp)
-	}
-	return WriteFileAtomic(dst, func(w io.Writer) error {
-		_, err := io.Copy(w, in)
-		return err
-	})
+	src.locs = append(src.locs, kv)
+	return kv
 }
 
 // writeData writes every pending tensor into one data file, streaming one
 // tensor at a time so memory stays at the largest tensor.
-func (s *saver) writeData(path string) error {
+func (s *saver) writeData(w io.Writer) error {
 	sort.SliceStable(s.pending, func(i, j int) bool { return s.pending[i].offset < s.pending[j].offset })
-	return WriteFileAtomic(path, func(w io.Writer) error {
-		var pos int64
-		for _, p := range s.pending {
-			if pad := p.offset - pos; pad > 0 {
-				if _, err := w.Write(make([]byte, pad)); err != nil {
-					return err
-				}
-				pos += pad
-			}
-			if p.t.stream != nil {
-				size, _ := p.t.ByteSize()
-				cw := &countingWriter{w: w}
-				if err := p.t.stream(cw); err != nil {
-					return fmt.Errorf("tensor %q: %w", p.t.Name, err)
-				}
-				if cw.n != size {
-					return fmt.Errorf("tensor %q: produced %d bytes, want %d", p.t.Name, cw.n, size)
-				}
-				pos += cw.n
-				continue
-			}
-			n, err := w.Write(p.t.raw)
-			if err != nil {
+	var pos int64
+	for _, p := range s.pending {
+		if pad := p.offset - pos; pad > 0 {
+			if _, err := w.Write(make([]byte, pad)); err != nil {
 				return err
 			}
-			pos += int64(n)
+			pos += pad
 		}
-		return nil
-	})
-}
-
-// WriteFileAtomic writes a file through a temporary file in the same
-// folder, synced and renamed over path only after write succeeded, so a
-// crash or a full disk never leaves a partial file under the final name.
-func WriteFileAtomic(path string, write func(io.Writer) error) (err error) {
-	defer func() {
+		if p.t.stream != nil {
+			size, _ := p.t.ByteSize()
+			cw := &countingWriter{w: w}
+			if err := p.t.stream(cw); err != nil {
+				return fmt.Errorf("tensor %q: %w", p.t.Name, err)
+			}
+			if cw.n != size {
+				return fmt.Errorf("tensor %q: produced %d bytes, want %d", p.t.Name, cw.n, size)
+			}
+			pos += cw.n
+			continue
+		}
+		n, err := w.Write(p.t.raw)
 		if err != nil {
-			err = fmt.Errorf("write %s: %w", path, err)
+			return err
 		}
-	}()
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	defer func() {
-		if err != nil {
-			f.Close()
-			os.Remove(tmp)
-		}
-	}()
-	bw := bufio.NewWriterSize(f, 1<<20)
-	if err = write(bw); err != nil {
-		return err
-	}
-	if err = bw.Flush(); err != nil {
-		return err
-	}
-	if err = f.Sync(); err != nil {
-		return err
-	}
-	if err = f.Close(); err != nil {
-		return err
-	}
-	if err = os.Chmod(tmp, 0o644); err != nil {
-		return err
-	}
-	if err = os.Rename(tmp, path); err != nil {
-		return err
-	}
-	if d, derr := os.Open(dir); derr == nil {
-		d.Sync()
-		d.Close()
+		pos += int64(n)
 	}
 	return nil
 }

@@ -19,6 +19,7 @@ declare -A allowed=(
 	[branch]="graph adapter"
 	[infer]="graph"
 	[internal/quant]="graph"
+	[fold]="graph infer"
 	[internal/opb]="graph infer"
 	[autodiff]="graph infer internal/opb internal/quant"
 	[lora]="graph adapter branch internal/quant"

@@ -11,8 +11,8 @@ import (
 	"google.golang.org/protobuf/proto"
 )
 
-// hostile writes a variant of the seed model changed by edit.
-func hostile(t *testing.T, dir, name string, edit func(m *onnxpb.ModelProto)) string {
+// editedSeed writes a variant of the seed model changed by edit.
+func editedSeed(t *testing.T, dir, name string, edit func(m *onnxpb.ModelProto)) string {
 	t.Helper()
 	data, err := os.ReadFile("../../testdata/models/seed.onnx")
 	if err != nil {
@@ -111,26 +111,26 @@ func TestBadInputs(t *testing.T) {
 		{"not onnx", []string{"inspect", write("text.onnx", []byte("hello, this is not a model\n"))}, "not an ONNX model", "text.onnx"},
 		{"empty", []string{"inspect", write("empty.onnx", nil)}, "empty", "empty.onnx"},
 		{"truncated", []string{"inspect", write("trunc.onnx", seed[:len(seed)/2])}, "not an ONNX model", "trunc.onnx"},
-		{"dims overflow", []string{"inspect", hostile(t, dir, "overflow.onnx", func(m *onnxpb.ModelProto) {
+		{"dims overflow", []string{"inspect", editedSeed(t, dir, "overflow.onnx", func(m *onnxpb.ModelProto) {
 			m.Graph.Initializer[0].Dims = []int64{1 << 40, 1 << 40}
 		})}, "overflow", "overflow.onnx"},
-		{"raw data short", []string{"inspect", hostile(t, dir, "short.onnx", func(m *onnxpb.ModelProto) {
+		{"raw data short", []string{"inspect", editedSeed(t, dir, "short.onnx", func(m *onnxpb.ModelProto) {
 			m.Graph.Initializer[0].Dims = []int64{500, 4}
 		})}, "raw_data has 80 bytes", "short.onnx"},
-		{"tensor past its file", []string{"inspect", hostile(t, dir, "past.onnx", func(m *onnxpb.ModelProto) {
+		{"tensor past its file", []string{"inspect", editedSeed(t, dir, "past.onnx", func(m *onnxpb.ModelProto) {
 			externalize(m, "short.bin", "0", "80")
 		})}, "holds 40", "past.onnx"},
-		{"gigabyte claim", []string{"inspect", hostile(t, dir, "giga.onnx", func(m *onnxpb.ModelProto) {
+		{"gigabyte claim", []string{"inspect", editedSeed(t, dir, "giga.onnx", func(m *onnxpb.ModelProto) {
 			externalize(m, "short.bin", "0", "4000000000")
 			m.Graph.Initializer[0].Dims = []int64{1000000000}
 		})}, "holds 40", "giga.onnx"},
-		{"external ..", []string{"inspect", hostile(t, dir, "dotdot.onnx", func(m *onnxpb.ModelProto) {
+		{"external ..", []string{"inspect", editedSeed(t, dir, "dotdot.onnx", func(m *onnxpb.ModelProto) {
 			externalize(m, "../"+filepath.Base(outside)+"/secret.bin", "0", "80")
 		})}, "leaves the model's folder", "dotdot.onnx"},
-		{"external absolute", []string{"inspect", hostile(t, dir, "abs.onnx", func(m *onnxpb.ModelProto) {
+		{"external absolute", []string{"inspect", editedSeed(t, dir, "abs.onnx", func(m *onnxpb.ModelProto) {
 			externalize(m, filepath.Join(outside, "secret.bin"), "0", "80")
 		})}, "absolute path", "abs.onnx"},
-		{"external symlink out", []string{"inspect", hostile(t, dir, "symlink.onnx", func(m *onnxpb.ModelProto) {
+		{"external symlink out", []string{"inspect", editedSeed(t, dir, "symlink.onnx", func(m *onnxpb.ModelProto) {
 			externalize(m, "link.bin", "0", "80")
 		})}, "link.bin", "symlink.onnx"},
 		{"no target matched", []string{"inject", "../../testdata/models/seed.onnx", "--target", "nothing-like-this", "-o", filepath.Join(dir, "x.onnx")}, "no target matched", "seed.onnx"},

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/loracc/loracc/graph"
-	"github.com/loracc/loracc/internal/testmodels"
 	"github.com/loracc/loracc/runtime/train"
 )
 
@@ -101,14 +100,7 @@ func TestCrashFuseAtomic(t *testing.T) {
 	}
 	bin := buildBinary(t)
 	dir := t.TempDir()
-	m, err := testmodels.ExternalMLP(2, 2048)
-	if err != nil {
-		t.Fatal(err)
-	}
-	base := filepath.Join(dir, "big.onnx")
-	if err := graph.Save(m, base, graph.SaveOptions{Externalize: true}); err != nil {
-		t.Fatal(err)
-	}
+	base := externalMLP(t, dir, 2048)
 	injected := filepath.Join(dir, "big.lora.onnx")
 	mustLoracc(t, "inject", base, "--rank", "8", "-o", injected)
 	ad := filepath.Join(dir, "big.lora.adapter")

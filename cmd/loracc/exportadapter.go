@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"strings"
 
 	"github.com/loracc/loracc/adapter"
@@ -42,12 +43,27 @@ func exportAdapterCommand() *cli.Command {
 					return err
 				}
 			}
+			o, sig, done, err := outputSet(c, c.String("model"), m, dir)
+			if err != nil {
+				return err
+			}
+			defer done()
 			params, err := ortAdapterParams(a, m)
 			if err != nil {
 				return fmt.Errorf("%s: %w", dir, err)
 			}
-			if err := adapter.WriteORTAdapter(out, params, c.Int("adapter-version"), 1); err != nil {
+			data, err := adapter.EncodeORTAdapter(params, c.Int("adapter-version"), 1)
+			if err != nil {
+				return fmt.Errorf("%s: %w", out, err)
+			}
+			if err := o.Create(out, func(w io.Writer) error {
+				_, err := w.Write(data)
 				return err
+			}); err != nil {
+				return outputErr(sig, "export-adapter", err)
+			}
+			if err := o.Commit(); err != nil {
+				return outputErr(sig, "export-adapter", err)
 			}
 			fmt.Fprintf(c.App.Writer, "wrote %s (%d tensors)\n", out, len(params))
 			return nil

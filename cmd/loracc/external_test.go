@@ -26,14 +26,11 @@ func fileHash(t *testing.T, path string) string {
 	return string(h.Sum(nil))
 }
 
-// TestExternalData: weights in an external file load lazily, inject writes
-// only the new tensors and references the base's file (hard-linking it when
-// the output is elsewhere), and fuse writes its own data file without
-// touching the base's.
-func TestExternalData(t *testing.T) {
-	e := env(t)
-	dir := t.TempDir()
-	m, err := testmodels.ExternalMLP(2, 64)
+// externalMLP saves testmodels.ExternalMLP(2, hidden) with its weights in
+// an external file as dir/big.onnx and returns that path.
+func externalMLP(t *testing.T, dir string, hidden int) string {
+	t.Helper()
+	m, err := testmodels.ExternalMLP(2, hidden)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -41,6 +38,19 @@ func TestExternalData(t *testing.T) {
 	if err := graph.Save(m, base, graph.SaveOptions{Externalize: true}); err != nil {
 		t.Fatal(err)
 	}
+	return base
+}
+
+// TestExternalData: weights in an external file load lazily, inject writes
+// only the new tensors and references the base's file (hard-linking it when
+// the output is elsewhere), and fuse writes its own data file without
+// touching the base's. A data file placed beside an output elsewhere is
+// named after the output (x.onnx.base-1.data), never after the model's
+// location.
+func TestExternalData(t *testing.T) {
+	e := env(t)
+	dir := t.TempDir()
+	base := externalMLP(t, dir, 64)
 	data := base + ".data"
 	hash0 := fileHash(t, data)
 	st0, err := os.Stat(data)
@@ -75,7 +85,7 @@ func TestExternalData(t *testing.T) {
 		t.Fatal(err)
 	}
 	_ = out
-	st1, err := os.Stat(filepath.Join(other, "big.onnx.data"))
+	st1, err := os.Stat(filepath.Join(other, "x.onnx.base-1.data"))
 	if err != nil {
 		t.Fatalf("data file not placed beside an output in another folder: %v", err)
 	}

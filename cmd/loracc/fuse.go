@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"os"
 	"path/filepath"
 
 	"github.com/loracc/loracc/adapter"
@@ -39,7 +38,7 @@ func fuseAction(c *cli.Context) error {
 	if out == "" {
 		out = outputPath(in, "fused")
 	}
-	if err := checkOutputs(in, out); err != nil {
+	if err := checkOutputs(out); err != nil {
 		return err
 	}
 	a, err := adapter.Load(c.String("adapter"))
@@ -50,6 +49,11 @@ func fuseAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	o, sig, done, err := outputSet(c, in, m, c.String("adapter"))
+	if err != nil {
+		return err
+	}
+	defer done()
 	logf := logger(c)
 	ctx := &rewrite.Context{Lora: lora.Options{Adapter: a}, Logf: logf}
 	switch c.String("quantized") {
@@ -69,20 +73,31 @@ func fuseAction(c *cli.Context) error {
 	if err := rewrite.Run(m, ctx, "strip", "fuse"); err != nil {
 		return fmt.Errorf("%s: %w", in, err)
 	}
-	if err := graph.Save(m, out, graph.SaveOptions{Notef: logf}); err != nil {
-		return err
+	if err := o.Save(m, out, graph.SaveOptions{Notef: logf}); err != nil {
+		return outputErr(sig, "fuse", err)
+	}
+	// --check runs the staged output: a model that fails it is never
+	// committed, and the previous output stays.
+	if c.Bool("check") {
+		if err := fuseCheck(c, o, in, out, ctx); err != nil {
+			if sig.Err() != nil {
+				return outputErr(sig, "fuse", err)
+			}
+			return err
+		}
+	}
+	if err := o.Commit(); err != nil {
+		return outputErr(sig, "fuse", err)
 	}
 	fmt.Fprintf(c.App.Writer, "fused %d adapter layers into %s\n", len(a.Layers), out)
-	if !c.Bool("check") {
-		return nil
-	}
-	return fuseCheck(c, in, out, ctx)
+	return nil
 }
 
 // fuseCheck builds the unfused model (the input's base with the adapter
-// injected) next to the output, runs both in ONNX Runtime on the same
-// seeded random inputs and compares every output.
-func fuseCheck(c *cli.Context, in, out string, fctx *rewrite.Context) error {
+// injected) as a scratch file next to the output, runs it and the staged
+// output in ONNX Runtime on the same seeded random inputs and compares
+// every output.
+func fuseCheck(c *cli.Context, o *graph.Outputs, in, out string, fctx *rewrite.Context) error {
 	m, err := graph.Load(in)
 	if err != nil {
 		return err
@@ -91,13 +106,12 @@ func fuseCheck(c *cli.Context, in, out string, fctx *rewrite.Context) error {
 	if err := rewrite.Run(m, ctx, "strip", "inject"); err != nil {
 		return fmt.Errorf("%s: building the unfused model: %w", in, err)
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(out), ".loracc-check-*.onnx")
+	ref, err := o.SaveTemp(m, filepath.Dir(out))
 	if err != nil {
 		return err
 	}
-	tmp.Close()
-	defer os.Remove(tmp.Name())
-	if err := graph.Save(m, tmp.Name(), graph.SaveOptions{}); err != nil {
+	got, err := o.Preview(out)
+	if err != nil {
 		return err
 	}
 	env, err := openRuntime(c)
@@ -105,13 +119,13 @@ func fuseCheck(c *cli.Context, in, out string, fctx *rewrite.Context) error {
 		return err
 	}
 	defer env.Close()
-	res, err := compareModels(env, tmp.Name(), out, c.String("device"), 42)
+	res, err := compareModels(env, ref, got, c.String("device"), 42)
 	if err != nil {
 		return err
 	}
 	fmt.Fprintf(c.App.Writer, "check: %s\n", res)
 	if !res.OK() {
-		return fmt.Errorf("check failed: fused and unfused outputs differ beyond tolerance (%s)", res)
+		return fmt.Errorf("check failed: fused and unfused outputs differ beyond tolerance (%s); %s not written", res, out)
 	}
 	return nil
 }

@@ -1,11 +1,14 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 
 	"github.com/loracc/loracc/adapter"
 	"github.com/loracc/loracc/graph"
@@ -134,13 +137,22 @@ func injectAction(c *cli.Context) error {
 	if dir == "" {
 		dir = adapterDir(out)
 	}
-	if err := checkOutputs(in, out); err != nil {
+	if err := checkOutputs(out); err != nil {
 		return err
 	}
 	m, err := graph.Load(in)
 	if err != nil {
 		return err
 	}
+	var adapters []string
+	if from != nil {
+		adapters = append(adapters, c.String("from-adapter"))
+	}
+	o, sig, done, err := outputSet(c, in, m, adapters...)
+	if err != nil {
+		return err
+	}
+	defer done()
 	logf := logger(c)
 	ctx := &rewrite.Context{
 		Lora: lora.Options{
@@ -163,11 +175,16 @@ func injectAction(c *cli.Context) error {
 	if err := rewrite.Run(m, ctx, "inject"); err != nil {
 		return fmt.Errorf("%s: %w", in, err)
 	}
-	if err := graph.Save(m, out, graph.SaveOptions{Notef: logf}); err != nil {
-		return err
+	// The model and the adapter are one output set: a failure in either
+	// leaves neither.
+	if err := o.Save(m, out, graph.SaveOptions{Notef: logf}); err != nil {
+		return outputErr(sig, "inject", err)
 	}
-	if err := ctx.Lora.Adapter.Save(dir); err != nil {
-		return err
+	if err := o.CreateDir(dir, ctx.Lora.Adapter.Save); err != nil {
+		return outputErr(sig, "inject", err)
+	}
+	if err := o.Commit(); err != nil {
+		return outputErr(sig, "inject", err)
 	}
 	var params int64
 	for _, l := range ctx.Lora.Adapter.Layers {
@@ -180,17 +197,54 @@ func injectAction(c *cli.Context) error {
 	return nil
 }
 
-// checkOutputs refuses to overwrite the input model.
-func checkOutputs(in, out string) error {
-	ai, err1 := filepath.Abs(in)
-	ao, err2 := filepath.Abs(out)
-	if err1 == nil && err2 == nil && ai == ao {
-		return fmt.Errorf("output %s would overwrite the input model; pass -o", out)
-	}
-	if st, err := os.Stat(filepath.Dir(ao)); err != nil || !st.IsDir() {
-		return fmt.Errorf("output folder %s does not exist", filepath.Dir(out))
+// checkOutputs fails early on an output folder that does not exist. That
+// an output is no input of the run is checked by graph.Outputs, by inode.
+func checkOutputs(out string) error {
+	dir := filepath.Dir(out)
+	if st, err := os.Stat(dir); err != nil || !st.IsDir() {
+		return fmt.Errorf("output folder %s does not exist", dir)
 	}
 	return nil
+}
+
+// outputSet starts the run's output set with its inputs: the model file
+// (when m is not nil) with its external data, and each adapter folder's
+// files. The set's context is cancelled by SIGINT or SIGTERM, so that the
+// writes stop and the temporary files go instead of the process dying with
+// them in place. Callers defer done, which aborts whatever was not
+// committed and ends the signal watch.
+func outputSet(c *cli.Context, model string, m *graph.Model, adapterDirs ...string) (*graph.Outputs, context.Context, func(), error) {
+	sig, stop := signal.NotifyContext(c.Context, os.Interrupt, syscall.SIGTERM)
+	o := graph.NewOutputs(sig)
+	done := func() {
+		o.Abort()
+		stop()
+	}
+	var err error
+	if m != nil {
+		err = o.AddModel(model, m)
+	}
+	for _, dir := range adapterDirs {
+		for _, f := range []string{adapter.ConfigFile, adapter.WeightsFile} {
+			if err == nil {
+				err = o.AddInput(filepath.Join(dir, f), "input adapter file")
+			}
+		}
+	}
+	if err != nil {
+		done()
+		return nil, nil, nil, err
+	}
+	return o, sig, done, nil
+}
+
+// outputErr names the command, and says so plainly when a signal stopped
+// the writes.
+func outputErr(sig context.Context, cmd string, err error) error {
+	if sig.Err() != nil {
+		return fmt.Errorf("%s: interrupted; no output written, previous files unchanged", cmd)
+	}
+	return fmt.Errorf("%s: %w", cmd, err)
 }
 
 func dumper(c *cli.Context) func(string, *graph.Model) {
