@@ -182,6 +182,18 @@ func (o *Outputs) claim(path string) (string, error) {
 	return abs, nil
 }
 
+// Check makes the checks Create makes on each path without writing, so a
+// long run can refuse an output that would land on an input at its start
+// rather than at its end.
+func (o *Outputs) Check(paths ...string) error {
+	for _, p := range paths {
+		if _, err := o.claim(p); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // Create stages a file at a path the user named, replaced on Commit.
 func (o *Outputs) Create(path string, write func(io.Writer) error) error {
 	abs, err := o.claim(path)

@@ -5,8 +5,10 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"strings"
+	"syscall"
 
 	"github.com/loracc/loracc/graph"
 	"github.com/loracc/loracc/rewrite"
@@ -98,15 +100,24 @@ type TrainIO = trainio.File
 // GraphIO lists one compiled graph's inputs and outputs.
 type GraphIO = trainio.Graph
 
-// exportTrain compiles train.onnx and eval.onnx from an injected model.
+// exportTrain compiles train.onnx and eval.onnx (and train_multi.onnx)
+// from an injected model and writes them with train.json as one output
+// set: all four files or none, never over the model or its data.
 func exportTrain(in, dir string, c *cli.Context, dump func(string, *graph.Model), logf func(string, ...any)) (TrainIO, error) {
 	var res TrainIO
+	sig, stop := signal.NotifyContext(c.Context, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	out := graph.NewOutputs(sig)
+	defer out.Abort()
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return res, err
 	}
 	build := func(name string, passes ...string) (GraphIO, error) {
 		m, err := graph.Load(in)
 		if err != nil {
+			return GraphIO{}, err
+		}
+		if err := out.AddModel(in, m); err != nil {
 			return GraphIO{}, err
 		}
 		opts, err := trainOptions(c, m)
@@ -118,8 +129,8 @@ func exportTrain(in, dir string, c *cli.Context, dump func(string, *graph.Model)
 			return GraphIO{}, fmt.Errorf("%s: %s graph: %w", in, name, err)
 		}
 		m.ProducerName, m.ProducerVersion = "loracc export-train", ""
-		if err := graph.Save(m, filepath.Join(dir, name+".onnx"), graph.SaveOptions{Notef: logf}); err != nil {
-			return GraphIO{}, err
+		if err := out.Save(m, filepath.Join(dir, name+".onnx"), graph.SaveOptions{Notef: logf}); err != nil {
+			return GraphIO{}, outputErr(sig, "export-train", err)
 		}
 		return GraphIO{Inputs: ctx.IO.Inputs, Outputs: ctx.IO.Outputs}, nil
 	}
@@ -141,9 +152,14 @@ func exportTrain(in, dir string, c *cli.Context, dump func(string, *graph.Model)
 	if err != nil {
 		return res, err
 	}
-	err = graph.WriteFileAtomic(filepath.Join(dir, "train.json"), func(w io.Writer) error {
+	if err := out.Create(filepath.Join(dir, "train.json"), func(w io.Writer) error {
 		_, err := w.Write(append(data, '\n'))
 		return err
-	})
-	return res, err
+	}); err != nil {
+		return res, outputErr(sig, "export-train", err)
+	}
+	if err := out.Commit(); err != nil {
+		return res, outputErr(sig, "export-train", err)
+	}
+	return res, nil
 }

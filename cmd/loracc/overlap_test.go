@@ -132,6 +132,12 @@ func TestSecurityOutputOnInput(t *testing.T) {
 		},
 		func(t *testing.T) tc {
 			in, base, _ := setup(t, "w.bin")
+			lora := filepath.Join(in, "train.onnx")
+			mustLoracc(t, "inject", base, "--rank", "2", "-o", lora)
+			return tc{"export-train onto its model", []string{"export-train", lora, "--loss", "mse", "--logits", "y", "-o", in}, lora, lora, []string{in}, "input model"}
+		},
+		func(t *testing.T) tc {
+			in, base, _ := setup(t, "w.bin")
 			out := filepath.Join(ad, "adapter_config.json")
 			return tc{"fuse onto the adapter", []string{"fuse", base, "--adapter", ad, "-o", out}, out, out, []string{in, ad}, "input adapter file"}
 		},

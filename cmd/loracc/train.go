@@ -76,6 +76,9 @@ func trainAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	if err := checkRunOutputs(c, in, m, run); err != nil {
+		return err
+	}
 	graphs := filepath.Join(run, "graphs")
 	logf := logger(c)
 	io, err := exportTrain(in, graphs, c, nil, logf)
@@ -131,7 +134,7 @@ func trainAction(c *cli.Context) error {
 		return nil
 	}
 	adir := filepath.Join(run, "adapter")
-	if err := res.Adapter.Save(adir); err != nil {
+	if err := saveRunOutputs(c, in, m, func(o *graph.Outputs) error { return o.CreateDir(adir, res.Adapter.Save) }); err != nil {
 		return err
 	}
 	fmt.Fprintf(c.App.Writer, "trained %d steps: loss %.6g", res.Steps, res.Loss)
@@ -148,10 +151,67 @@ func trainAction(c *cli.Context) error {
 		if err := rewrite.Run(fm, &rewrite.Context{Lora: lora.Options{Adapter: res.Adapter}, Logf: logf}, "strip", "fuse"); err != nil {
 			return fmt.Errorf("%s: %w", in, err)
 		}
-		if err := graph.Save(fm, fused, graph.SaveOptions{Notef: logf}); err != nil {
+		if err := saveRunOutputs(c, in, m, func(o *graph.Outputs) error { return o.Save(fm, fused, graph.SaveOptions{Notef: logf}) }); err != nil {
 			return err
 		}
 		fmt.Fprintf(c.App.Writer, "fused model: %s\n", fused)
+	}
+	return nil
+}
+
+// runOutputs starts an output set of the run that knows its inputs: the
+// model and its data, the data files and the starting adapter.
+func runOutputs(c *cli.Context, in string, m *graph.Model) (*graph.Outputs, context.Context, func(), error) {
+	var adapters []string
+	if dir := c.String("adapter"); dir != "" {
+		adapters = append(adapters, dir)
+	}
+	o, sig, done, err := outputSet(c, in, m, adapters...)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	for _, f := range []string{"data", "eval"} {
+		if p := c.String(f); p != "" {
+			if err := o.AddInput(p, "input data file"); err != nil {
+				done()
+				return nil, nil, nil, err
+			}
+		}
+	}
+	return o, sig, done, nil
+}
+
+// checkRunOutputs refuses, before training, the files train writes at its
+// end (the adapter, the fused model) where they would land on an input.
+func checkRunOutputs(c *cli.Context, in string, m *graph.Model, run string) error {
+	o, _, done, err := runOutputs(c, in, m)
+	if err != nil {
+		return err
+	}
+	defer done()
+	adir := filepath.Join(run, "adapter")
+	paths := []string{filepath.Join(adir, adapter.ConfigFile), filepath.Join(adir, adapter.WeightsFile)}
+	if c.Bool("fuse") {
+		paths = append(paths, filepath.Join(run, "model.fused.onnx"))
+	}
+	if err := o.Check(paths...); err != nil {
+		return fmt.Errorf("train: %w", err)
+	}
+	return nil
+}
+
+// saveRunOutputs writes what stage stages as one output set.
+func saveRunOutputs(c *cli.Context, in string, m *graph.Model, stage func(*graph.Outputs) error) error {
+	o, sig, done, err := runOutputs(c, in, m)
+	if err != nil {
+		return err
+	}
+	defer done()
+	if err := stage(o); err != nil {
+		return outputErr(sig, "train", err)
+	}
+	if err := o.Commit(); err != nil {
+		return outputErr(sig, "train", err)
 	}
 	return nil
 }

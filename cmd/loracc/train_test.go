@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"strconv"
 	"strings"
 	"syscall"
@@ -246,5 +247,40 @@ func TestStepsPerRunMatchesSingle(t *testing.T) {
 	}
 	if err := json.Unmarshal(data2, &io); err != nil || io.StepsPerRun != 4 || io.Multi == nil {
 		t.Fatalf("train.json has no 4-step graph: %v", err)
+	}
+}
+
+// TestTrainRefusesOutputOnInput: a run whose final adapter or fused model
+// would land on one of its inputs (the starting adapter, the model) is
+// refused before it trains, naming both paths, and the input is unchanged.
+func TestTrainRefusesOutputOnInput(t *testing.T) {
+	env(t)
+	dir := t.TempDir()
+	injected, data := seedRun(t, dir)
+	run := filepath.Join(dir, "run")
+	mustLoracc(t, seedTrainArgs(injected, data, run, "5")...)
+	ad := filepath.Join(run, "adapter")
+	before := tree(t, ad)
+	_, err := loracc(t, append(seedTrainArgs(injected, data, filepath.Join(dir, "run"), "5"), "--adapter", ad, "--resume")...)
+	cfg := filepath.Join(ad, "adapter_config.json")
+	if err == nil || !strings.Contains(err.Error(), cfg) || !strings.Contains(err.Error(), "input adapter file") {
+		t.Errorf("adapter over --adapter: %v", err)
+	}
+	if !reflect.DeepEqual(tree(t, ad), before) {
+		t.Error("the input adapter changed")
+	}
+	fused := filepath.Join(dir, "run2", "model.fused.onnx")
+	if err := os.MkdirAll(filepath.Dir(fused), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Link(injected, fused); err != nil {
+		t.Fatal(err)
+	}
+	_, err = loracc(t, append(seedTrainArgs(fused, data, filepath.Join(dir, "run2"), "5"), "--fuse")...)
+	if err == nil || !strings.Contains(err.Error(), "input model") {
+		t.Errorf("fused model over the model: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "run2", "metrics.csv")); err == nil {
+		t.Error("the refused run trained anyway")
 	}
 }
