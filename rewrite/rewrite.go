@@ -89,6 +89,7 @@ func Passes() []Pass {
 		{Name: "optimizer", Why: "clip the gradients' global norm and apply AdamW or SGD, outputting new params and state", Run: trainPass((*trainstep.Compiler).Optimizer)},
 		{Name: "prune", Why: "keep only the outputs training needs and drop every node, constant and input they do not use", Run: trainPass((*trainstep.Compiler).Prune)},
 		{Name: "unroll", Why: "run K optimizer steps per graph run, so adapter and optimizer state cross between host and device once per K steps", Run: trainPass((*trainstep.Compiler).Unroll)},
+		{Name: "specialize", Why: "fix the input dims and fold the shape arithmetic they determine, so no shape work runs per step", Run: trainPass((*trainstep.Compiler).Specialize)},
 	}
 }
 
@@ -113,6 +114,8 @@ var passOrder = [...]orderRule{
 	{"optimizer", "prune", false, "prune drops everything the graph's outputs do not need, so the optimizer's outputs must exist by then"},
 	{"prune", "unroll", true, "unroll copies the pruned step graph K times"},
 	{"optimizer", "unroll", true, "unroll chains the optimizer's updated params and state from step to step"},
+	{"prune", "specialize", true, "specialize records the IO of the pruned graph and folds only what its outputs need"},
+	{"unroll", "specialize", false, "unroll copies the step graph, so it must copy the specialised one, not be specialised after"},
 }
 
 // checkOrder reports the first ordering constraint the pipeline breaks:

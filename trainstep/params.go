@@ -46,6 +46,10 @@ type Options struct {
 
 	// StepsPerRun K > 1 makes pass "unroll" compile K steps into one run.
 	StepsPerRun int
+
+	// Static gives symbolic input dims their sizes (e.g. batch=8,
+	// seq=512) for pass "specialize".
+	Static map[string]int64
 }
 
 // DefaultOptions mirrors PyTorch's AdamW defaults and Hugging Face's
