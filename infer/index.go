@@ -198,6 +198,17 @@ func gatherLength(s *Inferer, n *graph.Node) int {
 	return -1
 }
 
+// gatherElementsDims are the indices' dims: GatherElements picks one
+// element per index. The lm and ce losses pick each label's
+// log-probability so; with these dims their masked Mul needs no run-time
+// un-broadcasting.
+func gatherElementsDims(s *Inferer, n *graph.Node, rank int) []graph.Dim {
+	if d := s.dimsOf(n.Input(1)); len(d) == rank {
+		return d
+	}
+	return nil
+}
+
 // gatherNDRank is data rank + indices rank − indices.shape[-1] − 1 −
 // batch_dims.
 func gatherNDRank(s *Inferer, n *graph.Node, _ int) int {

@@ -26,7 +26,7 @@ func TestInferIndexing(t *testing.T) {
 		g.op("Gather", vs(g.in("v", graph.Float, 5), g.in("k", graph.Int64))), "float32 0 []",
 		g.op("GatherND", vs(x, g.in("nd", graph.Int64, "n", 2))), "float32 2 [~,~]",
 		g.op("GatherND", vs(x, g.in("nd2", graph.Int64, "n", "k"))), "float32 -1 -",
-		g.op("GatherElements", vs(x, idx), graph.AttrI("axis", 2)), "float32 3 [~,~,~]",
+		g.op("GatherElements", vs(x, idx), graph.AttrI("axis", 2)), "float32 3 [batch,seq,1]",
 		g.op("ScatterND", vs(x, g.in("si", graph.Int64, 1, 1), g.in("su", graph.Float, 1, "seq", 20))), "float32 3 [~,~,~]",
 		g.op("ScatterElements", vs(x, idx, idx)), "float32 3 [~,~,~]",
 	)

@@ -101,7 +101,7 @@ func inferRules() map[string]opInfer {
 		"Slice":           {dtype: data, rank: rankOf(0), dims: sliceDims, value: sliceValue, length: sliceLength},
 		"Gather":          {dtype: data, rank: gatherRank, dims: gatherDims, value: gatherValue, length: gatherLength},
 		"GatherND":        {dtype: data, rank: gatherNDRank},
-		"GatherElements":  {dtype: data, rank: rankOf(1)},
+		"GatherElements":  {dtype: data, rank: rankOf(1), dims: gatherElementsDims},
 		"ScatterND":       {dtype: data, rank: rankOf(0)},
 		"ScatterElements": {dtype: data, rank: rankOf(0)},
 	}
