@@ -28,8 +28,8 @@ func unsqueezeDims(s *Inferer, n *graph.Node, rank int) []graph.Dim {
 		if a < 0 {
 			a += int64(rank)
 		}
-		if a < 0 || a >= int64(rank) {
-			return nil
+		if a < 0 || a >= int64(rank) || one[a] {
+			return nil // out of range or repeated: an invalid node
 		}
 		one[a] = true
 	}
@@ -180,6 +180,9 @@ func transposeDims(s *Inferer, n *graph.Node, rank int) []graph.Dim {
 		return nil
 	}
 	perm := n.AttrInts("perm")
+	if perm != nil && len(perm) != rank {
+		return nil // an invalid node
+	}
 	out := make([]graph.Dim, rank)
 	for i := range out {
 		p := int64(rank - 1 - i)

@@ -72,6 +72,9 @@ func TestInferLayoutOps(t *testing.T) {
 		g.op("Concat", vs(x, g.in("x2", graph.Float, 4, "seq")), graph.AttrI("axis", 0)), "float32 2 [7,seq]",
 		g.op("Transpose", vs(ones), graph.AttrIs("perm", 1, 0, 2)), "float32 3 [seq,1,1]",
 		g.op("Transpose", vs(x)), "float32 2 [seq,3]",
+		// invalid nodes infer nothing (and do not panic)
+		g.op("Transpose", vs(ones), graph.AttrIs("perm", 1, 0)), "float32 3 [~,~,~]",
+		g.op("Unsqueeze", vs(x, g.ints(0, 0))), "float32 4 [~,~,~,~]",
 		g.op("Flatten", vs(ones)), "float32 2 [~,~]",
 		split[0], "float32 2 [~,~]",
 		split[1], "float32 2 [~,~]",
