@@ -12,6 +12,9 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"strconv"
+	"strings"
+	"unicode"
 
 	"github.com/loracc/loracc/graph"
 	"github.com/loracc/loracc/infer"
@@ -43,7 +46,14 @@ func Specialize(g *graph.Graph, dims map[string]int64) (Stats, error) {
 			return
 		}
 		for i, d := range t.Shape {
-			if size, ok := dims[d.Param]; ok && d.Param != "" {
+			if d.Param == "" {
+				continue
+			}
+			size, ok := dims[d.Param]
+			if !ok {
+				size, ok = dimExpr(d.Param, dims)
+			}
+			if ok && size >= 0 {
 				t.Shape[i] = graph.Dim{Value: size, Denotation: d.Denotation}
 			}
 		}
@@ -107,6 +117,9 @@ func foldNode(g *graph.Graph, n *graph.Node, table map[string]evalFunc, inf *inf
 	var outs []*tensor
 	if n.Op == "Shape" {
 		x := inf.Info(n.Input(0))
+		if x.Rank == 0 {
+			x.Dims = []graph.Dim{} // a scalar's shape is known without dims
+		}
 		if x.Dims == nil {
 			return false, nil
 		}
@@ -203,4 +216,92 @@ func removeDead(g *graph.Graph) (int, error) {
 		}
 	}
 	return removed, nil
+}
+
+// dimExpr evaluates a symbolic dim that is an expression of named dims,
+// as torch.onnx writes them ("seq*batch", "2*s0", "s1 + 1", "s0//2"):
+// integers and names joined by + - * // and parentheses. ok is false when
+// it is not such an expression or names a dim not given.
+func dimExpr(s string, dims map[string]int64) (v int64, ok bool) {
+	p := &exprParser{s: strings.ReplaceAll(s, " ", ""), dims: dims}
+	v, ok = p.sum()
+	return v, ok && p.pos == len(p.s)
+}
+
+type exprParser struct {
+	s    string
+	pos  int
+	dims map[string]int64
+}
+
+func (p *exprParser) sum() (int64, bool) {
+	v, ok := p.product()
+	for ok && p.pos < len(p.s) && (p.s[p.pos] == '+' || p.s[p.pos] == '-') {
+		op := p.s[p.pos]
+		p.pos++
+		var w int64
+		if w, ok = p.product(); op == '+' {
+			v += w
+		} else {
+			v -= w
+		}
+	}
+	return v, ok
+}
+
+func (p *exprParser) product() (int64, bool) {
+	v, ok := p.atom()
+	for ok && p.pos < len(p.s) {
+		switch {
+		case strings.HasPrefix(p.s[p.pos:], "//"):
+			p.pos += 2
+			var w int64
+			if w, ok = p.atom(); ok && w != 0 {
+				v = floorDiv(v, w)
+			} else {
+				ok = false
+			}
+		case p.s[p.pos] == '*':
+			p.pos++
+			var w int64
+			w, ok = p.atom()
+			v *= w
+		default:
+			return v, ok
+		}
+	}
+	return v, ok
+}
+
+func (p *exprParser) atom() (int64, bool) {
+	if p.pos >= len(p.s) {
+		return 0, false
+	}
+	if p.s[p.pos] == '(' {
+		p.pos++
+		v, ok := p.sum()
+		if !ok || p.pos >= len(p.s) || p.s[p.pos] != ')' {
+			return 0, false
+		}
+		p.pos++
+		return v, true
+	}
+	start := p.pos
+	for p.pos < len(p.s) && (p.s[p.pos] == '_' || p.s[p.pos] == '.' || unicode.IsLetter(rune(p.s[p.pos])) || unicode.IsDigit(rune(p.s[p.pos]))) {
+		p.pos++
+	}
+	tok := p.s[start:p.pos]
+	if n, err := strconv.ParseInt(tok, 10, 64); err == nil {
+		return n, true
+	}
+	v, ok := p.dims[tok]
+	return v, ok
+}
+
+func floorDiv(a, b int64) int64 {
+	q := a / b
+	if (a%b != 0) && ((a < 0) != (b < 0)) {
+		q--
+	}
+	return q
 }

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 
@@ -57,7 +58,32 @@ func trainOptions(c *cli.Context, m *graph.Model) (trainstep.Options, error) {
 	if o.ClipNorm < 0 {
 		return o, fmt.Errorf("--clip-norm %g: must be ≥ 0", o.ClipNorm)
 	}
+	if c.IsSet("static") {
+		var err error
+		if o.Static, err = parseDims(c.String("static")); err != nil {
+			return o, fmt.Errorf("--static: %w", err)
+		}
+	}
 	return o, nil
+}
+
+// parseDims reads NAME=SIZE pairs separated by commas.
+func parseDims(s string) (map[string]int64, error) {
+	out := map[string]int64{}
+	for _, part := range strings.Split(s, ",") {
+		name, size, ok := strings.Cut(strings.TrimSpace(part), "=")
+		n, err := strconv.ParseInt(size, 10, 64)
+		switch {
+		case !ok || name == "":
+			return nil, fmt.Errorf("%q: want NAME=SIZE, e.g. batch=8", part)
+		case err != nil || n <= 0:
+			return nil, fmt.Errorf("%q: the size must be a positive integer", part)
+		case out[name] != 0:
+			return nil, fmt.Errorf("dim %q is given twice", name)
+		}
+		out[name] = n
+	}
+	return out, nil
 }
 
 func exportTrainCommand() *cli.Command {
@@ -67,6 +93,7 @@ func exportTrainCommand() *cli.Command {
 		UsageText: "export-train LORA.onnx --loss lm|ce|mse --logits OUTPUT --labels NAME [--ignore-index -100] [--optimizer adamw|sgd] " +
 			"[--weight-decay W] [--beta1 B1] [--beta2 B2] [--eps E] [--momentum M] [--clip-norm C] [--dump] [-o DIR]",
 		Flags: append(trainFlags(trainstep.DefaultOptions()),
+			&cli.StringFlag{Name: "static", Usage: "compile for fixed input dims, e.g. batch=8,seq=512: shape arithmetic is folded at compile time"},
 			&cli.BoolFlag{Name: "dump", Usage: "print the graph after each pass"},
 			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Usage: "output folder (default: LORA without .onnx plus .train)"},
 		),
@@ -135,13 +162,20 @@ func exportTrain(in, dir string, c *cli.Context, dump func(string, *graph.Model)
 		return GraphIO{Inputs: ctx.IO.Inputs, Outputs: ctx.IO.Outputs}, nil
 	}
 	var err error
-	if res.Train, err = build("train", "params", "loss", "autodiff", "optimizer", "prune"); err != nil {
+	var static []string
+	if c.IsSet("static") {
+		static = []string{"specialize"}
+	}
+	if res.Train, err = build("train", append([]string{"params", "loss", "autodiff", "optimizer", "prune"}, static...)...); err != nil {
 		return res, err
 	}
-	if res.Eval, err = build("eval", "params", "loss", "prune"); err != nil {
+	if res.Eval, err = build("eval", append([]string{"params", "loss", "prune"}, static...)...); err != nil {
 		return res, err
 	}
 	if k := c.Int("steps-per-run"); k > 1 {
+		if c.IsSet("static") {
+			return res, fmt.Errorf("--static and --steps-per-run > 1 do not combine yet")
+		}
 		multi, err := build("train_multi", "params", "loss", "autodiff", "optimizer", "prune", "unroll")
 		if err != nil {
 			return res, err

@@ -1,10 +1,8 @@
 package main
 
 import (
-	"encoding/json"
 	"math"
 	"math/rand/v2"
-	"os"
 	"path/filepath"
 	"testing"
 
@@ -50,14 +48,7 @@ func refTrainSetup(t testing.TB, model string, exportArgs ...string) (string, st
 	if err := run(append([]string{"loracc", "export-train", lora, "--logits", "logits", "-o", out}, exportArgs...), &o, &e); err != nil {
 		t.Fatal(err)
 	}
-	var io TrainIO
-	data, err := os.ReadFile(filepath.Join(out, "train.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := json.Unmarshal(data, &io); err != nil {
-		t.Fatal(err)
-	}
+	io := readTrainIO(t, out)
 	params := map[string]runtime.Tensor{}
 	for _, l := range a.Layers {
 		params[l.Name+".lora_A"] = runtime.FloatTensor([]int64{int64(l.In), int64(l.Rank)}, adapter.Transpose(l.A, l.Rank, l.In))
