@@ -1,6 +1,10 @@
 package autodiff
 
-import "github.com/loracc/loracc/graph"
+import (
+	"slices"
+
+	"github.com/loracc/loracc/graph"
+)
 
 // rule is one entry of the table: the gradient function, and which of
 // its input slots get a gradient shaped like the output (the op
@@ -120,4 +124,19 @@ func gradRules() map[string]rule {
 		// quantized weights (nbits.go)
 		"com.microsoft::MatMulNBits": {grad: gradMatMulNBits},
 	}
+}
+
+// RuleOps lists the ops that have a gradient rule (keys of the table:
+// the op, or "domain::op" outside the default domain), sorted. The
+// finite-difference tests in internal/gradcheck check that each has a
+// case.
+func RuleOps() []string {
+	var ops []string
+	for op, r := range gradRules() {
+		if r.grad != nil {
+			ops = append(ops, op)
+		}
+	}
+	slices.Sort(ops)
+	return ops
 }
