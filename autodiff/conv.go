@@ -11,6 +11,7 @@ package autodiff
 import (
 	"fmt"
 	"math"
+	"slices"
 
 	"github.com/loracc/loracc/graph"
 )
@@ -43,8 +44,10 @@ func (c *gradCtx) convGeometry(n *graph.Node) (*convGeom, error) {
 	default:
 		return nil, fmt.Errorf("the number of spatial axes is not known statically (no kernel_shape, and the ranks of %q and %q are unknown)", n.Input(0).Name, n.Input(1).Name)
 	}
+	// A copy: the backward Conv takes these as its own attributes, which
+	// must not share memory with the forward node's.
 	ones := func(name string) ([]int64, error) {
-		xs := n.AttrInts(name)
+		xs := slices.Clone(n.AttrInts(name))
 		if xs == nil {
 			xs = make([]int64, g.k)
 			for i := range xs {

@@ -36,9 +36,10 @@ func matMulSlots(c *gradCtx, n *graph.Node, i int) bool {
 // none marks a non-differentiable op.
 var none = rule{}
 
-// gradRules is the table of gradient rules, one per op. A nil rule marks
-// an op as non-differentiable: its outputs carry no gradient (shapes,
-// comparisons, index arithmetic, random numbers, integer-only ops).
+// gradRules is the table of gradient rules, one per op. The zero rule
+// (none) marks an op as non-differentiable: its outputs carry no gradient
+// (shapes, comparisons, index arithmetic, random numbers, integer-only
+// ops).
 // An op missing from the table stops Gradients with ErrMissingRules when
 // it lies between the parameters and the loss.
 //
