@@ -240,17 +240,12 @@ func gradWhere(c *gradCtx, n *graph.Node, gys []*graph.Value) []*graph.Value {
 	return out
 }
 
-// Cast: the gradient is cast back to the input's float type; an integer
-// or bool input gets none.
+// Cast and CastLike(x, like): the gradient is cast back to x's float
+// type; an integer or bool x, and CastLike's template, get none.
 func gradCast(c *gradCtx, n *graph.Node, gys []*graph.Value) []*graph.Value {
 	out := make([]*graph.Value, n.NumInputs())
 	if x := n.Input(0); !isDiscrete(c.Inf.DType(x)) {
 		out[0] = c.CastTo(gys[0], x)
 	}
 	return out
-}
-
-// CastLike(x, like): like Cast; the template input gets nothing.
-func gradCastLike(c *gradCtx, n *graph.Node, gys []*graph.Value) []*graph.Value {
-	return gradCast(c, n, gys)
 }

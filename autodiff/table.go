@@ -91,7 +91,7 @@ func gradRules() map[string]rule {
 		"Min":        {gradMaxMin, everySlot},
 		"Where":      {gradWhere, everySlot},
 		"Cast":       {grad: gradCast},
-		"CastLike":   {grad: gradCastLike},
+		"CastLike":   {grad: gradCast},
 
 		// normalizations (norm.go)
 		"Softmax":            {grad: gradSoftmax},
