@@ -7,10 +7,15 @@ package autodiff
 // topological order; it asks a rule only for the input gradients that are
 // needed (an input that does not depend on a parameter gets none, so frozen
 // weights cost nothing); it sums the gradients of values read more than
-// once; and it offers rules the shared helpers (un-broadcasting, opset-aware
-// Reduce/Squeeze/Unsqueeze, typed constants). A nil gradient is a symbolic
-// zero: rules receive nil for outputs nothing differentiates and return nil
-// for inputs that get nothing, and no zero tensors are built.
+// once; it sums the gradients of broadcasting ops back to their inputs'
+// shapes (unbroadcast.go); and it checks the result contract. A nil
+// gradient is a symbolic zero: rules receive nil for outputs nothing
+// differentiates and return nil for inputs that get nothing, and no zero
+// tensors are built.
+//
+// Rules build through opb, whose errors are sticky: a rule writes its
+// formula straight through, records a failure with c.Fail (or a helper
+// does), and the driver checks c.Err() once the rule returns.
 
 import (
 	"errors"
@@ -23,10 +28,13 @@ import (
 	"github.com/loracc/loracc/internal/opb"
 )
 
-// gradRule returns the gradients of n's inputs, one per input slot (nil
-// for none), given the gradients of its outputs (nil for none; at least
-// one is set). Rules consult c.needs(i) to skip inputs nobody wants.
-type gradRule func(c *gradCtx, n *graph.Node, gys []*graph.Value) ([]*graph.Value, error)
+// gradRule returns the gradients of n's inputs given those of its outputs
+// (nil for none; at least one is set). The result contract: exactly one
+// entry per input slot, nil for none; a slot the table marks as
+// broadcasting gets a gradient shaped (and typed) like the output, every
+// other slot one shaped like its input. Rules consult c.needs(i) to skip
+// inputs nobody wants, and report failures through c.Fail.
+type gradRule func(c *gradCtx, n *graph.Node, gys []*graph.Value) []*graph.Value
 
 // gradCtx is what a rule builds with: the op builder (opset forms, typed
 // constants, sticky errors) plus which inputs want a gradient.
@@ -41,128 +49,21 @@ func (c *gradCtx) needs(i int) bool {
 	return c.want[c.node.Input(i)]
 }
 
-// rank is like's static rank, or an error naming it.
-func (c *gradCtx) rank(v *graph.Value) (int, error) {
+// failf records an error and returns no gradients, for rules that cannot
+// go on: return c.failf(...).
+func (c *gradCtx) failf(format string, args ...any) []*graph.Value {
+	c.Fail(fmt.Errorf(format, args...))
+	return nil
+}
+
+// rank is v's static rank; when unknown it records an error naming v and
+// returns -1.
+func (c *gradCtx) rank(v *graph.Value) int {
 	r := c.Inf.Rank(v)
 	if r < 0 {
-		return 0, fmt.Errorf("the rank of %q is not known statically", v.Name)
+		c.Fail(fmt.Errorf("the rank of %q is not known statically", v.Name))
 	}
-	return r, nil
-}
-
-// sameShape reports whether a and b are statically known to have the same
-// shape (equal sizes or identical symbols in every dim).
-func (c *gradCtx) sameShape(a, b *graph.Value) bool {
-	x, y := c.Inf.Info(a), c.Inf.Info(b)
-	if x.Dims == nil || y.Dims == nil || len(x.Dims) != len(y.Dims) {
-		return false
-	}
-	for i := range x.Dims {
-		dx, dy := x.Dims[i], y.Dims[i]
-		switch {
-		case dx.Param != "" && dx.Param == dy.Param:
-		case dx.Known() && dy.Known() && dx.Value == dy.Value:
-		default:
-			return false
-		}
-	}
-	return true
-}
-
-// unbroadcast sums g (shaped like the broadcast result) down to the shape
-// of x, the way numpy broadcasting expanded x. When shapes are known it
-// reduces over the right axes statically; otherwise it finds them at run
-// time with standard ops: pad x's shape with leading ones, take the axes
-// where it is 1, ReduceSum there, Reshape to x's shape.
-func (c *gradCtx) unbroadcast(g, x *graph.Value) *graph.Value {
-	if c.sameShape(g, x) {
-		return g
-	}
-	xi, gi := c.Inf.Info(x), c.Inf.Info(g)
-	if xi.Rank == 0 && gi.Rank >= 0 {
-		return c.ReshapeLike(c.ReduceSum(g, nil, false), x)
-	}
-	if xi.Dims != nil && gi.Rank >= len(xi.Dims) {
-		var axes []int64
-		lead := gi.Rank - len(xi.Dims)
-		static := true
-		for i := 0; i < gi.Rank; i++ {
-			if i < lead {
-				axes = append(axes, int64(i))
-				continue
-			}
-			dx := xi.Dims[i-lead]
-			var dg graph.Dim
-			if gi.Dims != nil {
-				dg = gi.Dims[i]
-			} else {
-				dg = graph.Dim{Value: -1}
-			}
-			switch {
-			case dx.Known() && dx.Value == 1:
-				if !(dg.Known() && dg.Value == 1) {
-					axes = append(axes, int64(i))
-				}
-			case dx.Known(), dx.Param != "" && dx.Param == dg.Param:
-				// same size
-			default:
-				static = false
-			}
-		}
-		if static {
-			if len(axes) == 0 {
-				return g
-			}
-			return c.ReshapeLike(c.ReduceSum(g, axes, true), x)
-		}
-	}
-	if c.Opset < 13 {
-		return c.unbroadcastPerAxis(g, x, xi.Rank, gi.Rank)
-	}
-	gs, xs := c.Shape(g), c.Shape(x)
-	rg := c.Op("Shape", []*graph.Value{gs})
-	rx := c.Op("Shape", []*graph.Value{xs})
-	pad := c.Op("Sub", []*graph.Value{rg, rx})
-	ones := c.Op("ConstantOfShape", []*graph.Value{pad}, graph.AttrT("value", graph.NewTensor("", graph.Int64, []int64{1}, []byte{1, 0, 0, 0, 0, 0, 0, 0})))
-	padded := c.Op("Concat", []*graph.Value{ones, xs}, graph.AttrI("axis", 0))
-	isOne := c.Op("Equal", []*graph.Value{padded, c.Ints(1)})
-	notOne := c.Op("Not", []*graph.Value{c.Op("Equal", []*graph.Value{gs, c.Ints(1)})})
-	mask := c.Op("And", []*graph.Value{isOne, notOne})
-	axes := c.Op("Reshape", []*graph.Value{c.Op("NonZero", []*graph.Value{mask}), c.Ints(-1)})
-	return c.ReshapeLike(c.ReduceSumDyn(g, axes), x)
-}
-
-// unbroadcastPerAxis is unbroadcast for opsets without run-time reduction
-// axes (before 13), given both ranks: leading axes are summed statically;
-// for each other axis a run-time Where picks the axis sum when x's dim is 1
-// and g's is not, and a Slice to x's dim keeps one copy of it.
-func (c *gradCtx) unbroadcastPerAxis(g, x *graph.Value, rx, rg int) *graph.Value {
-	if rx < 0 || rg < 0 || rx > rg || c.Opset < 10 {
-		c.Fail(fmt.Errorf("cannot tell statically how %q broadcast against %q at opset %d (declare the shapes or use opset ≥ 13)", x.Name, g.Name, c.Opset))
-		return g
-	}
-	if lead := rg - rx; lead > 0 {
-		axes := make([]int64, lead)
-		for i := range axes {
-			axes[i] = int64(i)
-		}
-		g = c.ReduceSum(g, axes, false)
-	}
-	xs := c.Shape(x)
-	for i := 0; i < rx; i++ {
-		gs := c.Op("Shape", vals(g))
-		dim := func(s *graph.Value) *graph.Value {
-			return c.Op("Slice", vals(s, c.Ints(int64(i)), c.Ints(int64(i+1)), c.Ints(0)))
-		}
-		xd := dim(xs)
-		cond := c.Op("And", vals(
-			c.Op("Equal", vals(xd, c.Ints(1))),
-			c.Op("Not", vals(c.Op("Equal", vals(dim(gs), c.Ints(1)))))))
-		summed := c.ReduceSum(g, []int64{int64(i)}, true)
-		picked := c.Op("Where", vals(c.Op("Reshape", vals(cond, c.Ints())), summed, g))
-		g = c.Op("Slice", vals(picked, c.Ints(0), xd, c.Ints(int64(i))))
-	}
-	return c.ReshapeLike(g, x)
+	return r
 }
 
 // ErrMissingRules lists every op between the parameters and the loss that
@@ -186,7 +87,7 @@ func Gradients(m *graph.Model, loss *graph.Value, params []*graph.Value) ([]*gra
 		dep[p] = true
 	}
 	for _, n := range g.Nodes {
-		if rule, known := rules[ruleKey(n)]; known && rule == nil {
+		if r, known := rules[ruleKey(n)]; known && r.grad == nil {
 			continue // non-differentiable: its outputs carry no gradient
 		}
 		hit := false
@@ -252,12 +153,12 @@ func Gradients(m *graph.Model, loss *graph.Value, params []*graph.Value) ([]*gra
 
 	c := &gradCtx{Builder: opb.New(m, "grad", "grad/loss", inf), want: want}
 	grads := map[*graph.Value][]*graph.Value{}
-	one, err := c.Scalar(1, loss)
-	if err != nil {
-		return nil, err
+	one := c.Scalar(1, loss)
+	if err := c.Err(); err != nil {
+		return nil, fmt.Errorf("autodiff: %w", err)
 	}
 	if r := inf.Rank(loss); r != 0 {
-		one = c.Op("Expand", []*graph.Value{one, c.Shape(loss)})
+		one = c.Expand(one, c.Shape(loss))
 	}
 	grads[loss] = []*graph.Value{one}
 	sum := func(v *graph.Value) *graph.Value {
@@ -293,30 +194,14 @@ func Gradients(m *graph.Model, loss *graph.Value, params []*graph.Value) ([]*gra
 		}
 		c.node = n
 		c.Scope = "grad/" + nodeName(n)
-		gxs, err := rules[ruleKey(n)](c, n, gys)
-		if err == nil {
-			err = c.Err()
-		}
+		gxs, err := c.apply(rules[ruleKey(n)], n, gys)
 		if err != nil {
 			return nil, fmt.Errorf("autodiff: node %q (%s): %w", n.Name, n.Op, err)
 		}
-		for i := range n.NumInputs() {
-			in := n.Input(i)
-			if in == nil || !want[in] {
-				continue
+		for i, gx := range gxs {
+			if in := n.Input(i); in != nil && want[in] {
+				grads[in] = append(grads[in], gx)
 			}
-			var gx *graph.Value
-			if i < len(gxs) {
-				gx = gxs[i]
-			}
-			if gx == nil {
-				// A wanted input left without a gradient would train as
-				// if it did not matter: refuse rather than guess.
-				return nil, fmt.Errorf("autodiff: node %q (%s): the rule gives no gradient for input %d (%q), which the loss depends on", n.Name, n.Op, i, in.Name)
-			}
-			// A gradient has its value's type: later rules use it.
-			inf.Set(gx, inf.Info(in))
-			grads[in] = append(grads[in], gx)
 		}
 	}
 	// Each parameter gets its own value named "<param>.grad": a rule may
@@ -325,11 +210,54 @@ func Gradients(m *graph.Model, loss *graph.Value, params []*graph.Value) ([]*gra
 	out := make([]*graph.Value, len(params))
 	for i, p := range params {
 		if g := sum(p); g != nil {
-			out[i] = c.Named("Identity", p.Name+".grad", vals(g))
+			out[i] = c.Named("Identity", p.Name+".grad", []*graph.Value{g})
 			inf.Set(out[i], inf.Info(p))
 		}
 	}
 	return out, nil
+}
+
+// apply runs r on n and enforces the result contract: one gradient per
+// input slot, and one for every input that wants it. It sums the
+// broadcasting slots' gradients down to their inputs' shapes (and casts
+// them to the inputs' types where these differ from the output's, as
+// Pow's exponent may), all of them before any is recorded, and records
+// each gradient's type and shape, which later rules read.
+func (c *gradCtx) apply(r rule, n *graph.Node, gys []*graph.Value) ([]*graph.Value, error) {
+	gxs := r.grad(c, n, gys)
+	if err := c.Err(); err != nil {
+		return nil, err
+	}
+	if len(gxs) != n.NumInputs() {
+		return nil, fmt.Errorf("the rule gives %d gradients for %d inputs", len(gxs), n.NumInputs())
+	}
+	for i, gx := range gxs {
+		in := n.Input(i)
+		if in == nil || !c.want[in] {
+			continue
+		}
+		if gx == nil {
+			// A wanted input left without a gradient would train as
+			// if it did not matter: refuse rather than guess.
+			return nil, fmt.Errorf("the rule gives no gradient for input %d (%q), which the loss depends on", i, in.Name)
+		}
+		if r.bcast != nil && r.bcast(c, n, i) {
+			gx = c.unbroadcast(gx, in)
+			if c.Inf.DType(n.Output(0)) != c.Inf.DType(in) {
+				gx = c.CastTo(gx, in)
+			}
+			gxs[i] = gx
+		}
+	}
+	if err := c.Err(); err != nil {
+		return nil, err
+	}
+	for i, gx := range gxs {
+		if in := n.Input(i); in != nil && c.want[in] {
+			c.Inf.Set(gx, c.Inf.Info(in))
+		}
+	}
+	return gxs, nil
 }
 
 // ruleKey is a node's key in the rule table: the op for the default
@@ -351,4 +279,13 @@ func nodeName(n *graph.Node) string {
 		return n.Name
 	}
 	return n.Op
+}
+
+// iota64 is [from, from+1, ..., to-1].
+func iota64(from, to int64) []int64 {
+	var out []int64
+	for i := from; i < to; i++ {
+		out = append(out, i)
+	}
+	return out
 }

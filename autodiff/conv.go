@@ -11,6 +11,7 @@ package autodiff
 import (
 	"fmt"
 	"math"
+	"slices"
 
 	"github.com/loracc/loracc/graph"
 )
@@ -43,8 +44,10 @@ func (c *gradCtx) convGeometry(n *graph.Node) (*convGeom, error) {
 	default:
 		return nil, fmt.Errorf("the number of spatial axes is not known statically (no kernel_shape, and the ranks of %q and %q are unknown)", n.Input(0).Name, n.Input(1).Name)
 	}
+	// A copy: the backward Conv takes these as its own attributes, which
+	// must not share memory with the forward node's.
 	ones := func(name string) ([]int64, error) {
-		xs := n.AttrInts(name)
+		xs := slices.Clone(n.AttrInts(name))
 		if xs == nil {
 			xs = make([]int64, g.k)
 			for i := range xs {
@@ -134,30 +137,26 @@ func (g *convGeom) spatialAxes() []int64 { return iota64(2, int64(g.k)+2) }
 //	dW = Conv(xᵀ, gyᵀ) with batch and channels swapped (per group), strides
 //	     and dilations swapped, cropped to the kernel size.
 //	dB = Σ gy over batch and spatial axes.
-func gradConv(c *gradCtx, n *graph.Node, gys []*graph.Value) ([]*graph.Value, error) {
+func gradConv(c *gradCtx, n *graph.Node, gys []*graph.Value) []*graph.Value {
 	geo, err := c.convGeometry(n)
 	if err != nil {
-		return nil, err
+		return c.failf("%w", err)
 	}
 	gy := gys[0]
 	out := make([]*graph.Value, n.NumInputs())
 	if c.needs(0) {
-		if out[0], err = c.convGradX(n, gy, geo); err != nil {
-			return nil, err
-		}
+		out[0] = c.convGradX(n, gy, geo)
 	}
 	if c.needs(1) {
-		if out[1], err = c.convGradW(n, gy, geo); err != nil {
-			return nil, err
-		}
+		out[1] = c.convGradW(n, gy, geo)
 	}
 	if b := n.Input(2); b != nil && c.needs(2) {
 		out[2] = c.ReduceSum(gy, append([]int64{0}, geo.spatialAxes()...), false)
 	}
-	return out, nil
+	return out
 }
 
-func (c *gradCtx) convGradX(n *graph.Node, gy *graph.Value, geo *convGeom) (*graph.Value, error) {
+func (c *gradCtx) convGradX(n *graph.Node, gy *graph.Value, geo *convGeom) *graph.Value {
 	x, w := n.Input(0), n.Input(1)
 	pads := make([]int64, 2*geo.k)
 	outPad := make([]int64, geo.k)
@@ -189,22 +188,20 @@ func (c *gradCtx) convGradX(n *graph.Node, gy *graph.Value, geo *convGeom) (*gra
 	}
 	gx := c.Op("ConvTranspose", vals(gy, w), attrs...)
 	if len(crop) == 0 {
-		return gx, nil
+		return gx
 	}
 	if c.Opset >= 10 {
-		zeros := make([]int64, len(crop))
-		ends := c.Op("Gather", vals(c.Shape(x), c.Ints(crop...)), graph.AttrI("axis", 0))
-		return c.Op("Slice", vals(gx, c.Ints(zeros...), ends, c.Ints(crop...))), nil
+		ends := c.Gather(c.Shape(x), c.Ints(crop...), 0)
+		return c.SliceT(gx, c.Ints(make([]int64, len(crop))...), ends, c.Ints(crop...))
 	}
 	// Opset 9 has neither Range nor run-time Slice bounds: gather the
 	// positions 0..size−1, found as NonZero of size ones.
 	one := graph.NewTensor("", graph.Bool, []int64{1}, []byte{1})
 	for _, a := range crop {
 		ones := c.Op("ConstantOfShape", vals(c.DimOf(x, a)), graph.AttrT("value", one))
-		idx := c.Op("Reshape", vals(c.Op("NonZero", vals(ones)), c.Ints(-1)))
-		gx = c.Op("Gather", vals(gx, idx), graph.AttrI("axis", a))
+		gx = c.Gather(gx, c.Reshape(c.NonZero(ones), c.Ints(-1)), a)
 	}
-	return gx, nil
+	return gx
 }
 
 // convGradW correlates x with gy: dW[m, c, j] = Σ_{n,o} gy[n, m, o]·
@@ -214,28 +211,25 @@ func (c *gradCtx) convGradX(n *graph.Node, gy *graph.Value, geo *convGeom) (*gra
 // that each group's batch copies sit in that group's input channels:
 // [N, g·Cg, ...] → [Cg, g·N, ...], and gy's channels already run group by
 // group.
-func (c *gradCtx) convGradW(n *graph.Node, gy *graph.Value, geo *convGeom) (*graph.Value, error) {
+func (c *gradCtx) convGradW(n *graph.Node, gy *graph.Value, geo *convGeom) *graph.Value {
 	x, w := n.Input(0), n.Input(1)
 	r := geo.k + 2
-	swap := make([]int64, r) // [1, 0, 2, 3, ...]
-	for i := range swap {
-		swap[i] = int64(i)
-	}
+	swap := iota64(0, int64(r)) // [1, 0, 2, 3, ...]
 	swap[0], swap[1] = 1, 0
 	var xt *graph.Value
 	if geo.group == 1 {
-		xt = c.Op("Transpose", vals(x), graph.AttrIs("perm", swap...))
+		xt = c.Transpose(x, swap...)
 	} else {
 		cg, ok := c.staticDim(w, 1)
 		if !ok {
-			return nil, fmt.Errorf("the weight gradient of a grouped Conv needs %q's channels per group (dim 1) statically", w.Name)
+			c.Fail(fmt.Errorf("the weight gradient of a grouped Conv needs %q's channels per group (dim 1) statically", w.Name))
+			return nil
 		}
-		split := c.Op("Reshape", vals(x, c.Ints(0, geo.group, cg, -1)))
-		moved := c.Op("Transpose", vals(split), graph.AttrIs("perm", 2, 1, 0, 3))
+		moved := c.Transpose(c.Reshape(x, c.Ints(0, geo.group, cg, -1)), 2, 1, 0, 3)
 		spatial := c.Slice(c.Shape(x), 2, int64(r), 0)
-		xt = c.Op("Reshape", vals(moved, c.Op("Concat", vals(c.Ints(cg, -1), spatial), graph.AttrI("axis", 0))))
+		xt = c.Reshape(moved, c.Concat(0, c.Ints(cg, -1), spatial))
 	}
-	kern := c.Op("Transpose", vals(gy), graph.AttrIs("perm", swap...))
+	kern := c.Transpose(gy, swap...)
 	pads := append(append([]int64{}, geo.pb...), geo.pe...)
 	dw := c.Op("Conv", vals(xt, kern),
 		graph.AttrIs("strides", geo.dilations...), graph.AttrIs("dilations", geo.strides...),
@@ -247,11 +241,12 @@ func (c *gradCtx) convGradW(n *graph.Node, gy *graph.Value, geo *convGeom) (*gra
 			continue
 		}
 		if geo.kernel[i] < 0 {
-			return nil, fmt.Errorf("the weight gradient of a strided Conv needs the kernel size statically (kernel_shape or %q's shape)", w.Name)
+			c.Fail(fmt.Errorf("the weight gradient of a strided Conv needs the kernel size statically (kernel_shape or %q's shape)", w.Name))
+			return nil
 		}
 		dw = c.Slice(dw, 0, geo.kernel[i], int64(2+i))
 	}
-	return c.Op("Transpose", vals(dw), graph.AttrIs("perm", swap...)), nil
+	return c.Transpose(dw, swap...)
 }
 
 // BatchNormalization in inference mode normalizes over channel axis 1
@@ -265,25 +260,25 @@ func (c *gradCtx) convGradW(n *graph.Node, gy *graph.Value, geo *convGeom) (*gra
 // Training mode (training_mode=1, or the running-statistics outputs
 // before opset 14) updates the statistics from the batch and is refused,
 // as is spatial=0 (opsets 7–8: statistics per activation).
-func gradBatchNorm(c *gradCtx, n *graph.Node, gys []*graph.Value) ([]*graph.Value, error) {
+func gradBatchNorm(c *gradCtx, n *graph.Node, gys []*graph.Value) []*graph.Value {
 	if n.AttrInt("training_mode", 0) != 0 {
-		return nil, fmt.Errorf("training_mode=1 is not supported (the statistics would come from the batch)")
+		return c.failf("training_mode=1 is not supported (the statistics would come from the batch)")
 	}
 	for i, o := range n.Outputs() {
 		if i > 0 && o != nil && o.Name != "" {
-			return nil, fmt.Errorf("output %d (%q) is a training-mode statistic; only inference mode is supported", i, o.Name)
+			return c.failf("output %d (%q) is a training-mode statistic; only inference mode is supported", i, o.Name)
 		}
 	}
 	if n.AttrInt("spatial", 1) == 0 {
-		return nil, fmt.Errorf("spatial=0 (per-activation statistics) is not supported")
+		return c.failf("spatial=0 (per-activation statistics) is not supported")
 	}
 	x, scale, mean, variance := n.Input(0), n.Input(1), n.Input(3), n.Input(4)
-	r, err := c.rank(x)
-	if err != nil {
-		return nil, err
+	r := c.rank(x)
+	if r < 0 {
+		return nil
 	}
 	if r < 2 {
-		return nil, fmt.Errorf("%q has rank %d; BatchNormalization needs [N, C, ...]", x.Name, r)
+		return c.failf("%q has rank %d; BatchNormalization needs [N, C, ...]", x.Name, r)
 	}
 	axes := append([]int64{0}, iota64(2, int64(r))...)
 	// perChannel broadcasts a [C] tensor against x.
@@ -293,49 +288,43 @@ func gradBatchNorm(c *gradCtx, n *graph.Node, gys []*graph.Value) ([]*graph.Valu
 		}
 		return c.Unsqueeze(v, iota64(1, int64(r-1))...)
 	}
-	eps, err := c.Scalar(float64(n.AttrFloat("epsilon", 1e-5)), x)
-	if err != nil {
-		return nil, err
-	}
+	eps := c.K(float64(n.AttrFloat("epsilon", 1e-5)), x)
 	gy := gys[0]
-	rho := c.Op("Reciprocal", vals(c.Op("Sqrt", vals(c.Op("Add", vals(variance, eps))))))
-	out := make([]*graph.Value, 5)
+	rho := c.Reciprocal(c.Sqrt(c.Add(variance, eps)))
+	out := make([]*graph.Value, n.NumInputs())
 	var sumGy, xc *graph.Value
 	if c.needs(2) || c.needs(3) {
 		sumGy = c.ReduceSum(gy, axes, false)
 	}
 	if c.needs(1) || c.needs(4) {
-		xc = c.Op("Sub", vals(x, perChannel(mean)))
+		xc = c.Sub(x, perChannel(mean))
 	}
 	var sRho *graph.Value
 	if c.needs(0) || c.needs(3) || c.needs(4) {
-		sRho = c.Op("Mul", vals(scale, rho))
+		sRho = c.Mul(scale, rho)
 	}
 	if c.needs(0) {
-		out[0] = c.Op("Mul", vals(gy, perChannel(sRho)))
+		out[0] = c.Mul(gy, perChannel(sRho))
 	}
 	if c.needs(2) {
 		out[2] = sumGy
 	}
 	var sumGyXc *graph.Value
 	if c.needs(1) || c.needs(4) {
-		sumGyXc = c.ReduceSum(c.Op("Mul", vals(gy, xc)), axes, false)
+		sumGyXc = c.ReduceSum(c.Mul(gy, xc), axes, false)
 	}
 	if c.needs(1) {
-		out[1] = c.Op("Mul", vals(sumGyXc, rho))
+		out[1] = c.Mul(sumGyXc, rho)
 	}
 	if c.needs(3) {
-		out[3] = c.Op("Neg", vals(c.Op("Mul", vals(sumGy, sRho))))
+		out[3] = c.Neg(c.Mul(sumGy, sRho))
 	}
 	if c.needs(4) {
-		half, err := c.Scalar(-0.5, x)
-		if err != nil {
-			return nil, err
-		}
-		rho2 := c.Op("Mul", vals(rho, rho))
-		out[4] = c.Op("Mul", vals(c.Op("Mul", vals(sumGyXc, c.Op("Mul", vals(sRho, rho2)))), half))
+		half := c.K(-0.5, x)
+		rho2 := c.Mul(rho, rho)
+		out[4] = c.Mul(c.Mul(sumGyXc, c.Mul(sRho, rho2)), half)
 	}
-	return out, nil
+	return out
 }
 
 // gradSliceOpset picks the Slice rule the model's opset allows: from 11
@@ -344,7 +333,7 @@ func gradBatchNorm(c *gradCtx, n *graph.Node, gys []*graph.Value) ([]*graph.Valu
 // known at compile time. Paddle's opset-9 exports slice q, k and v out of
 // one projection this way, between a conv backbone and its transformer
 // neck, which is why the rule sits with the conv rules.
-func gradSliceOpset(c *gradCtx, n *graph.Node, gys []*graph.Value) ([]*graph.Value, error) {
+func gradSliceOpset(c *gradCtx, n *graph.Node, gys []*graph.Value) []*graph.Value {
 	if c.Opset >= 11 {
 		return gradSlice(c, n, gys)
 	}
@@ -356,11 +345,11 @@ func gradSliceOpset(c *gradCtx, n *graph.Node, gys []*graph.Value) ([]*graph.Val
 // clamping). The bounds are Slice-1's attributes or Slice-10's constant
 // inputs; the pads need x's size along each sliced axis unless the slice
 // runs from a non-negative start to the end.
-func gradSliceStatic(c *gradCtx, n *graph.Node, gys []*graph.Value) ([]*graph.Value, error) {
+func gradSliceStatic(c *gradCtx, n *graph.Node, gys []*graph.Value) []*graph.Value {
 	x := n.Input(0)
-	r, err := c.rank(x)
-	if err != nil {
-		return nil, err
+	r := c.rank(x)
+	if r < 0 {
+		return nil
 	}
 	var starts, ends, axes []int64
 	if n.Attr("starts") != nil {
@@ -368,30 +357,30 @@ func gradSliceStatic(c *gradCtx, n *graph.Node, gys []*graph.Value) ([]*graph.Va
 	} else {
 		var ok bool
 		if starts, ok = graph.ConstInts(n.Input(1)); !ok {
-			return nil, fmt.Errorf("starts are computed at run time; before opset 11 only constant bounds are supported")
+			return c.failf("starts are computed at run time; before opset 11 only constant bounds are supported")
 		}
 		if ends, ok = graph.ConstInts(n.Input(2)); !ok {
-			return nil, fmt.Errorf("ends are computed at run time; before opset 11 only constant bounds are supported")
+			return c.failf("ends are computed at run time; before opset 11 only constant bounds are supported")
 		}
 		if v := n.Input(3); v != nil {
 			if axes, ok = graph.ConstInts(v); !ok {
-				return nil, fmt.Errorf("axes are computed at run time")
+				return c.failf("axes are computed at run time")
 			}
 		}
 		if v := n.Input(4); v != nil {
 			steps, ok := graph.ConstInts(v)
 			if !ok {
-				return nil, fmt.Errorf("steps are computed at run time")
+				return c.failf("steps are computed at run time")
 			}
 			for _, st := range steps {
 				if st != 1 {
-					return nil, fmt.Errorf("step %d: before opset 11 only step 1 is supported", st)
+					return c.failf("step %d: before opset 11 only step 1 is supported", st)
 				}
 			}
 		}
 	}
 	if len(ends) != len(starts) || (axes != nil && len(axes) != len(starts)) {
-		return nil, fmt.Errorf("starts %v, ends %v and axes %v differ in length", starts, ends, axes)
+		return c.failf("starts %v, ends %v and axes %v differ in length", starts, ends, axes)
 	}
 	pads := make([]int64, 2*r)
 	for k := range starts {
@@ -401,7 +390,7 @@ func gradSliceStatic(c *gradCtx, n *graph.Node, gys []*graph.Value) ([]*graph.Va
 		}
 		a, err := graph.NormAxis(a, r)
 		if err != nil {
-			return nil, err
+			return c.failf("%w", err)
 		}
 		size, known := c.staticDim(x, a)
 		switch {
@@ -418,10 +407,10 @@ func gradSliceStatic(c *gradCtx, n *graph.Node, gys []*graph.Value) ([]*graph.Va
 		case starts[k] >= 0 && ends[k] >= math.MaxInt32:
 			pads[a] = starts[k]
 		default:
-			return nil, fmt.Errorf("%q's size along axis %d is not known statically, and before opset 11 the gradient of slice [%d:%d] needs it", x.Name, a, starts[k], ends[k])
+			return c.failf("%q's size along axis %d is not known statically, and before opset 11 the gradient of slice [%d:%d] needs it", x.Name, a, starts[k], ends[k])
 		}
 	}
 	out := make([]*graph.Value, n.NumInputs())
 	out[0] = c.Op("Pad", vals(gys[0]), graph.AttrIs("pads", pads...)) // Pad-2: pads attribute until opset 11
-	return out, nil
+	return out
 }

@@ -7,7 +7,6 @@ package autodiff
 // that only Gather has a fallback. Indices get no gradient.
 
 import (
-	"fmt"
 	"math"
 
 	"github.com/loracc/loracc/graph"
@@ -18,97 +17,80 @@ import (
 // by the flattened indices and scatter-added (ScatterElements, which takes
 // negative indices). From opset 11 to 15 it is a product with a one-hot
 // [size(axis), #indices] matrix, which costs that matrix's memory.
-func gradGather(c *gradCtx, n *graph.Node, gys []*graph.Value) ([]*graph.Value, error) {
+func gradGather(c *gradCtx, n *graph.Node, gys []*graph.Value) []*graph.Value {
 	x, idx, gy := n.Input(0), n.Input(1), gys[0]
-	r, err := c.rank(x)
-	if err != nil {
-		return nil, err
+	r := c.rank(x)
+	if r < 0 {
+		return nil
 	}
 	a, err := graph.NormAxis(n.AttrInt("axis", 0), r)
 	if err != nil {
-		return nil, err
+		return c.failf("%w", err)
 	}
 	s := c.Shape(x)
 	// x's dims before and after the axis.
-	pre := func() *graph.Value { return c.Op("Slice", vals(s, c.Ints(0), c.Ints(a))) }
-	post := func() *graph.Value { return c.Op("Slice", vals(s, c.Ints(a+1), c.Ints(math.MaxInt64))) }
-	flat := c.Op("Reshape", vals(idx, c.Ints(-1)))
+	pre := func() *graph.Value { return c.SliceT(s, c.Ints(0), c.Ints(a)) }
+	post := func() *graph.Value { return c.SliceT(s, c.Ints(a+1), c.Ints(math.MaxInt64)) }
+	flat := c.Reshape(idx, c.Ints(-1))
 	switch {
 	case c.Opset >= 16:
 		var g *graph.Value
 		if c.Inf.Rank(idx) == 1 {
 			g = gy
 		} else {
-			g = c.Op("Reshape", vals(gy, c.Op("Concat", vals(pre(), c.Ints(-1), post()), graph.AttrI("axis", 0))))
+			g = c.Reshape(gy, c.Concat(0, pre(), c.Ints(-1), post()))
 		}
 		along := make([]int64, r)
 		for i := range along {
 			along[i] = 1
 		}
 		along[a] = -1
-		pos := c.Op("Expand", vals(c.Op("Reshape", vals(flat, c.Ints(along...))), c.Op("Shape", vals(g))))
-		zeros, err := c.ZerosLike(x)
-		if err != nil {
-			return nil, err
-		}
-		gx := c.Op("ScatterElements", vals(zeros, pos, g), graph.AttrI("axis", a), graph.AttrS("reduction", "add"))
-		return vals(gx, nil), nil
+		pos := c.Expand(c.Reshape(flat, c.Ints(along...)), c.ShapeOf(g))
+		gx := c.Op("ScatterElements", vals(c.ZerosLike(x), pos, g), graph.AttrI("axis", a), graph.AttrS("reduction", "add"))
+		return vals(gx, nil)
 	case c.Opset >= 11:
-		size := c.Op("Gather", vals(s, c.Int0(a)), graph.AttrI("axis", 0))
+		size := c.Gather(s, c.Int0(a), 0)
 		if c.Inf.DType(idx) != graph.Int64 {
-			flat = c.Op("Cast", vals(flat), graph.AttrI("to", int64(graph.Int64)))
+			flat = c.Cast(flat, graph.Int64)
 		}
-		flat = c.Op("Where", vals(c.Op("Less", vals(flat, c.Int0(0))), c.Op("Add", vals(flat, size)), flat))
-		hit := c.Op("Equal", vals(c.Unsqueeze(c.Op("Range", vals(c.Int0(0), size, c.Int0(1))), 1), c.Unsqueeze(flat, 0)))
-		oneHot, err := c.CastTo(hit, x)
-		if err != nil {
-			return nil, err
-		}
+		flat = c.Where(c.Less(flat, c.Int0(0)), c.Add(flat, size), flat)
+		hit := c.Equal(c.Unsqueeze(c.Range(c.Int0(0), size, c.Int0(1)), 1), c.Unsqueeze(flat, 0))
+		oneHot := c.CastTo(hit, x)
 		// gy as [prod(pre), #indices, prod(post)]; the trailing 1 keeps
 		// ReduceProd off empty tensors.
 		prod := func(v *graph.Value) *graph.Value {
-			return c.Op("ReduceProd", vals(c.Op("Concat", vals(v, c.Ints(1)), graph.AttrI("axis", 0))), graph.AttrI("keepdims", 1))
+			return c.Op("ReduceProd", vals(c.Concat(0, v, c.Ints(1))), graph.AttrI("keepdims", 1))
 		}
-		g3 := c.Op("Reshape", vals(gy, c.Op("Concat", vals(prod(pre()), c.Ints(-1), prod(post())), graph.AttrI("axis", 0))))
-		gx := c.ReshapeLike(c.Op("MatMul", vals(oneHot, g3)), x)
-		return vals(gx, nil), nil
+		g3 := c.Reshape(gy, c.Concat(0, prod(pre()), c.Ints(-1), prod(post())))
+		return vals(c.ReshapeLike(c.MatMul(oneHot, g3), x), nil)
 	}
-	return nil, fmt.Errorf("the gradient needs Range (opset 11; model has %d)", c.Opset)
+	return c.failf("the gradient needs Range (opset 11; model has %d)", c.Opset)
 }
 
 // GatherElements(x, idx, axis): gx = ScatterElements(0, idx, gy, add).
-func gradGatherElements(c *gradCtx, n *graph.Node, gys []*graph.Value) ([]*graph.Value, error) {
+func gradGatherElements(c *gradCtx, n *graph.Node, gys []*graph.Value) []*graph.Value {
 	if c.Opset < 16 {
-		return nil, fmt.Errorf("repeated indices need ScatterElements with reduction=add (opset 16; model has %d)", c.Opset)
+		return c.failf("repeated indices need ScatterElements with reduction=add (opset 16; model has %d)", c.Opset)
 	}
-	x := n.Input(0)
-	zeros, err := c.ZerosLike(x)
-	if err != nil {
-		return nil, err
-	}
-	gx := c.Op("ScatterElements", vals(zeros, n.Input(1), gys[0]), graph.AttrI("axis", n.AttrInt("axis", 0)), graph.AttrS("reduction", "add"))
-	return vals(gx, nil), nil
+	gx := c.Op("ScatterElements", vals(c.ZerosLike(n.Input(0)), n.Input(1), gys[0]), graph.AttrI("axis", n.AttrInt("axis", 0)), graph.AttrS("reduction", "add"))
+	return vals(gx, nil)
 }
 
 // GatherND(x, idx) with batch_dims = 0: gx = ScatterND(0, idx, gy, add).
 // Negative indices are made positive first: GatherND takes them,
 // ScatterND's spec does not promise to.
-func gradGatherND(c *gradCtx, n *graph.Node, gys []*graph.Value) ([]*graph.Value, error) {
+func gradGatherND(c *gradCtx, n *graph.Node, gys []*graph.Value) []*graph.Value {
 	if b := n.AttrInt("batch_dims", 0); b != 0 {
-		return nil, fmt.Errorf("batch_dims=%d is not supported (only 0)", b)
+		return c.failf("batch_dims=%d is not supported (only 0)", b)
 	}
 	if c.Opset < 16 {
-		return nil, fmt.Errorf("repeated indices need ScatterND with reduction=add (opset 16; model has %d)", c.Opset)
+		return c.failf("repeated indices need ScatterND with reduction=add (opset 16; model has %d)", c.Opset)
 	}
 	x, idx := n.Input(0), n.Input(1)
 	// The sizes of the axes idx addresses: x's leading idx.shape[-1] dims.
-	depth := c.Op("Slice", vals(c.Op("Shape", vals(idx)), c.Ints(-1), c.Ints(math.MaxInt64)))
-	sizes := c.Op("Slice", vals(c.Shape(x), c.Ints(0), depth))
-	pos := c.Op("Where", vals(c.Op("Less", vals(idx, c.Int0(0))), c.Op("Add", vals(idx, sizes)), idx))
-	zeros, err := c.ZerosLike(x)
-	if err != nil {
-		return nil, err
-	}
-	gx := c.Op("ScatterND", vals(zeros, pos, gys[0]), graph.AttrS("reduction", "add"))
-	return vals(gx, nil), nil
+	depth := c.SliceT(c.ShapeOf(idx), c.Ints(-1), c.Ints(math.MaxInt64))
+	sizes := c.SliceT(c.Shape(x), c.Ints(0), depth)
+	pos := c.Where(c.Less(idx, c.Int0(0)), c.Add(idx, sizes), idx)
+	gx := c.Op("ScatterND", vals(c.ZerosLike(x), pos, gys[0]), graph.AttrS("reduction", "add"))
+	return vals(gx, nil)
 }

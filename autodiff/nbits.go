@@ -1,8 +1,9 @@
 package autodiff
 
-import (
-	"fmt"
+// Gradient rule for com.microsoft's MatMulNBits, the quantized matrix
+// product of ORT's int4 exports.
 
+import (
 	"github.com/loracc/loracc/graph"
 	"github.com/loracc/loracc/internal/quant"
 )
@@ -12,17 +13,17 @@ import (
 // constant [N, K] for the backward product: exact, at the cost of a float
 // copy of each such weight in the training graph (the forward keeps the
 // packed kernel).
-func gradMatMulNBits(c *gradCtx, n *graph.Node, gys []*graph.Value) ([]*graph.Value, error) {
+func gradMatMulNBits(c *gradCtx, n *graph.Node, gys []*graph.Value) []*graph.Value {
 	if !c.needs(0) {
-		return make([]*graph.Value, n.NumInputs()), nil
+		return make([]*graph.Value, n.NumInputs())
 	}
 	q, reason := quant.FromNBits(n)
 	if q == nil {
-		return nil, fmt.Errorf("cannot differentiate: %s", reason)
+		return c.failf("cannot differentiate: %s", reason)
 	}
 	w, err := q.Dequantize() // [K, N]
 	if err != nil {
-		return nil, err
+		return c.failf("%w", err)
 	}
 	wt := make([]float32, len(w)) // [N, K]
 	for k := int64(0); k < q.K; k++ {
@@ -32,10 +33,10 @@ func gradMatMulNBits(c *gradCtx, n *graph.Node, gys []*graph.Value) ([]*graph.Va
 	}
 	t, err := graph.NewFloatTensor(n.Input(1).Name+".dequantized", q.Scales.DType, []int64{q.N, q.K}, wt)
 	if err != nil {
-		return nil, err
+		return c.failf("%w", err)
 	}
 	wv := c.G.Root().AddInitializer(t)
 	out := make([]*graph.Value, n.NumInputs())
-	out[0] = c.Op("MatMul", vals(gys[0], wv))
-	return out, nil
+	out[0] = c.MatMul(gys[0], wv)
+	return out
 }

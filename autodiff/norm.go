@@ -12,41 +12,34 @@ import (
 // is). Before 13 the input is coerced to 2-D at axis (default 1), so the
 // normalization runs over every axis from axis on, and the rank must be
 // known.
-func (c *gradCtx) softmaxAxes(n *graph.Node) ([]int64, error) {
+func (c *gradCtx) softmaxAxes(n *graph.Node) []int64 {
 	if c.Opset >= 13 {
-		return []int64{n.AttrInt("axis", -1)}, nil
+		return []int64{n.AttrInt("axis", -1)}
 	}
-	r, err := c.rank(n.Input(0))
-	if err != nil {
-		return nil, err
+	r := c.rank(n.Input(0))
+	if r < 0 {
+		return nil
 	}
 	a, err := graph.NormAxis(n.AttrInt("axis", 1), r)
 	if err != nil {
-		return nil, err
+		c.Fail(err)
+		return nil
 	}
-	return iota64(a, int64(r)), nil
+	return iota64(a, int64(r))
 }
 
 // y = softmax(x): dx = y·(gy − Σ gy·y).
-func gradSoftmax(c *gradCtx, n *graph.Node, gys []*graph.Value) ([]*graph.Value, error) {
+func gradSoftmax(c *gradCtx, n *graph.Node, gys []*graph.Value) []*graph.Value {
 	gy, y := gys[0], n.Output(0)
-	axes, err := c.softmaxAxes(n)
-	if err != nil {
-		return nil, err
-	}
-	s := c.ReduceSum(c.Op("Mul", vals(gy, y)), axes, true)
-	return vals(c.Op("Mul", vals(y, c.Op("Sub", vals(gy, s))))), nil
+	s := c.ReduceSum(c.Mul(gy, y), c.softmaxAxes(n), true)
+	return vals(c.Mul(y, c.Sub(gy, s)))
 }
 
 // y = log softmax(x): dx = gy − e^y·Σ gy.
-func gradLogSoftmax(c *gradCtx, n *graph.Node, gys []*graph.Value) ([]*graph.Value, error) {
+func gradLogSoftmax(c *gradCtx, n *graph.Node, gys []*graph.Value) []*graph.Value {
 	gy, y := gys[0], n.Output(0)
-	axes, err := c.softmaxAxes(n)
-	if err != nil {
-		return nil, err
-	}
-	s := c.ReduceSum(gy, axes, true)
-	return vals(c.Op("Sub", vals(gy, c.Op("Mul", vals(c.Op("Exp", vals(y)), s))))), nil
+	s := c.ReduceSum(gy, c.softmaxAxes(n), true)
+	return vals(c.Sub(gy, c.Mul(c.Exp(y), s)))
 }
 
 // LayerNormalization (opset 17): over the axes from axis on,
@@ -56,53 +49,49 @@ func gradLogSoftmax(c *gradCtx, n *graph.Node, gys []*graph.Value) ([]*graph.Val
 // usually omits (for fp16 inputs with stash_type=1 ORT keeps them in fp32;
 // the recomputation is then in fp16).
 //
-//	dB     = Σ gY                 (over the leading axes)
+//	dB     = Σ gY                 (over the leading axes: by the driver)
 //	dScale = Σ gY·x̂
 //	dx     = ρ·(g − mean g − x̂·mean(g·x̂)),  g = gY·Scale
 //	       + gMean/N − gInvStdDev·ρ³·(x − μ)/N
-func gradLayerNorm(c *gradCtx, n *graph.Node, gys []*graph.Value) ([]*graph.Value, error) {
+func gradLayerNorm(c *gradCtx, n *graph.Node, gys []*graph.Value) []*graph.Value {
 	x, scale, bias := n.Input(0), n.Input(1), n.Input(2)
 	axis := n.AttrInt("axis", -1)
 	var axes []int64
 	if axis < 0 {
 		axes = iota64(axis, 0) // [axis, ..., −1]: no rank needed
 	} else {
-		r, err := c.rank(x)
-		if err != nil {
-			return nil, err
+		r := c.rank(x)
+		if r < 0 {
+			return nil
 		}
 		axes = iota64(axis, int64(r))
 	}
-	out := make([]*graph.Value, 3)
+	out := make([]*graph.Value, n.NumInputs())
 	gy := gys[0]
 	if gy != nil && bias != nil && c.needs(2) {
-		out[2] = c.unbroadcast(gy, bias)
+		out[2] = gy
 	}
 	if !c.needs(0) && !c.needs(1) {
-		return out, nil // dB needs no statistics
+		return out // dB needs no statistics
 	}
-	eps, err := c.Scalar(float64(n.AttrFloat("epsilon", 1e-5)), x)
-	if err != nil {
-		return nil, err
-	}
+	eps := c.K(float64(n.AttrFloat("epsilon", 1e-5)), x)
 	mu := c.ReduceMean(x, axes)
-	xc := c.Op("Sub", vals(x, mu))
-	variance := c.ReduceMean(c.Op("Mul", vals(xc, xc)), axes)
-	rho := c.Op("Reciprocal", vals(c.Op("Sqrt", vals(c.Op("Add", vals(variance, eps))))))
-	xhat := c.Op("Mul", vals(xc, rho))
+	xc := c.Sub(x, mu)
+	variance := c.ReduceMean(c.Mul(xc, xc), axes)
+	rho := c.Reciprocal(c.Sqrt(c.Add(variance, eps)))
+	xhat := c.Mul(xc, rho)
 	if gy != nil && c.needs(1) {
-		out[1] = c.unbroadcast(c.Op("Mul", vals(gy, xhat)), scale)
+		out[1] = c.Mul(gy, xhat)
 	}
 	if !c.needs(0) {
-		return out, nil
+		return out
 	}
 	var terms []*graph.Value
 	if gy != nil {
-		g := c.Op("Mul", vals(gy, scale))
+		g := c.Mul(gy, scale)
 		m1 := c.ReduceMean(g, axes)
-		m2 := c.ReduceMean(c.Op("Mul", vals(g, xhat)), axes)
-		inner := c.Op("Sub", vals(c.Op("Sub", vals(g, m1)), c.Op("Mul", vals(xhat, m2))))
-		terms = append(terms, c.Op("Mul", vals(rho, inner)))
+		m2 := c.ReduceMean(c.Mul(g, xhat), axes)
+		terms = append(terms, c.Mul(rho, c.Sub(c.Sub(g, m1), c.Mul(xhat, m2))))
 	}
 	var gMean, gRho *graph.Value
 	if len(gys) > 1 {
@@ -112,29 +101,15 @@ func gradLayerNorm(c *gradCtx, n *graph.Node, gys []*graph.Value) ([]*graph.Valu
 		gRho = gys[2]
 	}
 	if gMean != nil || gRho != nil {
-		// 1/N, N = elements per normalized group = size(x)/size(μ).
-		dt := int64(c.Inf.DType(x))
-		if dt == 0 {
-			dt = int64(graph.Float)
-		}
-		invN := c.Op("Div", vals(
-			c.Op("Cast", vals(c.Op("Size", vals(mu))), graph.AttrI("to", dt)),
-			c.Op("Cast", vals(c.Op("Size", vals(x))), graph.AttrI("to", dt))))
+		invN := c.countRatio(mu, x) // 1/N, N = elements per normalized group
 		if gMean != nil {
-			gm, err := c.CastTo(gMean, x)
-			if err != nil {
-				return nil, err
-			}
 			// Expand: this term alone must already have x's shape.
-			terms = append(terms, c.Op("Expand", vals(c.Op("Mul", vals(gm, invN)), c.Shape(x))))
+			terms = append(terms, c.Expand(c.Mul(c.CastTo(gMean, x), invN), c.Shape(x)))
 		}
 		if gRho != nil {
-			gr, err := c.CastTo(gRho, x)
-			if err != nil {
-				return nil, err
-			}
-			rho3 := c.Op("Mul", vals(rho, c.Op("Mul", vals(rho, rho))))
-			terms = append(terms, c.Op("Neg", vals(c.Op("Mul", vals(c.Op("Mul", vals(gr, rho3)), c.Op("Mul", vals(xc, invN)))))))
+			gr := c.CastTo(gRho, x)
+			rho3 := c.Mul(rho, c.Mul(rho, rho))
+			terms = append(terms, c.Neg(c.Mul(c.Mul(gr, rho3), c.Mul(xc, invN))))
 		}
 	}
 	switch len(terms) {
@@ -142,7 +117,7 @@ func gradLayerNorm(c *gradCtx, n *graph.Node, gys []*graph.Value) ([]*graph.Valu
 	case 1:
 		out[0] = terms[0]
 	default:
-		out[0] = c.Op("Sum", terms)
+		out[0] = c.Sum(terms...)
 	}
-	return out, nil
+	return out
 }

@@ -6,6 +6,8 @@ import (
 	"testing"
 
 	"github.com/loracc/loracc/graph"
+	"github.com/loracc/loracc/infer"
+	"github.com/loracc/loracc/internal/opb"
 )
 
 // TestMissingRulesNamedTogether: every op without a rule between the
@@ -45,5 +47,37 @@ func TestNonDifferentiableOpsNeedNoRule(t *testing.T) {
 	grads, err := Gradients(m, loss, []*graph.Value{a})
 	if err != nil || grads[0] == nil {
 		t.Fatalf("grads %v, err %v", grads, err)
+	}
+}
+
+// TestRuleResultContract: a rule that gives fewer or more gradients than
+// its node has inputs, or none for a wanted input, is an error naming the
+// node, not a panic or a silently dropped gradient.
+func TestRuleResultContract(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		grad gradRule
+		want string
+	}{
+		{"too few", func(c *gradCtx, n *graph.Node, gys []*graph.Value) []*graph.Value { return vals(gys[0]) }, "gives 1 gradients for 2 inputs"},
+		{"too many", func(c *gradCtx, n *graph.Node, gys []*graph.Value) []*graph.Value { return vals(gys[0], gys[0], nil) }, "gives 3 gradients for 2 inputs"},
+		{"nil for a wanted input", func(c *gradCtx, n *graph.Node, gys []*graph.Value) []*graph.Value { return vals(gys[0], nil) }, `no gradient for input 1 ("b")`},
+		{"sticky error", func(c *gradCtx, n *graph.Node, gys []*graph.Value) []*graph.Value {
+			return vals(c.Add(gys[0], c.swapLast(n.Input(1))), nil) // b has rank 1
+		}, "MatMul gradients need rank ≥ 2"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := graph.NewModel(17)
+			g := m.Graph
+			shape := &graph.TensorType{DType: graph.Float, Shape: []graph.Dim{{Value: 3}}}
+			a, b := g.AddInput("a", shape), g.AddInput("b", shape)
+			y := (&graph.Builder{G: g}).Op("Add", "y", vals(a, b))
+			n, _ := y.Producer()
+			c := &gradCtx{Builder: opb.New(m, "grad", "grad", infer.New()), want: map[*graph.Value]bool{a: true, b: true}, node: n}
+			_, err := c.apply(rule{grad: tc.grad}, n, vals(y))
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("err = %v, want one containing %q", err, tc.want)
+			}
+		})
 	}
 }

@@ -50,7 +50,6 @@ func (st *Compiler) Loss(m *graph.Model) error {
 	rank := len(lt.Shape)
 	c2 := opb.New(m, "loss", "loss", st.inf)
 	var loss *graph.Value
-	var err error
 	switch o.Loss {
 	case "lm":
 		if rank != 3 {
@@ -60,27 +59,27 @@ func (st *Compiler) Loss(m *graph.Model) error {
 		st.role(labels, trainio.RoleLabel, "")
 		x := c2.Slice(logits, 0, -1, 1)
 		y := c2.Slice(labels, 1, math.MaxInt64, 1)
-		loss, err = crossEntropy(c2, x, y, 3, o.IgnoreIndex)
+		loss = crossEntropy(c2, x, y, 3, o.IgnoreIndex)
 	case "ce":
 		if rank != 2 {
 			return fmt.Errorf("ce loss needs logits [batch, classes]; %q has rank %d", logits.Name, rank)
 		}
 		labels := g.AddInput(o.Labels, &graph.TensorType{DType: graph.Int64, Shape: append([]graph.Dim(nil), lt.Shape[:1]...)})
 		st.role(labels, trainio.RoleLabel, "")
-		loss, err = crossEntropy(c2, logits, labels, 2, o.IgnoreIndex)
+		loss = crossEntropy(c2, logits, labels, 2, o.IgnoreIndex)
 	case "mse":
 		labels := g.AddInput(o.Labels, &graph.TensorType{DType: lt.DType, Shape: append([]graph.Dim(nil), lt.Shape...)})
 		st.role(labels, trainio.RoleLabel, "")
-		d := c2.Op("Sub", ops(logits, labels))
-		loss = c2.Op("ReduceMean", ops(c2.Op("Mul", ops(d, d))), graph.AttrI("keepdims", 0))
+		d := c2.Sub(logits, labels)
+		loss = c2.Op("ReduceMean", ops(c2.Mul(d, d)), graph.AttrI("keepdims", 0)) // over all axes
 	default:
 		return fmt.Errorf("unknown loss %q (want lm, ce or mse)", o.Loss)
 	}
-	if err != nil {
-		return err
-	}
 	if dt := st.inf.DType(logits); dt != graph.Float && dt != graph.Undefined {
-		loss = c2.Op("Cast", ops(loss), graph.AttrI("to", int64(graph.Float)))
+		loss = c2.Cast(loss, graph.Float)
+	}
+	if err := c2.Err(); err != nil {
+		return err
 	}
 	out := c2.Named("Identity", "loss", ops(loss))
 	out.Type = &graph.TensorType{DType: graph.Float, Shape: []graph.Dim{}}
@@ -92,30 +91,24 @@ func (st *Compiler) Loss(m *graph.Model) error {
 
 // crossEntropy is the mean negative log-likelihood of labels y under
 // logits x (classes on the last axis), over labels not equal to ignore.
-func crossEntropy(c *opb.Builder, x, y *graph.Value, rank int, ignore int64) (*graph.Value, error) {
+func crossEntropy(c *opb.Builder, x, y *graph.Value, rank int, ignore int64) *graph.Value {
 	last := int64(rank - 1)
-	lp := c.Op("LogSoftmax", ops(x), graph.AttrI("axis", last))
 	if c.Opset < 13 && rank != 2 {
-		return nil, fmt.Errorf("opset %d LogSoftmax flattens its input; lm loss needs opset ≥ 13", c.Opset)
+		c.Fail(fmt.Errorf("opset %d LogSoftmax flattens its input; lm loss needs opset ≥ 13", c.Opset))
+		return nil
 	}
-	ign := c.Int64s("loss.ignore_index", []int64{ignore})
-	ignS := c.Op("Reshape", ops(ign, c.Ints()))
-	valid := c.Op("Not", ops(c.Op("Equal", ops(y, ignS))))
-	zero := c.Op("Reshape", ops(c.Int64s("loss.zero", []int64{0}), c.Ints()))
-	safe := c.Op("Where", ops(valid, y, zero))
-	idx := c.Unsqueeze(safe, last)
+	lp := c.Op("LogSoftmax", ops(x), graph.AttrI("axis", last))
+	ign := c.Reshape(c.Int64s("loss.ignore_index", []int64{ignore}), c.Ints())
+	valid := c.Not(c.Equal(y, ign))
+	zero := c.Reshape(c.Int64s("loss.zero", []int64{0}), c.Ints())
+	idx := c.Unsqueeze(c.Where(valid, y, zero), last)
 	picked := c.Squeeze(c.Op("GatherElements", ops(lp, idx), graph.AttrI("axis", last)), last)
-	dt := int64(c.Inf.DType(x))
-	if dt == 0 {
-		dt = int64(graph.Float)
+	dt := c.Inf.DType(x)
+	if dt == graph.Undefined {
+		dt = graph.Float
 	}
-	w := c.Op("Cast", ops(valid), graph.AttrI("to", dt))
-	nll := c.Op("Neg", ops(c.Op("Mul", ops(picked, w))))
-	total := c.Op("ReduceSum", ops(nll), graph.AttrI("keepdims", 0))
-	one, err := c.Scalar(1, x)
-	if err != nil {
-		return nil, err
-	}
-	count := c.Op("Max", ops(c.Op("ReduceSum", ops(w), graph.AttrI("keepdims", 0)), one))
-	return c.Op("Div", ops(total, count)), nil
+	w := c.Cast(valid, dt)
+	total := c.ReduceSum(c.Neg(c.Mul(picked, w)), nil, false)
+	count := c.Max(c.ReduceSum(w, nil, false), c.K(1, x))
+	return c.Div(total, count)
 }

@@ -68,21 +68,18 @@ func (st *Compiler) Optimizer(m *graph.Model) error {
 		st.role(v, role, "")
 		return v
 	}
-	k := func(x float64) *graph.Value {
-		v, _ := b.Scalar(x, st.loss) // float32 constants
-		return v
-	}
+	k := func(x float64) *graph.Value { return b.K(x, st.loss) } // float32 constants
 	lr := scalarInput("lr", trainio.RoleLR)
 	step := scalarInput("step", trainio.RoleStep)
 
 	// Global gradient norm, before clipping.
 	var squares []*graph.Value
 	for _, gr := range st.grads {
-		squares = append(squares, b.Op("ReduceSum", ops(b.Op("Mul", ops(gr, gr))), graph.AttrI("keepdims", 0)))
+		squares = append(squares, b.ReduceSum(b.Mul(gr, gr), nil, false))
 	}
 	sq := squares[0]
 	if len(squares) > 1 {
-		sq = b.Op("Sum", squares)
+		sq = b.Sum(squares...)
 	}
 	norm := b.Named("Sqrt", "grad_norm", ops(sq))
 	norm.Type = &graph.TensorType{DType: graph.Float, Shape: []graph.Dim{}}
@@ -91,11 +88,10 @@ func (st *Compiler) Optimizer(m *graph.Model) error {
 	st.outputs = append(st.outputs, st.emitted...)
 	grads := st.grads
 	if o.ClipNorm > 0 {
-		coef := b.Op("Div", ops(k(o.ClipNorm), b.Op("Add", ops(norm, k(1e-6)))))
-		coef = b.Op("Min", ops(coef, k(1)))
+		coef := b.Min(b.Div(k(o.ClipNorm), b.Add(norm, k(1e-6))), k(1))
 		clipped := make([]*graph.Value, len(grads))
 		for i, gr := range grads {
-			clipped[i] = b.Op("Mul", ops(gr, coef))
+			clipped[i] = b.Mul(gr, coef)
 		}
 		grads = clipped
 	}
@@ -119,22 +115,22 @@ func (st *Compiler) Optimizer(m *graph.Model) error {
 	switch o.Optimizer {
 	case "adamw":
 		// Bias corrections, shared by every parameter.
-		bc1 := b.Op("Sub", ops(k(1), b.Op("Pow", ops(k(o.Beta1), step))))
-		bc2 := b.Op("Sub", ops(k(1), b.Op("Pow", ops(k(o.Beta2), step))))
-		stepSize := b.Op("Div", ops(lr, bc1))
-		bc2Sqrt := b.Op("Sqrt", ops(bc2))
-		decay := b.Op("Sub", ops(k(1), b.Op("Mul", ops(lr, k(o.WeightDecay)))))
+		bc1 := b.Sub(k(1), b.Pow(k(o.Beta1), step))
+		bc2 := b.Sub(k(1), b.Pow(k(o.Beta2), step))
+		stepSize := b.Div(lr, bc1)
+		bc2Sqrt := b.Sqrt(bc2)
+		decay := b.Sub(k(1), b.Mul(lr, k(o.WeightDecay)))
 		for i, p := range st.params {
 			gr := grads[i]
 			mIn, vIn := state(p, ".adam_m"), state(p, ".adam_v")
 			pd := p
 			if o.WeightDecay != 0 {
-				pd = b.Op("Mul", ops(p, decay))
+				pd = b.Mul(p, decay)
 			}
-			mNew := b.Op("Add", ops(mIn, b.Op("Mul", ops(b.Op("Sub", ops(gr, mIn)), k(1-o.Beta1)))))
-			vNew := b.Op("Add", ops(b.Op("Mul", ops(vIn, k(o.Beta2))), b.Op("Mul", ops(b.Op("Mul", ops(gr, gr)), k(1-o.Beta2)))))
-			denom := b.Op("Add", ops(b.Op("Div", ops(b.Op("Sqrt", ops(vNew)), bc2Sqrt)), k(o.Eps)))
-			pNew := b.Op("Sub", ops(pd, b.Op("Mul", ops(b.Op("Div", ops(mNew, denom)), stepSize))))
+			mNew := b.Add(mIn, b.Mul(b.Sub(gr, mIn), k(1-o.Beta1)))
+			vNew := b.Add(b.Mul(vIn, k(o.Beta2)), b.Mul(b.Mul(gr, gr), k(1-o.Beta2)))
+			denom := b.Add(b.Div(b.Sqrt(vNew), bc2Sqrt), k(o.Eps))
+			pNew := b.Sub(pd, b.Mul(b.Div(mNew, denom), stepSize))
 			if err := output(pNew, p, trainio.RoleUpdatedParam); err != nil {
 				return err
 			}
@@ -149,16 +145,16 @@ func (st *Compiler) Optimizer(m *graph.Model) error {
 		for i, p := range st.params {
 			d := grads[i]
 			if o.WeightDecay != 0 {
-				d = b.Op("Add", ops(d, b.Op("Mul", ops(p, k(o.WeightDecay)))))
+				d = b.Add(d, b.Mul(p, k(o.WeightDecay)))
 			}
 			if o.Momentum != 0 {
 				buf := state(p, ".momentum")
-				d = b.Op("Add", ops(b.Op("Mul", ops(buf, k(o.Momentum))), d))
+				d = b.Add(b.Mul(buf, k(o.Momentum)), d)
 				if err := output(d, buf, trainio.RoleUpdatedState); err != nil {
 					return err
 				}
 			}
-			pNew := b.Op("Sub", ops(p, b.Op("Mul", ops(d, lr))))
+			pNew := b.Sub(p, b.Mul(d, lr))
 			if err := output(pNew, p, trainio.RoleUpdatedParam); err != nil {
 				return err
 			}
@@ -166,5 +162,5 @@ func (st *Compiler) Optimizer(m *graph.Model) error {
 	default:
 		return fmt.Errorf("unknown optimizer %q (want adamw or sgd)", o.Optimizer)
 	}
-	return nil
+	return b.Err()
 }

@@ -58,23 +58,23 @@ func (st *Compiler) Unroll(m *graph.Model) error {
 		return fmt.Errorf("no batch input to split into steps")
 	}
 	b := opb.New(m, "unroll", "unroll", st.inf)
-	rows := b.Op("Slice", ops(b.Shape(batch[0]), b.Ints(0), b.Ints(1), b.Ints(0)))
-	micro := b.Op("Div", ops(rows, b.Ints(int64(k))))
+	rows := b.SliceT(b.Shape(batch[0]), b.Ints(0), b.Ints(1), b.Ints(0))
+	micro := b.Div(rows, b.Ints(int64(k)))
 	var losses, norms []*graph.Value
 	final := map[*graph.Value]*graph.Value{}
 	for step := 0; step < k; step++ {
 		suffix := "@" + strconv.Itoa(step)
 		mp := map[*graph.Value]*graph.Value{}
-		lo := b.Op("Mul", ops(micro, b.Ints(int64(step))))
-		hi := b.Op("Mul", ops(micro, b.Ints(int64(step+1))))
+		lo := b.Mul(micro, b.Ints(int64(step)))
+		hi := b.Mul(micro, b.Ints(int64(step+1)))
 		idx := (&graph.Builder{G: g}).Int64s("unroll.step"+suffix, []int64{int64(step)})
-		scalarIdx := b.Op("Reshape", ops(idx, b.Ints()))
+		scalarIdx := b.Reshape(idx, b.Ints())
 		for _, in := range g.Inputs {
 			switch role(in).Role {
 			case trainio.RoleBatch, trainio.RoleLabel:
-				mp[in] = b.Op("Slice", ops(in, lo, hi, b.Ints(0)))
+				mp[in] = b.SliceT(in, lo, hi, b.Ints(0))
 			case trainio.RoleLR, trainio.RoleStep:
-				mp[in] = b.Op("Gather", ops(in, scalarIdx), graph.AttrI("axis", 0))
+				mp[in] = b.Gather(in, scalarIdx, 0)
 			case trainio.RoleParam, trainio.RoleState:
 				mp[in] = carried[in]
 			}
@@ -117,9 +117,9 @@ func (st *Compiler) Unroll(m *graph.Model) error {
 		var nv *graph.Value
 		switch e.Role {
 		case trainio.RoleLoss:
-			nv = b.Op("Concat", losses, graph.AttrI("axis", 0))
+			nv = b.Concat(0, losses...)
 		case trainio.RoleGradNorm:
-			nv = b.Op("Concat", norms, graph.AttrI("axis", 0))
+			nv = b.Concat(0, norms...)
 		default:
 			nv = final[o]
 		}

@@ -75,24 +75,5 @@ func convCases() []Case {
 // TestGradientRulesConv checks the conv cases: float64 to 1e-6, float32
 // to 2e-3 relative.
 func TestGradientRulesConv(t *testing.T) {
-	env := openEnv(t)
-	for _, c := range convCases() {
-		t.Run(c.Name, func(t *testing.T) {
-			res, err := Check(env, c, t.TempDir())
-			if err != nil {
-				t.Fatalf("%v\n%s", err, res.Graph)
-			}
-			tol := 1e-6
-			if c.DType == graph.Float {
-				tol = 2e-3
-			}
-			t.Logf("analytic %.10g, numeric %.10g, relative error %.3g", res.Analytic, res.Numeric, res.RelErr)
-			if len(res.Dead) > 0 {
-				t.Errorf("backward nodes nothing reads: %v", res.Dead)
-			}
-			if !(res.RelErr <= tol) {
-				t.Errorf("analytic %.10g, numeric %.10g, relative error %.3g > %g\n%s", res.Analytic, res.Numeric, res.RelErr, tol, res.Graph)
-			}
-		})
-	}
+	runCases(t, convCases())
 }

@@ -67,6 +67,16 @@ type Result struct {
 // Check runs one case. Tolerances are the caller's: float64 cases agree to
 // ~1e-8, float32 ones to ~1e-3.
 func Check(env *runtime.Env, c Case, dir string) (Result, error) {
+	mc, rng, err := build(c)
+	if err != nil {
+		return Result{}, err
+	}
+	return check(env, mc, dir, rng)
+}
+
+// build makes a case's forward model and feeds, and the random source
+// that then picks r and the direction (seeded by the case's name).
+func build(c Case) (Model, *rand.Rand, error) {
 	if c.Opset == 0 {
 		c.Opset = 17
 	}
@@ -125,10 +135,10 @@ func Check(env *runtime.Env, c Case, dir string) (Result, error) {
 	b := &graph.Builder{G: g, Prefix: "fwd"}
 	y, err := c.Build(b, vals)
 	if err != nil {
-		return Result{}, err
+		return Model{}, nil, err
 	}
 	y.Type = &graph.TensorType{DType: c.DType}
-	return check(env, Model{M: m, Y: y, Feeds: feeds, Params: params}, dir, rng)
+	return Model{M: m, Y: y, Feeds: feeds, Params: params}, rng, nil
 }
 
 // Model is a prebuilt forward computation to check: a whole model (say,

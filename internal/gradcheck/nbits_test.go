@@ -6,12 +6,11 @@ import (
 	"github.com/loracc/loracc/graph"
 )
 
-// TestMatMulNBitsGradient checks the MatMulNBits rule (gradient to the
-// activation through a frozen 4-bit weight) against finite differences.
-// ORT runs MatMulNBits in float32 only: relative tolerance 2e-3, step 1e-2.
-func TestMatMulNBitsGradient(t *testing.T) {
-	env := openEnv(t)
-	c := Case{
+// nbitsCases cover com.microsoft's MatMulNBits: the gradient to the
+// activation through a frozen 4-bit weight. ORT runs MatMulNBits in
+// float32 only: relative tolerance 2e-3, step 1e-2.
+func nbitsCases() []Case {
+	return []Case{{
 		Name: "MatMulNBits", DType: graph.Float, Domains: []string{"com.microsoft"},
 		Inputs: []Input{p("a", 3, 32)},
 		Build: func(b *graph.Builder, in map[string]*graph.Value) (*graph.Value, error) {
@@ -27,12 +26,10 @@ func TestMatMulNBitsGradient(t *testing.T) {
 			return nb.Op("MatMulNBits", "y", []*graph.Value{in["a"], b.Const(graph.NewTensor("w_Q4", graph.Uint8, []int64{4, 2, 8}, packed)), b.Const(scales)},
 				graph.AttrI("K", 32), graph.AttrI("N", 4), graph.AttrI("bits", 4), graph.AttrI("block_size", 16)), nil
 		},
-	}
-	res, err := Check(env, c, t.TempDir())
-	if err != nil {
-		t.Fatalf("%v\n%s", err, res.Graph)
-	}
-	if res.RelErr > 2e-3 {
-		t.Errorf("analytic %.8g, numeric %.8g, relative error %.3g", res.Analytic, res.Numeric, res.RelErr)
-	}
+	}}
+}
+
+// TestMatMulNBitsGradient checks nbitsCases against finite differences.
+func TestMatMulNBitsGradient(t *testing.T) {
+	runCases(t, nbitsCases())
 }

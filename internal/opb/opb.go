@@ -49,13 +49,20 @@ func (b *Builder) Fail(err error) {
 	}
 }
 
-// Op adds a node with one output named after the scope.
+// Op adds a node with one output named after the scope. After an error
+// it builds nothing and returns nil (as do all helpers).
 func (b *Builder) Op(op string, ins []*graph.Value, attrs ...*graph.Attr) *graph.Value {
+	if b.err != nil {
+		return nil
+	}
 	return b.b.Op(op, b.Scope+"/"+op, ins, attrs...)
 }
 
 // OpN adds a node with n outputs named after the scope.
 func (b *Builder) OpN(op string, n int, ins []*graph.Value, attrs ...*graph.Attr) []*graph.Value {
+	if b.err != nil {
+		return make([]*graph.Value, n)
+	}
 	names := make([]string, n)
 	for i := range names {
 		names[i] = fmt.Sprintf("%s/%s_%d", b.Scope, op, i)
@@ -73,14 +80,17 @@ func (b *Builder) Int64s(name string, xs []int64) *graph.Value { return b.b.Int6
 
 // Scalar is a rank-0 constant of like's element type (float32 when
 // unknown), built once per type and value.
-func (b *Builder) Scalar(x float64, like *graph.Value) (*graph.Value, error) {
+func (b *Builder) Scalar(x float64, like *graph.Value) *graph.Value {
+	if b.err != nil {
+		return nil
+	}
 	dt := b.Inf.DType(like)
 	if dt == graph.Undefined {
 		dt = graph.Float
 	}
 	key := fmt.Sprintf("scalar/%s/%v", dt, x)
 	if v := b.cache[key]; v != nil {
-		return v, nil
+		return v
 	}
 	var t *graph.Tensor
 	var err error
@@ -89,13 +99,17 @@ func (b *Builder) Scalar(x float64, like *graph.Value) (*graph.Value, error) {
 		binary.LittleEndian.PutUint64(raw, math.Float64bits(x))
 		t = graph.NewTensor("grad.const", dt, nil, raw)
 	} else if t, err = graph.NewFloatTensor("grad.const", dt, nil, []float32{float32(x)}); err != nil {
-		return nil, fmt.Errorf("constant %v for %q: %w", x, like.Name, err)
+		b.Fail(fmt.Errorf("constant %v for %q: %w", x, like.Name, err))
+		return nil
 	}
 	v := b.G.Root().AddInitializer(t)
 	b.Inf.Set(v, infer.Info{DType: dt, Rank: 0, Dims: []graph.Dim{}})
 	b.cache[key] = v
-	return v, nil
+	return v
 }
+
+// K is Scalar, short for use inside formulas: Sub(K(1, y), y).
+func (b *Builder) K(x float64, like *graph.Value) *graph.Value { return b.Scalar(x, like) }
 
 // Ints is a 1-D int64 constant (axes, shapes, perms).
 func (b *Builder) Ints(xs ...int64) *graph.Value {
@@ -141,6 +155,9 @@ func (b *Builder) Bools(xs ...bool) *graph.Value {
 
 // Shape is Shape(v), built once per value.
 func (b *Builder) Shape(v *graph.Value) *graph.Value {
+	if b.err != nil {
+		return nil
+	}
 	key := "shape/" + v.Name
 	if s := b.cache[key]; s != nil {
 		return s
@@ -211,46 +228,45 @@ func (b *Builder) Slice(x *graph.Value, start, end, axis int64) *graph.Value {
 func (b *Builder) Gemm(x, y *graph.Value, attrs ...*graph.Attr) *graph.Value {
 	ins := []*graph.Value{x, y}
 	if b.Opset < 11 {
-		zero, err := b.Scalar(0, x)
-		b.Fail(err)
-		ins = append(ins, zero)
+		ins = append(ins, b.Scalar(0, x))
 	}
 	return b.Op("Gemm", ins, attrs...)
 }
 
 // ReshapeLike gives g the shape of like.
 func (b *Builder) ReshapeLike(g, like *graph.Value) *graph.Value {
-	return b.Op("Reshape", []*graph.Value{g, b.Shape(like)})
+	return b.Reshape(g, b.Shape(like))
 }
 
 // ZerosLike is a tensor of zeros shaped and typed like v: one Expand of a
 // cached scalar, so no typed ConstantOfShape value is needed.
-func (b *Builder) ZerosLike(v *graph.Value) (*graph.Value, error) {
-	z, err := b.Scalar(0, v)
-	if err != nil {
-		return nil, err
-	}
-	return b.Op("Expand", []*graph.Value{z, b.Shape(v)}), nil
+func (b *Builder) ZerosLike(v *graph.Value) *graph.Value {
+	return b.Expand(b.Scalar(0, v), b.Shape(v))
 }
 
-// CastTo converts v to the element type of like when they may differ.
-func (b *Builder) CastTo(v, like *graph.Value) (*graph.Value, error) {
+// CastTo converts v to the element type of like when they may differ:
+// Cast when like's type is known, CastLike (opset 15+) when not.
+func (b *Builder) CastTo(v, like *graph.Value) *graph.Value {
+	if b.err != nil {
+		return nil
+	}
 	dv, dl := b.Inf.DType(v), b.Inf.DType(like)
 	switch {
 	case dv != graph.Undefined && dv == dl:
-		return v, nil
+		return v
 	case dl != graph.Undefined:
-		return b.Op("Cast", []*graph.Value{v}, graph.AttrI("to", int64(dl))), nil
+		return b.Cast(v, dl)
 	case b.Opset >= 15:
-		return b.Op("CastLike", []*graph.Value{v, like}), nil
+		return b.Op("CastLike", vals(v, like))
 	}
-	return nil, fmt.Errorf("the element type of %q is not known statically", like.Name)
+	b.Fail(fmt.Errorf("the element type of %q is not known statically", like.Name))
+	return nil
 }
 
 // DimOf is x's size along axis (negative counts from the end) as a 1-D
 // int64 tensor of one element.
 func (b *Builder) DimOf(x *graph.Value, axis int64) *graph.Value {
-	return b.Op("Gather", []*graph.Value{b.Shape(x), b.Ints(axis)}, graph.AttrI("axis", 0))
+	return b.Gather(b.Shape(x), b.Ints(axis), 0)
 }
 
 func boolInt(x bool) int64 {
