@@ -45,7 +45,7 @@ type outFile struct {
 	tmp    string
 	backup string // the previous file, while Commit runs
 	placed bool
-	view   []byte // for models: the model with locations at the staged names
+	view   func() ([]byte, error) // for models: the model with locations at the staged names
 }
 
 // OverlapError reports an output that would replace one of the run's inputs.

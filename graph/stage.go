@@ -47,7 +47,11 @@ func (o *Outputs) Preview(path string) (string, error) {
 	}
 	for _, f := range o.files {
 		if f.abs == abs && f.view != nil {
-			return o.scratch(filepath.Dir(abs), "."+filepath.Base(abs)+".check-*.onnx", writeBytes(f.view))
+			view, err := f.view()
+			if err != nil {
+				return "", fmt.Errorf("%s: %w", path, err)
+			}
+			return o.scratch(filepath.Dir(abs), "."+filepath.Base(abs)+".check-*.onnx", writeBytes(view))
 		}
 	}
 	return "", fmt.Errorf("%s: no model staged there", path)
@@ -128,32 +132,44 @@ func (o *Outputs) saveModel(m *Model, path string, opts SaveOptions, temp bool) 
 			})
 		}
 	}
-	var data, view []byte
-	for _, pass := range []struct {
-		out    *[]byte
-		staged bool
-	}{{&data, false}, {&view, true}} {
+	// The committed model names the final locations; the view a check
+	// runs names the staged files. The view is encoded only when a check
+	// asks for it (Preview), so a save marshals the model once.
+	point := func(staged bool) error {
 		for _, p := range places {
 			loc := p.final
-			if pass.staged {
+			if staged {
 				if loc, err = relLocation(absDir, p.staged); err != nil {
-					return "", err
+					return err
 				}
 			}
 			p.point(loc)
 		}
-		if *pass.out, err = s.encode(); err != nil {
-			return "", fmt.Errorf("%s: %w", path, err)
-		}
+		return nil
+	}
+	if err := point(temp); err != nil {
+		return "", err
+	}
+	data, err := s.encode()
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", path, err)
 	}
 	if temp {
-		return o.scratch(absDir, ".loracc-check-*.onnx", writeBytes(view))
+		return o.scratch(absDir, ".loracc-check-*.onnx", writeBytes(data))
 	}
 	f, err := o.stage(path, abs, writeBytes(data))
 	if err != nil {
 		return "", err
 	}
-	f.view = view
+	f.view = func() ([]byte, error) {
+		if len(places) == 0 {
+			return data, nil
+		}
+		if err := point(true); err != nil {
+			return nil, err
+		}
+		return s.encode()
+	}
 	return path, nil
 }
 
