@@ -351,47 +351,19 @@ func gradSliceStatic(c *gradCtx, n *graph.Node, gys []*graph.Value) []*graph.Val
 	if r < 0 {
 		return nil
 	}
-	var starts, ends, axes []int64
-	if n.Attr("starts") != nil {
-		starts, ends, axes = n.AttrInts("starts"), n.AttrInts("ends"), n.AttrInts("axes")
-	} else {
-		var ok bool
-		if starts, ok = graph.ConstInts(n.Input(1)); !ok {
-			return c.failf("starts are computed at run time; before opset 11 only constant bounds are supported")
-		}
-		if ends, ok = graph.ConstInts(n.Input(2)); !ok {
-			return c.failf("ends are computed at run time; before opset 11 only constant bounds are supported")
-		}
-		if v := n.Input(3); v != nil {
-			if axes, ok = graph.ConstInts(v); !ok {
-				return c.failf("axes are computed at run time")
-			}
-		}
-		if v := n.Input(4); v != nil {
-			steps, ok := graph.ConstInts(v)
-			if !ok {
-				return c.failf("steps are computed at run time")
-			}
-			for _, st := range steps {
-				if st != 1 {
-					return c.failf("step %d: before opset 11 only step 1 is supported", st)
-				}
-			}
+	sa, err := graph.ReadSlice(n, r)
+	if err != nil {
+		return c.failf("%w; before opset 11 only constant bounds are supported", err)
+	}
+	for _, st := range sa.Steps {
+		if st != 1 {
+			return c.failf("step %d: before opset 11 only step 1 is supported", st)
 		}
 	}
-	if len(ends) != len(starts) || (axes != nil && len(axes) != len(starts)) {
-		return c.failf("starts %v, ends %v and axes %v differ in length", starts, ends, axes)
-	}
+	starts, ends := sa.Starts, sa.Ends
 	pads := make([]int64, 2*r)
 	for k := range starts {
-		a := int64(k)
-		if axes != nil {
-			a = axes[k]
-		}
-		a, err := graph.NormAxis(a, r)
-		if err != nil {
-			return c.failf("%w", err)
-		}
+		a := sa.Axes[k]
 		size, known := c.staticDim(x, a)
 		switch {
 		case known:

@@ -308,22 +308,13 @@ func evalGather(n *graph.Node, ins []*tensor) ([]*tensor, error) {
 	}))
 }
 
+// evalSlice reads the bounds from the node (graph.ReadSlice), since the
+// folder only calls it when they are constants.
 func evalSlice(n *graph.Node, ins []*tensor) ([]*tensor, error) {
 	x := ins[0]
 	r := len(x.dims)
-	var starts, ends, axes, steps []int64
-	if len(ins) == 1 { // Slice-1: attributes
-		starts, ends, axes = n.AttrInts("starts"), n.AttrInts("ends"), n.AttrInts("axes")
-	} else {
-		starts, ends = ins[1].i, ins[2].i
-		if len(ins) > 3 && ins[3] != nil {
-			axes = ins[3].i
-		}
-		if len(ins) > 4 && ins[4] != nil {
-			steps = ins[4].i
-		}
-	}
-	if len(starts) != len(ends) {
+	sa, err := graph.ReadSlice(n, r)
+	if err != nil {
 		return nil, errNoFold
 	}
 	begin := make([]int64, r)
@@ -332,24 +323,13 @@ func evalSlice(n *graph.Node, ins []*tensor) ([]*tensor, error) {
 	for a := range r {
 		step[a] = 1
 	}
-	for k := range starts {
-		a := int64(k)
-		if axes != nil {
-			a = axes[k]
-		}
-		ax, err := graph.NormAxis(a, r)
-		if err != nil {
-			return nil, err
-		}
-		st := int64(1)
-		if steps != nil {
-			st = steps[k]
-		}
+	for k, ax := range sa.Axes {
+		st := sa.Steps[k]
 		if st == 0 {
 			return nil, errNoFold
 		}
 		d := x.dims[ax]
-		s, e := clampSlice(starts[k], d, st), clampSlice(ends[k], d, st)
+		s, e := clampSlice(sa.Starts[k], d, st), clampSlice(sa.Ends[k], d, st)
 		count := int64(0)
 		if st > 0 && e > s {
 			count = (e - s + st - 1) / st

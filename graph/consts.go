@@ -84,3 +84,60 @@ func ConstFloats(v *Value) ([]float64, bool) {
 	}
 	return out, true
 }
+
+// SliceArgs are a Slice node's bounds, one entry per sliced axis: axes
+// normalised into [0, rank) (0, 1, ... when the node gives none) and steps
+// 1 when it gives none.
+type SliceArgs struct {
+	Starts, Ends, Axes, Steps []int64
+}
+
+// ReadSlice reads a Slice node's bounds from Slice-1's attributes or the
+// constant inputs of later opsets, for data of the given rank. The error
+// names the bound computed at run time, or says how the bounds disagree.
+// Shape inference, the Slice gradient and constant folding all read them
+// here.
+func ReadSlice(n *Node, rank int) (SliceArgs, error) {
+	var a SliceArgs
+	if n.Attr("starts") != nil {
+		a.Starts, a.Ends, a.Axes = n.AttrInts("starts"), n.AttrInts("ends"), n.AttrInts("axes")
+	} else {
+		for i, dst := range []*[]int64{&a.Starts, &a.Ends, &a.Axes, &a.Steps} {
+			v := n.Input(i + 1)
+			if v == nil {
+				if i < 2 {
+					return a, fmt.Errorf("Slice has no %s", []string{"starts", "ends"}[i])
+				}
+				continue
+			}
+			xs, ok := ConstInts(v)
+			if !ok {
+				return a, fmt.Errorf("%s are computed at run time", []string{"starts", "ends", "axes", "steps"}[i])
+			}
+			*dst = xs
+		}
+	}
+	k := len(a.Starts)
+	if len(a.Ends) != k || (a.Axes != nil && len(a.Axes) != k) || (a.Steps != nil && len(a.Steps) != k) {
+		return a, fmt.Errorf("starts %v, ends %v, axes %v and steps %v differ in length", a.Starts, a.Ends, a.Axes, a.Steps)
+	}
+	axes := make([]int64, k)
+	for i := range axes {
+		ax := int64(i)
+		if a.Axes != nil {
+			ax = a.Axes[i]
+		}
+		var err error
+		if axes[i], err = NormAxis(ax, rank); err != nil {
+			return a, err
+		}
+	}
+	a.Axes = axes
+	if a.Steps == nil {
+		a.Steps = make([]int64, k)
+		for i := range a.Steps {
+			a.Steps[i] = 1
+		}
+	}
+	return a, nil
+}

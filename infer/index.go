@@ -9,35 +9,6 @@ import (
 // Indexing: Slice (of data and of shape vectors), Gather, GatherND,
 // GatherElements and the scatters.
 
-// sliceArgs are Slice's constant bounds: attributes before opset 10,
-// inputs after (sliceInputs); ok is false when one is computed.
-func sliceArgs(n *graph.Node) (starts, ends, axes, steps []int64, ok bool) {
-	if n.Attr("starts") != nil {
-		return n.AttrInts("starts"), n.AttrInts("ends"), n.AttrInts("axes"), nil, true
-	}
-	return sliceInputs(n)
-}
-
-func sliceInputs(n *graph.Node) (starts, ends, axes, steps []int64, ok bool) {
-	if starts, ok = graph.ConstInts(n.Input(1)); !ok {
-		return
-	}
-	if ends, ok = graph.ConstInts(n.Input(2)); !ok {
-		return
-	}
-	if v := n.Input(3); v != nil {
-		if axes, ok = graph.ConstInts(v); !ok {
-			return
-		}
-	}
-	if v := n.Input(4); v != nil {
-		if steps, ok = graph.ConstInts(v); !ok {
-			return
-		}
-	}
-	return starts, ends, axes, steps, true
-}
-
 // sliceDims are the dims of a Slice with constant bounds: a known size is
 // cut as ONNX clamps it; an unknown one keeps its symbol when the slice
 // takes it whole.
@@ -46,27 +17,14 @@ func sliceDims(s *Inferer, n *graph.Node, rank int) []graph.Dim {
 	if len(x) != rank {
 		return nil
 	}
-	starts, ends, axes, steps, ok := sliceArgs(n)
-	if !ok {
+	sa, err := graph.ReadSlice(n, rank)
+	if err != nil {
 		return nil
 	}
-	if len(ends) != len(starts) || (axes != nil && len(axes) != len(starts)) || (steps != nil && len(steps) != len(starts)) {
-		return nil
-	}
+	starts, ends := sa.Starts, sa.Ends
 	out := append([]graph.Dim{}, x...)
 	for k := range starts {
-		a := int64(k)
-		if axes != nil {
-			a = axes[k]
-		}
-		a, err := graph.NormAxis(a, rank)
-		if err != nil {
-			return nil
-		}
-		step := int64(1)
-		if steps != nil {
-			step = steps[k]
-		}
+		a, step := sa.Axes[k], sa.Steps[k]
 		switch {
 		case x[a].Known():
 			l := SliceLen(int(x[a].Value), starts[k], ends[k], step)
@@ -83,10 +41,11 @@ func sliceDims(s *Inferer, n *graph.Node, rank int) []graph.Dim {
 	return out
 }
 
-// vectorSlice reports whether a Slice's bounds cut a 1-D vector: one
+// vectorSlice reads the bounds of a Slice that cuts a 1-D vector: one
 // start and end, along axis 0 (or −1).
-func vectorSlice(starts, ends, axes []int64) bool {
-	return len(starts) == 1 && len(ends) == 1 && (axes == nil || len(axes) == 1 && (axes[0] == 0 || axes[0] == -1))
+func vectorSlice(n *graph.Node) (graph.SliceArgs, bool) {
+	sa, err := graph.ReadSlice(n, 1)
+	return sa, err == nil && len(sa.Starts) == 1
 }
 
 // sliceValue cuts a shape vector's entries, step 1 only.
@@ -95,22 +54,12 @@ func sliceValue(s *Inferer, n *graph.Node) []graph.Dim {
 	if x == nil {
 		return nil
 	}
-	st, en, axes, steps, ok := sliceArgs(n)
-	if !ok {
-		return nil
-	}
-	step := int64(1)
-	if steps != nil {
-		if len(steps) != 1 {
-			return nil
-		}
-		step = steps[0]
-	}
-	if !vectorSlice(st, en, axes) || step != 1 {
+	sa, ok := vectorSlice(n)
+	if !ok || sa.Steps[0] != 1 {
 		return nil
 	}
 	l := int64(len(x))
-	a, b := st[0], en[0]
+	a, b := sa.Starts[0], sa.Ends[0]
 	if a < 0 {
 		a += l
 	}
@@ -131,18 +80,14 @@ func sliceLength(s *Inferer, n *graph.Node) int {
 	if l < 0 {
 		return -1
 	}
-	st, en, axes, steps, ok := sliceInputs(n)
-	if !ok || !vectorSlice(st, en, axes) {
+	if n.Attr("starts") != nil {
+		return -1 // lengths are read from the input bounds of Slice-10 and later only
+	}
+	sa, ok := vectorSlice(n)
+	if !ok {
 		return -1
 	}
-	step := int64(1)
-	if steps != nil {
-		if len(steps) != 1 {
-			return -1
-		}
-		step = steps[0]
-	}
-	return SliceLen(l, st[0], en[0], step)
+	return SliceLen(l, sa.Starts[0], sa.Ends[0], sa.Steps[0])
 }
 
 func gatherRank(s *Inferer, n *graph.Node, _ int) int {
