@@ -327,37 +327,48 @@ func gradBatchNorm(c *gradCtx, n *graph.Node, gys []*graph.Value) []*graph.Value
 	return out
 }
 
-// gradSliceOpset picks the Slice rule the model's opset allows: from 11
-// gradSlice scatters into zeros at run-time positions; before 11 (no Range,
-// no ScatterElements) gradSliceStatic pads the gradient back with pads
-// known at compile time. Paddle's opset-9 exports slice q, k and v out of
-// one projection this way, between a conv backbone and its transformer
-// neck, which is why the rule sits with the conv rules.
+// gradSliceOpset picks the cheaper Slice rule that applies: when the
+// bounds are constants, the steps 1 and the sliced sizes known (or the
+// slice runs to the end), the gradient is the output gradient padded with
+// zeros (slicePads); otherwise, from opset 11, gradSlice scatters it into
+// zeros at run-time positions. Before 11 (no Range, no ScatterElements)
+// only the padding works. Both give the same values; Pad is one cheap
+// copy where ScatterElements is a slow kernel on a zeros tensor it first
+// materialises (the lm loss's logits[:, :-1] on a static graph). Paddle's
+// opset-9 exports slice q, k and v out of one projection this way,
+// between a conv backbone and its transformer neck, which is why the rule
+// sits with the conv rules.
 func gradSliceOpset(c *gradCtx, n *graph.Node, gys []*graph.Value) []*graph.Value {
-	if c.Opset >= 11 {
+	pads, err := c.slicePads(n)
+	if err != nil && c.Opset >= 11 {
 		return gradSlice(c, n, gys)
 	}
-	return gradSliceStatic(c, n, gys)
+	if err != nil {
+		return c.failf("%w (before opset 11 the gradient of a Slice needs constant bounds, step 1 and known sizes)", err)
+	}
+	out := make([]*graph.Value, n.NumInputs())
+	out[0] = c.Pad(gys[0], pads)
+	return out
 }
 
-// gradSliceStatic: for step 1, x[s:e] along an axis of size d is undone
-// by padding the gradient with s zeros before and d − e after (after ONNX's
-// clamping). The bounds are Slice-1's attributes or Slice-10's constant
-// inputs; the pads need x's size along each sliced axis unless the slice
-// runs from a non-negative start to the end.
-func gradSliceStatic(c *gradCtx, n *graph.Node, gys []*graph.Value) []*graph.Value {
+// slicePads: for step 1, x[s:e] along an axis of size d is undone by
+// padding the gradient with s zeros before and d − e after (after ONNX's
+// clamping). The bounds are Slice-1's attributes or the constant inputs
+// of later Slices; the pads need x's size along each sliced axis unless
+// the slice runs from a non-negative start to the end.
+func (c *gradCtx) slicePads(n *graph.Node) ([]int64, error) {
 	x := n.Input(0)
-	r := c.rank(x)
+	r := c.Inf.Rank(x)
 	if r < 0 {
-		return nil
+		return nil, fmt.Errorf("the rank of %q is not known statically", x.Name)
 	}
 	sa, err := graph.ReadSlice(n, r)
 	if err != nil {
-		return c.failf("%w; before opset 11 only constant bounds are supported", err)
+		return nil, err
 	}
 	for _, st := range sa.Steps {
 		if st != 1 {
-			return c.failf("step %d: before opset 11 only step 1 is supported", st)
+			return nil, fmt.Errorf("step %d", st)
 		}
 	}
 	starts, ends := sa.Starts, sa.Ends
@@ -379,10 +390,8 @@ func gradSliceStatic(c *gradCtx, n *graph.Node, gys []*graph.Value) []*graph.Val
 		case starts[k] >= 0 && ends[k] >= math.MaxInt32:
 			pads[a] = starts[k]
 		default:
-			return c.failf("%q's size along axis %d is not known statically, and before opset 11 the gradient of slice [%d:%d] needs it", x.Name, a, starts[k], ends[k])
+			return nil, fmt.Errorf("%q's size along axis %d is not known statically, and the padding that undoes slice [%d:%d] needs it", x.Name, a, starts[k], ends[k])
 		}
 	}
-	out := make([]*graph.Value, n.NumInputs())
-	out[0] = c.Op("Pad", vals(gys[0]), graph.AttrIs("pads", pads...)) // Pad-2: pads attribute until opset 11
-	return out
+	return pads, nil
 }

@@ -68,7 +68,16 @@ func gradGather(c *gradCtx, n *graph.Node, gys []*graph.Value) []*graph.Value {
 }
 
 // GatherElements(x, idx, axis): gx = ScatterElements(0, idx, gy, add).
+// When idx picks one element along the axis and matches x elsewhere —
+// the cross-entropy loss picking each label's log-probability — the
+// scatter is a select instead: gx = Where(iota == idx, gy + 0, 0), with
+// iota the positions along the axis. Same values (gy + 0 turns −0 into +0
+// as adding into zeros does), but elementwise, where ORT's scatter-add on
+// a materialised zeros tensor is one of the slowest kernels of the step.
 func gradGatherElements(c *gradCtx, n *graph.Node, gys []*graph.Value) []*graph.Value {
+	if gx := c.selectOne(n, gys[0]); gx != nil {
+		return vals(gx, nil)
+	}
 	if c.Opset < 16 {
 		return c.failf("repeated indices need ScatterElements with reduction=add (opset 16; model has %d)", c.Opset)
 	}
@@ -93,4 +102,49 @@ func gradGatherND(c *gradCtx, n *graph.Node, gys []*graph.Value) []*graph.Value 
 	pos := c.Where(c.Less(idx, c.Int0(0)), c.Add(idx, sizes), idx)
 	gx := c.Op("ScatterND", vals(c.ZerosLike(x), pos, gys[0]), graph.AttrS("reduction", "add"))
 	return vals(gx, nil)
+}
+
+// selectOne is GatherElements' gradient as a select (see above), or nil
+// when idx does not pick exactly one element per position along the axis
+// of an x whose other dims it shares.
+func (c *gradCtx) selectOne(n *graph.Node, gy *graph.Value) *graph.Value {
+	x, idx := n.Input(0), n.Input(1)
+	xi, ii := c.Inf.Info(x), c.Inf.Info(idx)
+	if xi.Dims == nil || ii.Dims == nil || len(xi.Dims) != len(ii.Dims) || c.Opset < 9 {
+		return nil
+	}
+	a, err := graph.NormAxis(n.AttrInt("axis", 0), len(xi.Dims))
+	if err != nil || !xi.Dims[a].Known() || ii.Dims[a].Value != 1 || !ii.Dims[a].Known() {
+		return nil
+	}
+	for i := range xi.Dims {
+		dx, di := xi.Dims[i], ii.Dims[i]
+		same := (dx.Known() && di.Known() && dx.Value == di.Value) || (dx.Param != "" && dx.Param == di.Param)
+		if i != int(a) && !same {
+			return nil
+		}
+	}
+	dt := c.Inf.DType(idx)
+	if dt != graph.Int64 && dt != graph.Int32 {
+		return nil
+	}
+	size := xi.Dims[a].Value
+	shape := make([]int64, len(xi.Dims))
+	for i := range shape {
+		shape[i] = 1
+	}
+	shape[a] = size
+	pos := make([]int64, size)
+	for i := range pos {
+		pos[i] = int64(i)
+	}
+	iota := c.Reshape(c.Ints(pos...), c.Ints(shape...))
+	if dt == graph.Int32 {
+		iota = c.Cast(iota, graph.Int32)
+	}
+	// Negative indices count from the end, as GatherElements reads them.
+	neg := c.Less(idx, c.Cast(c.Ints(0), dt))
+	idx = c.Where(neg, c.Add(idx, c.Cast(c.Ints(size), dt)), idx)
+	zero := c.K(0, gy)
+	return c.Where(c.Equal(iota, idx), c.Add(gy, zero), zero)
 }

@@ -111,7 +111,7 @@ func gradRules() map[string]rule {
 		"Expand":    {gradExpand, everySlot},
 		"Concat":    {grad: gradConcat},
 		"Split":     {grad: gradSplit},
-		"Slice":     {grad: gradSliceOpset}, // gradSlice from opset 11, gradSliceStatic before (conv.go)
+		"Slice":     {grad: gradSliceOpset}, // padding when the bounds are static, else gradSlice from opset 11 (conv.go)
 		"Pad":       {grad: gradPad},
 		"Tile":      {grad: gradTile},
 		"CumSum":    {grad: gradCumSum},

@@ -24,6 +24,9 @@ type SessionOptions struct {
 	IntraOpThreads int
 	// CUDADeviceID selects the GPU when Device is "cuda".
 	CUDADeviceID int
+	// ProfilePrefix, when set, makes ONNX Runtime write a JSON profile of
+	// every node run (PREFIX_<date>.json) when the session closes.
+	ProfilePrefix string
 }
 
 func (o SessionOptions) device() string {
@@ -36,9 +39,9 @@ func (o SessionOptions) device() string {
 func (o SessionOptions) ort() (ort.Options, error) {
 	switch o.device() {
 	case "cpu":
-		return ort.Options{DisableOptimizations: o.DisableOptimizations, IntraOpThreads: o.IntraOpThreads}, nil
+		return ort.Options{DisableOptimizations: o.DisableOptimizations, IntraOpThreads: o.IntraOpThreads, ProfilePrefix: o.ProfilePrefix}, nil
 	case "cuda":
-		return ort.Options{CUDA: true, CUDADeviceID: o.CUDADeviceID, DisableOptimizations: o.DisableOptimizations, IntraOpThreads: o.IntraOpThreads}, nil
+		return ort.Options{CUDA: true, CUDADeviceID: o.CUDADeviceID, DisableOptimizations: o.DisableOptimizations, IntraOpThreads: o.IntraOpThreads, ProfilePrefix: o.ProfilePrefix}, nil
 	}
 	return ort.Options{}, fmt.Errorf("unknown device %q (want cpu or cuda)", o.Device)
 }

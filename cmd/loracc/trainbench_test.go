@@ -3,14 +3,18 @@ package main
 import (
 	"math"
 	"math/rand/v2"
+	"os"
 	"path/filepath"
+	"sort"
 	"testing"
+	"time"
 
 	"github.com/loracc/loracc/adapter"
 	"github.com/loracc/loracc/graph"
 	"github.com/loracc/loracc/lora"
 	"github.com/loracc/loracc/rewrite"
 	"github.com/loracc/loracc/runtime"
+	"github.com/loracc/loracc/runtime/train"
 	"github.com/loracc/loracc/trainio"
 )
 
@@ -149,4 +153,88 @@ func BenchmarkGPTTrainStep(b *testing.B) {
 		n++
 		tr.step(b, n, 1e-3)
 	}
+}
+
+// BenchmarkStepOverEval is the CPU cost of a training step over a forward
+// pass, measured as the GPU speed issue defines it: testdata's tiny GPT-2
+// injected at r=8 on every target, a batch of 8 × 64, lm loss, AdamW, one
+// intra-op thread; one run of train.onnx fetching only the loss against
+// one run of eval.onnx (forward + loss) on the same batch, alternating,
+// medians over b.N pairs. Sub-benchmarks: the dynamic graphs and the ones
+// specialised to 8 × 64 (export-train --static).
+//
+//	go test ./cmd/loracc -run '^$' -bench StepOverEval -benchtime 20x
+func BenchmarkStepOverEval(b *testing.B) {
+	e := env(b)
+	dir := b.TempDir()
+	lora := filepath.Join(dir, "m.lora.onnx")
+	var o, errb bytesBuffer
+	if err := run([]string{"loracc", "inject", "../../testdata/models/gpt2_tiny.onnx", "--rank", "8", "--seed", "1", "-o", lora}, &o, &errb); err != nil {
+		b.Fatal(err)
+	}
+	for _, mode := range []struct{ name, static string }{{"dynamic", ""}, {"static", "batch=8,seq=64"}} {
+		b.Run(mode.name, func(b *testing.B) {
+			out := filepath.Join(dir, mode.name)
+			args := []string{"loracc", "export-train", lora, "--loss", "lm", "--logits", "logits", "-o", out}
+			if mode.static != "" {
+				args = append(args, "--static", mode.static)
+			}
+			if err := run(args, &o, &errb); err != nil {
+				b.Fatal(err)
+			}
+			io := readTrainIO(b, out)
+			a, err := adapter.Load(filepath.Join(dir, "m.lora.adapter"))
+			if err != nil {
+				b.Fatal(err)
+			}
+			ids := randomTokens(8, 64, 1)
+			batch := map[string]runtime.Tensor{"input_ids": ids, "labels": ids}
+			opts := runtime.SessionOptions{IntraOpThreads: 1, ProfilePrefix: os.Getenv("LORACC_PROFILE")}
+			tr := newTrainerOn(b, e, out, io.Train, batch, train.FromAdapter(a), opts)
+			tr.feeds["lr"], tr.feeds["step"] = runtime.FloatTensor(nil, []float32{1e-3}), runtime.FloatTensor(nil, []float32{1})
+			ev, err := e.NewSession(filepath.Join(out, "eval.onnx"), opts)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer ev.Close()
+			evFeeds := map[string]runtime.Tensor{}
+			for _, in := range io.Eval.Inputs {
+				evFeeds[in.Name] = tr.feeds[in.Name]
+			}
+			trFeeds := map[string]runtime.Tensor{}
+			for _, in := range io.Train.Inputs {
+				trFeeds[in.Name] = tr.feeds[in.Name]
+			}
+			timed := func(s *runtime.Session, feeds map[string]runtime.Tensor) float64 {
+				start := time.Now()
+				if _, err := s.Run(feeds, []string{"loss"}); err != nil {
+					b.Fatal(err)
+				}
+				return float64(time.Since(start).Microseconds()) / 1000
+			}
+			for range 3 { // warm-up
+				timed(tr.sess, trFeeds)
+				timed(ev, evFeeds)
+			}
+			var steps, evals []float64
+			b.ResetTimer()
+			for b.Loop() {
+				steps = append(steps, timed(tr.sess, trFeeds))
+				evals = append(evals, timed(ev, evFeeds))
+			}
+			ms, me := median(steps), median(evals)
+			b.ReportMetric(ms, "train-ms")
+			b.ReportMetric(me, "eval-ms")
+			b.ReportMetric(ms/me, "train/eval")
+		})
+	}
+}
+
+func median(xs []float64) float64 {
+	s := append([]float64(nil), xs...)
+	sort.Float64s(s)
+	if len(s) == 0 {
+		return math.NaN()
+	}
+	return s[len(s)/2]
 }

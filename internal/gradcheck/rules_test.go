@@ -222,6 +222,7 @@ func cases() []Case {
 		{Name: "Gather axis -1 1-D", Opset: 16, Symbolic: true, Inputs: []Input{p("a", 2, 4), ix("i", i64(3), 3, -1, 0)}, Build: op("Gather", []string{"a", "i"}, graph.AttrI("axis", -1))},
 		{Name: "Gather opset 13 one-hot duplicates", Opset: 13, Inputs: []Input{p("a", 2, 4, 3), ix("i", i64(3, 1), 1, -3, 3)}, Build: op("Gather", []string{"a", "i"}, graph.AttrI("axis", 1))},
 		{Name: "Gather opset 11 last axis scalar", Opset: 11, Inputs: []Input{p("a", 2, 4), ix("i", nil, -1)}, Build: op("Gather", []string{"a", "i"}, graph.AttrI("axis", 1))},
+		{Name: "GatherElements one per row (select), negative index", Opset: 13, Inputs: []Input{p("a", 2, 3, 5), ix("i", i64(2, 3, 1), 4, -1, 0, 2, -5, 3)}, Build: op("GatherElements", []string{"a", "i"}, graph.AttrI("axis", 2))},
 		{Name: "GatherElements duplicates", Opset: 16, Inputs: []Input{p("a", 3, 3), ix("i", i64(2, 3), 0, 0, -1, 2, 1, 0)}, Build: op("GatherElements", []string{"a", "i"}, graph.AttrI("axis", 1))},
 		{Name: "GatherND duplicates", Opset: 16, Inputs: []Input{p("a", 3, 2, 4), ix("i", i64(3, 2), 0, 1, 0, 1, -1, 0)}, Build: op("GatherND", []string{"a", "i"})},
 		{Name: "Tile", Opset: 13, Inputs: []Input{p("a", 2, 1, 3)}, Build: withInts("Tile", "a", ints(i64(2, 3, 1)))},

@@ -233,6 +233,15 @@ func (b *Builder) Gemm(x, y *graph.Value, attrs ...*graph.Attr) *graph.Value {
 	return b.Op("Gemm", ins, attrs...)
 }
 
+// Pad pads x with zeros, pads as ONNX orders them (all begins, then all
+// ends); an attribute before opset 11, an input after.
+func (b *Builder) Pad(x *graph.Value, pads []int64) *graph.Value {
+	if b.Opset < 11 {
+		return b.Op("Pad", []*graph.Value{x}, graph.AttrIs("pads", pads...))
+	}
+	return b.Op("Pad", []*graph.Value{x, b.Ints(pads...)})
+}
+
 // ReshapeLike gives g the shape of like.
 func (b *Builder) ReshapeLike(g, like *graph.Value) *graph.Value {
 	return b.Reshape(g, b.Shape(like))

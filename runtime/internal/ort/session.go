@@ -18,6 +18,9 @@ type Options struct {
 	CUDADeviceID         int
 	DisableOptimizations bool
 	IntraOpThreads       int
+	// ProfilePrefix, when set, makes ORT write a JSON profile of every
+	// node run (prefix_<date>.json) when the session ends.
+	ProfilePrefix string
 }
 
 // OutputSpec tells Run what it needs to know about one model output.
@@ -89,6 +92,11 @@ func configure(opts *ortgo.SessionOptions, o Options) error {
 	if o.IntraOpThreads > 0 {
 		if err := opts.SetIntraOpNumThreads(o.IntraOpThreads); err != nil {
 			return fmt.Errorf("setting intra-op threads: %w", err)
+		}
+	}
+	if o.ProfilePrefix != "" {
+		if err := opts.EnableProfiling(o.ProfilePrefix); err != nil {
+			return fmt.Errorf("enabling profiling: %w", err)
 		}
 	}
 	if o.CUDA {
