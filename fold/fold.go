@@ -28,17 +28,15 @@ type Stats struct {
 	Removed int // nodes nothing needed any more
 }
 
-// Specialize gives every symbolic dim named in dims its size — in the
-// graph's inputs, outputs and value infos — then replaces each node whose
-// outputs are now computable at compile time (every input constant, or a
-// Shape of a value whose dims are all known) by constants, and removes the
-// nodes nothing reads. Graph inputs stay, even if only their shape was
-// read, so the feeds do not change. A dim left symbolic stays dynamic.
-func Specialize(g *graph.Graph, dims map[string]int64) (Stats, error) {
-	var st Stats
+// Concretize gives every symbolic dim named in dims (and every dim
+// expression of them, such as "seq*batch") its size, in the graph's
+// inputs, outputs, value infos and node outputs. Shape inference then sees
+// concrete shapes everywhere, so passes that run after it (the gradient
+// rules) can pick their static forms.
+func Concretize(g *graph.Graph, dims map[string]int64) error {
 	for name, d := range dims {
 		if d <= 0 {
-			return st, fmt.Errorf("dim %q: size %d must be positive", name, d)
+			return fmt.Errorf("dim %q: size %d must be positive", name, d)
 		}
 	}
 	concrete := func(t *graph.TensorType) {
@@ -70,6 +68,19 @@ func Specialize(g *graph.Graph, dims map[string]int64) (Stats, error) {
 			}
 		}
 	})
+	return nil
+}
+
+// Specialize concretizes dims (Concretize), then replaces each node whose
+// outputs are now computable at compile time (every input constant, or a
+// Shape of a value whose dims are all known) by constants, and removes the
+// nodes nothing reads. Graph inputs stay, even if only their shape was
+// read, so the feeds do not change. A dim left symbolic stays dynamic.
+func Specialize(g *graph.Graph, dims map[string]int64) (Stats, error) {
+	var st Stats
+	if err := Concretize(g, dims); err != nil {
+		return st, err
+	}
 	if err := g.SortTopo(); err != nil {
 		return st, err
 	}

@@ -112,6 +112,9 @@ func (s *Compiler) role(v *graph.Value, role, replaces string) {
 
 // Params is pass "params".
 func (st *Compiler) Params(m *graph.Model) error {
+	if err := st.concretize(m); err != nil {
+		return err
+	}
 	g := m.Graph
 	branches, err := branch.Find(g)
 	if err != nil {

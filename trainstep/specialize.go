@@ -3,7 +3,9 @@ package trainstep
 // Pass "specialize".
 //
 // Pre:  a pruned step graph (prune, and unroll if it ran); Options.Static
-//       names sizes for symbolic input dims.
+//       names sizes for symbolic input dims, which pass "params" already
+//       made concrete, so the loss and the gradient rules were built for
+//       static shapes.
 // Post: those dims are concrete everywhere, every value computable at
 //       compile time is a constant (shape arithmetic, index ranges, masks,
 //       the gradient's un-broadcasting axes), and the nodes that computed
@@ -23,8 +25,10 @@ import (
 	"github.com/loracc/loracc/graph"
 )
 
-// Specialize is pass "specialize".
-func (st *Compiler) Specialize(m *graph.Model) error {
+// concretize applies Options.Static to the model's dims before the other
+// passes (run by Params), so the loss and the gradient rules see concrete
+// shapes and pick their static forms; Specialize folds at the end.
+func (st *Compiler) concretize(m *graph.Model) error {
 	dims := st.opts.Static
 	if len(dims) == 0 {
 		return nil
@@ -53,6 +57,15 @@ func (st *Compiler) Specialize(m *graph.Model) error {
 		}
 		sort.Strings(have)
 		return fmt.Errorf("no input has the dims %s (symbolic dims of the inputs: %s)", strings.Join(unknown, ", "), strings.Join(have, ", "))
+	}
+	return fold.Concretize(m.Graph, dims)
+}
+
+// Specialize is pass "specialize".
+func (st *Compiler) Specialize(m *graph.Model) error {
+	dims := st.opts.Static
+	if len(dims) == 0 {
+		return nil
 	}
 	stats, err := fold.Specialize(m.Graph, dims)
 	if err != nil {
