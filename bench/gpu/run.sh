@@ -14,6 +14,8 @@
 #   bench/gpu/run.sh llama-loracc   loracc train of the same (after llama-torch on the same machine)
 #   bench/gpu/run.sh gpt2-extra     forward without the logits copy, train-step memory vs batch, ORT profiles
 #   bench/gpu/run.sh llama-extra    loracc train of the 1B model with only 81559 MiB free (an H100's size)
+#   bench/gpu/run.sh static         GPT-2 small: PyTorch+PEFT TF32 beside loracc's dynamic and static
+#                                   (export-train --static) train/eval graphs, with ORT profiles
 # Results go to $OUT (tarred) and stay in $WORK (default /root/bench).
 set -uo pipefail
 ROOT=$(pwd)
@@ -191,6 +193,33 @@ gpt2_extra() {
 	(cd "$WORK" && tar czf "$OUT"/extra_gpt2.tgz gpt2/latency.jsonl gpt2/profsum_*.txt gpt2/prof_*.json.gz gpt2/*.log 2>/dev/null)
 }
 
+# static: the static-shape step beside the dynamic one and PyTorch TF32, in one run
+static() {
+	local W=$WORK/gpt2s
+	mkdir -p "$W"
+	echo "== torch side (gpt2, tf32)"
+	timeout 360 python3 bench/gpu/torch_side.py --model gpt2 --dir "$W" --steps "$STEPS" --batch "$BATCH" --seq "$SEQ" --modes tf32 2>&1 | grep -v Warning | tee "$W"/torch.log
+	local re; re=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['loracc_target_regex'])" "$W"/torch_summary.json)
+	"$BIN"/loracc inject "$W"/model.onnx --rank 16 --target "$re" -o "$W"/model.lora.onnx | tail -1
+	rm -f "$W"/latency.jsonl
+	for kind in dynamic static; do
+		local G=$W/graphs_$kind extra=""
+		[ $kind = static ] && extra="--static batch=$BATCH,seq=$SEQ"
+		local t0=$(now)
+		"$BIN"/loracc export-train "$W"/model.lora.onnx --loss lm --logits logits --labels labels --weight-decay 0 --clip-norm 0 $extra -o "$G" | tail -1
+		echo "export_train_${kind}_s $(python3 -c "print($(now)-$t0)")"
+		lat gpt2s train_loss_only_$kind "$G"/train.onnx cuda "$BATCH" "$SEQ" 20 loss
+		lat gpt2s train_all_$kind "$G"/train.onnx cuda "$BATCH" "$SEQ" 20
+		lat gpt2s eval_$kind "$G"/eval.onnx cuda "$BATCH" "$SEQ" 20
+		local vocab; vocab=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['vocab'])" "$W"/torch_summary.json)
+		(cd "$W" && rm -f prof_${kind}_*.json && timeout 300 "$BIN"/latency -model "$G"/train.onnx -device cuda -batch "$BATCH" -seq "$SEQ" -vocab "$vocab" -n 3 -warmup 2 -outputs loss -profile prof_$kind >/dev/null)
+		python3 "$ROOT"/bench/gpu/profsum.py "$W"/prof_${kind}_*.json >"$W"/profsum_$kind.txt; head -30 "$W"/profsum_$kind.txt
+		gzip -f "$W"/prof_${kind}_*.json
+	done
+	(cd "$WORK" && tar czf "$OUT"/static_gpt2.tgz gpt2s/latency.jsonl gpt2s/profsum_*.txt gpt2s/torch_summary.json gpt2s/*.log gpt2s/prof_*.json.gz 2>/dev/null)
+	cat "$W"/latency.jsonl
+}
+
 # llama-extra: re-export, then loracc train with only ~80 GB of the GPU free (an H100's size), and a profile
 llama_extra() {
 	local W=$WORK/llama1b
@@ -231,5 +260,6 @@ llama-torch) llama_torch ;;
 llama-loracc) llama_loracc ;;
 gpt2-extra) gpt2_extra ;;
 llama-extra) llama_extra ;;
-*) echo "usage: $0 tests|gpt2|llama-torch|llama-loracc|gpt2-extra|llama-extra" >&2; exit 2 ;;
+static) static ;;
+*) echo "usage: $0 tests|gpt2|llama-torch|llama-loracc|gpt2-extra|llama-extra|static" >&2; exit 2 ;;
 esac

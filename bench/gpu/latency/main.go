@@ -41,8 +41,9 @@ func main() {
 	threads := flag.Int("threads", 0, "intra-op threads (0: ORT's default)")
 	label := flag.String("label", "", "free text copied into the result")
 	lib := flag.String("ort-lib", "", "libonnxruntime.so (default: LORACC_ORT_LIB, then loracc's cache)")
+	profile := flag.String("profile", "", "write ONNX Runtime's per-node profile to PREFIX_<date>.json")
 	flag.Parse()
-	if err := run(*model, *device, *batch, *seq, *vocab, *n, *warmup, *outputs, *threads, *label, *lib); err != nil {
+	if err := run(*model, *device, *batch, *seq, *vocab, *n, *warmup, *outputs, *threads, *label, *lib, *profile); err != nil {
 		fmt.Fprintln(os.Stderr, "latency:", err)
 		os.Exit(1)
 	}
@@ -68,7 +69,7 @@ type result struct {
 	Threads  int     `json:"threads"`
 }
 
-func run(model, device string, batch, seq, vocab int64, n, warmup int, outs string, threads int, label, lib string) error {
+func run(model, device string, batch, seq, vocab int64, n, warmup int, outs string, threads int, label, lib, profile string) error {
 	if model == "" {
 		return fmt.Errorf("give -model")
 	}
@@ -85,7 +86,7 @@ func run(model, device string, batch, seq, vocab int64, n, warmup int, outs stri
 	}
 	defer env.Close()
 	t0 := time.Now()
-	s, err := env.NewSession(model, runtime.SessionOptions{Device: device, IntraOpThreads: threads})
+	s, err := env.NewSession(model, runtime.SessionOptions{Device: device, IntraOpThreads: threads, ProfilePrefix: profile})
 	if err != nil {
 		return err
 	}
