@@ -34,6 +34,9 @@ type Entry struct {
 	Shape    []Dim  `json:"shape"` // nil: rank unknown
 	Role     string `json:"role"`
 	Replaces string `json:"replaces,omitempty"`
+	// Parts, on a state vector, names the params whose state it holds,
+	// concatenated in this order, each flattened row-major.
+	Parts []string `json:"parts,omitempty"`
 }
 
 // Graph lists one compiled graph's inputs and outputs.

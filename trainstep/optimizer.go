@@ -96,10 +96,51 @@ func (st *Compiler) Optimizer(m *graph.Model) error {
 		grads = clipped
 	}
 
-	state := func(p *graph.Value, suffix string) *graph.Value {
-		v := g.AddInput(p.Name+suffix, p.Type)
-		st.inf.Set(v, st.inf.Info(p))
+	// The update runs on all adapter tensors at once: params and
+	// gradients are flattened and concatenated into one vector, each
+	// optimizer moment is one state vector, and the updated vector is
+	// split back into the params' shapes. The arithmetic is the same
+	// element by element (so are the values), in one chain of kernels
+	// instead of one per tensor.
+	parts := make([]string, len(st.params))
+	sizes := make([]int64, len(st.params))
+	shapes := make([][]int64, len(st.params))
+	for i, p := range st.params {
+		parts[i] = p.Name
+		for _, d := range p.Type.Shape {
+			if !d.Known() {
+				return fmt.Errorf("param %q has a symbolic dim %q", p.Name, d.Param)
+			}
+			shapes[i] = append(shapes[i], d.Value)
+		}
+		n, err := graph.NumElements(shapes[i])
+		if err != nil {
+			return fmt.Errorf("param %q: %w", p.Name, err)
+		}
+		sizes[i] = n
+	}
+	total := int64(0)
+	for _, n := range sizes {
+		total += n
+	}
+	flat := func(vs []*graph.Value) *graph.Value {
+		xs := make([]*graph.Value, len(vs))
+		for i, v := range vs {
+			xs[i] = b.Reshape(v, b.Ints(-1))
+		}
+		if len(xs) == 1 {
+			return xs[0]
+		}
+		return b.Concat(0, xs...)
+	}
+	vec := &graph.TensorType{DType: graph.Float, Shape: []graph.Dim{{Value: total}}}
+	state := func(name string) *graph.Value {
+		v := g.AddInput(name, vec)
+		st.inf.Set(v, infer.Info{DType: graph.Float, Rank: 1, Dims: []graph.Dim{{Value: total}}})
 		st.role(v, trainio.RoleState, "")
+		e := st.roles[v]
+		e.Parts = parts
+		st.roles[v] = e
 		return v
 	}
 	output := func(v *graph.Value, of *graph.Value, role string) error {
@@ -108,56 +149,69 @@ func (st *Compiler) Optimizer(m *graph.Model) error {
 		}
 		tt := *of.Type
 		v.Type = &tt
+		e := st.roles[of]
 		st.role(v, role, of.Name)
+		if e.Parts != nil {
+			ne := st.roles[v]
+			ne.Parts = e.Parts
+			st.roles[v] = ne
+		}
 		st.outputs = append(st.outputs, v)
 		return nil
 	}
+	// unflat splits the updated vector into the params' shapes.
+	unflat := func(pNew *graph.Value) error {
+		pieces := []*graph.Value{pNew}
+		if len(st.params) > 1 {
+			pieces = b.Split(pNew, 0, sizes...)
+		}
+		for i, p := range st.params {
+			if err := output(b.Reshape(pieces[i], b.Ints(shapes[i]...)), p, trainio.RoleUpdatedParam); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	P, G := flat(st.params), flat(grads)
 	switch o.Optimizer {
 	case "adamw":
-		// Bias corrections, shared by every parameter.
+		// Bias corrections.
 		bc1 := b.Sub(k(1), b.Pow(k(o.Beta1), step))
 		bc2 := b.Sub(k(1), b.Pow(k(o.Beta2), step))
 		stepSize := b.Div(lr, bc1)
 		bc2Sqrt := b.Sqrt(bc2)
 		decay := b.Sub(k(1), b.Mul(lr, k(o.WeightDecay)))
-		for i, p := range st.params {
-			gr := grads[i]
-			mIn, vIn := state(p, ".adam_m"), state(p, ".adam_v")
-			pd := p
-			if o.WeightDecay != 0 {
-				pd = b.Mul(p, decay)
-			}
-			mNew := b.Add(mIn, b.Mul(b.Sub(gr, mIn), k(1-o.Beta1)))
-			vNew := b.Add(b.Mul(vIn, k(o.Beta2)), b.Mul(b.Mul(gr, gr), k(1-o.Beta2)))
-			denom := b.Add(b.Div(b.Sqrt(vNew), bc2Sqrt), k(o.Eps))
-			pNew := b.Sub(pd, b.Mul(b.Div(mNew, denom), stepSize))
-			if err := output(pNew, p, trainio.RoleUpdatedParam); err != nil {
-				return err
-			}
-			if err := output(mNew, mIn, trainio.RoleUpdatedState); err != nil {
-				return err
-			}
-			if err := output(vNew, vIn, trainio.RoleUpdatedState); err != nil {
+		mIn, vIn := state("adam_m"), state("adam_v")
+		pd := P
+		if o.WeightDecay != 0 {
+			pd = b.Mul(P, decay)
+		}
+		mNew := b.Add(mIn, b.Mul(b.Sub(G, mIn), k(1-o.Beta1)))
+		vNew := b.Add(b.Mul(vIn, k(o.Beta2)), b.Mul(b.Mul(G, G), k(1-o.Beta2)))
+		denom := b.Add(b.Div(b.Sqrt(vNew), bc2Sqrt), k(o.Eps))
+		if err := unflat(b.Sub(pd, b.Mul(b.Div(mNew, denom), stepSize))); err != nil {
+			return err
+		}
+		if err := output(mNew, mIn, trainio.RoleUpdatedState); err != nil {
+			return err
+		}
+		if err := output(vNew, vIn, trainio.RoleUpdatedState); err != nil {
+			return err
+		}
+	case "sgd":
+		d := G
+		if o.WeightDecay != 0 {
+			d = b.Add(d, b.Mul(P, k(o.WeightDecay)))
+		}
+		if o.Momentum != 0 {
+			buf := state("momentum")
+			d = b.Add(b.Mul(buf, k(o.Momentum)), d)
+			if err := output(d, buf, trainio.RoleUpdatedState); err != nil {
 				return err
 			}
 		}
-	case "sgd":
-		for i, p := range st.params {
-			d := grads[i]
-			if o.WeightDecay != 0 {
-				d = b.Add(d, b.Mul(p, k(o.WeightDecay)))
-			}
-			if o.Momentum != 0 {
-				buf := state(p, ".momentum")
-				d = b.Add(b.Mul(buf, k(o.Momentum)), d)
-				if err := output(d, buf, trainio.RoleUpdatedState); err != nil {
-					return err
-				}
-			}
-			pNew := b.Sub(p, b.Mul(d, lr))
-			if err := output(pNew, p, trainio.RoleUpdatedParam); err != nil {
-				return err
-			}
+		if err := unflat(b.Sub(P, b.Mul(d, lr))); err != nil {
+			return err
 		}
 	default:
 		return fmt.Errorf("unknown optimizer %q (want adamw or sgd)", o.Optimizer)

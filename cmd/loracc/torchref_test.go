@@ -6,10 +6,10 @@ import (
 	"math"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 
 	"github.com/loracc/loracc/adapter"
+	"github.com/loracc/loracc/graph"
 	"github.com/loracc/loracc/runtime"
 	"github.com/loracc/loracc/trainio"
 )
@@ -95,13 +95,15 @@ func newTrainerOn(t testing.TB, e *runtime.Env, dir string, io GraphIO, batch ma
 		case trainio.RoleParam:
 			tr.feeds[in.Name] = params[in.Name]
 		case trainio.RoleState:
-			var p runtime.Tensor
-			for name, v := range params {
-				if strings.HasPrefix(in.Name, name+".") {
-					p = v
-				}
+			shape := make([]int64, len(in.Shape))
+			for i, d := range in.Shape {
+				shape[i] = d.Size
 			}
-			tr.feeds[in.Name] = runtime.Tensor{DType: p.DType, Shape: p.Shape, Data: make([]byte, len(p.Data))}
+			n, err := graph.NumElements(shape)
+			if err != nil || in.DType != "float32" {
+				t.Fatalf("state %q: %s %v (%v)", in.Name, in.DType, shape, err)
+			}
+			tr.feeds[in.Name] = runtime.Tensor{DType: graph.Float, Shape: shape, Data: make([]byte, 4*n)}
 		}
 	}
 	for _, o := range io.Outputs {

@@ -131,3 +131,13 @@ func (b *Builder) Size(x *graph.Value) *graph.Value { return b.Op("Size", vals(x
 
 // NonZero is the indices of x's non-zero elements, [rank, count].
 func (b *Builder) NonZero(x *graph.Value) *graph.Value { return b.Op("NonZero", vals(x)) }
+
+// Split cuts x along axis into pieces of the given sizes (an input from
+// opset 13, an attribute before).
+func (b *Builder) Split(x *graph.Value, axis int64, sizes ...int64) []*graph.Value {
+	ax := graph.AttrI("axis", axis)
+	if b.Opset >= 13 {
+		return b.OpN("Split", len(sizes), vals(x, b.Ints(sizes...)), ax)
+	}
+	return b.OpN("Split", len(sizes), vals(x), ax, graph.AttrIs("split", sizes...))
+}

@@ -175,16 +175,44 @@ func (r *runner) resume() error {
 		return fmt.Errorf("the checkpoint was made with --seed %d, not %d", ck.Progress.Seed, r.cfg.Seed)
 	}
 	r.params = FromAdapter(ck.Adapter)
-	for k := range r.state {
-		v, ok := ck.State[k]
-		if !ok {
-			return fmt.Errorf("%s lacks optimizer state %q (different optimizer?)", ck.Dir, k)
+	for _, in := range r.cfg.IO.Train.Inputs {
+		if in.Role != trainio.RoleState {
+			continue
 		}
-		r.state[k] = v
+		v, ok := ck.State[in.Name]
+		if !ok {
+			v, ok = perParamState(ck.State, in)
+		}
+		if !ok {
+			return fmt.Errorf("%s lacks optimizer state %q (different optimizer?)", ck.Dir, in.Name)
+		}
+		if want := r.state[in.Name]; len(v.Data) != len(want.Data) || v.DType != want.DType {
+			return fmt.Errorf("%s: optimizer state %q is %s%v, the graph wants %s%v (another adapter?)", ck.Dir, in.Name, v.DType, v.Shape, want.DType, want.Shape)
+		}
+		r.state[in.Name] = v
 	}
 	r.prog = ck.Progress
 	fmt.Fprintf(r.cfg.Out, "resuming from %s (step %d)\n", ck.Dir, r.prog.Step)
 	return nil
+}
+
+// perParamState assembles a state vector from a checkpoint that holds one
+// state tensor per param ("<param>.adam_m"), as loracc wrote them before
+// the optimizer ran on all params at once: the parts concatenated in the
+// entry's order.
+func perParamState(saved map[string]runtime.Tensor, e trainio.Entry) (runtime.Tensor, bool) {
+	if len(e.Parts) == 0 {
+		return runtime.Tensor{}, false
+	}
+	var data []byte
+	for _, p := range e.Parts {
+		t, ok := saved[p+"."+e.Name]
+		if !ok {
+			return runtime.Tensor{}, false
+		}
+		data = append(data, t.Data...)
+	}
+	return runtime.Tensor{DType: graph.Float, Shape: []int64{int64(len(data) / 4)}, Data: data}, true
 }
 
 // loop runs steps until the budget is spent or ctx is cancelled, then

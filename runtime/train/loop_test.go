@@ -12,6 +12,8 @@ import (
 	"testing"
 
 	"github.com/loracc/loracc/dataset"
+	"github.com/loracc/loracc/runtime"
+	"github.com/loracc/loracc/trainio"
 )
 
 // wantOrder is the examples n steps of per examples each consume: the
@@ -342,5 +344,26 @@ func TestLoopResume(t *testing.T) {
 	empty.Run, empty.Resume = t.TempDir(), true
 	if fr := runFake(t, empty, nil); fr.err == nil || !strings.Contains(fr.err.Error(), "has no checkpoint") {
 		t.Errorf("resume without a checkpoint: %v", fr.err)
+	}
+}
+
+// TestPerParamStateCompat: a checkpoint from before the optimizer ran on
+// all params at once holds "<param>.adam_m" per param; resume assembles
+// the state vector from them in the entry's order, and refuses when one
+// is missing.
+func TestPerParamStateCompat(t *testing.T) {
+	saved := map[string]runtime.Tensor{
+		"b.adam_m": runtime.FloatTensor([]int64{1, 2}, []float32{3, 4}),
+		"a.adam_m": runtime.FloatTensor([]int64{1}, []float32{1}),
+	}
+	e := trainio.Entry{Name: "adam_m", DType: "float32", Role: trainio.RoleState, Parts: []string{"a", "b"}}
+	v, ok := perParamState(saved, e)
+	got, err := v.Floats()
+	if !ok || err != nil || !reflect.DeepEqual(got, []float32{1, 3, 4}) || !reflect.DeepEqual(v.Shape, []int64{3}) {
+		t.Errorf("assembled %v %v (%v, %v)", got, v.Shape, ok, err)
+	}
+	e.Parts = append(e.Parts, "c")
+	if _, ok := perParamState(saved, e); ok {
+		t.Error("assembled a state with a part missing")
 	}
 }
