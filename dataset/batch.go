@@ -23,6 +23,14 @@ type Tensor struct {
 // else with 0; the mask, read or built, is 1 on real tokens and 0 on
 // padding. Otherwise the examples must agree in shape.
 func (s *Set) Batch(idx []int) (map[string]Tensor, error) {
+	return s.BatchTo(idx, 0)
+}
+
+// BatchTo is Batch with lm sequences padded to seqLen rather than to the
+// longest in the batch (0: the longest), for graphs compiled for one
+// sequence length. An example longer than seqLen is an error naming its
+// line.
+func (s *Set) BatchTo(idx []int, seqLen int64) (map[string]Tensor, error) {
 	if len(idx) == 0 {
 		return nil, fmt.Errorf("dataset: batch: no examples")
 	}
@@ -33,7 +41,7 @@ func (s *Set) Batch(idx []int) (map[string]Tensor, error) {
 	}
 	out := make(map[string]Tensor, len(s.fields))
 	for _, f := range s.fields {
-		t, err := s.stack(f, idx)
+		t, err := s.stack(f, idx, seqLen)
 		if err != nil {
 			return nil, fmt.Errorf("dataset: batch: field %q: %w", f.name, err)
 		}
@@ -43,7 +51,7 @@ func (s *Set) Batch(idx []int) (map[string]Tensor, error) {
 }
 
 // stack builds one field's batch tensor.
-func (s *Set) stack(f *field, idx []int) (Tensor, error) {
+func (s *Set) stack(f *field, idx []int, seqLen int64) (Tensor, error) {
 	if f.batch.size >= 0 && f.batch.size != int64(len(idx)) {
 		return Tensor{}, fmt.Errorf("the graph takes batch size %d, got %d examples", f.batch.size, len(idx))
 	}
@@ -66,6 +74,14 @@ func (s *Set) stack(f *field, idx []int) (Tensor, error) {
 					i, s.lines[i], intList(sh), idx[0], s.lines[idx[0]], intList(first), why)
 			}
 		}
+	}
+	if f.seq && seqLen > 0 {
+		for _, i := range idx {
+			if l := s.shape(f, i)[0]; l > seqLen {
+				return Tensor{}, fmt.Errorf("example %d (line %d) has %d tokens, more than the sequence length %d the graph was compiled for", i, s.lines[i], l, seqLen)
+			}
+		}
+		ex[0] = seqLen
 	}
 	per := count(ex) // elements per example after padding
 	shape := append([]int64{int64(len(idx))}, ex...)

@@ -277,6 +277,32 @@ func (s *Set) isBatchName(name string) bool {
 // Len is the number of examples.
 func (s *Set) Len() int { return s.n }
 
+// DimNames are the graph's names for the batch dim and, for lm data, the
+// sequence dim ("" where the graph fixes the size), read from the first
+// sequence field (the first field when none is).
+func (s *Set) DimNames() (batch, seq string) {
+	for _, f := range s.fields {
+		if f.seq {
+			return f.batch.name, f.dims[0].name
+		}
+	}
+	if len(s.fields) > 0 && s.fields[0].batch.size < 0 {
+		return s.fields[0].batch.name, ""
+	}
+	return "", ""
+}
+
+// SeqLen is example i's sequence length for lm data (its input ids'
+// length), 0 for other losses. i must be in [0, Len()).
+func (s *Set) SeqLen(i int) int {
+	for _, f := range s.fields {
+		if f.seq && f.start[i] >= 0 {
+			return int(s.shape(f, i)[0])
+		}
+	}
+	return 0
+}
+
 // Tokens is example i's share of the work, for tokens/s: for lm and ce the
 // labels the loss counts (not equal to IgnoreIndex; for lm from the second
 // position on, since the loss predicts labels[1:]), for mse the number of

@@ -58,12 +58,6 @@ func trainOptions(c *cli.Context, m *graph.Model) (trainstep.Options, error) {
 	if o.ClipNorm < 0 {
 		return o, fmt.Errorf("--clip-norm %g: must be ≥ 0", o.ClipNorm)
 	}
-	if c.IsSet("static") {
-		var err error
-		if o.Static, err = parseDims(c.String("static")); err != nil {
-			return o, fmt.Errorf("--static: %w", err)
-		}
-	}
 	return o, nil
 }
 
@@ -110,7 +104,14 @@ func exportTrainCommand() *cli.Command {
 			if c.Bool("dump") {
 				dump = dumper(c)
 			}
-			io, err := exportTrain(in, dir, c, dump, logger(c))
+			var static map[string]int64
+			if c.IsSet("static") {
+				var err error
+				if static, err = parseDims(c.String("static")); err != nil {
+					return fmt.Errorf("--static: %w", err)
+				}
+			}
+			io, err := exportTrain(in, dir, c, static, dump, logger(c))
 			if err != nil {
 				return err
 			}
@@ -129,8 +130,9 @@ type GraphIO = trainio.Graph
 
 // exportTrain compiles train.onnx and eval.onnx (and train_multi.onnx)
 // from an injected model and writes them with train.json as one output
-// set: all four files or none, never over the model or its data.
-func exportTrain(in, dir string, c *cli.Context, dump func(string, *graph.Model), logf func(string, ...any)) (TrainIO, error) {
+// set: all four files or none, never over the model or its data. static,
+// when not empty, fixes those input dims (pass specialize).
+func exportTrain(in, dir string, c *cli.Context, static map[string]int64, dump func(string, *graph.Model), logf func(string, ...any)) (TrainIO, error) {
 	var res TrainIO
 	sig, stop := signal.NotifyContext(c.Context, os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -151,6 +153,7 @@ func exportTrain(in, dir string, c *cli.Context, dump func(string, *graph.Model)
 		if err != nil {
 			return GraphIO{}, fmt.Errorf("%s: %w", in, err)
 		}
+		opts.Static = static
 		ctx := &rewrite.Context{Train: opts, Dump: dump}
 		if err := rewrite.Run(m, ctx, passes...); err != nil {
 			return GraphIO{}, fmt.Errorf("%s: %s graph: %w", in, name, err)
@@ -162,18 +165,18 @@ func exportTrain(in, dir string, c *cli.Context, dump func(string, *graph.Model)
 		return GraphIO{Inputs: ctx.IO.Inputs, Outputs: ctx.IO.Outputs}, nil
 	}
 	var err error
-	var static []string
-	if c.IsSet("static") {
-		static = []string{"specialize"}
+	var spec []string
+	if len(static) > 0 {
+		spec = []string{"specialize"}
 	}
-	if res.Train, err = build("train", append([]string{"params", "loss", "autodiff", "optimizer", "prune"}, static...)...); err != nil {
+	if res.Train, err = build("train", append([]string{"params", "loss", "autodiff", "optimizer", "prune"}, spec...)...); err != nil {
 		return res, err
 	}
-	if res.Eval, err = build("eval", append([]string{"params", "loss", "prune"}, static...)...); err != nil {
+	if res.Eval, err = build("eval", append([]string{"params", "loss", "prune"}, spec...)...); err != nil {
 		return res, err
 	}
 	if k := c.Int("steps-per-run"); k > 1 {
-		if c.IsSet("static") {
+		if len(static) > 0 {
 			return res, fmt.Errorf("--static and --steps-per-run > 1 do not combine yet")
 		}
 		multi, err := build("train_multi", "params", "loss", "autodiff", "optimizer", "prune", "unroll")

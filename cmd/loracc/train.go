@@ -51,6 +51,9 @@ func trainCommand() *cli.Command {
 			&cli.BoolFlag{Name: "resume", Usage: "continue the run in --out from its last checkpoint"},
 			&cli.BoolFlag{Name: "fuse", Usage: "also write the fused model to RUNDIR/model.fused.onnx"},
 			&cli.Int64Flag{Name: "pad-id", Usage: "token id used to pad lm sequences"},
+			&cli.BoolFlag{Name: "static", Usage: "run every step on a graph compiled for its shapes (no shape work per step; the epoch's short last batch is dropped)"},
+			&cli.IntFlag{Name: "pad-to-multiple-of", Value: 64, Usage: "with --static: lm sequences are padded up to a multiple of this, one compiled graph per length"},
+			&cli.IntFlag{Name: "max-length", Usage: "with --static: the longest sequence length (default: the longest example's, rounded up); longer examples are an error"},
 			&cli.StringFlag{Name: "mask-input", Value: "attention_mask", Usage: "model input built as the attention mask for padded lm batches, if the model has it"},
 		),
 		Action: trainAction,
@@ -81,7 +84,7 @@ func trainAction(c *cli.Context) error {
 	}
 	graphs := filepath.Join(run, "graphs")
 	logf := logger(c)
-	io, err := exportTrain(in, graphs, c, nil, logf)
+	io, err := exportTrain(in, graphs, c, nil, nil, logf)
 	if err != nil {
 		return err
 	}
@@ -104,6 +107,12 @@ func trainAction(c *cli.Context) error {
 			return err
 		}
 	}
+	var static *train.Static
+	if c.Bool("static") {
+		if static, err = staticSteps(c, in, graphs, data, logf); err != nil {
+			return err
+		}
+	}
 	env, err := openRuntime(c)
 	if err != nil {
 		return err
@@ -123,7 +132,8 @@ func trainAction(c *cli.Context) error {
 		Schedule: train.Schedule{Kind: c.String("schedule"), LR: c.Float64("lr"), Warmup: c.Int("warmup")},
 		Seed:     c.Uint64("seed"), Session: runtime.SessionOptions{Device: device},
 		EvalEvery: c.Int("eval-every"), SaveEvery: c.Int("save-every"), Resume: c.Bool("resume"),
-		Out: c.App.ErrWriter, Terminal: isTerminal(c.App.ErrWriter),
+		Static: static,
+		Out:    c.App.ErrWriter, Terminal: isTerminal(c.App.ErrWriter),
 	}
 	fmt.Fprintf(c.App.Writer, "training %d adapter layers on %d examples (%s, %s)\n", len(start.Layers), data.Len(), c.String("data"), device)
 	res, err := train.Run(ctx, env, cfg)
@@ -287,4 +297,58 @@ func firstLine(s string) string {
 func isTerminal(w any) bool {
 	f, ok := w.(*os.File)
 	return ok && progress.IsTerminal(f)
+}
+
+// staticSteps sets up train --static: the buckets sequence lengths are
+// padded to (multiples of --pad-to-multiple-of up to --max-length) and a
+// compiler of the step for one of them, into RUNDIR/graphs/static-L/,
+// with the batch dim fixed at batch size × grad accum.
+func staticSteps(c *cli.Context, in, graphs string, data *dataset.Set, logf func(string, ...any)) (*train.Static, error) {
+	if c.Int("steps-per-run") > 1 {
+		return nil, fmt.Errorf("--static and --steps-per-run > 1 do not combine yet")
+	}
+	multiple, maxLen := c.Int("pad-to-multiple-of"), c.Int("max-length")
+	if multiple <= 0 {
+		return nil, fmt.Errorf("--pad-to-multiple-of %d: must be positive", multiple)
+	}
+	longest := 0
+	for i := range data.Len() {
+		longest = max(longest, data.SeqLen(i))
+	}
+	roundUp := func(n int) int { return (n + multiple - 1) / multiple * multiple }
+	if maxLen == 0 {
+		maxLen = roundUp(longest)
+	}
+	if maxLen < 0 {
+		return nil, fmt.Errorf("--max-length %d: must be positive", maxLen)
+	}
+	batchDim, seqDim := data.DimNames()
+	if batchDim == "" {
+		return nil, fmt.Errorf("--static: the model's batch dim is already fixed; nothing to specialise")
+	}
+	rows := int64(c.Int("batch-size") * max(c.Int("grad-accum"), 1))
+	return &train.Static{
+		Bucket: func(n int) (int, error) {
+			if n > maxLen {
+				return 0, fmt.Errorf("an example has %d tokens, more than --max-length %d", n, maxLen)
+			}
+			if seqDim == "" {
+				return 0, nil
+			}
+			return min(roundUp(max(n, 1)), maxLen), nil
+		},
+		Graph: func(seqLen int) (string, trainio.Graph, error) {
+			dims := map[string]int64{batchDim: rows}
+			if seqDim != "" {
+				dims[seqDim] = int64(seqLen)
+			}
+			dir := filepath.Join(graphs, fmt.Sprintf("static-%d", seqLen))
+			logf("compiling the step for %d × %d into %s", rows, seqLen, dir)
+			io, err := exportTrain(in, dir, c, dims, nil, logf)
+			if err != nil {
+				return "", trainio.Graph{}, err
+			}
+			return filepath.Join(dir, "train.onnx"), io.Train, nil
+		},
+	}, nil
 }

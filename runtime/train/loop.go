@@ -44,6 +44,10 @@ type Config struct {
 	SaveEvery int
 	Resume    bool
 
+	// Static, when set, runs every step on a graph compiled for its
+	// shapes (static.go); TrainGraph then serves no step.
+	Static *Static
+
 	Out      io.Writer // progress and log lines
 	Terminal bool      // Out is a terminal: draw a progress bar
 	// OnStep, when set, is called after every step (tests use it to
@@ -77,6 +81,10 @@ type runner struct {
 	order   []int
 	bar     *progress.Bar
 	metrics *metricsFile
+	// buckets are the static-shape step graphs opened so far, by
+	// sequence length; open opens one (Config.Static).
+	buckets map[int]*stepGraph
+	open    openFunc
 }
 
 // Run trains until the step budget is spent or ctx is cancelled (then it
@@ -88,12 +96,28 @@ func Run(ctx context.Context, env *runtime.Env, cfg Config) (*Result, error) {
 	}
 	defer r.metrics.Close()
 	cfg = r.cfg
-	sess, err := env.NewSession(cfg.TrainGraph, cfg.Session)
-	if err != nil {
-		return nil, err
+	var opened []*runtime.Session
+	defer func() {
+		for _, s := range opened {
+			s.Close()
+		}
+	}()
+	r.open = func(path string) (graphRunner, error) {
+		s, err := env.NewSession(path, cfg.Session)
+		if err != nil {
+			return nil, err
+		}
+		opened = append(opened, s)
+		return s, nil
 	}
-	defer sess.Close()
-	r.single.sess = sess
+	if cfg.Static == nil {
+		sess, err := env.NewSession(cfg.TrainGraph, cfg.Session)
+		if err != nil {
+			return nil, err
+		}
+		defer sess.Close()
+		r.single.sess = sess
+	}
 	if cfg.IO.Multi != nil && cfg.IO.StepsPerRun > 1 && cfg.MultiGraph != "" {
 		multi, err := env.NewSession(cfg.MultiGraph, cfg.Session)
 		if err != nil {
@@ -126,6 +150,15 @@ func newRunner(cfg Config) (*runner, error) {
 	}
 	perStep := cfg.BatchSize * cfg.GradAccum
 	stepsPerEpoch := (cfg.Data.Len() + perStep - 1) / perStep
+	if cfg.Static != nil {
+		// Static shapes drop the short last batch of an epoch.
+		if stepsPerEpoch = cfg.Data.Len() / perStep; stepsPerEpoch == 0 {
+			return nil, fmt.Errorf("static shapes need at least batch size × grad accum = %d examples, the data has %d", perStep, cfg.Data.Len())
+		}
+		if cfg.IO.StepsPerRun > 1 {
+			return nil, fmt.Errorf("static shapes and steps per run > 1 do not combine yet")
+		}
+	}
 	total := cfg.MaxSteps
 	if total <= 0 {
 		if cfg.Epochs <= 0 {
@@ -298,7 +331,7 @@ func (r *runner) evaluate() (float64, error) {
 			idx = append(idx, i)
 			w += set.Tokens(i)
 		}
-		batch, err := batchOf(set, idx)
+		batch, err := batchOf(set, idx, 0)
 		if err != nil {
 			return 0, err
 		}

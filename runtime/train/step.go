@@ -66,6 +66,12 @@ func (r *runner) nextIndices() []int {
 	if r.order == nil {
 		r.order = dataset.Order(n, r.prog.Seed, r.prog.Epoch)
 	}
+	if r.cfg.Static != nil && r.prog.Position+want > n {
+		// Static shapes: the short last batch is dropped.
+		r.prog.Epoch++
+		r.prog.Position = 0
+		r.order = dataset.Order(n, r.prog.Seed, r.prog.Epoch)
+	}
 	end := min(r.prog.Position+want, n)
 	idx := r.order[r.prog.Position:end]
 	r.prog.Position = end
@@ -87,7 +93,14 @@ func (r *runner) runSteps(g *stepGraph) (float64, float64, error) {
 	start := time.Now()
 	first, last := r.prog.Step+1, r.prog.Step+k
 	mb := r.gather(k)
-	batch, err := batchOf(r.cfg.Data, mb.idx)
+	seqLen := 0 // pad to the longest in the batch
+	if r.cfg.Static != nil {
+		var err error
+		if g, seqLen, err = r.staticStep(mb.idx); err != nil {
+			return 0, 0, fmt.Errorf("%s: %w", stepSpan(first, last), err)
+		}
+	}
+	batch, err := batchOf(r.cfg.Data, mb.idx, seqLen)
 	if err != nil {
 		return 0, 0, err
 	}
@@ -249,8 +262,8 @@ func (r *runner) feeds(g trainio.Graph, batch map[string]runtime.Tensor, lr, ste
 }
 
 // batchOf stacks examples idx of set as runtime tensors.
-func batchOf(set *dataset.Set, idx []int) (map[string]runtime.Tensor, error) {
-	db, err := set.Batch(idx)
+func batchOf(set *dataset.Set, idx []int, seqLen int) (map[string]runtime.Tensor, error) {
+	db, err := set.BatchTo(idx, int64(seqLen))
 	if err != nil {
 		return nil, err
 	}
