@@ -169,17 +169,17 @@ func exportTrain(in, dir string, c *cli.Context, static map[string]int64, dump f
 	if len(static) > 0 {
 		spec = []string{"specialize"}
 	}
-	if res.Train, err = build("train", append([]string{"params", "loss", "autodiff", "optimizer", "prune"}, spec...)...); err != nil {
+	if res.Train, err = build("train", append([]string{"params", "canonicalize", "loss", "autodiff", "optimizer", "prune"}, spec...)...); err != nil {
 		return res, err
 	}
-	if res.Eval, err = build("eval", append([]string{"params", "loss", "prune"}, spec...)...); err != nil {
+	if res.Eval, err = build("eval", append([]string{"params", "canonicalize", "loss", "prune"}, spec...)...); err != nil {
 		return res, err
 	}
 	if k := c.Int("steps-per-run"); k > 1 {
 		if len(static) > 0 {
 			return res, fmt.Errorf("--static and --steps-per-run > 1 do not combine yet")
 		}
-		multi, err := build("train_multi", "params", "loss", "autodiff", "optimizer", "prune", "unroll")
+		multi, err := build("train_multi", "params", "canonicalize", "loss", "autodiff", "optimizer", "prune", "unroll")
 		if err != nil {
 			return res, err
 		}

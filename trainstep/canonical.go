@@ -1,0 +1,153 @@
+package trainstep
+
+// Pass "canonicalize".
+//
+// Pre:  none (runs on the forward graph, before loss and autodiff).
+// Post: op patterns exporters spell out are replaced by the standard op
+//       that computes them, where the model's opset has it:
+//   tanh-GELU — 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))), as Hugging
+//       Face's GPT-2 (NewGELUActivation) exports it in eight nodes, becomes
+//       Gelu(x, approximate="tanh") (opset 20).
+//
+// Why: in an inference graph ONNX Runtime fuses the pattern into one
+// kernel itself, but in a training graph the backward reads the pattern's
+// intermediate values, so the fusion cannot fire: every one of them is a
+// kernel and a kept activation (for GPT-2 small, eight [8, 512, 3072]
+// tensors per layer). As one Gelu node the forward is one kernel and the
+// backward is one rule that reads x alone.
+
+import (
+	"math"
+
+	"github.com/loracc/loracc/graph"
+)
+
+// Canonicalize is pass "canonicalize".
+func (st *Compiler) Canonicalize(m *graph.Model) error {
+	if m.OpsetVersion("") < 20 {
+		return nil // Gelu is an ONNX op from opset 20
+	}
+	g := m.Graph
+	n := 0
+	for _, node := range append([]*graph.Node(nil), g.Nodes...) {
+		if node.Graph() == nil {
+			continue // removed as part of an earlier match
+		}
+		x, inner, ok := tanhGelu(node)
+		if !ok {
+			continue
+		}
+		y := node.Output(0)
+		b := &graph.Builder{G: g, Prefix: "canonical", Metadata: node.Metadata}
+		gelu := b.Op("Gelu", y.Name+".gelu", []*graph.Value{x}, graph.AttrS("approximate", "tanh"))
+		name, typ, doc, meta := y.Name, y.Type, y.DocString, y.Metadata
+		y.ReplaceAllUsesWith(gelu)
+		for i, o := range g.Outputs {
+			if o == y {
+				g.Outputs[i] = gelu
+			}
+		}
+		for _, dead := range append([]*graph.Node{node}, inner...) { // readers first
+			if err := g.RemoveNode(dead); err != nil {
+				return err
+			}
+		}
+		if err := gelu.Rename(name); err != nil {
+			return err
+		}
+		gelu.Type, gelu.DocString, gelu.Metadata = typ, doc, meta
+		p, _ := gelu.Producer()
+		g.PlaceAfter(producerOrNil(x), p)
+		n++
+	}
+	if n > 0 {
+		st.logf("canonicalize: %d tanh-GELU patterns became Gelu(approximate=tanh)", n)
+		return g.SortTopo()
+	}
+	return nil
+}
+
+func producerOrNil(v *graph.Value) *graph.Node {
+	p, _ := v.Producer()
+	return p
+}
+
+// tanhGelu matches y = Mul(Mul(x, 0.5), Add(Tanh(Mul(Add(x, Mul(Pow(x, 3),
+// 0.044715)), √(2/π))), 1)) at y's producer, operands of Mul and Add in
+// either order, every intermediate read only inside the pattern. It
+// returns x and the seven inner nodes.
+func tanhGelu(y *graph.Node) (*graph.Value, []*graph.Node, bool) {
+	var inner []*graph.Node
+	// sub matches a single-use value produced by op with one operand the
+	// constant k (k NaN: any non-constant pair) and returns the other.
+	sub := func(v *graph.Value, op string, k float64) (*graph.Value, *graph.Value, bool) {
+		n, _ := v.Producer()
+		if n == nil || n.Op != op || n.Domain != "" || n.NumInputs() != 2 || v.NumUses() != 1 || v.IsGraphOutput() {
+			return nil, nil, false
+		}
+		a, b := n.Input(0), n.Input(1)
+		if !math.IsNaN(k) {
+			switch {
+			case isConst(b, k):
+			case isConst(a, k):
+				a, b = b, a
+			default:
+				return nil, nil, false
+			}
+		}
+		inner = append(inner, n)
+		return a, b, true
+	}
+	if y.Op != "Mul" || y.Domain != "" || y.NumInputs() != 2 {
+		return nil, nil, false
+	}
+	for _, order := range [][2]int{{0, 1}, {1, 0}} {
+		inner = inner[:0]
+		half, plus := y.Input(order[0]), y.Input(order[1])
+		x, _, ok := sub(half, "Mul", 0.5)
+		if !ok {
+			continue
+		}
+		t, _, ok := sub(plus, "Add", 1)
+		if !ok {
+			continue
+		}
+		tn, _ := t.Producer()
+		if tn == nil || tn.Op != "Tanh" || tn.Domain != "" || t.NumUses() != 1 || t.IsGraphOutput() {
+			continue
+		}
+		inner = append(inner, tn)
+		inSum, _, ok := sub(tn.Input(0), "Mul", math.Sqrt(2/math.Pi))
+		if !ok {
+			continue
+		}
+		a, b, ok := sub(inSum, "Add", math.NaN())
+		if !ok {
+			continue
+		}
+		if b == x {
+			a, b = b, a
+		}
+		if a != x {
+			continue
+		}
+		cube, _, ok := sub(b, "Mul", 0.044715)
+		if !ok {
+			continue
+		}
+		pn, _ := cube.Producer()
+		if pn == nil || pn.Op != "Pow" || pn.Domain != "" || pn.Input(0) != x || !isConst(pn.Input(1), 3) || cube.NumUses() != 1 {
+			continue
+		}
+		inner = append(inner, pn)
+		return x, append([]*graph.Node(nil), inner...), true
+	}
+	return nil, nil, false
+}
+
+// isConst reports whether v is a one-element constant equal to k to
+// float32 precision.
+func isConst(v *graph.Value, k float64) bool {
+	xs, ok := graph.ConstFloats(v)
+	return ok && len(xs) == 1 && math.Abs(xs[0]-k) <= 1e-6*math.Max(1, math.Abs(k))
+}
