@@ -74,11 +74,19 @@ func gradLayerNorm(c *gradCtx, n *graph.Node, gys []*graph.Value) []*graph.Value
 	if !c.needs(0) && !c.needs(1) {
 		return out // dB needs no statistics
 	}
-	eps := c.K(float64(n.AttrFloat("epsilon", 1e-5)), x)
-	mu := c.ReduceMean(x, axes)
-	xc := c.Sub(x, mu)
-	variance := c.ReduceMean(c.Mul(xc, xc), axes)
-	rho := c.Reciprocal(c.Sqrt(c.Add(variance, eps)))
+	// The statistics: the forward node's Mean and InvStdDev outputs when
+	// it has them (pass canonicalize asks for them), else recomputed.
+	var mu, rho, xc *graph.Value
+	if m, r := n.Output(1), n.Output(2); m != nil && r != nil && c.Inf.DType(m) == c.Inf.DType(x) {
+		mu, rho = m, r
+		xc = c.Sub(x, mu)
+	} else {
+		eps := c.K(float64(n.AttrFloat("epsilon", 1e-5)), x)
+		mu = c.ReduceMean(x, axes)
+		xc = c.Sub(x, mu)
+		variance := c.ReduceMean(c.Mul(xc, xc), axes)
+		rho = c.Reciprocal(c.Sqrt(c.Add(variance, eps)))
+	}
 	xhat := c.Mul(xc, rho)
 	if gy != nil && c.needs(1) {
 		out[1] = c.Mul(gy, xhat)

@@ -125,6 +125,16 @@ func (v *Value) ReplaceAllUsesWith(w *Value) {
 	}
 }
 
+// AddOutput appends an output slot to n holding a fresh value named after
+// base (made unique), for ops whose trailing outputs are optional (such as
+// LayerNormalization's mean and inverse standard deviation).
+func (n *Node) AddOutput(base string) *Value {
+	v := n.graph.newValue(base)
+	v.producer, v.outIndex = n, len(n.outputs)
+	n.outputs = append(n.outputs, v)
+	return v
+}
+
 // SetAttr sets or replaces an attribute.
 func (n *Node) SetAttr(a *Attr) {
 	for i, old := range n.Attrs {

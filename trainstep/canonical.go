@@ -7,7 +7,10 @@ package trainstep
 //       that computes them, where the model's opset has it:
 //   tanh-GELU — 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))), as Hugging
 //       Face's GPT-2 (NewGELUActivation) exports it in eight nodes, becomes
-//       Gelu(x, approximate="tanh") (opset 20).
+//       Gelu(x, approximate="tanh") (opset 20);
+//   LayerNormalization with only its output Y gets its optional outputs
+//       Mean and InvStdDev, which the gradient rule then reads instead of
+//       recomputing the statistics (six nodes per normalization).
 //
 // Why: in an inference graph ONNX Runtime fuses the pattern into one
 // kernel itself, but in a training graph the backward reads the pattern's
@@ -24,10 +27,22 @@ import (
 
 // Canonicalize is pass "canonicalize".
 func (st *Compiler) Canonicalize(m *graph.Model) error {
+	g := m.Graph
+	stats := 0
+	for _, node := range g.Nodes {
+		if node.Op == "LayerNormalization" && node.Domain == "" && len(node.Outputs()) == 1 {
+			y := node.Output(0)
+			node.AddOutput(y.Name + ".mean")
+			node.AddOutput(y.Name + ".inv_std_dev")
+			stats++
+		}
+	}
+	if stats > 0 {
+		st.logf("canonicalize: %d LayerNormalizations output their statistics for the backward", stats)
+	}
 	if m.OpsetVersion("") < 20 {
 		return nil // Gelu is an ONNX op from opset 20
 	}
-	g := m.Graph
 	n := 0
 	for _, node := range append([]*graph.Node(nil), g.Nodes...) {
 		if node.Graph() == nil {

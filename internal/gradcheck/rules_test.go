@@ -183,6 +183,10 @@ func cases() []Case {
 		{Name: "LogSoftmax axis 0", Opset: 13, Inputs: []Input{p("a", 3, 4)}, Build: op("LogSoftmax", []string{"a"}, graph.AttrI("axis", 0))},
 		{Name: "LogSoftmax opset 11 axis -2", Opset: 11, Inputs: []Input{p("a", 2, 3, 4)}, Build: op("LogSoftmax", []string{"a"}, graph.AttrI("axis", -2))},
 		{Name: "LayerNormalization last axis", Inputs: []Input{p("x", 2, 3, 4), p("s", 4), p("b", 4)}, Build: op("LayerNormalization", []string{"x", "s", "b"}, graph.AttrF("epsilon", 1e-3))},
+		{Name: "LayerNormalization with Mean and InvStdDev outputs (read by the rule)", Inputs: []Input{p("x", 2, 3, 4), p("s", 4), p("b", 4)}, Build: func(b *graph.Builder, in map[string]*graph.Value) (*graph.Value, error) {
+			ys := b.OpN("LayerNormalization", []string{"y", "y.mean", "y.inv_std_dev"}, []*graph.Value{in["x"], in["s"], in["b"]}, graph.AttrF("epsilon", 1e-3))
+			return ys[0], nil
+		}},
 		{Name: "LayerNormalization last two axes", Inputs: []Input{p("x", 2, 3, 4), p("s", 3, 4), p("b", 3, 4)}, Build: op("LayerNormalization", []string{"x", "s", "b"}, graph.AttrI("axis", -2))},
 		{Name: "LayerNormalization positive axis no bias", Inputs: []Input{p("x", 2, 3, 4), p("s", 3, 4)}, Build: op("LayerNormalization", []string{"x", "s"}, graph.AttrI("axis", 1))},
 		{Name: "LayerNormalization bias only", Inputs: []Input{x("x", 2, 3, 4), x("s", 4), p("b", 4)}, Build: op("LayerNormalization", []string{"x", "s", "b"})},
