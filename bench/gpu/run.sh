@@ -216,8 +216,26 @@ static() {
 		python3 "$ROOT"/bench/gpu/profsum.py "$W"/prof_${kind}_*.json >"$W"/profsum_$kind.txt; head -30 "$W"/profsum_$kind.txt
 		gzip -f "$W"/prof_${kind}_*.json
 	done
-	(cd "$WORK" && tar czf "$OUT"/static_gpt2.tgz gpt2s/latency.jsonl gpt2s/profsum_*.txt gpt2s/torch_summary.json gpt2s/*.log gpt2s/prof_*.json.gz 2>/dev/null)
-	cat "$W"/latency.jsonl
+	for kind in dynamic static; do
+		local extra=""
+		[ $kind = static ] && extra="--static --pad-to-multiple-of $SEQ"
+		rm -rf "$W"/run_$kind
+		local mp; mp=$(mempoll "$W"/mem_train_$kind.txt)
+		local t0=$(now)
+		"$BIN"/loracc train "$W"/model.lora.onnx --adapter "$W"/peft_init --data "$W"/data.jsonl --loss lm \
+			--logits logits --labels labels --max-steps "$STEPS" --batch-size "$BATCH" --lr 1e-4 --weight-decay 0 \
+			--clip-norm 0 --device cuda --save-every 0 $extra --out "$W"/run_$kind >"$W"/train_$kind.log 2>&1
+		echo "train_$kind exit $? wall_s $(python3 -c "print($(now)-$t0)") peak_mib $(sort -n "$W"/mem_train_$kind.txt | tail -1)" | tee -a "$W"/train_wall.txt
+		kill "$mp" 2>/dev/null
+		python3 - "$W"/run_$kind/metrics.csv <<'PY' | tee -a "$W"/train_wall.txt
+import csv, statistics, sys
+rows = list(csv.DictReader(open(sys.argv[1])))
+tps = [float(r["tokens_per_s"]) for r in rows[8:]]
+print(f"{sys.argv[1]}: {len(rows)} steps, median tokens/s over steps 9+: {statistics.median(tps):.0f}, first loss {rows[0]['loss']}, last {rows[-1]['loss']}")
+PY
+	done
+	(cd "$WORK" && tar czf "$OUT"/static_gpt2.tgz gpt2s/latency.jsonl gpt2s/profsum_*.txt gpt2s/torch_summary.json gpt2s/*.log gpt2s/train_wall.txt gpt2s/run_*/metrics.csv gpt2s/prof_*.json.gz 2>/dev/null)
+	cat "$W"/latency.jsonl "$W"/train_wall.txt
 }
 
 # llama-extra: re-export, then loracc train with only ~80 GB of the GPU free (an H100's size), and a profile
