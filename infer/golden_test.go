@@ -12,52 +12,11 @@ import (
 	"github.com/loracc/loracc/adapter"
 	"github.com/loracc/loracc/graph"
 	"github.com/loracc/loracc/infer"
+	"github.com/loracc/loracc/internal/golden"
 	"github.com/loracc/loracc/lora"
 	"github.com/loracc/loracc/rewrite"
 	"github.com/loracc/loracc/trainstep"
 )
-
-// golden compares text with testdata/<name>, rewriting it when
-// UPDATE_SNAPSHOTS=1.
-func golden(t *testing.T, name, got string) {
-	t.Helper()
-	path := filepath.Join("testdata", name)
-	if os.Getenv("UPDATE_SNAPSHOTS") != "" {
-		if err := os.MkdirAll("testdata", 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("%v (run with UPDATE_SNAPSHOTS=1 to create it)", err)
-	}
-	if string(want) != got {
-		t.Errorf("%s changed (UPDATE_SNAPSHOTS=1 refreshes it):\n%s", path, firstDiff(string(want), got))
-	}
-}
-
-// firstDiff shows the first line where got and want part, so a changed
-// digest file names the model that changed.
-func firstDiff(want, got string) string {
-	w, g := strings.Split(want, "\n"), strings.Split(got, "\n")
-	for i := range max(len(w), len(g)) {
-		var a, b string
-		if i < len(w) {
-			a = w[i]
-		}
-		if i < len(g) {
-			b = g[i]
-		}
-		if a != b {
-			return fmt.Sprintf("line %d:\n  want %s\n  got  %s", i+1, a, b)
-		}
-	}
-	return "(no line differs)"
-}
 
 // testModels are the testdata models, by name.
 func testModels(t *testing.T) []string {
@@ -178,7 +137,7 @@ func TestGoldenInfo(t *testing.T) {
 		saveDump(t, name, base)
 		fmt.Fprintf(&digests, "%s %x %d\n", name, sha256.Sum256([]byte(base)), strings.Count(base, "\n"))
 		if len(base) < 48<<10 {
-			golden(t, "infer_"+name+".txt", base)
+			golden.Check(t, "infer_"+name+".txt", base)
 		}
 		if err := compileTrain(name, m); err != nil {
 			fmt.Fprintf(&digests, "%s.train error: %v\n", name, err)
@@ -187,9 +146,9 @@ func TestGoldenInfo(t *testing.T) {
 		train := dumpInfo(m)
 		saveDump(t, name+".train", train)
 		if len(train) < 48<<10 {
-			golden(t, "infer_"+name+".train.txt", train)
+			golden.Check(t, "infer_"+name+".train.txt", train)
 		}
 		fmt.Fprintf(&digests, "%s.train %x %d\n", name, sha256.Sum256([]byte(train)), strings.Count(train, "\n"))
 	}
-	golden(t, "infer_digests.txt", digests.String())
+	golden.Check(t, "infer_digests.txt", digests.String())
 }

@@ -2,39 +2,15 @@ package rewrite
 
 import (
 	"fmt"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/loracc/loracc/adapter"
 	"github.com/loracc/loracc/graph"
+	"github.com/loracc/loracc/internal/golden"
 	"github.com/loracc/loracc/lora"
 	"github.com/loracc/loracc/trainstep"
 )
-
-// golden compares text with testdata/<name>, rewriting it when
-// UPDATE_SNAPSHOTS=1.
-func golden(t *testing.T, name, got string) {
-	t.Helper()
-	path := filepath.Join("testdata", name)
-	if os.Getenv("UPDATE_SNAPSHOTS") != "" {
-		if err := os.MkdirAll("testdata", 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("%v (run with UPDATE_SNAPSHOTS=1 to create it)", err)
-	}
-	if string(want) != got {
-		t.Errorf("%s changed (UPDATE_SNAPSHOTS=1 refreshes it):\ngot:\n%s\nwant:\n%s", path, got, want)
-	}
-}
 
 func TestGoldenSeedInject(t *testing.T) {
 	m := seedModel(t)
@@ -42,13 +18,13 @@ func TestGoldenSeedInject(t *testing.T) {
 	if err := Run(m, c, "inject"); err != nil {
 		t.Fatal(err)
 	}
-	golden(t, "seed_inject.txt", graph.Format(m))
+	golden.Check(t, "seed_inject.txt", graph.Format(m))
 	adaptersAsInputs := seedModel(t)
 	c = &Context{Lora: lora.Options{Config: adapter.NewConfig(2, 2), AdapterInputs: true}, Verify: true}
 	if err := Run(adaptersAsInputs, c, "inject"); err != nil {
 		t.Fatal(err)
 	}
-	golden(t, "seed_inject_inputs.txt", graph.Format(adaptersAsInputs))
+	golden.Check(t, "seed_inject_inputs.txt", graph.Format(adaptersAsInputs))
 }
 
 // TestGoldenSeedTrain prints the seed model's training graph after every
@@ -67,7 +43,7 @@ func TestGoldenSeedTrain(t *testing.T) {
 	if err := Run(m, c, "params", "loss", "autodiff", "optimizer", "prune"); err != nil {
 		t.Fatal(err)
 	}
-	golden(t, "seed_train.txt", out.String())
+	golden.Check(t, "seed_train.txt", out.String())
 	for _, n := range m.Graph.Nodes {
 		if n.Domain != "" {
 			t.Errorf("node %q uses domain %q: training graphs must be plain ai.onnx", n.Name, n.Domain)
