@@ -1,0 +1,173 @@
+package runtime
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+
+	"github.com/loracc/loracc/graph"
+	"github.com/loracc/loracc/runtime/internal/ort"
+)
+
+// DeviceValue is a tensor a BoundSession left in its device memory (GPU
+// memory under CUDA), to feed a later run without crossing to the host.
+// Close releases it; it is safe twice.
+type DeviceValue struct{ v *ort.Value }
+
+// Close releases the value.
+func (d *DeviceValue) Close() {
+	if d != nil {
+		d.v.Close()
+	}
+}
+
+// BoundSession runs a model with some inputs and outputs kept in device
+// memory between runs (ONNX Runtime's IoBinding): a training step's
+// adapter and optimizer state stay on the GPU, and only the loss and the
+// gradient norm come back each step. Run is not for concurrent use.
+type BoundSession struct {
+	env  *Env
+	name string
+	opts ort.Options
+	s    *ort.BoundSession
+
+	mu      sync.Mutex
+	fetches map[string]*ort.BoundSession // identity graphs that copy values to the host
+}
+
+// NewBoundSession opens the model file at path for bound runs.
+func (e *Env) NewBoundSession(path string, opts SessionOptions) (*BoundSession, error) {
+	o, err := opts.ort()
+	if err != nil {
+		return nil, fmt.Errorf("runtime: %s: %w", path, err)
+	}
+	if err := e.addSession(); err != nil {
+		return nil, fmt.Errorf("runtime: %s: %w", path, err)
+	}
+	s, err := ort.NewBoundSession(e.libPath, path, nil, o)
+	if err != nil {
+		e.removeSession()
+		return nil, fmt.Errorf("runtime: %s: creating %s session: %w", path, opts.device(), err)
+	}
+	return &BoundSession{env: e, name: path, opts: o, s: s, fetches: map[string]*ort.BoundSession{}}, nil
+}
+
+// Close releases the session; it is safe twice.
+func (b *BoundSession) Close() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.s == nil {
+		return
+	}
+	b.s.Close()
+	for _, f := range b.fetches {
+		f.Close()
+	}
+	b.s, b.fetches = nil, nil
+	b.env.removeSession()
+}
+
+// Run feeds host inputs (copied for the run) and device inputs, and
+// returns the outputs named in toHost as host tensors and those in
+// toDevice as DeviceValues the caller owns. Every output of the model is
+// in one of the lists.
+func (b *BoundSession) Run(host map[string]Tensor, dev map[string]*DeviceValue, toHost, toDevice []string) (map[string]Tensor, map[string]*DeviceValue, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.s == nil {
+		return nil, nil, fmt.Errorf("runtime: %s: session is closed", b.name)
+	}
+	hin := make(map[string]ort.HostTensor, len(host))
+	for k, t := range host {
+		hin[k] = ort.HostTensor{DType: t.DType, Shape: t.Shape, Data: t.Data}
+	}
+	din := make(map[string]*ort.Value, len(dev))
+	for k, d := range dev {
+		if d == nil {
+			return nil, nil, fmt.Errorf("runtime: %s: input %q: no value", b.name, k)
+		}
+		din[k] = d.v
+	}
+	hout, dout, err := b.s.Run(hin, din, toHost, toDevice)
+	if err != nil {
+		return nil, nil, fmt.Errorf("runtime: %s: %w", b.name, err)
+	}
+	return fromHost(hout), wrap(dout), nil
+}
+
+// Fetch copies device values to the host (for a checkpoint or an
+// evaluation): it runs an identity graph over them on the same provider,
+// built once per set of names, types and shapes.
+func (b *BoundSession) Fetch(vals map[string]*DeviceValue) (map[string]Tensor, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.s == nil {
+		return nil, fmt.Errorf("runtime: %s: session is closed", b.name)
+	}
+	names := make([]string, 0, len(vals))
+	for k := range vals {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	m := graph.NewModel(13)
+	bld := &graph.Builder{G: m.Graph, Prefix: "fetch"}
+	var key strings.Builder
+	din := map[string]*ort.Value{}
+	var outs []string
+	for i, n := range names {
+		dt, shape, err := vals[n].v.Info()
+		if err != nil {
+			return nil, fmt.Errorf("runtime: fetch %q: %w", n, err)
+		}
+		fmt.Fprintf(&key, "%s:%s%v;", n, dt, shape)
+		in := fmt.Sprintf("in%d", i)
+		dims := make([]graph.Dim, len(shape))
+		for j, d := range shape {
+			dims[j] = graph.Dim{Value: d}
+		}
+		x := m.Graph.AddInput(in, &graph.TensorType{DType: dt, Shape: dims})
+		y := bld.Op("Identity", fmt.Sprintf("out%d", i), []*graph.Value{x})
+		y.Type = &graph.TensorType{DType: dt, Shape: dims}
+		m.Graph.AddOutput(y)
+		din[in] = vals[n].v
+		outs = append(outs, y.Name)
+	}
+	f := b.fetches[key.String()]
+	if f == nil {
+		data, err := graph.Encode(m)
+		if err != nil {
+			return nil, err
+		}
+		if f, err = ort.NewBoundSession(b.env.libPath, "", data, b.opts); err != nil {
+			return nil, fmt.Errorf("runtime: fetch graph: %w", err)
+		}
+		b.fetches[key.String()] = f
+	}
+	hout, _, err := f.Run(nil, din, outs, nil)
+	if err != nil {
+		return nil, fmt.Errorf("runtime: fetch: %w", err)
+	}
+	res := map[string]Tensor{}
+	for i, n := range names {
+		t := hout[outs[i]]
+		res[n] = Tensor{DType: t.DType, Shape: t.Shape, Data: t.Data}
+	}
+	return res, nil
+}
+
+func fromHost(m map[string]ort.HostTensor) map[string]Tensor {
+	out := make(map[string]Tensor, len(m))
+	for k, t := range m {
+		out[k] = Tensor{DType: t.DType, Shape: t.Shape, Data: t.Data}
+	}
+	return out
+}
+
+func wrap(m map[string]*ort.Value) map[string]*DeviceValue {
+	out := make(map[string]*DeviceValue, len(m))
+	for k, v := range m {
+		out[k] = &DeviceValue{v: v}
+	}
+	return out
+}
