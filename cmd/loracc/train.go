@@ -51,6 +51,7 @@ func trainCommand() *cli.Command {
 			&cli.BoolFlag{Name: "resume", Usage: "continue the run in --out from its last checkpoint"},
 			&cli.BoolFlag{Name: "fuse", Usage: "also write the fused model to RUNDIR/model.fused.onnx"},
 			&cli.Int64Flag{Name: "pad-id", Usage: "token id used to pad lm sequences"},
+			&cli.StringFlag{Name: "device-state", Value: "auto", Usage: "keep the adapter and optimizer state in device memory between steps: on, off, or auto (on with cuda)"},
 			&cli.BoolFlag{Name: "static", Usage: "run every step on a graph compiled for its shapes (no shape work per step; the epoch's short last batch is dropped)"},
 			&cli.IntFlag{Name: "pad-to-multiple-of", Value: 64, Usage: "with --static: lm sequences are padded up to a multiple of this, one compiled graph per length"},
 			&cli.IntFlag{Name: "max-length", Usage: "with --static: the longest sequence length (default: the longest example's, rounded up); longer examples are an error"},
@@ -122,6 +123,16 @@ func trainAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	var deviceState bool
+	switch c.String("device-state") {
+	case "on":
+		deviceState = true
+	case "off":
+	case "auto":
+		deviceState = device == "cuda" && c.Int("steps-per-run") <= 1
+	default:
+		return fmt.Errorf("--device-state %q: want on, off or auto", c.String("device-state"))
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	cfg := train.Config{
@@ -132,8 +143,8 @@ func trainAction(c *cli.Context) error {
 		Schedule: train.Schedule{Kind: c.String("schedule"), LR: c.Float64("lr"), Warmup: c.Int("warmup")},
 		Seed:     c.Uint64("seed"), Session: runtime.SessionOptions{Device: device},
 		EvalEvery: c.Int("eval-every"), SaveEvery: c.Int("save-every"), Resume: c.Bool("resume"),
-		Static: static,
-		Out:    c.App.ErrWriter, Terminal: isTerminal(c.App.ErrWriter),
+		Static: static, DeviceState: deviceState,
+		Out: c.App.ErrWriter, Terminal: isTerminal(c.App.ErrWriter),
 	}
 	fmt.Fprintf(c.App.Writer, "training %d adapter layers on %d examples (%s, %s)\n", len(start.Layers), data.Len(), c.String("data"), device)
 	res, err := train.Run(ctx, env, cfg)

@@ -284,3 +284,35 @@ func TestTrainRefusesOutputOnInput(t *testing.T) {
 		t.Error("the refused run trained anyway")
 	}
 }
+
+// TestTrainDeviceState: with the state kept in the session's memory
+// between steps (--device-state on, the default on CUDA; forced here on
+// the CPU), training gives the same metrics and checkpoints as feeding it
+// from the host every step — bit for bit on the CPU — with evaluation and
+// checkpoints (which copy the state out) inside the run, dynamic and
+// static graphs.
+func TestTrainDeviceState(t *testing.T) {
+	env(t)
+	dir := t.TempDir()
+	injected, data := seedRun(t, dir)
+	for _, extra := range [][]string{nil, {"--static", "--batch-size", "8"}} {
+		runs := map[string]string{}
+		for _, mode := range []string{"off", "on"} {
+			run := filepath.Join(dir, mode+strings.Join(extra, ""))
+			args := append(seedTrainArgs(injected, data, run, "40"), "--device-state", mode, "--save-every", "15", "--eval", data, "--eval-every", "10")
+			mustLoracc(t, append(args, extra...)...)
+			runs[mode] = run
+		}
+		a, b := lossColumn(t, runs["off"]), lossColumn(t, runs["on"])
+		if strings.Join(a, "\n") != strings.Join(b, "\n") || len(a) != 40 {
+			t.Errorf("%v: loss columns differ (%d and %d rows)", extra, len(a), len(b))
+		}
+		for _, f := range []string{"adapter/adapter_model.safetensors", "checkpoints/step-00000030/optimizer.safetensors"} {
+			x, err1 := os.ReadFile(filepath.Join(runs["off"], f))
+			y, err2 := os.ReadFile(filepath.Join(runs["on"], f))
+			if err1 != nil || err2 != nil || !bytes.Equal(x, y) {
+				t.Errorf("%v: %s differs between host and device state (%v %v)", extra, f, err1, err2)
+			}
+		}
+	}
+}

@@ -47,6 +47,10 @@ type Config struct {
 	// Static, when set, runs every step on a graph compiled for its
 	// shapes (static.go); TrainGraph then serves no step.
 	Static *Static
+	// DeviceState keeps the adapter params and optimizer state in the
+	// session's device memory between steps (device.go); only the loss and
+	// gradient norm cross to the host each step. Not with StepsPerRun > 1.
+	DeviceState bool
 
 	Out      io.Writer // progress and log lines
 	Terminal bool      // Out is a terminal: draw a progress bar
@@ -85,6 +89,12 @@ type runner struct {
 	// sequence length; open opens one (Config.Static).
 	buckets map[int]*stepGraph
 	open    openFunc
+	// dev holds the params and state in device memory when the step graph
+	// is bound (device.go); stale says the host copies are older; fetcher
+	// copies dev to the host.
+	dev     map[string]*runtime.DeviceValue
+	stale   bool
+	fetcher boundRunner
 }
 
 // Run trains until the step budget is spent or ctx is cancelled (then it
@@ -102,21 +112,35 @@ func Run(ctx context.Context, env *runtime.Env, cfg Config) (*Result, error) {
 			s.Close()
 		}
 	}()
-	r.open = func(path string) (graphRunner, error) {
+	var bound []*runtime.BoundSession
+	defer func() {
+		r.releaseDevice() // before the sessions that hold the memory
+		for _, s := range bound {
+			s.Close()
+		}
+	}()
+	r.open = func(g *stepGraph, path string) error {
+		if cfg.DeviceState {
+			s, err := env.NewBoundSession(path, cfg.Session)
+			if err != nil {
+				return err
+			}
+			bound = append(bound, s)
+			g.bound = s
+			return nil
+		}
 		s, err := env.NewSession(path, cfg.Session)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		opened = append(opened, s)
-		return s, nil
+		g.sess = s
+		return nil
 	}
 	if cfg.Static == nil {
-		sess, err := env.NewSession(cfg.TrainGraph, cfg.Session)
-		if err != nil {
+		if err := r.open(&r.single, cfg.TrainGraph); err != nil {
 			return nil, err
 		}
-		defer sess.Close()
-		r.single.sess = sess
 	}
 	if cfg.IO.Multi != nil && cfg.IO.StepsPerRun > 1 && cfg.MultiGraph != "" {
 		multi, err := env.NewSession(cfg.MultiGraph, cfg.Session)
@@ -158,6 +182,9 @@ func newRunner(cfg Config) (*runner, error) {
 		if cfg.IO.StepsPerRun > 1 {
 			return nil, fmt.Errorf("static shapes and steps per run > 1 do not combine yet")
 		}
+	}
+	if cfg.DeviceState && cfg.IO.StepsPerRun > 1 {
+		return nil, fmt.Errorf("device-resident state and steps per run > 1 do not combine (both keep the state on the device; use one)")
 	}
 	total := cfg.MaxSteps
 	if total <= 0 {
@@ -300,6 +327,9 @@ func (r *runner) loop(ctx context.Context) (*Result, error) {
 		fmt.Fprintf(cfg.Out, "interrupted: checkpoint at step %d written; continue with --resume\n", r.prog.Step)
 	}
 	res.Steps = r.prog.Step
+	if err := r.syncHost(); err != nil {
+		return nil, err
+	}
 	if res.Adapter, err = ToAdapter(r.params, cfg.Adapter); err != nil {
 		return nil, err
 	}
@@ -314,6 +344,9 @@ func crossed(before, now, every int) bool {
 }
 
 func (r *runner) checkpoint() error {
+	if err := r.syncHost(); err != nil {
+		return err
+	}
 	if err := r.metrics.Sync(); err != nil {
 		return err
 	}
@@ -322,6 +355,9 @@ func (r *runner) checkpoint() error {
 
 // evaluate is the token-weighted mean loss over the eval set, in order.
 func (r *runner) evaluate() (float64, error) {
+	if err := r.syncHost(); err != nil {
+		return 0, err
+	}
 	set := r.cfg.Eval
 	var sum, weight float64
 	for lo := 0; lo < set.Len(); lo += r.cfg.BatchSize {

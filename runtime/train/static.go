@@ -25,9 +25,9 @@ type Static struct {
 	Graph func(seqLen int) (string, trainio.Graph, error)
 }
 
-// openFunc opens a compiled graph for the loop (an ORT session, or a fake
-// in tests).
-type openFunc func(path string) (graphRunner, error)
+// openFunc opens the compiled graph at path into g (an ORT session, a
+// bound one, or a fake in tests).
+type openFunc func(g *stepGraph, path string) error
 
 // staticStep picks, compiling and opening it on first use, the graph for
 // the bucket of the examples idx.
@@ -47,14 +47,13 @@ func (r *runner) staticStep(idx []int) (*stepGraph, int, error) {
 	if err != nil {
 		return nil, 0, fmt.Errorf("compiling the step for sequence length %d: %w", seqLen, err)
 	}
-	sess, err := r.open(path)
-	if err != nil {
+	g := &stepGraph{io: io, k: 1}
+	if err := r.open(g, path); err != nil {
 		return nil, 0, err
 	}
 	if r.buckets == nil {
 		r.buckets = map[int]*stepGraph{}
 	}
-	g := &stepGraph{io: io, sess: sess, k: 1}
 	r.buckets[seqLen] = g
 	return g, seqLen, nil
 }

@@ -37,12 +37,13 @@ func TestLoopStatic(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer r.metrics.Close()
-	r.open = func(path string) (graphRunner, error) {
+	r.open = func(g *stepGraph, path string) error {
 		var seqLen int
 		fmt.Sscan(path, &seqLen)
 		ft := &fakeTrain{k: 1}
 		trains[seqLen] = ft
-		return recordShapes{ft, func(s []int64) { shapes[seqLen] = append(shapes[seqLen], s) }}, nil
+		g.sess = recordShapes{ft, func(s []int64) { shapes[seqLen] = append(shapes[seqLen], s) }}
+		return nil
 	}
 	res, err := r.loop(t.Context())
 	if err != nil || res.Steps != 6 {

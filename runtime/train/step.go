@@ -24,7 +24,10 @@ type graphRunner interface {
 type stepGraph struct {
 	io   trainio.Graph
 	sess graphRunner
-	k    int
+	// bound, when set, runs the graph with params and state kept in
+	// device memory (device.go) instead of sess.
+	bound boundRunner
+	k     int
 }
 
 // canRunMulti reports whether the next K steps can run as one: the K-step
@@ -117,7 +120,13 @@ func (r *runner) runSteps(g *stepGraph) (float64, float64, error) {
 	if err != nil {
 		return 0, 0, err
 	}
-	out, err := g.sess.Run(feeds, outputNames(g.io))
+	var out map[string]runtime.Tensor
+	var devOut map[string]*runtime.DeviceValue
+	if g.bound != nil {
+		out, devOut, err = r.runBound(g, feeds)
+	} else {
+		out, err = g.sess.Run(feeds, outputNames(g.io))
+	}
 	if err != nil {
 		return 0, 0, fmt.Errorf("%s: %w", stepSpan(first, last), err)
 	}
@@ -127,11 +136,18 @@ func (r *runner) runSteps(g *stepGraph) (float64, float64, error) {
 	}
 	for j := range k {
 		if !finite(losses[j]) || !finite(norms[j]) {
+			for _, d := range devOut {
+				d.Close()
+			}
 			return 0, 0, r.nonFinite(first+j, losses[j], norms[j], first, last)
 		}
 	}
 	// Only now, with finite steps, take the new params and state.
-	r.apply(g.io, out)
+	if g.bound != nil {
+		r.applyBound(g, devOut)
+	} else {
+		r.apply(g.io, out)
+	}
 	r.prog.Step = last
 	per := time.Since(start).Seconds() / float64(k)
 	evalLoss := math.NaN()
