@@ -216,9 +216,12 @@ static() {
 		python3 "$ROOT"/bench/gpu/profsum.py "$W"/prof_${kind}_*.json >"$W"/profsum_$kind.txt; head -30 "$W"/profsum_$kind.txt
 		gzip -f "$W"/prof_${kind}_*.json
 	done
-	for kind in dynamic static; do
+	for kind in dynamic static static_hoststate; do
 		local extra=""
-		[ $kind = static ] && extra="--static --pad-to-multiple-of $SEQ"
+		case $kind in
+		static) extra="--static --pad-to-multiple-of $SEQ" ;;
+		static_hoststate) extra="--static --pad-to-multiple-of $SEQ --device-state off" ;;
+		esac
 		rm -rf "$W"/run_$kind
 		local mp; mp=$(mempoll "$W"/mem_train_$kind.txt)
 		local t0=$(now)
