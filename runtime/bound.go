@@ -110,39 +110,19 @@ func (b *BoundSession) Fetch(vals map[string]*DeviceValue) (map[string]Tensor, e
 		names = append(names, k)
 	}
 	sort.Strings(names)
-	m := graph.NewModel(13)
-	bld := &graph.Builder{G: m.Graph, Prefix: "fetch"}
-	var key strings.Builder
+	specs := make([]tensorSpec, len(names))
 	din := map[string]*ort.Value{}
-	var outs []string
 	for i, n := range names {
 		dt, shape, err := vals[n].v.Info()
 		if err != nil {
 			return nil, fmt.Errorf("runtime: fetch %q: %w", n, err)
 		}
-		fmt.Fprintf(&key, "%s:%s%v;", n, dt, shape)
-		in := fmt.Sprintf("in%d", i)
-		dims := make([]graph.Dim, len(shape))
-		for j, d := range shape {
-			dims[j] = graph.Dim{Value: d}
-		}
-		x := m.Graph.AddInput(in, &graph.TensorType{DType: dt, Shape: dims})
-		y := bld.Op("Identity", fmt.Sprintf("out%d", i), []*graph.Value{x})
-		y.Type = &graph.TensorType{DType: dt, Shape: dims}
-		m.Graph.AddOutput(y)
-		din[in] = vals[n].v
-		outs = append(outs, y.Name)
+		specs[i] = tensorSpec{dt, shape}
+		din[fmt.Sprintf("in%d", i)] = vals[n].v
 	}
-	f := b.fetches[key.String()]
-	if f == nil {
-		data, err := graph.Encode(m)
-		if err != nil {
-			return nil, err
-		}
-		if f, err = ort.NewBoundSession(b.env.libPath, "", data, b.opts); err != nil {
-			return nil, fmt.Errorf("runtime: fetch graph: %w", err)
-		}
-		b.fetches[key.String()] = f
+	f, outs, err := b.identity(specs)
+	if err != nil {
+		return nil, err
 	}
 	hout, _, err := f.Run(nil, din, outs, nil)
 	if err != nil {
@@ -170,4 +150,48 @@ func wrap(m map[string]*ort.Value) map[string]*DeviceValue {
 		out[k] = &DeviceValue{v: v}
 	}
 	return out
+}
+
+// tensorSpec is a tensor's element type and static shape.
+type tensorSpec struct {
+	dt    graph.DataType
+	shape []int64
+}
+
+// identity returns a session (built once per list of specs, on the same
+// provider) of a graph copying inputs in0, in1, ... to outputs out0,
+// out1, ...: what moves tensors between the host and device buffers with
+// ONNX Runtime's own copies. It returns the output names. Callers hold b.mu.
+func (b *BoundSession) identity(specs []tensorSpec) (*ort.BoundSession, []string, error) {
+	var key strings.Builder
+	m := graph.NewModel(13)
+	bld := &graph.Builder{G: m.Graph, Prefix: "copy"}
+	var outs []string
+	for i, sp := range specs {
+		fmt.Fprintf(&key, "%s%v;", sp.dt, sp.shape)
+		dims := make([]graph.Dim, len(sp.shape))
+		for j, d := range sp.shape {
+			dims[j] = graph.Dim{Value: d}
+		}
+		x := m.Graph.AddInput(fmt.Sprintf("in%d", i), &graph.TensorType{DType: sp.dt, Shape: dims})
+		y := bld.Op("Identity", fmt.Sprintf("out%d", i), []*graph.Value{x})
+		y.Type = &graph.TensorType{DType: sp.dt, Shape: dims}
+		m.Graph.AddOutput(y)
+		outs = append(outs, y.Name)
+	}
+	if f := b.fetches[key.String()]; f != nil {
+		return f, outs, nil
+	}
+	data, err := graph.Encode(m)
+	if err != nil {
+		return nil, nil, err
+	}
+	o := b.opts
+	o.CUDAGraph = false
+	f, err := ort.NewBoundSession(b.env.libPath, "", data, o)
+	if err != nil {
+		return nil, nil, fmt.Errorf("runtime: copy graph: %w", err)
+	}
+	b.fetches[key.String()] = f
+	return f, outs, nil
 }

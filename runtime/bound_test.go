@@ -1,6 +1,7 @@
 package runtime
 
 import (
+	"math"
 	"path/filepath"
 	"reflect"
 	"testing"
@@ -63,5 +64,68 @@ func TestBoundSessionKeepsValues(t *testing.T) {
 	d["p"].Close() // twice is fine
 	if _, _, err := bs.Run(map[string]Tensor{"a": host["a"]}, map[string]*DeviceValue{"b": d["p"]}, []string{"s", "p"}, nil); err == nil {
 		t.Error("a released value was fed")
+	}
+}
+
+// TestCapturedStep: fed inputs are copied into fixed buffers each run,
+// carried tensors alternate between two sets and advance only on Commit,
+// fetched outputs come back; State reads the current set. (On the CPU
+// nothing is captured; the buffers and bindings are the same.)
+func TestCapturedStep(t *testing.T) {
+	e := openEnv(t)
+	m := graph.NewModel(17)
+	g := m.Graph
+	vec := func() *graph.TensorType { return &graph.TensorType{DType: graph.Float, Shape: []graph.Dim{{Value: 3}}} }
+	x, w := g.AddInput("x", vec()), g.AddInput("w", vec())
+	bld := &graph.Builder{G: g}
+	loss := bld.Op("ReduceSum", "loss", []*graph.Value{bld.Op("Mul", "xw", []*graph.Value{x, w})}, graph.AttrI("keepdims", 0))
+	loss.Type = &graph.TensorType{DType: graph.Float, Shape: []graph.Dim{}}
+	tenth, err := bld.Scalar("tenth", graph.Float, 0.1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wNew := bld.Op("Sub", "w.new", []*graph.Value{w, bld.Op("Mul", "step", []*graph.Value{x, tenth})})
+	wNew.Type = vec()
+	g.AddOutput(loss)
+	g.AddOutput(wNew)
+	path := filepath.Join(t.TempDir(), "step.onnx")
+	if err := graph.Save(m, path, graph.SaveOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	c, err := e.NewCapturedStep(path, SessionOptions{}, StepSpec{Feed: []string{"x"}, Carry: map[string]string{"w": "w.new"}, Fetch: []string{"loss"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Load(map[string]Tensor{"w": FloatTensor([]int64{3}, []float32{1, 1, 1})}); err != nil {
+		t.Fatal(err)
+	}
+	xs := FloatTensor([]int64{3}, []float32{1, 2, 3})
+	want := []float32{6, 4.6, 3.2} // sum(x·w) with w ← w − 0.1·x after each committed run
+	for i, wl := range want {
+		out, err := c.Run(map[string]Tensor{"x": xs})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if l, _ := out["loss"].Floats(); len(l) != 1 || math.Abs(float64(l[0]-wl)) > 1e-5 {
+			t.Errorf("run %d: loss %v, want %v", i, l, wl)
+		}
+		if i == 1 {
+			// A run not committed leaves the state as it was.
+			if again, _ := c.Run(map[string]Tensor{"x": xs}); again == nil {
+				t.Fatal("second run failed")
+			}
+		}
+		c.Commit()
+	}
+	st, err := c.State()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := st["w"].Floats(); math.Abs(float64(got[0]-0.7)) > 1e-6 || math.Abs(float64(got[2]-0.1)) > 1e-6 {
+		t.Errorf("state after 3 commits %v, want [0.7 0.4 0.1]", got)
+	}
+	if _, err := c.Run(nil); err == nil {
+		t.Error("a run without its fed input was accepted")
 	}
 }

@@ -143,3 +143,20 @@ func names(infos []IOInfo) []string {
 	}
 	return out
 }
+
+// readModelFile reads the signature of the model file at path.
+func readModelFile(path string) (modelIO, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return modelIO{}, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return modelIO{}, err
+	}
+	if st.IsDir() {
+		return modelIO{}, fmt.Errorf("is a directory")
+	}
+	return readModelIO(f, st.Size())
+}

@@ -51,6 +51,7 @@ func trainCommand() *cli.Command {
 			&cli.BoolFlag{Name: "resume", Usage: "continue the run in --out from its last checkpoint"},
 			&cli.BoolFlag{Name: "fuse", Usage: "also write the fused model to RUNDIR/model.fused.onnx"},
 			&cli.Int64Flag{Name: "pad-id", Usage: "token id used to pad lm sequences"},
+			&cli.StringFlag{Name: "cuda-graph", Value: "auto", Usage: "with --static: record each step's kernels once and replay them (on, off, or auto: on with cuda)"},
 			&cli.StringFlag{Name: "device-state", Value: "auto", Usage: "keep the adapter and optimizer state in device memory between steps: on, off, or auto (on with cuda)"},
 			&cli.BoolFlag{Name: "static", Usage: "run every step on a graph compiled for its shapes (no shape work per step; the epoch's short last batch is dropped)"},
 			&cli.IntFlag{Name: "pad-to-multiple-of", Value: 64, Usage: "with --static: lm sequences are padded up to a multiple of this, one compiled graph per length"},
@@ -133,6 +134,19 @@ func trainAction(c *cli.Context) error {
 	default:
 		return fmt.Errorf("--device-state %q: want on, off or auto", c.String("device-state"))
 	}
+	var cudaGraph bool
+	switch c.String("cuda-graph") {
+	case "on":
+		if static == nil {
+			return fmt.Errorf("--cuda-graph on needs --static (a recorded step replays fixed shapes)")
+		}
+		cudaGraph = true
+	case "off":
+	case "auto":
+		cudaGraph = static != nil && device == "cuda"
+	default:
+		return fmt.Errorf("--cuda-graph %q: want on, off or auto", c.String("cuda-graph"))
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	cfg := train.Config{
@@ -143,7 +157,7 @@ func trainAction(c *cli.Context) error {
 		Schedule: train.Schedule{Kind: c.String("schedule"), LR: c.Float64("lr"), Warmup: c.Int("warmup")},
 		Seed:     c.Uint64("seed"), Session: runtime.SessionOptions{Device: device},
 		EvalEvery: c.Int("eval-every"), SaveEvery: c.Int("save-every"), Resume: c.Bool("resume"),
-		Static: static, DeviceState: deviceState,
+		Static: static, DeviceState: deviceState, CUDAGraph: cudaGraph,
 		Out: c.App.ErrWriter, Terminal: isTerminal(c.App.ErrWriter),
 	}
 	fmt.Fprintf(c.App.Writer, "training %d adapter layers on %d examples (%s, %s)\n", len(start.Layers), data.Len(), c.String("data"), device)

@@ -73,7 +73,13 @@ func (r *runner) syncHost() error {
 	if !r.stale {
 		return nil
 	}
-	vals, err := r.fetcher.Fetch(r.dev)
+	var vals map[string]runtime.Tensor
+	var err error
+	if r.holder != nil {
+		vals, err = r.holder.State()
+	} else {
+		vals, err = r.fetcher.Fetch(r.dev)
+	}
 	if err != nil {
 		return fmt.Errorf("copying the adapter and optimizer state to the host: %w", err)
 	}

@@ -47,6 +47,9 @@ type Config struct {
 	// Static, when set, runs every step on a graph compiled for its
 	// shapes (static.go); TrainGraph then serves no step.
 	Static *Static
+	// CUDAGraph runs each static step graph as a captured step
+	// (captured.go); it needs Static.
+	CUDAGraph bool
 	// DeviceState keeps the adapter params and optimizer state in the
 	// session's device memory between steps (device.go); only the loss and
 	// gradient norm cross to the host each step. Not with StepsPerRun > 1.
@@ -95,6 +98,9 @@ type runner struct {
 	dev     map[string]*runtime.DeviceValue
 	stale   bool
 	fetcher boundRunner
+	// holder is the captured step whose buffers hold the current params
+	// and state (captured.go), nil when the host or dev holds them.
+	holder capturedRunner
 }
 
 // Run trains until the step budget is spent or ctx is cancelled (then it
@@ -113,13 +119,26 @@ func Run(ctx context.Context, env *runtime.Env, cfg Config) (*Result, error) {
 		}
 	}()
 	var bound []*runtime.BoundSession
+	var captured []*runtime.CapturedStep
 	defer func() {
 		r.releaseDevice() // before the sessions that hold the memory
 		for _, s := range bound {
 			s.Close()
 		}
+		for _, c := range captured {
+			c.Close()
+		}
 	}()
 	r.open = func(g *stepGraph, path string) error {
+		if cfg.CUDAGraph {
+			c, err := env.NewCapturedStep(path, cfg.Session, stepSpec(g.io))
+			if err != nil {
+				return err
+			}
+			captured = append(captured, c)
+			g.captured = c
+			return nil
+		}
 		if cfg.DeviceState {
 			s, err := env.NewBoundSession(path, cfg.Session)
 			if err != nil {
@@ -182,6 +201,9 @@ func newRunner(cfg Config) (*runner, error) {
 		if cfg.IO.StepsPerRun > 1 {
 			return nil, fmt.Errorf("static shapes and steps per run > 1 do not combine yet")
 		}
+	}
+	if cfg.CUDAGraph && cfg.Static == nil {
+		return nil, fmt.Errorf("captured steps need static shapes")
 	}
 	if cfg.DeviceState && cfg.IO.StepsPerRun > 1 {
 		return nil, fmt.Errorf("device-resident state and steps per run > 1 do not combine (both keep the state on the device; use one)")

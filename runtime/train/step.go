@@ -27,7 +27,9 @@ type stepGraph struct {
 	// bound, when set, runs the graph with params and state kept in
 	// device memory (device.go) instead of sess.
 	bound boundRunner
-	k     int
+	// captured, when set, runs the graph as a captured step (captured.go).
+	captured capturedRunner
+	k        int
 }
 
 // canRunMulti reports whether the next K steps can run as one: the K-step
@@ -122,9 +124,12 @@ func (r *runner) runSteps(g *stepGraph) (float64, float64, error) {
 	}
 	var out map[string]runtime.Tensor
 	var devOut map[string]*runtime.DeviceValue
-	if g.bound != nil {
+	switch {
+	case g.captured != nil:
+		out, err = r.runCaptured(g, feeds)
+	case g.bound != nil:
 		out, devOut, err = r.runBound(g, feeds)
-	} else {
+	default:
 		out, err = g.sess.Run(feeds, outputNames(g.io))
 	}
 	if err != nil {
@@ -143,9 +148,13 @@ func (r *runner) runSteps(g *stepGraph) (float64, float64, error) {
 		}
 	}
 	// Only now, with finite steps, take the new params and state.
-	if g.bound != nil {
+	switch {
+	case g.captured != nil:
+		g.captured.Commit()
+		r.stale = true
+	case g.bound != nil:
 		r.applyBound(g, devOut)
-	} else {
+	default:
 		r.apply(g.io, out)
 	}
 	r.prog.Step = last

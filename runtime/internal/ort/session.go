@@ -21,6 +21,9 @@ type Options struct {
 	// ProfilePrefix, when set, makes ORT write a JSON profile of every
 	// node run (prefix_<date>.json) when the session ends.
 	ProfilePrefix string
+	// CUDAGraph captures the graph's kernels once and replays them
+	// (BoundSession with FixedBindings only).
+	CUDAGraph bool
 }
 
 // OutputSpec tells Run what it needs to know about one model output.

@@ -1,0 +1,116 @@
+// lc.c: calls into ONNX Runtime's C API table by entry index (capi.go).
+#include "lc.h"
+
+lcPtr* lc_api(const char* lib, uint32_t version, char** err) {
+	void* h = dlopen(lib, RTLD_NOW | RTLD_GLOBAL);
+	if (!h) { *err = dlerror(); return NULL; }
+	lcGetApiBase base = (lcGetApiBase)dlsym(h, "OrtGetApiBase");
+	if (!base) { *err = dlerror(); return NULL; }
+	lcPtr* api = base()->GetApi(version);
+	if (!api) { *err = "the library does not provide this API version"; }
+	return api;
+}
+
+// lc_msg returns status's message (copied by the caller) and releases it.
+const char* lc_msg(lcPtr* api, OrtStatus* st) {
+	return ((const char* (*)(const OrtStatus*))api[lcGetErrorMessage])(st);
+}
+void lc_release_status(lcPtr* api, OrtStatus* st) {
+	((void (*)(OrtStatus*))api[lcReleaseStatus])(st);
+}
+void lc_release(lcPtr* api, int idx, void* p) {
+	if (p) ((void (*)(void*))api[idx])(p);
+}
+OrtStatus* lc_create_env(lcPtr* api, void** out) {
+	return ((OrtStatus* (*)(int, const char*, void**))api[lcCreateEnv])(3, "loracc", out); // ORT_LOGGING_LEVEL_ERROR
+}
+OrtStatus* lc_create_session_options(lcPtr* api, void** out) {
+	return ((OrtStatus* (*)(void**))api[lcCreateSessionOptions])(out);
+}
+OrtStatus* lc_set_threads(lcPtr* api, void* so, int n) {
+	return ((OrtStatus* (*)(void*, int))api[lcSetIntraOpNumThreads])(so, n);
+}
+OrtStatus* lc_set_opt_level(lcPtr* api, void* so, int level) {
+	return ((OrtStatus* (*)(void*, int))api[lcSetSessionGraphOptimizationLevel])(so, level);
+}
+OrtStatus* lc_append_cuda(lcPtr* api, void* so, const char* device, int graph) {
+	void* opts = NULL;
+	OrtStatus* st = ((OrtStatus* (*)(void**))api[lcCreateCUDAProviderOptions])(&opts);
+	if (st) return st;
+	const char* keys[] = {"device_id", "enable_cuda_graph"};
+	const char* vals[] = {device, graph ? "1" : "0"};
+	st = ((OrtStatus* (*)(void*, const char* const*, const char* const*, size_t))api[lcUpdateCUDAProviderOptions])(opts, keys, vals, 2);
+	if (!st) st = ((OrtStatus* (*)(void*, const void*))api[lcSessionOptionsAppendExecutionProvider_CUDA_V2])(so, opts);
+	((void (*)(void*))api[lcReleaseCUDAProviderOptions])(opts);
+	return st;
+}
+OrtStatus* lc_create_session(lcPtr* api, void* env, const char* path, void* so, void** out) {
+	return ((OrtStatus* (*)(void*, const char*, void*, void**))api[lcCreateSession])(env, path, so, out);
+}
+OrtStatus* lc_create_session_bytes(lcPtr* api, void* env, const void* data, size_t len, void* so, void** out) {
+	return ((OrtStatus* (*)(void*, const void*, size_t, void*, void**))api[lcCreateSessionFromArray])(env, data, len, so, out);
+}
+OrtStatus* lc_create_binding(lcPtr* api, void* sess, void** out) {
+	return ((OrtStatus* (*)(void*, void**))api[lcCreateIoBinding])(sess, out);
+}
+OrtStatus* lc_mem_info(lcPtr* api, const char* name, int id, void** out) {
+	if (name[0] == 'C' && name[1] == 'p' && name[2] == 'u')
+		return ((OrtStatus* (*)(int, int, void**))api[lcCreateCpuMemoryInfo])(0, 0, out); // device allocator, default mem
+	return ((OrtStatus* (*)(const char*, int, int, int, void**))api[lcCreateMemoryInfo])(name, 0, id, 0, out);
+}
+OrtStatus* lc_tensor(lcPtr* api, void* info, void* data, size_t len, int64_t* shape, size_t rank, int type, void** out) {
+	return ((OrtStatus* (*)(void*, void*, size_t, const int64_t*, size_t, int, void**))api[lcCreateTensorWithDataAsOrtValue])(info, data, len, shape, rank, type, out);
+}
+OrtStatus* lc_bind_input(lcPtr* api, void* b, const char* name, void* v) {
+	return ((OrtStatus* (*)(void*, const char*, const void*))api[lcBindInput])(b, name, v);
+}
+OrtStatus* lc_bind_output_to(lcPtr* api, void* b, const char* name, void* info) {
+	return ((OrtStatus* (*)(void*, const char*, const void*))api[lcBindOutputToDevice])(b, name, info);
+}
+OrtStatus* lc_run(lcPtr* api, void* sess, void* opts, void* b) {
+	return ((OrtStatus* (*)(void*, const void*, const void*))api[lcRunWithBinding])(sess, opts, b);
+}
+OrtStatus* lc_bind_output(lcPtr* api, void* b, const char* name, void* v) {
+	return ((OrtStatus* (*)(void*, const char*, const void*))api[lcBindOutput])(b, name, v);
+}
+OrtStatus* lc_allocator(lcPtr* api, void* sess, void* info, void** out) {
+	return ((OrtStatus* (*)(const void*, const void*, void**))api[lcCreateAllocator])(sess, info, out);
+}
+OrtStatus* lc_alloc_tensor(lcPtr* api, void* alloc, int64_t* shape, size_t rank, int type, void** out) {
+	return ((OrtStatus* (*)(void*, const int64_t*, size_t, int, void**))api[lcCreateTensorAsOrtValue])(alloc, shape, rank, type, out);
+}
+OrtStatus* lc_run_options(lcPtr* api, const char* graph, void** out) {
+	OrtStatus* st = ((OrtStatus* (*)(void**))api[lcCreateRunOptions])(out);
+	if (st || !graph) return st;
+	return ((OrtStatus* (*)(void*, const char*, const char*))api[lcAddRunConfigEntry])(*out, "gpu_graph_id", graph);
+}
+void lc_clear(lcPtr* api, void* b) {
+	((void (*)(void*))api[lcClearBoundInputs])(b);
+	((void (*)(void*))api[lcClearBoundOutputs])(b);
+}
+// lc_outputs returns the bound output values in binding order; the array
+// is freed here, the values belong to the caller.
+OrtStatus* lc_outputs(lcPtr* api, void* b, void** vals, size_t cap, size_t* n) {
+	void* alloc = NULL;
+	OrtStatus* st = ((OrtStatus* (*)(void**))api[lcGetAllocatorWithDefaultOptions])(&alloc);
+	if (st) return st;
+	void** arr = NULL;
+	st = ((OrtStatus* (*)(const void*, void*, void***, size_t*))api[lcGetBoundOutputValues])(b, alloc, &arr, n);
+	if (st) return st;
+	for (size_t i = 0; i < *n && i < cap; i++) vals[i] = arr[i];
+	if (arr) ((OrtStatus* (*)(void*, void*))api[lcAllocatorFree])(alloc, arr);
+	return NULL;
+}
+OrtStatus* lc_data(lcPtr* api, void* v, void** out) {
+	return ((OrtStatus* (*)(void*, void**))api[lcGetTensorMutableData])(v, out);
+}
+OrtStatus* lc_shape(lcPtr* api, void* v, int64_t* dims, size_t cap, size_t* rank, int* type) {
+	void* info = NULL;
+	OrtStatus* st = ((OrtStatus* (*)(const void*, void**))api[lcGetTensorTypeAndShape])(v, &info);
+	if (st) return st;
+	st = ((OrtStatus* (*)(const void*, size_t*))api[lcGetDimensionsCount])(info, rank);
+	if (!st && *rank <= cap) st = ((OrtStatus* (*)(const void*, int64_t*, size_t))api[lcGetDimensions])(info, dims, *rank);
+	if (!st) st = ((OrtStatus* (*)(const void*, int*))api[lcGetTensorElementType])(info, type);
+	((void (*)(void*))api[lcReleaseTensorTypeAndShapeInfo])(info);
+	return st;
+}
