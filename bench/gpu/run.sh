@@ -216,11 +216,12 @@ static() {
 		python3 "$ROOT"/bench/gpu/profsum.py "$W"/prof_${kind}_*.json >"$W"/profsum_$kind.txt; head -30 "$W"/profsum_$kind.txt
 		gzip -f "$W"/prof_${kind}_*.json
 	done
-	for kind in dynamic static static_hoststate; do
+	for kind in dynamic static static_nograph static_hoststate; do
 		local extra=""
 		case $kind in
-		static) extra="--static --pad-to-multiple-of $SEQ" ;;
-		static_hoststate) extra="--static --pad-to-multiple-of $SEQ --device-state off" ;;
+		static) extra="--static --pad-to-multiple-of $SEQ" ;; # CUDA graph (auto)
+		static_nograph) extra="--static --pad-to-multiple-of $SEQ --cuda-graph off" ;;
+		static_hoststate) extra="--static --pad-to-multiple-of $SEQ --cuda-graph off --device-state off" ;;
 		esac
 		rm -rf "$W"/run_$kind
 		local mp; mp=$(mempoll "$W"/mem_train_$kind.txt)
