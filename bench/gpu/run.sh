@@ -203,6 +203,7 @@ static() {
 	"$BIN"/loracc inject "$W"/model.onnx --rank 16 --target "$re" -o "$W"/model.lora.onnx | tail -1
 	rm -f "$W"/latency.jsonl
 	for kind in dynamic static; do
+		[ -n "${TRAIN_ONLY:-}" ] && break # TRAIN_ONLY=1: only the train runs below
 		local G=$W/graphs_$kind extra=""
 		[ $kind = static ] && extra="--static batch=$BATCH,seq=$SEQ"
 		local t0=$(now)
