@@ -201,6 +201,12 @@ func (s *BoundSession) RunInto(host map[string]HostTensor, dev map[string]*Value
 	if err := a.check(C.lc_run(a.t, s.sess, nil, s.bind), "run"); err != nil {
 		return nil, nil, err
 	}
+	if len(toDevice) > 0 || len(into) > 0 {
+		// Another session may read these buffers next, on its own stream.
+		if err := a.check(C.lc_sync(a.t, s.bind, 1), "synchronizing outputs"); err != nil {
+			return nil, nil, err
+		}
+	}
 	if len(names) == 0 {
 		return map[string]HostTensor{}, map[string]*Value{}, nil
 	}
@@ -391,7 +397,16 @@ func (f *FixedBinding) Run() error {
 	if s.closed || f.bind == nil {
 		return ErrClosed
 	}
-	return s.api.check(C.lc_run(s.api.t, s.sess, f.opts, f.bind), "run")
+	a := s.api
+	if err := a.check(C.lc_sync(a.t, f.bind, 0), "synchronizing inputs"); err != nil {
+		return err
+	}
+	if err := a.check(C.lc_run(a.t, s.sess, f.opts, f.bind), "run"); err != nil {
+		return err
+	}
+	// The next copies into the fed buffers, and the fetches, must not
+	// overtake this run.
+	return a.check(C.lc_sync(a.t, f.bind, 1), "synchronizing outputs")
 }
 
 // Close releases the binding (not the values).

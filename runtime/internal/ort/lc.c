@@ -114,3 +114,11 @@ OrtStatus* lc_shape(lcPtr* api, void* v, int64_t* dims, size_t cap, size_t* rank
 	((void (*)(void*))api[lcReleaseTensorTypeAndShapeInfo])(info);
 	return st;
 }
+
+// lc_sync waits until the binding's inputs (outputs) are ready: copies and
+// kernels on the provider's streams finished. Sessions run on their own
+// streams, so a buffer one session wrote must be synchronised before
+// another reads it.
+OrtStatus* lc_sync(lcPtr* api, void* b, int outputs) {
+	return ((OrtStatus* (*)(void*))api[outputs ? lcSynchronizeBoundOutputs : lcSynchronizeBoundInputs])(b);
+}

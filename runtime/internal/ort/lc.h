@@ -28,6 +28,7 @@ enum {
 	lcBindOutputToDevice = 138, lcGetBoundOutputValues = 140, lcClearBoundInputs = 141, lcClearBoundOutputs = 142,
 	lcCreateRunOptions = 39, lcCreateTensorAsOrtValue = 48, lcReleaseRunOptions = 97,
 	lcCreateAllocator = 131, lcReleaseAllocator = 132, lcAddRunConfigEntry = 165,
+	lcSynchronizeBoundInputs = 202, lcSynchronizeBoundOutputs = 203,
 	lcSessionOptionsAppendExecutionProvider_CUDA_V2 = 204, lcCreateCUDAProviderOptions = 205,
 	lcUpdateCUDAProviderOptions = 206, lcReleaseCUDAProviderOptions = 208,
 };
@@ -57,4 +58,5 @@ void lc_clear(lcPtr* api, void* b);
 OrtStatus* lc_outputs(lcPtr* api, void* b, void** vals, size_t cap, size_t* n);
 OrtStatus* lc_data(lcPtr* api, void* v, void** out);
 OrtStatus* lc_shape(lcPtr* api, void* v, int64_t* dims, size_t cap, size_t* rank, int* type);
+OrtStatus* lc_sync(lcPtr* api, void* b, int outputs);
 #endif
