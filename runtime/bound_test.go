@@ -68,7 +68,7 @@ func TestBoundSessionKeepsValues(t *testing.T) {
 }
 
 // TestCapturedStep: fed inputs are copied into fixed buffers each run,
-// carried tensors alternate between two sets and advance only on Commit,
+// carried tensors are written to a second set and advance only on Commit,
 // fetched outputs come back; State reads the current set. (On the CPU
 // nothing is captured; the buffers and bindings are the same.)
 func TestCapturedStep(t *testing.T) {
@@ -116,7 +116,9 @@ func TestCapturedStep(t *testing.T) {
 				t.Fatal("second run failed")
 			}
 		}
-		c.Commit()
+		if err := c.Commit(); err != nil {
+			t.Fatal(err)
+		}
 	}
 	st, err := c.State()
 	if err != nil {

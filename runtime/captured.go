@@ -6,9 +6,10 @@ package runtime
 // replay reads and writes the addresses it recorded, so every input and
 // output has a buffer allocated once: the fed inputs (batch, lr, step) are
 // copied into theirs each run; the carried ones (params, optimizer state)
-// live in two sets, one read and one written by each run, swapped when
-// the caller commits a run (two bindings, two recorded graphs). On the
-// CPU there is no capture, and the same buffers and bindings just run.
+// are read from one set of buffers and written to another, which Commit
+// copies back (device to device) when the caller takes the run. One
+// binding, one recorded graph. On the CPU there is no capture, and the
+// same buffers and binding just run.
 
 import (
 	"fmt"
@@ -32,10 +33,9 @@ type CapturedStep struct {
 	b     *BoundSession
 	spec  StepSpec
 	feed  map[string]*ort.Value    // by input
-	sets  [2]map[string]*ort.Value // carried tensors by input name
+	sets  [2]map[string]*ort.Value // carried tensors by input name: read, written
 	fetch map[string]*ort.Value    // by output
-	binds [2]*ort.FixedBinding
-	cur   int // the set the next run reads
+	bind  *ort.FixedBinding
 	specs map[string]tensorSpec
 }
 
@@ -112,20 +112,18 @@ func (e *Env) NewCapturedStep(path string, opts SessionOptions, spec StepSpec) (
 			return nil, fmt.Errorf("runtime: %s: %q is neither fed, carried nor fetched", path, info.Name)
 		}
 	}
-	for p := range 2 {
-		ins, outs := map[string]*ort.Value{}, map[string]*ort.Value{}
-		for n, v := range c.feed {
-			ins[n] = v
-		}
-		for n, v := range c.fetch {
-			outs[n] = v
-		}
-		for in, out := range spec.Carry {
-			ins[in], outs[out] = c.sets[p][in], c.sets[1-p][in]
-		}
-		if c.binds[p], err = s.NewFixedBinding(ins, outs, p+1); err != nil {
-			return nil, fmt.Errorf("runtime: %s: %w", path, err)
-		}
+	ins, outs := map[string]*ort.Value{}, map[string]*ort.Value{}
+	for n, v := range c.feed {
+		ins[n] = v
+	}
+	for n, v := range c.fetch {
+		outs[n] = v
+	}
+	for in, out := range spec.Carry {
+		ins[in], outs[out] = c.sets[0][in], c.sets[1][in]
+	}
+	if c.bind, err = s.NewFixedBinding(ins, outs, 1); err != nil {
+		return nil, fmt.Errorf("runtime: %s: %w", path, err)
 	}
 	return c, nil
 }
@@ -133,7 +131,7 @@ func (e *Env) NewCapturedStep(path string, opts SessionOptions, spec StepSpec) (
 // Load copies carried tensors (by input name) from the host into the set
 // the next run reads.
 func (c *CapturedStep) Load(vals map[string]Tensor) error {
-	return c.copyIn(vals, c.sets[c.cur])
+	return c.copyIn(vals, c.sets[0])
 }
 
 // Run copies feeds into their buffers, runs the graph and returns the
@@ -150,17 +148,42 @@ func (c *CapturedStep) Run(feeds map[string]Tensor) (map[string]Tensor, error) {
 	if err := c.copyIn(in, c.feed); err != nil {
 		return nil, err
 	}
-	if err := c.binds[c.cur].Run(); err != nil {
+	if err := c.bind.Run(); err != nil {
 		return nil, fmt.Errorf("runtime: %s: %w", c.b.name, err)
 	}
 	return c.copyOut(c.fetch)
 }
 
-// Commit takes the last run's carried outputs as the next run's inputs.
-func (c *CapturedStep) Commit() { c.cur = 1 - c.cur }
+// Commit takes the last run's carried outputs as the next run's inputs:
+// a device-to-device copy through an identity graph.
+func (c *CapturedStep) Commit() error {
+	b := c.b
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	names := make([]string, 0, len(c.sets[1]))
+	for n := range c.sets[1] {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	specs := make([]tensorSpec, len(names))
+	dev, into := map[string]*ort.Value{}, map[string]*ort.Value{}
+	for i, n := range names {
+		specs[i] = c.specs[n]
+		dev[fmt.Sprintf("in%d", i)] = c.sets[1][n]
+		into[fmt.Sprintf("out%d", i)] = c.sets[0][n]
+	}
+	f, _, err := b.identity(specs)
+	if err != nil {
+		return err
+	}
+	if _, _, err := f.RunInto(nil, dev, nil, nil, into); err != nil {
+		return fmt.Errorf("runtime: %s: carrying the state: %w", b.name, err)
+	}
+	return nil
+}
 
 // State copies the current carried tensors to the host, by input name.
-func (c *CapturedStep) State() (map[string]Tensor, error) { return c.copyOut(c.sets[c.cur]) }
+func (c *CapturedStep) State() (map[string]Tensor, error) { return c.copyOut(c.sets[0]) }
 
 // copyIn copies host tensors into device buffers through an identity
 // graph whose outputs are bound to the buffers.
@@ -206,11 +229,11 @@ func (c *CapturedStep) copyOut(src map[string]*ort.Value) (map[string]Tensor, er
 
 // Close releases the bindings, buffers and session; safe twice.
 func (c *CapturedStep) Close() {
+	if c.bind != nil {
+		c.bind.Close()
+		c.bind = nil
+	}
 	for p := range 2 {
-		if c.binds[p] != nil {
-			c.binds[p].Close()
-			c.binds[p] = nil
-		}
 		for _, v := range c.sets[p] {
 			v.Close()
 		}

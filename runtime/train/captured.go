@@ -15,7 +15,7 @@ import (
 type capturedRunner interface {
 	Load(vals map[string]runtime.Tensor) error
 	Run(feeds map[string]runtime.Tensor) (map[string]runtime.Tensor, error)
-	Commit()
+	Commit() error
 	State() (map[string]runtime.Tensor, error)
 }
 

@@ -150,7 +150,9 @@ func (r *runner) runSteps(g *stepGraph) (float64, float64, error) {
 	// Only now, with finite steps, take the new params and state.
 	switch {
 	case g.captured != nil:
-		g.captured.Commit()
+		if err := g.captured.Commit(); err != nil {
+			return 0, 0, fmt.Errorf("%s: %w", stepSpan(first, last), err)
+		}
 		r.stale = true
 	case g.bound != nil:
 		r.applyBound(g, devOut)
