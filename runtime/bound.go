@@ -42,13 +42,18 @@ func (e *Env) NewBoundSession(path string, opts SessionOptions) (*BoundSession, 
 	if err != nil {
 		return nil, fmt.Errorf("runtime: %s: %w", path, err)
 	}
+	return e.newBound(path, o, opts.device())
+}
+
+// newBound opens a bound session under ORT options o.
+func (e *Env) newBound(path string, o ort.Options, device string) (*BoundSession, error) {
 	if err := e.addSession(); err != nil {
 		return nil, fmt.Errorf("runtime: %s: %w", path, err)
 	}
 	s, err := ort.NewBoundSession(e.libPath, path, nil, o)
 	if err != nil {
 		e.removeSession()
-		return nil, fmt.Errorf("runtime: %s: creating %s session: %w", path, opts.device(), err)
+		return nil, fmt.Errorf("runtime: %s: creating %s session: %w", path, device, err)
 	}
 	return &BoundSession{env: e, name: path, opts: o, s: s, fetches: map[string]*ort.BoundSession{}}, nil
 }

@@ -52,15 +52,12 @@ func (e *Env) NewCapturedStep(path string, opts SessionOptions, spec StepSpec) (
 		return nil, fmt.Errorf("runtime: %s: %w", path, err)
 	}
 	o.CUDAGraph = opts.Device == "cuda"
-	if err := e.addSession(); err != nil {
-		return nil, fmt.Errorf("runtime: %s: %w", path, err)
-	}
-	s, err := ort.NewBoundSession(e.libPath, path, nil, o)
+	b, err := e.newBound(path, o, opts.device())
 	if err != nil {
-		e.removeSession()
-		return nil, fmt.Errorf("runtime: %s: creating %s session: %w", path, opts.device(), err)
+		return nil, err
 	}
-	c := &CapturedStep{b: &BoundSession{env: e, name: path, opts: o, s: s, fetches: map[string]*ort.BoundSession{}}, spec: spec,
+	s := b.s
+	c := &CapturedStep{b: b, spec: spec,
 		feed: map[string]*ort.Value{}, fetch: map[string]*ort.Value{}, specs: map[string]tensorSpec{}}
 	c.sets[0], c.sets[1] = map[string]*ort.Value{}, map[string]*ort.Value{}
 	defer func() {

@@ -102,6 +102,32 @@ func NewBoundSession(lib, path string, model []byte, o Options) (_ *BoundSession
 	return s, nil
 }
 
+// Ways to bind a name (bindOne).
+const (
+	bindInput    = iota // an input to a value
+	bindOutput          // an output into a value
+	bindOutputTo        // an output to memory ORT allocates (a memory info)
+)
+
+// bindOne binds name on binding b to p, as kind says.
+func (a capi) bindOne(b unsafe.Pointer, kind int, name string, p unsafe.Pointer) error {
+	if p == nil {
+		return fmt.Errorf("%q: released value", name)
+	}
+	cn := C.CString(name)
+	defer C.free(unsafe.Pointer(cn))
+	var st unsafe.Pointer
+	switch kind {
+	case bindInput:
+		st = C.lc_bind_input(a.t, b, cn, p)
+	case bindOutput:
+		st = C.lc_bind_output(a.t, b, cn, p)
+	default:
+		st = C.lc_bind_output_to(a.t, b, cn, p)
+	}
+	return a.check(st, "binding "+name)
+}
+
 // Close releases the session; it is safe twice and on a half-built one.
 func (s *BoundSession) Close() {
 	s.mu.Lock()
@@ -147,28 +173,18 @@ func (s *BoundSession) RunInto(host map[string]HostTensor, dev map[string]*Value
 			}
 		}
 	}()
-	cstr := func(s string) *C.char { return C.CString(s) }
 	for name, t := range host {
 		v, buf, err := s.hostValue(t)
 		if err != nil {
 			return nil, nil, fmt.Errorf("input %q: %w", name, err)
 		}
 		scratch = append(scratch, buf, v)
-		cn := cstr(name)
-		err = a.check(C.lc_bind_input(a.t, s.bind, cn, v), "binding input "+name)
-		C.free(unsafe.Pointer(cn))
-		if err != nil {
+		if err := a.bindOne(s.bind, bindInput, name, v); err != nil {
 			return nil, nil, err
 		}
 	}
 	for name, v := range dev {
-		if v == nil || v.v == nil {
-			return nil, nil, fmt.Errorf("input %q: released value", name)
-		}
-		cn := cstr(name)
-		err := a.check(C.lc_bind_input(a.t, s.bind, cn, v.v), "binding input "+name)
-		C.free(unsafe.Pointer(cn))
-		if err != nil {
+		if err := a.bindOne(s.bind, bindInput, name, valuePtr(v)); err != nil {
 			return nil, nil, err
 		}
 	}
@@ -178,23 +194,14 @@ func (s *BoundSession) RunInto(host map[string]HostTensor, dev map[string]*Value
 		if i < len(toHost) {
 			mem = s.hostMem
 		}
-		cn := cstr(name)
-		err := a.check(C.lc_bind_output_to(a.t, s.bind, cn, mem), "binding output "+name)
-		C.free(unsafe.Pointer(cn))
-		if err != nil {
+		if err := a.bindOne(s.bind, bindOutputTo, name, mem); err != nil {
 			return nil, nil, err
 		}
 	}
 	// Outputs written into given buffers are bound last, so the bound
 	// values come back with the named ones first.
 	for name, v := range into {
-		if v == nil || v.v == nil {
-			return nil, nil, fmt.Errorf("output %q: released value", name)
-		}
-		cn := cstr(name)
-		err := a.check(C.lc_bind_output(a.t, s.bind, cn, v.v), "binding output "+name)
-		C.free(unsafe.Pointer(cn))
-		if err != nil {
+		if err := a.bindOne(s.bind, bindOutput, name, valuePtr(v)); err != nil {
 			return nil, nil, err
 		}
 	}
@@ -365,22 +372,11 @@ func (s *BoundSession) NewFixedBinding(inputs, outputs map[string]*Value, graph 
 		return nil, err
 	}
 	for _, side := range []struct {
-		vals  map[string]*Value
-		input bool
-	}{{inputs, true}, {outputs, false}} {
+		vals map[string]*Value
+		kind int
+	}{{inputs, bindInput}, {outputs, bindOutput}} {
 		for name, v := range side.vals {
-			if v == nil || v.v == nil {
-				return nil, fmt.Errorf("%q: released value", name)
-			}
-			cn := C.CString(name)
-			var st unsafe.Pointer
-			if side.input {
-				st = C.lc_bind_input(a.t, f.bind, cn, v.v)
-			} else {
-				st = C.lc_bind_output(a.t, f.bind, cn, v.v)
-			}
-			C.free(unsafe.Pointer(cn))
-			if err := a.check(st, "binding "+name); err != nil {
+			if err := a.bindOne(f.bind, side.kind, name, valuePtr(v)); err != nil {
 				return nil, err
 			}
 			f.keep = append(f.keep, v)
@@ -420,4 +416,12 @@ func (f *FixedBinding) release() {
 	f.s.api.release(C.lcReleaseIoBinding, f.bind)
 	f.s.api.release(C.lcReleaseRunOptions, f.opts)
 	f.bind, f.opts, f.keep = nil, nil, nil
+}
+
+// valuePtr is v's OrtValue, nil for a nil or released value.
+func valuePtr(v *Value) unsafe.Pointer {
+	if v == nil {
+		return nil
+	}
+	return v.v
 }
