@@ -91,21 +91,7 @@ func TestTrainStatic(t *testing.T) {
 	dir := t.TempDir()
 	lora := filepath.Join(dir, "g.lora.onnx")
 	mustLoracc(t, "inject", "../../testdata/models/gpt2_tiny.onnx", "--rank", "4", "--seed", "1", "-o", lora)
-	rng := rand.New(rand.NewPCG(5, 6))
-	var b strings.Builder
-	for range 40 {
-		n := 5 + rng.IntN(36) // 5..40 tokens
-		ids := make([]string, n)
-		for j := range ids {
-			ids[j] = strconv.Itoa((j*7 + n) % 50)
-		}
-		s := strings.Join(ids, ",")
-		fmt.Fprintf(&b, `{"input_ids": [%s], "labels": [%s]}`+"\n", s, s)
-	}
-	data := filepath.Join(dir, "data.jsonl")
-	if err := os.WriteFile(data, []byte(b.String()), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	data := variableLengthData(t, dir)
 	args := func(run string, extra ...string) []string {
 		return append([]string{"train", lora, "--data", data, "--loss", "lm", "--logits", "logits", "--labels", "labels",
 			"--max-steps", "20", "--batch-size", "4", "--lr", "0.01", "--device", "cpu", "--save-every", "0", "--out", run}, extra...)
@@ -144,4 +130,25 @@ func TestTrainStatic(t *testing.T) {
 	if _, err := loracc(t, args(filepath.Join(dir, "short"), "--static", "--max-length", "16")...); err == nil || !strings.Contains(err.Error(), "more than --max-length 16") {
 		t.Errorf("over --max-length: %v", err)
 	}
+}
+
+// variableLengthData writes 40 lm examples of 5 to 40 tokens into dir.
+func variableLengthData(t *testing.T, dir string) string {
+	t.Helper()
+	rng := rand.New(rand.NewPCG(5, 6))
+	var b strings.Builder
+	for range 40 {
+		n := 5 + rng.IntN(36)
+		ids := make([]string, n)
+		for j := range ids {
+			ids[j] = strconv.Itoa((j*7 + n) % 50)
+		}
+		s := strings.Join(ids, ",")
+		fmt.Fprintf(&b, `{"input_ids": [%s], "labels": [%s]}`+"\n", s, s)
+	}
+	data := filepath.Join(dir, "data.jsonl")
+	if err := os.WriteFile(data, []byte(b.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return data
 }
