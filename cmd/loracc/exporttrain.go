@@ -55,8 +55,11 @@ func trainOptions(c *cli.Context, m *graph.Model) (trainstep.Options, error) {
 		}
 		o.Logits = m.Graph.Outputs[0].Name
 	}
-	if o.ClipNorm < 0 {
-		return o, fmt.Errorf("--clip-norm %g: must be ≥ 0", o.ClipNorm)
+	if err := checkFloats(c, optimizerRules()...); err != nil {
+		return o, err
+	}
+	if err := checkInts(c, intRule{"steps-per-run", 1, "must be ≥ 1"}); err != nil {
+		return o, err
 	}
 	return o, nil
 }

@@ -64,6 +64,9 @@ func fuseAction(c *cli.Context) error {
 		return fmt.Errorf("--quantized %q: want requantize or float", c.String("quantized"))
 	}
 	if c.IsSet("scale") {
+		if err := checkFloats(c, floatRule{"scale", float32OK, "must be a finite number"}); err != nil {
+			return err
+		}
 		s := c.Float64("scale")
 		ctx.Lora.Scale = &s
 	}

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"math"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -73,6 +74,9 @@ func injectConfig(c *cli.Context) (adapter.Config, error) {
 	}
 	alpha := float64(rank)
 	if c.IsSet("alpha") {
+		if err := checkFloats(c, floatRule{"alpha", float32OK, "must be a finite number (the scale alpha/r is stored as float32)"}); err != nil {
+			return adapter.Config{}, err
+		}
 		alpha = c.Float64("alpha")
 	}
 	cfg := adapter.NewConfig(rank, alpha)
@@ -92,7 +96,13 @@ func injectConfig(c *cli.Context) (adapter.Config, error) {
 		}
 		cfg.RankPattern[k] = int(v)
 	}
-	alphas, err := parsePatterns(c, "alpha-pattern", func(s string) (float64, error) { return strconv.ParseFloat(s, 64) })
+	alphas, err := parsePatterns(c, "alpha-pattern", func(s string) (float64, error) {
+		a, err := strconv.ParseFloat(s, 64)
+		if err == nil && (math.IsNaN(a) || !float32OK(a)) {
+			err = fmt.Errorf("alpha must be a finite number")
+		}
+		return a, err
+	})
 	if err != nil {
 		return cfg, err
 	}

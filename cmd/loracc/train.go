@@ -67,7 +67,23 @@ func trainAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	if err := checkFloats(c, append(optimizerRules(), floatRule{"lr", func(v float64) bool { return v > 0 }, "must be positive"})...); err != nil {
+		return err
+	}
+	if err := checkInts(c,
+		intRule{"max-steps", -1, "must be ≥ 0 (0 or -1: run --epochs)"}, intRule{"epochs", 1, "must be ≥ 1"},
+		intRule{"batch-size", 1, "must be ≥ 1"}, intRule{"grad-accum", 1, "must be ≥ 1"},
+		intRule{"steps-per-run", 1, "must be ≥ 1"}, intRule{"warmup", 0, "must be ≥ 0"},
+		intRule{"eval-every", 0, "must be ≥ 0 (0: only at the end)"}, intRule{"save-every", 0, "must be ≥ 0 (0: no periodic checkpoint)"},
+		intRule{"max-length", 0, "must be ≥ 0 (0: the longest example)"}); err != nil {
+		return err
+	}
 	run := c.String("out")
+	unlock, err := train.Lock(run)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	if !c.Bool("resume") {
 		if _, err := os.Stat(filepath.Join(run, "checkpoints", "latest")); err == nil {
 			return fmt.Errorf("%s already holds a run; pass --resume to continue it or choose another --out", run)

@@ -321,3 +321,88 @@ func TestTrainDeviceState(t *testing.T) {
 		}
 	}
 }
+
+// TestNumericFlagsChecked: a flag that would train or write NaN, Inf or a
+// nonsense count is refused at parse time, naming the flag, and nothing is
+// written.
+func TestNumericFlagsChecked(t *testing.T) {
+	env(t)
+	dir := t.TempDir()
+	injected, data := seedRun(t, dir)
+	run := filepath.Join(dir, "run")
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--beta1", "1"}, "--beta1 1: must be in [0, 1)"},
+		{[]string{"--beta2", "2"}, "--beta2 2: must be in [0, 1)"},
+		{[]string{"--eps", "0"}, "--eps 0: must be positive"},
+		{[]string{"--weight-decay", "NaN"}, "--weight-decay NaN"},
+		{[]string{"--momentum", "Inf"}, "--momentum +Inf"},
+		{[]string{"--lr", "-1"}, "--lr -1: must be positive"},
+		{[]string{"--grad-accum", "0"}, "--grad-accum 0: must be ≥ 1"},
+		{[]string{"--max-steps", "-2"}, "--max-steps -2"},
+		{[]string{"--steps-per-run", "0"}, "--steps-per-run 0"},
+	} {
+		_, err := loracc(t, append(seedTrainArgs(injected, data, run, "5"), tc.args...)...)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%v: err %v, want %q", tc.args, err, tc.want)
+		}
+		if _, err := os.Stat(run); err == nil {
+			t.Fatalf("%v: the run folder was created", tc.args)
+		}
+	}
+	base := filepath.Join(dir, "seed.onnx")
+	if _, err := os.Stat(base); err != nil {
+		t.Skip("seedRun names its base differently")
+	}
+	if _, err := loracc(t, "inject", base, "--rank", "2", "--alpha", "1e39", "-o", filepath.Join(dir, "x.onnx")); err == nil || !strings.Contains(err.Error(), "--alpha 1e+39") {
+		t.Errorf("inject --alpha 1e39: %v", err)
+	}
+	if _, err := loracc(t, "fuse", injected, "--adapter", strings.TrimSuffix(injected, ".onnx")+".adapter", "--scale", "NaN", "-o", filepath.Join(dir, "f.onnx")); err == nil || !strings.Contains(err.Error(), "--scale NaN") {
+		t.Errorf("fuse --scale NaN: %v", err)
+	}
+}
+
+// TestTrainLocksRunFolder: a second train on a run folder in use is
+// refused, naming the folder; the lock goes with its holder.
+func TestTrainLocksRunFolder(t *testing.T) {
+	env(t)
+	dir := t.TempDir()
+	injected, data := seedRun(t, dir)
+	run := filepath.Join(dir, "run")
+	unlock, err := train.Lock(run)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = loracc(t, seedTrainArgs(injected, data, run, "5")...)
+	if err == nil || !strings.Contains(err.Error(), run+" is in use by another loracc train") {
+		t.Errorf("second run: %v", err)
+	}
+	unlock()
+	mustLoracc(t, seedTrainArgs(injected, data, run, "5")...)
+}
+
+// TestResumeWithShorterData: resuming against data with fewer examples than
+// the checkpoint's position is refused with the numbers, not a panic.
+func TestResumeWithShorterData(t *testing.T) {
+	env(t)
+	dir := t.TempDir()
+	injected, data := seedRun(t, dir)
+	run := filepath.Join(dir, "run")
+	args := append(seedTrainArgs(injected, data, run, "3"), "--batch-size", "5")
+	mustLoracc(t, args...)
+	raw, err := os.ReadFile(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.SplitAfter(string(raw), "\n")
+	short := filepath.Join(dir, "short.jsonl")
+	if err := os.WriteFile(short, []byte(strings.Join(lines[:4], "")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err = loracc(t, append(seedTrainArgs(injected, short, run, "6"), "--batch-size", "5", "--resume")...)
+	if err == nil || !strings.Contains(err.Error(), "do not fit data of 4 examples") {
+		t.Errorf("resume on shorter data: %v", err)
+	}
+}

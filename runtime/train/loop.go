@@ -256,6 +256,9 @@ func (r *runner) resume() error {
 	if ck.Progress.Seed != r.cfg.Seed {
 		return fmt.Errorf("the checkpoint was made with --seed %d, not %d", ck.Progress.Seed, r.cfg.Seed)
 	}
+	if p := ck.Progress; p.Step < 0 || p.Epoch < 0 || p.Position < 0 || p.Position >= r.cfg.Data.Len() {
+		return fmt.Errorf("%s: step %d, epoch %d, position %d do not fit data of %d examples (did the data file change?)", ck.Dir, p.Step, p.Epoch, p.Position, r.cfg.Data.Len())
+	}
 	r.params = FromAdapter(ck.Adapter)
 	for _, in := range r.cfg.IO.Train.Inputs {
 		if in.Role != trainio.RoleState {
