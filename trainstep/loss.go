@@ -57,7 +57,7 @@ func (st *Compiler) Loss(m *graph.Model) error {
 		}
 		labels := g.AddInput(o.Labels, &graph.TensorType{DType: graph.Int64, Shape: append([]graph.Dim(nil), lt.Shape[:2]...)})
 		st.role(labels, trainio.RoleLabel, "")
-		x := c2.Slice(logits, 0, -1, 1)
+		x := lmLogits(c2, logits)
 		y := c2.Slice(labels, 1, math.MaxInt64, 1)
 		loss = crossEntropy(c2, x, y, 3, o.IgnoreIndex)
 	case "ce":
@@ -111,4 +111,20 @@ func crossEntropy(c *opb.Builder, x, y *graph.Value, rank int, ignore int64) *gr
 	total := c.ReduceSum(c.Neg(c.Mul(picked, w)), nil, false)
 	count := c.Max(c.ReduceSum(w, nil, false), c.K(1, x))
 	return c.Div(total, count)
+}
+
+// lmLogits is logits[:, :-1], the positions that predict a next token.
+// When the logits are themselves a slice of the vocabulary axis of a
+// wider product (canonicalize pads wide projections), one Slice takes
+// both, so the padding costs no copy of its own.
+func lmLogits(c *opb.Builder, logits *graph.Value) *graph.Value {
+	if p, _ := logits.Producer(); p != nil && p.Op == "Slice" && p.Domain == "" && c.Opset >= 10 && p.NumInputs() == 4 {
+		starts, ok1 := graph.ConstInts(p.Input(1))
+		ends, ok2 := graph.ConstInts(p.Input(2))
+		axes, ok3 := graph.ConstInts(p.Input(3))
+		if ok1 && ok2 && ok3 && len(axes) == 1 && (axes[0] == -1 || axes[0] == 2) && starts[0] == 0 && logits.NumUses() == 0 {
+			return c.Op("Slice", []*graph.Value{p.Input(0), c.Ints(0, 0), c.Ints(-1, ends[0]), c.Ints(1, 2)})
+		}
+	}
+	return c.Slice(logits, 0, -1, 1)
 }

@@ -12,8 +12,10 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/loracc/loracc/adapter"
 	"github.com/loracc/loracc/graph"
 	"github.com/loracc/loracc/runtime"
+	"github.com/loracc/loracc/runtime/train"
 )
 
 // TestStaticTrainGraph: export-train --static compiles the tiny GPT-2's
@@ -151,4 +153,111 @@ func variableLengthData(t *testing.T, dir string) string {
 		t.Fatal(err)
 	}
 	return data
+}
+
+// TestWideLogitsPadded: a language model whose logits projection is
+// 4,099 wide gets it padded to 4,104 columns in the compiled graphs (the
+// aligned GEMM), and the eval graph's loss still equals cross-entropy
+// computed here from the model's own logits.
+func TestWideLogitsPadded(t *testing.T) {
+	e := env(t)
+	const vocab, hidden, batch, seq = 4099, 16, 2, 5
+	m := graph.NewModel(18)
+	g := m.Graph
+	ids := g.AddInput("input_ids", &graph.TensorType{DType: graph.Int64, Shape: []graph.Dim{{Param: "batch"}, {Param: "seq"}}})
+	b := &graph.Builder{G: g}
+	rnd := rand.New(rand.NewPCG(1, 2))
+	tensor := func(name string, dims ...int64) *graph.Value {
+		n := int(dims[0] * dims[1])
+		xs := make([]float32, n)
+		for i := range xs {
+			xs[i] = float32(rnd.NormFloat64() * 0.3)
+		}
+		tt, err := graph.NewFloatTensor(name, graph.Float, dims, xs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b.Const(tt)
+	}
+	h := b.Op("Gather", "h", []*graph.Value{tensor("emb", vocab, hidden), ids})
+	h2 := b.Op("MatMul", "h2", []*graph.Value{h, tensor("hid.weight", hidden, hidden)})
+	logits := b.Op("MatMul", "logits", []*graph.Value{h2, tensor("head.weight", hidden, vocab)})
+	logits.Type = &graph.TensorType{DType: graph.Float, Shape: []graph.Dim{{Param: "batch"}, {Param: "seq"}, {Value: vocab}}}
+	g.AddOutput(logits)
+	dir := t.TempDir()
+	base := filepath.Join(dir, "lm.onnx")
+	if err := graph.Save(m, base, graph.SaveOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	lora := filepath.Join(dir, "lm.lora.onnx")
+	mustLoracc(t, "inject", base, "--rank", "2", "--target", "^hid$", "-o", lora)
+	out := filepath.Join(dir, "g")
+	mustLoracc(t, "export-train", lora, "--loss", "lm", "--logits", "logits", "-o", out)
+	em, err := graph.Load(filepath.Join(out, "eval.onnx"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	padded := false
+	em.Graph.Walk(func(n *graph.Node) {
+		if n.Op == "MatMul" {
+			if w := graph.ConstTensor(n.Input(1)); w != nil && len(w.Dims) == 2 && w.Dims[1] == 4104 {
+				padded = true
+			}
+		}
+	})
+	if !padded {
+		t.Error("the logits projection was not padded to 4104 columns")
+	}
+	// The reference: cross-entropy of the model's logits, next token.
+	idv := make([]int64, batch*seq)
+	for i := range idv {
+		idv[i] = int64(rnd.IntN(vocab))
+	}
+	feed := runtime.Int64Tensor([]int64{batch, seq}, idv)
+	s, err := e.NewSession(lora, runtime.SessionOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	o, err := s.Run(map[string]runtime.Tensor{"input_ids": feed}, []string{"logits"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lg, _ := o["logits"].Floats()
+	var want float64
+	for bi := range batch {
+		for p := range seq - 1 {
+			row := lg[(bi*seq+p)*vocab : (bi*seq+p+1)*vocab]
+			mx := math.Inf(-1)
+			for _, v := range row {
+				mx = math.Max(mx, float64(v))
+			}
+			var z float64
+			for _, v := range row {
+				z += math.Exp(float64(v) - mx)
+			}
+			want += mx + math.Log(z) - float64(row[idv[bi*seq+p+1]])
+		}
+	}
+	want /= batch * (seq - 1)
+	es, err := e.NewSession(filepath.Join(out, "eval.onnx"), runtime.SessionOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer es.Close()
+	a, err := adapter.Load(filepath.Join(dir, "lm.lora.adapter"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	feeds := map[string]runtime.Tensor{"input_ids": feed, "labels": feed}
+	for k, v := range train.FromAdapter(a) {
+		feeds[k] = v
+	}
+	lo, err := es.Run(feeds, []string{"loss"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := scalarOf(t, lo["loss"]); math.Abs(got-want) > 1e-5*want {
+		t.Errorf("eval loss %v, cross-entropy of the logits %v", got, want)
+	}
 }
