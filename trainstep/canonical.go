@@ -9,10 +9,10 @@ package trainstep
 //       Face's GPT-2 (NewGELUActivation) exports it in eight nodes, becomes
 //       Gelu(x, approximate="tanh") (opset 20);
 //   a projection to a wide output that is a graph output (the logits of a
-//       language model: x·W with W a constant [K, N], N ≥ 4096 not a
-//       multiple of 8, as GPT-2's 50257) gets W padded with zero columns
-//       to a multiple of 8 and the output sliced back; the loss merges that
-//       slice with its own (lossPass), so no copy is added;
+//       language model: x·W with W constant, N ≥ 4096 not a multiple of 8,
+//       as GPT-2's 50257) reads W padded with zero columns to a multiple
+//       of 8 and is sliced back; the loss merges that slice with its own
+//       (lossPass), so no copy is added;
 //   LayerNormalization with only its output Y gets its optional outputs
 //       Mean and InvStdDev, which the gradient rule then reads instead of
 //       recomputing the statistics (six nodes per normalization).
@@ -38,7 +38,7 @@ import (
 // Canonicalize is pass "canonicalize".
 func (st *Compiler) Canonicalize(m *graph.Model) error {
 	g := m.Graph
-	if err := padWideOutputs(g); err != nil {
+	if err := padWideOutputs(m); err != nil {
 		return err
 	}
 	stats := 0
@@ -181,39 +181,36 @@ func isConst(v *graph.Value, k float64) bool {
 }
 
 // padWideOutputs pads the weight of every MatMul that computes a graph
-// output x·W (W a constant [K, N] read by nothing else, N ≥ 4096 and not a
-// multiple of 8) to [K, N'] with zero columns, and slices the product back
-// to N columns under the output's name.
-func padWideOutputs(g *graph.Graph) error {
+// output x·W (W a constant [K, N], or the Transpose of a constant [N, K]
+// as torch.onnx writes a tied language-model head; N ≥ 4096 and not a
+// multiple of 8) with zero columns to a multiple of 8, through a Pad node
+// ONNX Runtime folds into a constant when the session starts, and slices
+// the product back to N columns under the output's name. The weight
+// itself is not touched, so a tied embedding keeps its shape.
+func padWideOutputs(m *graph.Model) error {
+	g := m.Graph
 	for _, out := range append([]*graph.Value(nil), g.Outputs...) {
 		n, _ := out.Producer()
-		if n == nil || n.Op != "MatMul" || n.Domain != "" || n.Graph() != g {
+		if n == nil || n.Op != "MatMul" || n.Domain != "" || n.Graph() != g || m.OpsetVersion("") < 13 {
 			continue
 		}
 		w := n.Input(1)
-		t := graph.ConstTensor(w)
-		if t == nil || w.Const == nil || len(t.Dims) != 2 || t.DType != graph.Float || w.NumUses() != 1 || w.IsGraphInput() {
-			continue
+		var cols, k int64
+		if t := graph.ConstTensor(w); t != nil && len(t.Dims) == 2 {
+			k, cols = t.Dims[0], t.Dims[1]
+		} else if p, _ := w.Producer(); p != nil && p.Op == "Transpose" && p.Domain == "" {
+			perm := p.AttrInts("perm")
+			if t := graph.ConstTensor(p.Input(0)); t != nil && len(t.Dims) == 2 && (perm == nil || (len(perm) == 2 && perm[0] == 1 && perm[1] == 0)) {
+				cols, k = t.Dims[0], t.Dims[1]
+			}
 		}
-		k, cols := t.Dims[0], t.Dims[1]
-		if cols < 4096 || cols%8 == 0 {
+		if cols < 4096 || cols%8 == 0 || k <= 0 {
 			continue
 		}
 		padded := (cols + 7) / 8 * 8
-		vals, err := t.Floats()
-		if err != nil {
-			return err
-		}
-		wide := make([]float32, k*padded)
-		for r := int64(0); r < k; r++ {
-			copy(wide[r*padded:r*padded+cols], vals[r*cols:(r+1)*cols])
-		}
-		pt, err := graph.NewFloatTensor(w.Name+".padded", graph.Float, []int64{k, padded}, wide)
-		if err != nil {
-			return err
-		}
-		pw := g.Root().AddInitializer(pt)
 		b := &graph.Builder{G: g, Prefix: "canonical/pad", Metadata: n.Metadata}
+		pw := b.Op("Pad", w.Name+".padded", []*graph.Value{w, b.Int64s(w.Name+".pads", []int64{0, 0, 0, padded - cols})})
+		pw.Type = &graph.TensorType{DType: graph.Float, Shape: []graph.Dim{{Value: k}, {Value: padded}}}
 		wideOut := b.Op("MatMul", out.Name+".padded", []*graph.Value{n.Input(0), pw})
 		sliced := b.Op("Slice", out.Name+".sliced", []*graph.Value{wideOut, b.Int64s(out.Name+".slice_starts", []int64{0}), b.Int64s(out.Name+".slice_ends", []int64{cols}), b.Int64s(out.Name+".slice_axes", []int64{-1})})
 		name, typ, doc, meta := out.Name, out.Type, out.DocString, out.Metadata
@@ -224,9 +221,6 @@ func padWideOutputs(g *graph.Graph) error {
 			}
 		}
 		if err := g.RemoveNode(n); err != nil {
-			return err
-		}
-		if err := g.RemoveInitializer(w); err != nil {
 			return err
 		}
 		if err := sliced.Rename(name); err != nil {

@@ -217,7 +217,7 @@ static() {
 		python3 "$ROOT"/bench/gpu/profsum.py "$W"/prof_${kind}_*.json >"$W"/profsum_$kind.txt; head -30 "$W"/profsum_$kind.txt
 		gzip -f "$W"/prof_${kind}_*.json
 	done
-	for kind in dynamic static static_nograph static_hoststate; do
+	for kind in ${KINDS:-dynamic static static_nograph static_hoststate}; do
 		local extra=""
 		case $kind in
 		static) extra="--static --pad-to-multiple-of $SEQ" ;; # CUDA graph (auto)
