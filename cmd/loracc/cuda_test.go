@@ -63,13 +63,8 @@ func TestCUDATrainModes(t *testing.T) {
 	e := env(t)
 	cudaOrSkip(t, e)
 	dir := t.TempDir()
-	lora := filepath.Join(dir, "g.lora.onnx")
-	mustLoracc(t, "inject", "../../testdata/models/gpt2_tiny.onnx", "--rank", "4", "--seed", "1", "-o", lora)
-	data := variableLengthData(t, dir)
-	args := func(run string, extra ...string) []string {
-		return append([]string{"train", lora, "--data", data, "--loss", "lm", "--logits", "logits", "--labels", "labels",
-			"--max-steps", "30", "--batch-size", "4", "--lr", "0.01", "--save-every", "10", "--out", filepath.Join(dir, run)}, extra...)
-	}
+	run := tinyLMRun(t, dir, "--max-steps", "30", "--save-every", "10")
+	args := func(name string, extra ...string) []string { return run(filepath.Join(dir, name), extra...) }
 	cases := map[string][]string{
 		"cpu":           {"--device", "cpu"},
 		"cpu-static":    {"--device", "cpu", "--static", "--pad-to-multiple-of", "16"},
@@ -80,13 +75,7 @@ func TestCUDATrainModes(t *testing.T) {
 	cols := map[string][]float64{}
 	for name, extra := range cases {
 		mustLoracc(t, args(name, extra...)...)
-		for _, row := range lossColumn(t, filepath.Join(dir, name)) {
-			v, err := strconv.ParseFloat(strings.SplitN(row, ":", 2)[1], 64)
-			if err != nil {
-				t.Fatal(err)
-			}
-			cols[name] = append(cols[name], v)
-		}
+		cols[name] = lossValues(t, filepath.Join(dir, name))
 	}
 	for name, ref := range map[string]string{"host": "cpu", "device": "cpu", "static-graphs": "cpu-static"} {
 		a, b := cols[ref], cols[name]
