@@ -5,9 +5,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
-	"os"
 	"regexp"
 	"sort"
+
+	"github.com/loracc/loracc/graph"
 )
 
 // Config mirrors the LoRA fields of PEFT's adapter_config.json (LoraConfig).
@@ -339,9 +340,13 @@ func (c Config) Scale(name string) float64 {
 	return alpha / float64(r)
 }
 
+// maxConfigFile bounds an adapter_config.json: PEFT writes a few hundred
+// bytes; a megabyte leaves room for long target lists and regexes.
+const maxConfigFile = 1 << 20
+
 // ReadConfig reads and validates an adapter_config.json.
 func ReadConfig(path string) (Config, error) {
-	b, err := os.ReadFile(path)
+	b, err := graph.ReadRegular(path, maxConfigFile, "an adapter config")
 	if err != nil {
 		return Config{}, fmt.Errorf("adapter config: %w", err)
 	}

@@ -152,6 +152,7 @@ func TestReadConfigErrors(t *testing.T) {
 		{"bad rank pattern", `{"peft_type":"LORA","r":4,"rank_pattern":{"q_proj":0}}`, "q_proj"},
 		{"python-only regex", `{"peft_type":"LORA","r":4,"alpha_pattern":{"(?<=a)b":2}}`, "alpha_pattern"},
 		{"bad target regex", `{"peft_type":"LORA","r":4,"target_modules":"("}`, "target_modules"},
+		{"over a megabyte", `{"peft_type":"LORA","r":4,"target_modules":["` + strings.Repeat("q", maxConfigFile) + `"]}`, "the limit for an adapter config"},
 	} {
 		path := writeTemp(t, ConfigFile, tc.json)
 		_, err := ReadConfig(path)

@@ -9,7 +9,6 @@ import (
 	"io"
 	"math"
 	"math/bits"
-	"os"
 	"sort"
 	"unicode/utf8"
 
@@ -191,18 +190,11 @@ type headerEntry struct {
 // and the cap before it is read, and tensor sizes against the data buffer
 // before the buffer is read.
 func ReadSafetensors(path string) (*File, error) {
-	f, err := os.Open(path)
+	f, st, err := graph.OpenRegular(path)
 	if err != nil {
 		return nil, fmt.Errorf("safetensors: %w", err)
 	}
 	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return nil, fmt.Errorf("safetensors %s: %w", path, err)
-	}
-	if !st.Mode().IsRegular() {
-		return nil, fmt.Errorf("safetensors %s: not a regular file", path)
-	}
 	out, err := parseSafetensors(f, st.Size())
 	if err != nil {
 		return nil, fmt.Errorf("safetensors %s: %w", path, err)

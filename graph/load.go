@@ -22,22 +22,15 @@ const maxModelFile = 2<<30 - 1
 // Load reads an ONNX model file. External data is resolved relative to the
 // file's folder but not read until a tensor's bytes are asked for.
 func Load(path string) (*Model, error) {
-	st, err := os.Stat(path)
-	if err != nil {
-		return nil, err
-	}
-	if st.IsDir() {
+	if st, err := os.Stat(path); err == nil && st.IsDir() {
 		return nil, fmt.Errorf("%s: is a folder, not an ONNX file", path)
 	}
-	if st.Size() == 0 {
-		return nil, fmt.Errorf("%s: empty file, not an ONNX model", path)
-	}
-	if st.Size() > maxModelFile {
-		return nil, fmt.Errorf("%s: %d bytes is more than protobuf's 2 GiB limit; not an ONNX model", path, st.Size())
-	}
-	data, err := os.ReadFile(path)
+	data, err := ReadRegular(path, maxModelFile, "an ONNX model (protobuf's own)")
 	if err != nil {
 		return nil, err
+	}
+	if len(data) == 0 {
+		return nil, fmt.Errorf("%s: empty file, not an ONNX model", path)
 	}
 	abs, err := filepath.Abs(path)
 	if err != nil {

@@ -224,12 +224,12 @@ func (o *Outputs) stageDerived(final, owner string, temp bool, src *source, size
 
 // sameBytes reports whether two files hold the same bytes.
 func sameBytes(a, b string) bool {
-	fa, err := os.Open(a)
+	fa, _, err := OpenRegular(a)
 	if err != nil {
 		return false
 	}
 	defer fa.Close()
-	fb, err := os.Open(b)
+	fb, _, err := OpenRegular(b)
 	if err != nil {
 		return false
 	}

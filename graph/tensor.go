@@ -264,14 +264,23 @@ func checkLocation(loc string) error {
 }
 
 // open opens the external file through an os.Root on its folder, so a
-// symlink that points outside the folder is refused by the OS layer.
+// symlink that points outside the folder is refused by the OS layer, and
+// only if it is a regular file (OpenRegular's rule).
 func (e *External) open() (*os.File, error) {
 	if err := checkLocation(e.Location); err != nil {
 		return nil, err
 	}
-	f, err := os.OpenInRoot(e.Dir, filepath.FromSlash(e.Location))
+	root, err := os.OpenRoot(e.Dir)
 	if err != nil {
 		return nil, fmt.Errorf("external data %q: %w", e.Location, err)
+	}
+	defer root.Close()
+	f, err := root.OpenFile(filepath.FromSlash(e.Location), openFlags, 0)
+	if err != nil {
+		return nil, fmt.Errorf("external data %q: %w", e.Location, err)
+	}
+	if f, _, err = checkRegular(f, fmt.Sprintf("%q", e.Location)); err != nil {
+		return nil, fmt.Errorf("external data %w", err)
 	}
 	return f, nil
 }

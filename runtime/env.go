@@ -4,9 +4,9 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"os"
 	"sync"
 
+	"github.com/loracc/loracc/graph"
 	"github.com/loracc/loracc/runtime/internal/ort"
 )
 
@@ -65,18 +65,11 @@ func (e *Env) Close() error {
 // bytes) lets ORT resolve external data files next to the model.
 func (e *Env) NewSession(modelPath string, opts SessionOptions) (*Session, error) {
 	name := fmt.Sprintf("model %q", modelPath)
-	f, err := os.Open(modelPath)
+	f, st, err := graph.OpenRegular(modelPath)
 	if err != nil {
 		return nil, fmt.Errorf("runtime: %w", err)
 	}
 	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return nil, fmt.Errorf("runtime: %s: %w", name, err)
-	}
-	if st.IsDir() {
-		return nil, fmt.Errorf("runtime: %s: is a directory", name)
-	}
 	mio, err := readModelIO(f, st.Size())
 	if err != nil {
 		return nil, fmt.Errorf("runtime: %s: not a valid ONNX model: %w", name, err)
@@ -146,17 +139,10 @@ func names(infos []IOInfo) []string {
 
 // readModelFile reads the signature of the model file at path.
 func readModelFile(path string) (modelIO, error) {
-	f, err := os.Open(path)
+	f, st, err := graph.OpenRegular(path)
 	if err != nil {
 		return modelIO{}, err
 	}
 	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return modelIO{}, err
-	}
-	if st.IsDir() {
-		return modelIO{}, fmt.Errorf("is a directory")
-	}
 	return readModelIO(f, st.Size())
 }

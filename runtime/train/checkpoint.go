@@ -126,11 +126,15 @@ type Checkpoint struct {
 	State    map[string]runtime.Tensor
 }
 
+// maxSmallFile bounds the run folder's small text files (the "latest"
+// pointer, progress.json): loracc writes well under a kilobyte.
+const maxSmallFile = 1 << 20
+
 // LoadLatest reads the checkpoint the "latest" pointer names, or returns
 // nil when the run has none.
 func LoadLatest(run string) (*Checkpoint, error) {
 	dir := checkpointsDir(run)
-	ptr, err := os.ReadFile(filepath.Join(dir, "latest"))
+	ptr, err := graph.ReadRegular(filepath.Join(dir, "latest"), maxSmallFile, "a checkpoint pointer")
 	if os.IsNotExist(err) {
 		return nil, nil
 	}
@@ -143,7 +147,7 @@ func LoadLatest(run string) (*Checkpoint, error) {
 	}
 	cdir := filepath.Join(dir, name)
 	ck := &Checkpoint{Dir: cdir, State: map[string]runtime.Tensor{}}
-	data, err := os.ReadFile(filepath.Join(cdir, "progress.json"))
+	data, err := graph.ReadRegular(filepath.Join(cdir, "progress.json"), maxSmallFile, "a checkpoint's progress")
 	if err != nil {
 		return nil, err
 	}

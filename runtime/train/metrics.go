@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/loracc/loracc/graph"
 	"github.com/loracc/loracc/internal/plot"
 )
 
@@ -42,7 +43,7 @@ func openMetrics(run string, keep int, resume bool) (*metricsFile, error) {
 		// Read line by line, not as strict CSV: a kill can leave the last
 		// row half written, and rows after the checkpoint are dropped
 		// anyway.
-		if data, err := os.ReadFile(path); err == nil {
+		if data, err := graph.ReadRegular(path, 1<<30, "a run's metrics"); err == nil {
 			for i, line := range strings.Split(string(data), "\n") {
 				rec := strings.Split(line, ",")
 				if i == 0 || len(rec) != 7 {
@@ -126,7 +127,7 @@ func (m *metricsFile) Plot() error {
 		return err
 	}
 	path := filepath.Join(m.run, "metrics.csv")
-	f, err := os.Open(path)
+	f, _, err := graph.OpenRegular(path)
 	if err != nil {
 		return err
 	}
