@@ -12,6 +12,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"strings"
 	"unicode/utf8"
@@ -35,6 +36,7 @@ type Set struct {
 	batchNames []string
 	lines      []int // per example: its line in the file
 	n          int
+	sum        hash.Hash // over the examples' lines, for Fingerprint
 }
 
 // Load reads and checks a JSONL file against spec. The first bad line
@@ -74,6 +76,8 @@ func (s *Set) read(r io.Reader, name string, limit int) error {
 		if err := s.addLine(&p, line, seen); err != nil {
 			return fmt.Errorf("%s:%d: %w", name, lineNo, err)
 		}
+		s.sum.Write(line)
+		s.sum.Write([]byte{'\n'})
 		s.lines = append(s.lines, lineNo)
 	}
 	if err := sc.Err(); err != nil {
@@ -82,7 +86,10 @@ func (s *Set) read(r io.Reader, name string, limit int) error {
 		}
 		return fmt.Errorf("%s:%d: %w", name, lineNo+1, err)
 	}
-	if s.n == 0 {
+	switch {
+	case s.n == 0 && lineNo > 0:
+		return fmt.Errorf("%s: no examples (%d lines, all blank)", name, lineNo)
+	case s.n == 0:
 		return fmt.Errorf("%s: no examples (the file is empty)", name)
 	}
 	return nil
@@ -185,6 +192,9 @@ func (s *Set) addValue(p *parser, f *field) error {
 	if err := p.value(f); err != nil {
 		return err
 	}
+	if err := s.checkRange(f, start); err != nil {
+		return err
+	}
 	for j, d := range f.dims {
 		if d.size >= 0 && p.dims[j] != d.size {
 			return fmt.Errorf("expected %s, got shape %s", f.describe(), intList(p.dims))
@@ -271,6 +281,13 @@ func (s *Set) isBatchName(name string) bool {
 		}
 	}
 	return false
+}
+
+// Fingerprint identifies the examples: a SHA-256 over their lines, so
+// blank lines and line endings do not count but any change to an example
+// does. A checkpoint records it to refuse a resume on other data.
+func (s *Set) Fingerprint() string {
+	return fmt.Sprintf("sha256:%x", s.sum.Sum(nil))
 }
 
 // Len is the number of examples.

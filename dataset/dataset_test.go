@@ -273,7 +273,7 @@ func TestBadLines(t *testing.T) {
 		{"named dims differ", `{"input_ids": [1, 2], "token_type_ids": [0], "y": 1}`, ce,
 			`train.jsonl:1: field "token_type_ids": dim "seq" is 1 here but 2 in field "input_ids"`},
 		{"empty file", ``, lm, `train.jsonl: no examples (the file is empty)`},
-		{"blank lines only", "\n  \n\r\n", lm, `train.jsonl: no examples (the file is empty)`},
+		{"blank lines only", "\n  \n\r\n", lm, `train.jsonl: no examples (3 lines, all blank)`},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			_, err := load(t, c.spec, c.content)

@@ -7,7 +7,7 @@ import (
 )
 
 // FuzzLoad feeds arbitrary files to Load under the lm, ce and mse specs of
-// the tests: it must return an error or a Set whose every example can be
+// the tests, and an lm spec with vocabulary bounds: it must return an error or a Set whose every example can be
 // counted and batched into tensors of consistent sizes, never panic.
 // A crasher goes under testdata/fuzz/FuzzLoad as a regression case (none
 // so far: about 1.7M executions over 5 minutes found nothing).
@@ -30,7 +30,10 @@ func FuzzLoad(f *testing.F) {
 		f.Add([]byte(seed))
 	}
 	dir := f.TempDir()
-	specs := []Spec{lmSpec(f), ceSpec(f), mseSpec(f)}
+	bounded := lmSpec(f) // with the vocabulary checks
+	bounded.Ranges = map[string]Range{"input_ids": {Size: 8, Of: "a table of 8 rows"}}
+	bounded.Classes = Range{Size: 5, Of: "5 classes"}
+	specs := []Spec{lmSpec(f), ceSpec(f), mseSpec(f), bounded}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		path := filepath.Join(dir, "train.jsonl")
 		if err := os.WriteFile(path, data, 0o644); err != nil {
@@ -44,6 +47,7 @@ func FuzzLoad(f *testing.F) {
 			if s.Len() <= 0 {
 				t.Fatalf("loaded %d examples without an error", s.Len())
 			}
+			checkBounds(t, s)
 			for i := range s.Len() {
 				if s.Tokens(i) < 0 {
 					t.Fatalf("Tokens(%d) < 0", i)
@@ -77,6 +81,20 @@ func checkBatch(t *testing.T, s *Set, idx []int) {
 		}
 		if want := count(tn.Shape) * f.kind.size(); len(tn.Data) != want {
 			t.Fatalf("%s: %d bytes for shape %v, want %d", f.name, len(tn.Data), tn.Shape, want)
+		}
+	}
+}
+
+// checkBounds fails if a loaded field holds a value its Range refuses.
+func checkBounds(t *testing.T, s *Set) {
+	for _, f := range s.fields {
+		if f.limit.Size == 0 {
+			continue
+		}
+		for _, v := range f.ints {
+			if (v < 0 || v >= f.limit.Size) && !(f == s.labels && v == s.spec.IgnoreIndex) {
+				t.Fatalf("field %q holds %d, outside [0, %d)", f.name, v, f.limit.Size)
+			}
 		}
 	}
 }

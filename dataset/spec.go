@@ -1,6 +1,7 @@
 package dataset
 
 import (
+	"crypto/sha256"
 	"fmt"
 	"math"
 	"strings"
@@ -30,6 +31,23 @@ type Spec struct {
 	// A line may give it; where it does not, it is built: 1 on the input
 	// ids' elements, 0 on padding.
 	MaskInput string
+	// Ranges bounds integer inputs by the model (ModelRanges): ids that
+	// index an embedding must be its rows. Classes bounds lm and ce labels
+	// by the logits' last dim; a label equal to IgnoreIndex is exempt, and
+	// other negative labels are refused even where Classes is unknown.
+	// Values outside [0, Size) are refused at load with file:line, as
+	// PyTorch refuses them: ORT's Gather would take -1 as the last row, and
+	// an id past the table fails inside ORT naming a node, not the data.
+	Ranges  map[string]Range
+	Classes Range
+}
+
+// Range is the half-open interval [0, Size) a field's values must lie in;
+// Of says what bounds it, for messages ("the 50257 rows of "wte.weight"").
+// Size 0 is no bound.
+type Range struct {
+	Size int64
+	Of   string
 }
 
 // kind is how a dtype is stored and checked. int32 and bool are kept in the
@@ -119,6 +137,7 @@ type field struct {
 	seq   bool  // lm: dims[0] is symbolic, so examples differ in length and batches are padded
 	role  int
 	pad   int64 // padding value for seq fields
+	limit Range // the bound on its values (Spec.Ranges, Spec.Classes)
 
 	ints   []int64
 	floats []float32
@@ -169,7 +188,7 @@ func compile(spec Spec) (*Set, error) {
 	default:
 		return nil, fmt.Errorf("unknown loss %q (want lm, ce or mse)", spec.Loss)
 	}
-	s := &Set{spec: spec, byName: map[string]*field{}}
+	s := &Set{spec: spec, byName: map[string]*field{}, sum: sha256.New()}
 	s.spec.Inputs = nil
 	for _, e := range spec.Inputs {
 		switch e.Role {
@@ -276,6 +295,9 @@ func compile(spec Spec) (*Set, error) {
 			return nil, fmt.Errorf("mask input %q has rank %d but input ids %q have rank %d", s.mask.name, len(s.mask.dims)+1, s.ids.name, len(s.ids.dims)+1)
 		}
 		s.mask.seq = s.ids.seq
+	}
+	if err := s.setLimits(); err != nil {
+		return nil, err
 	}
 	for _, f := range s.fields {
 		if f.seq && !f.kind.fits(f.pad) {

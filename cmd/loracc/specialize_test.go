@@ -268,3 +268,35 @@ func TestWideLogitsPadded(t *testing.T) {
 		t.Errorf("eval loss %v, cross-entropy of the logits %v", got, want)
 	}
 }
+
+// TestTrainRefusesOutOfVocab: token ids and labels are checked against the
+// model at load (the embedding's rows, the logits' width), so a bad id
+// stops the run naming the data file, line and field before any graph is
+// run, and a --pad-id past the vocabulary is refused likewise.
+func TestTrainRefusesOutOfVocab(t *testing.T) {
+	env(t)
+	dir := t.TempDir()
+	args := tinyLMRun(t, dir, "--max-steps", "1", "--device", "cpu", "--save-every", "0")
+	bad := filepath.Join(dir, "bad.jsonl")
+	for _, tc := range []struct{ line, want string }{
+		{`{"input_ids": [1, 2, -1], "labels": [1, 2, 3]}`, `bad.jsonl:2: field "input_ids": value -1 at element 2 is negative`},
+		{`{"input_ids": [1, 2, 256], "labels": [1, 2, 3]}`, `bad.jsonl:2: field "input_ids": value 256 at element 2 is outside [0, 256)`},
+		{`{"input_ids": [1, 2, 3], "labels": [1, 2, 999]}`, `bad.jsonl:2: field "labels": value 999 at element 2 is outside [0, 256), the 256 classes of output "logits"`},
+	} {
+		if err := os.WriteFile(bad, []byte(`{"input_ids": [1], "labels": [1]}`+"\n"+tc.line+"\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		a := args(filepath.Join(dir, "run"))
+		for i := range a {
+			if a[i] == "--data" {
+				a[i+1] = bad
+			}
+		}
+		if _, err := loracc(t, a...); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v, want %q", tc.line, err, tc.want)
+		}
+	}
+	if _, err := loracc(t, args(filepath.Join(dir, "pad"), "--pad-id", "256")...); err == nil || !strings.Contains(err.Error(), "pad id 256 is outside [0, 256)") {
+		t.Errorf("--pad-id 256: %v", err)
+	}
+}

@@ -107,6 +107,7 @@ func trainAction(c *cli.Context) error {
 		return err
 	}
 	spec := dataset.Spec{Loss: c.String("loss"), Labels: c.String("labels"), PadID: c.Int64("pad-id"), IgnoreIndex: c.Int64("ignore-index")}
+	spec.Ranges, spec.Classes = dataset.ModelRanges(m.Graph, c.String("logits"))
 	for _, e := range io.Train.Inputs {
 		if e.Role == trainio.RoleBatch || e.Role == trainio.RoleLabel {
 			spec.Inputs = append(spec.Inputs, e)

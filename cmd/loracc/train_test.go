@@ -383,26 +383,54 @@ func TestTrainLocksRunFolder(t *testing.T) {
 	mustLoracc(t, seedTrainArgs(injected, data, run, "5")...)
 }
 
-// TestResumeWithShorterData: resuming against data with fewer examples than
-// the checkpoint's position is refused with the numbers, not a panic.
-func TestResumeWithShorterData(t *testing.T) {
+// TestResumeChecksData: a checkpoint records its data's size and
+// fingerprint, so resuming on shorter or edited data is refused naming
+// both, while blank lines and CRLF endings do not count as a change; a
+// checkpoint from before the fingerprint still has its position checked
+// against the data, with the numbers, not a panic.
+func TestResumeChecksData(t *testing.T) {
 	env(t)
 	dir := t.TempDir()
 	injected, data := seedRun(t, dir)
 	run := filepath.Join(dir, "run")
-	args := append(seedTrainArgs(injected, data, run, "3"), "--batch-size", "5")
-	mustLoracc(t, args...)
+	args := func(data, steps string) []string {
+		return append(seedTrainArgs(injected, data, run, steps), "--batch-size", "5", "--resume")
+	}
+	mustLoracc(t, append(seedTrainArgs(injected, data, run, "3"), "--batch-size", "5")...)
 	raw, err := os.ReadFile(data)
 	if err != nil {
 		t.Fatal(err)
 	}
-	lines := strings.SplitAfter(string(raw), "\n")
-	short := filepath.Join(dir, "short.jsonl")
-	if err := os.WriteFile(short, []byte(strings.Join(lines[:4], "")), 0o644); err != nil {
-		t.Fatal(err)
+	lines := strings.SplitAfter(strings.TrimSuffix(string(raw), "\n"), "\n")
+	n := len(lines)
+	variant := func(name string, ls []string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(strings.Join(ls, "")), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
 	}
-	_, err = loracc(t, append(seedTrainArgs(injected, short, run, "6"), "--batch-size", "5", "--resume")...)
-	if err == nil || !strings.Contains(err.Error(), "do not fit data of 4 examples") {
-		t.Errorf("resume on shorter data: %v", err)
+	swapped := append([]string{lines[1], lines[0]}, lines[2:]...)
+	for name, ls := range map[string][]string{"short.jsonl": lines[:4], "swapped.jsonl": swapped} {
+		_, err = loracc(t, args(variant(name, ls), "6")...)
+		if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("made on other data (%d examples, sha256:", n)) {
+			t.Errorf("resume on %s: %v", name, err)
+		}
+	}
+	var crlf []string
+	for _, l := range lines {
+		crlf = append(crlf, strings.TrimSuffix(l, "\n")+"\r\n", "\n")
+	}
+	mustLoracc(t, args(variant("crlf.jsonl", crlf), "4")...)
+
+	// A checkpoint without the fingerprint: only its position is checked.
+	progs, _ := filepath.Glob(filepath.Join(run, "checkpoints", "step-*", "progress.json"))
+	for _, p := range progs {
+		if err := os.WriteFile(p, []byte(`{"step": 4, "epoch": 0, "position": 20, "seed": 0}`), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := loracc(t, args(variant("short.jsonl", lines[:4]), "6")...); err == nil || !strings.Contains(err.Error(), "do not fit data of 4 examples") {
+		t.Errorf("resume of an old checkpoint on shorter data: %v", err)
 	}
 }

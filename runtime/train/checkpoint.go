@@ -20,6 +20,12 @@ type Progress struct {
 	Epoch    int    `json:"epoch"`    // current epoch (0-based)
 	Position int    `json:"position"` // examples of this epoch's order consumed
 	Seed     uint64 `json:"seed"`     // the data order is a function of (seed, epoch)
+	// Examples and Data identify the data the run trains on (its size and
+	// dataset.Set.Fingerprint), so a resume on other data is refused
+	// rather than continuing a position in an order that no longer
+	// exists. Checkpoints before they were recorded lack them.
+	Examples int    `json:"examples,omitempty"`
+	Data     string `json:"data,omitempty"`
 }
 
 // checkpointsDir holds step-N folders and the "latest" pointer.

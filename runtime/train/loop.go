@@ -220,7 +220,7 @@ func newRunner(cfg Config) (*runner, error) {
 		return nil, err
 	}
 	r := &runner{cfg: cfg, total: total, single: stepGraph{io: cfg.IO.Train, k: 1},
-		params: FromAdapter(cfg.Adapter), state: map[string]runtime.Tensor{}, prog: Progress{Seed: cfg.Seed}}
+		params: FromAdapter(cfg.Adapter), state: map[string]runtime.Tensor{}, prog: Progress{Seed: cfg.Seed, Examples: cfg.Data.Len(), Data: cfg.Data.Fingerprint()}}
 	for _, in := range cfg.IO.Train.Inputs {
 		if in.Role == trainio.RoleState {
 			t, err := zerosFor(in)
@@ -256,6 +256,9 @@ func (r *runner) resume() error {
 	if ck.Progress.Seed != r.cfg.Seed {
 		return fmt.Errorf("the checkpoint was made with --seed %d, not %d", ck.Progress.Seed, r.cfg.Seed)
 	}
+	if p := ck.Progress; p.Data != "" && (p.Data != r.prog.Data || p.Examples != r.prog.Examples) {
+		return fmt.Errorf("%s: the checkpoint was made on other data (%d examples, %s), not this data (%d examples, %s); resume with the same data file, or start a new run", ck.Dir, p.Examples, p.Data, r.prog.Examples, r.prog.Data)
+	}
 	if p := ck.Progress; p.Step < 0 || p.Epoch < 0 || p.Position < 0 || p.Position >= r.cfg.Data.Len() {
 		return fmt.Errorf("%s: step %d, epoch %d, position %d do not fit data of %d examples (did the data file change?)", ck.Dir, p.Step, p.Epoch, p.Position, r.cfg.Data.Len())
 	}
@@ -276,7 +279,7 @@ func (r *runner) resume() error {
 		}
 		r.state[in.Name] = v
 	}
-	r.prog = ck.Progress
+	r.prog.Step, r.prog.Epoch, r.prog.Position = ck.Progress.Step, ck.Progress.Epoch, ck.Progress.Position
 	fmt.Fprintf(r.cfg.Out, "resuming from %s (step %d)\n", ck.Dir, r.prog.Step)
 	return nil
 }

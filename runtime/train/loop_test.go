@@ -308,7 +308,7 @@ func TestLoopResume(t *testing.T) {
 		t.Fatal(err)
 	}
 	r.metrics.Close()
-	if want := (Progress{Step: 4, Epoch: 1, Position: 2, Seed: 7}); r.prog != want {
+	if want := (Progress{Step: 4, Epoch: 1, Position: 2, Seed: 7, Examples: 6, Data: cut.Data.Fingerprint()}); r.prog != want {
 		t.Errorf("resumed at %+v, want %+v", r.prog, want)
 	}
 	fr := runFake(t, cut, nil)
