@@ -171,7 +171,27 @@ func loadLayer(name string, a, b *NamedTensor, cfg *Config) (Layer, error) {
 	if l.B, err = b.Floats(); err != nil {
 		return Layer{}, err
 	}
+	for _, m := range []struct {
+		t    *NamedTensor
+		vals []float32
+	}{{a, l.A}, {b, l.B}} {
+		if i := nonFinite(m.vals); i >= 0 {
+			return Layer{}, fmt.Errorf("tensor %q: element %d is %v; an adapter must hold finite numbers", m.t.Name, i, m.vals[i])
+		}
+	}
 	return l, nil
+}
+
+// nonFinite is the index of the first NaN or ±Inf in v, or -1. A
+// non-finite adapter would turn every output of its layer into NaN after
+// fuse or inject, and train would start from a NaN loss.
+func nonFinite(v []float32) int {
+	for i, x := range v {
+		if math.IsNaN(float64(x)) || math.IsInf(float64(x), 0) {
+			return i
+		}
+	}
+	return -1
 }
 
 // Validate checks the config and that every layer has a unique non-empty

@@ -2,6 +2,7 @@ package adapter
 
 import (
 	"bytes"
+	"math"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -185,6 +186,10 @@ func TestLoadErrors(t *testing.T) {
 		{"zero dim", NewConfig(2, 2), []NamedTensor{f32(pa, 2, 0), f32(pb, 4, 2)}, []string{pa, "[2 0]"}},
 		{"int weights", NewConfig(2, 2), []NamedTensor{{Name: pa, DType: graph.Int32, Shape: []int64{2, 3}, Data: make([]byte, 24)}, f32(pb, 4, 2)},
 			[]string{pa, "int32"}},
+		{"NaN in B", NewConfig(2, 2), []NamedTensor{f32(pa, 2, 3), FloatTensor(pb, []int64{4, 2}, []float32{0, 0, 0, float32(math.NaN()), 0, 0, 0, 0})},
+			[]string{pb, "element 3 is NaN", "finite"}},
+		{"Inf in A", NewConfig(2, 2), []NamedTensor{FloatTensor(pa, []int64{2, 3}, []float32{float32(math.Inf(-1)), 0, 0, 0, 0, 0}), f32(pb, 4, 2)},
+			[]string{pa, "element 0 is -Inf"}},
 		{"dora", func() Config { c := NewConfig(2, 2); c.UseDora = true; return c }(), []NamedTensor{f32(pa, 2, 3), f32(pb, 4, 2)}, []string{"use_dora"}},
 	} {
 		dir := t.TempDir()

@@ -116,7 +116,7 @@ func (d lowRank) addRows(w []float64, row0 int) {
 // fuseChunkBytes converts one chunk of W's bytes, adds ΔW and rounds back.
 func (d lowRank) fuseChunkBytes(dt graph.DataType, raw []byte, row0 int) ([]byte, error) {
 	if dt == graph.Float {
-		return d.fuseFloat32(raw, row0), nil
+		return d.fuseFloat32(raw, row0)
 	}
 	vals, err := graph.DecodeFloats(dt, raw)
 	if err != nil {
@@ -127,13 +127,41 @@ func (d lowRank) fuseChunkBytes(dt graph.DataType, raw []byte, row0 int) ([]byte
 		w[i] = float64(v)
 	}
 	d.addRows(w, row0)
+	if i := overflowAt(dt, w); i >= 0 {
+		return nil, overflowError(dt, w[i], row0+i/d.cols, i%d.cols)
+	}
 	return encode64(dt, w)
+}
+
+// overflowAt is the index of the first finite value of w that rounds to
+// ±Inf in dt, or -1: a fused weight that overflows would be written as
+// Inf silently (values already Inf or NaN in W are kept as they are).
+func overflowAt(dt graph.DataType, w []float64) int {
+	limit := math.Inf(1)
+	switch dt {
+	case graph.Float16:
+		limit = 65520 // halfway between fp16's largest finite 65504 and 2^16
+	case graph.BFloat16:
+		limit = 0x1.ffp127 // halfway between bf16's largest finite and 2^128
+	case graph.Float:
+		limit = 0x1.ffffffp127 // likewise for fp32
+	}
+	for i, v := range w {
+		if math.Abs(v) >= limit && !math.IsInf(v, 0) {
+			return i
+		}
+	}
+	return -1
+}
+
+func overflowError(dt graph.DataType, fused float64, row, col int) error {
+	return fmt.Errorf("fused value at row %d, column %d is %g, beyond %s's range; the adapter or --scale is too large for this weight", row, col, fused, dt)
 }
 
 // fuseFloat32 is fuseChunkBytes for fp32 in one pass per row, the hot
 // path of big fuses: ΔW's row is summed in float64, added to W's row and
 // rounded once, without materialising the chunk in float64.
-func (d lowRank) fuseFloat32(raw []byte, row0 int) []byte {
+func (d lowRank) fuseFloat32(raw []byte, row0 int) ([]byte, error) {
 	out := make([]byte, len(raw))
 	delta := make([]float64, d.cols)
 	rows := len(raw) / (4 * d.cols)
@@ -143,10 +171,14 @@ func (d lowRank) fuseFloat32(raw []byte, row0 int) []byte {
 		base := 4 * i * d.cols
 		for j, dv := range delta {
 			w := math.Float32frombits(binary.LittleEndian.Uint32(raw[base+4*j:]))
-			binary.LittleEndian.PutUint32(out[base+4*j:], math.Float32bits(float32(float64(w)+dv)))
+			f := float32(float64(w) + dv)
+			if math.IsInf(float64(f), 0) && !math.IsInf(float64(w), 0) && !math.IsNaN(dv) {
+				return nil, overflowError(graph.Float, float64(w)+dv, row0+i, j)
+			}
+			binary.LittleEndian.PutUint32(out[base+4*j:], math.Float32bits(f))
 		}
 	}
-	return out
+	return out, nil
 }
 
 // encode64 rounds float64 sums once to dt. For fp16 and bf16 it goes
@@ -207,7 +239,10 @@ func fuseWeight(t *Target, l *adapter.Layer, s float64) error {
 	}
 	src := tensor.Clone() // still points at the base's file
 	tensor.SetStream(func(w io.Writer) error {
-		return streamFused(src, w, d, dt, rowsPerChunk, rowBytes)
+		if err := streamFused(src, w, d, dt, rowsPerChunk, rowBytes); err != nil {
+			return fmt.Errorf("fusing node %q (%s), weight %q: %w", t.Node.Name, t.Node.Op, t.Weight.Name, err)
+		}
+		return nil
 	})
 	return nil
 }

@@ -33,6 +33,9 @@ func fuseQuantized(t *Target, d lowRank, toFloat bool, logf func(string, ...any)
 		maxW = math.Max(maxW, math.Abs(v))
 	}
 	if toFloat {
+		if i := overflowAt(q.Scale.DType, w); i >= 0 {
+			return overflowError(q.Scale.DType, w[i], i/d.cols, i%d.cols)
+		}
 		raw, err := encode64(q.Scale.DType, w)
 		if err != nil {
 			return err
@@ -98,6 +101,9 @@ func fuseNBits(t *Target, d lowRank, toFloat bool, logf func(string, ...any)) er
 	if toFloat {
 		n := t.Node
 		g := n.Graph()
+		if i := overflowAt(q.Scales.DType, w); i >= 0 {
+			return overflowError(q.Scales.DType, w[i], i/d.cols, i%d.cols)
+		}
 		raw, err := encode64(q.Scales.DType, w)
 		if err != nil {
 			return err
