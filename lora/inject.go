@@ -58,6 +58,9 @@ func Inject(m *graph.Model, c *Options) error {
 		if len(targets) == 0 {
 			return fmt.Errorf("%w (targets in the model: %s)", ErrNoTarget, targetList(all))
 		}
+		if err := CheckRanks(targets, c.Config, c.AllowLargeRank); err != nil {
+			return err
+		}
 		a, err := newAdapter(targets, c.Config, c.Init)
 		if err != nil {
 			return err

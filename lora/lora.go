@@ -20,6 +20,9 @@ type Options struct {
 	// Adapter is the adapter a pass reads (fuse, inject with given
 	// values) or writes (inject).
 	Adapter *adapter.Adapter
+	// AllowLargeRank lets a new adapter be up to LargeRankFactor times the
+	// weights it adapts (CheckRanks) instead of at most their size.
+	AllowLargeRank bool
 	// AdapterInputs makes A and B graph inputs instead of initializers.
 	AdapterInputs bool
 	// BranchFP32 computes the branch of an fp16/bf16 target in float32

@@ -25,7 +25,8 @@ func injectCommand() *cli.Command {
 		UsageText: "inject MODEL.onnx --rank R [--alpha A] [--target RE]... [--exclude RE]... [--rank-pattern RE=R]... " +
 			"[--alpha-pattern RE=A]... [--init kaiming|gaussian|zeros] [--seed N] [--adapter-inputs] [-o OUT.onnx] [--adapter DIR]",
 		Flags: append(selectorFlags(),
-			&cli.IntFlag{Name: "rank", Aliases: []string{"r"}, Value: 8, Usage: "LoRA rank r"},
+			&cli.IntFlag{Name: "rank", Aliases: []string{"r"}, Value: 8, Usage: "LoRA rank r (the whole adapter may not exceed the weights it adapts; see --allow-large-rank)"},
+			&cli.BoolFlag{Name: "allow-large-rank", Usage: "allow an adapter up to 16× the weights it adapts"},
 			&cli.Float64Flag{Name: "alpha", Usage: "lora_alpha; the branch is scaled by alpha/r (default: the rank, scale 1)"},
 			&cli.StringSliceFlag{Name: "rank-pattern", Usage: "RE=R: rank R for targets whose name matches RE (PEFT's rank_pattern)"},
 			&cli.StringSliceFlag{Name: "alpha-pattern", Usage: "RE=A: alpha A for matching targets (PEFT's alpha_pattern)"},
@@ -166,7 +167,7 @@ func injectAction(c *cli.Context) error {
 	logf := logger(c)
 	ctx := &rewrite.Context{
 		Lora: lora.Options{
-			Selector: sel, Config: cfg, AdapterInputs: c.Bool("adapter-inputs"),
+			Selector: sel, Config: cfg, AdapterInputs: c.Bool("adapter-inputs"), AllowLargeRank: c.Bool("allow-large-rank"),
 			Init:    lora.Init{Method: c.String("init"), Seed: c.Uint64("seed")},
 			Adapter: from,
 		},

@@ -77,8 +77,9 @@ func inspectCommand() *cli.Command {
 				return err
 			}
 			rank := c.Int("rank")
-			if rank <= 0 {
-				return fmt.Errorf("--rank %d: must be positive", rank)
+			if rank <= 0 || rank > 1<<31 {
+				// The bound keeps rank·(in+out) within int64 for any model.
+				return fmt.Errorf("--rank %d: must be between 1 and 2^31", rank)
 			}
 			m, err := graph.Load(path)
 			if err != nil {

@@ -1,0 +1,33 @@
+package lora
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/loracc/loracc/adapter"
+)
+
+// TestCheckRanks: the whole adapter is bounded by the weights it adapts (a
+// small head may take the global rank), 16× with allowLarge, and a huge
+// rank is refused with the numbers rather than allocated.
+func TestCheckRanks(t *testing.T) {
+	ts := []*Target{{Name: "q", In: 64, Out: 64}, {Name: "head", In: 64, Out: 3}}
+	for _, tc := range []struct {
+		rank  int
+		large bool
+		want  string // "" passes
+	}{
+		{8, false, ""}, // 8·128 + 8·67 = 1560 ≤ 4288
+		{32, false, "the adapter would have 6240 parameters"},
+		{32, true, ""},
+		{1 << 40, true, `rank 1099511627776 on "q", [64, 64]); lower the rank`},
+	} {
+		err := CheckRanks(ts, adapter.NewConfig(tc.rank, 1), tc.large)
+		switch {
+		case tc.want == "" && err != nil:
+			t.Errorf("rank %d: %v", tc.rank, err)
+		case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+			t.Errorf("rank %d: %v, want %q", tc.rank, err, tc.want)
+		}
+	}
+}
