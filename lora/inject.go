@@ -156,6 +156,14 @@ func addBranch(t *Target, l *adapter.Layer, scale float64, asInputs, fp32 bool) 
 	// Adapter tensors live in the main graph so that they can be graph
 	// inputs and so that one place holds them all; subgraphs see them.
 	root := g.Root()
+	// The names are the contract with train, fuse and ORT's adapters: a
+	// value already holding one would push the branch to "<name>_1", and
+	// every later command would look for the wrong tensor.
+	for _, name := range []string{ps[0].Name, ps[1].Name, branch.ScaleName(t.Name)} {
+		if root.Lookup(name) != nil {
+			return fmt.Errorf("the model already has a value named %q, the name the branch of target %q needs; rename it in the model, or exclude the target", name, t.Name)
+		}
+	}
 	param := func(name string, dims []int64, vals []float32) (*graph.Value, error) {
 		tensor, err := graph.NewFloatTensor(name, dt, dims, vals)
 		if err != nil {

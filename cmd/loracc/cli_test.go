@@ -10,8 +10,10 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/loracc/loracc/graph/onnxpb"
 	"github.com/loracc/loracc/internal/ortest"
 	"github.com/loracc/loracc/lora"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/loracc/loracc/adapter"
 	"github.com/loracc/loracc/graph"
@@ -349,5 +351,23 @@ func TestGPTDemo(t *testing.T) {
 	out := mustLoracc(t, "demo-gpt", "--model", "../../testdata/models/gpt2_tiny.onnx", "--dir", t.TempDir(), "--steps", "300")
 	if !strings.Contains(out, "fused (trained) model") {
 		t.Errorf("no comparison in:\n%s", out)
+	}
+}
+
+// TestInspectEscapesNames: node names holding terminal escape sequences
+// or newlines are printed quoted, never raw.
+func TestInspectEscapesNames(t *testing.T) {
+	dir := t.TempDir()
+	evil := editedSeed(t, dir, "evil.onnx", func(m *onnxpb.ModelProto) {
+		for _, n := range m.Graph.Node {
+			n.Name = proto.String("\x1b]0;pwned\x07\x1b[31mred\nline")
+		}
+	})
+	out := mustLoracc(t, "inspect", evil)
+	if strings.ContainsAny(out, "\x1b\x07") {
+		t.Fatalf("raw escape in output: %q", out)
+	}
+	if !strings.Contains(out, `"\x1b]0;pwned\a\x1b[31mred\nline"`) {
+		t.Errorf("quoted name missing from:\n%s", out)
 	}
 }

@@ -4,7 +4,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"regexp"
+	"strconv"
 	"text/tabwriter"
+	"unicode"
 
 	"github.com/loracc/loracc/graph"
 	"github.com/loracc/loracc/lora"
@@ -116,20 +118,33 @@ func inspect(m *graph.Model, sel lora.Selector, rank int) inspectJSON {
 	return rep
 }
 
+// shown is a name from the model as the table prints it: one with a
+// control character, an escape sequence or any other unprintable rune is
+// quoted with Go escapes, so a model cannot move the cursor, recolour or
+// retitle the user's terminal, nor break the table with a tab or newline.
+func shown(s string) string {
+	for _, r := range s {
+		if !unicode.IsGraphic(r) || r == '\t' {
+			return strconv.QuoteToGraphic(s)
+		}
+	}
+	return s
+}
+
 func printInspect(c *cli.Context, rep inspectJSON) {
 	w := c.App.Writer
 	fmt.Fprintf(w, "%s: %d targets, %d MatMul/Gemm skipped\n\n", rep.Model, len(rep.Targets), len(rep.Skipped))
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "TARGET\tNODE\tOP\tIN\tOUT\tDTYPE\tLORA PARAMS")
 	for _, t := range rep.Targets {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s\t%d\n", t.Name, t.Node, t.Op, t.In, t.Out, t.DType, int64(rep.Rank)*(t.In+t.Out))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s\t%d\n", shown(t.Name), shown(t.Node), shown(t.Op), t.In, t.Out, t.DType, int64(rep.Rank)*(t.In+t.Out))
 	}
 	tw.Flush()
 	if len(rep.Skipped) > 0 {
 		fmt.Fprintln(w, "\nskipped:")
 		tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 		for _, s := range rep.Skipped {
-			fmt.Fprintf(tw, "  %s\t%s\t%s\n", s.Node, s.Op, s.Reason)
+			fmt.Fprintf(tw, "  %s\t%s\t%s\n", shown(s.Node), shown(s.Op), shown(s.Reason))
 		}
 		tw.Flush()
 	}

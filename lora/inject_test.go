@@ -5,6 +5,8 @@ import (
 	"testing"
 
 	"github.com/loracc/loracc/adapter"
+	"github.com/loracc/loracc/graph"
+	"github.com/loracc/loracc/internal/testmodels"
 )
 
 // TestCheckRanks: the whole adapter is bounded by the weights it adapts (a
@@ -29,5 +31,23 @@ func TestCheckRanks(t *testing.T) {
 		case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
 			t.Errorf("rank %d: %v, want %q", tc.rank, err, tc.want)
 		}
+	}
+}
+
+// TestInjectRefusesTakenNames: a model that already has "<target>.lora_A"
+// is refused naming the value, instead of getting its branch renamed.
+func TestInjectRefusesTakenNames(t *testing.T) {
+	m, err := testmodels.Seed()
+	if err != nil {
+		t.Fatal(err)
+	}
+	taken, err := graph.NewFloatTensor("seed.lora_A", graph.Float, []int64{1}, []float32{0})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Graph.AddInitializer(taken)
+	c := &Options{Config: adapter.NewConfig(1, 1)}
+	if err := Inject(m, c); err == nil || !strings.Contains(err.Error(), `already has a value named "seed.lora_A"`) {
+		t.Errorf("inject over a taken name: %v", err)
 	}
 }
