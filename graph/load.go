@@ -151,17 +151,25 @@ func (l *loader) graph(pg *onnxpb.GraphProto, parent *Graph, owner *Node, m *Mod
 		v.Const = t
 		g.Initializers = append(g.Initializers, v)
 	}
+	isInput := map[*Value]bool{}
 	for _, pvi := range pg.Input {
 		v, err := define(pvi.GetName())
 		if err != nil {
 			return nil, fmt.Errorf("%s: input: %w", where(), err)
 		}
+		if isInput[v] {
+			return nil, fmt.Errorf("%s: input %q is listed twice", where(), v.Name)
+		}
+		isInput[v] = true
 		if err := fillValueInfo(v, pvi); err != nil {
 			return nil, fmt.Errorf("%s: input %q: %w", where(), v.Name, err)
 		}
 		g.Inputs = append(g.Inputs, v)
 	}
 	for i, pn := range pg.Node {
+		if pn.GetOpType() == "" {
+			return nil, fmt.Errorf("%s: node %q (number %d) has an empty op_type", where(), pn.GetName(), i)
+		}
 		n := &Node{graph: g}
 		for j, out := range pn.Output {
 			if out == "" {
@@ -179,12 +187,16 @@ func (l *loader) graph(pg *onnxpb.GraphProto, parent *Graph, owner *Node, m *Mod
 			n.outputs = append(n.outputs, v)
 		}
 		g.Nodes = append(g.Nodes, n)
-		_ = i
 	}
 	for i, pn := range pg.Node {
 		if err := l.node(g.Nodes[i], pn, m, names); err != nil {
 			return nil, fmt.Errorf("%s: %w", where(), err)
 		}
+	}
+	// A cycle (a node reading its own output included) has no order ONNX
+	// Runtime could run; it is refused here so no command writes it back.
+	if _, err := g.topoOrder(); err != nil {
+		return nil, err
 	}
 	for _, pvi := range pg.Output {
 		v := g.Lookup(pvi.GetName())

@@ -12,6 +12,17 @@ import (
 // first, so an already ordered list is unchanged and appended nodes land
 // right after their inputs are ready. A cycle is an error that names it.
 func (g *Graph) SortTopo() error {
+	order, err := g.topoOrder()
+	if err != nil {
+		return err
+	}
+	g.Nodes = order
+	return nil
+}
+
+// topoOrder is the order SortTopo gives, or the cycle that prevents one.
+// Load runs it only as a check, keeping the file's own node order.
+func (g *Graph) topoOrder() ([]*Node, error) {
 	index := make(map[*Node]int, len(g.Nodes))
 	for i, n := range g.Nodes {
 		index[n] = i
@@ -50,10 +61,9 @@ func (g *Graph) SortTopo() error {
 		}
 	}
 	if len(order) < len(g.Nodes) {
-		return fmt.Errorf("graph %q has a cycle: %s", g.Name, describeCycle(g.Nodes, deps, pending))
+		return nil, fmt.Errorf("graph %q has a cycle: %s", g.Name, describeCycle(g.Nodes, deps, pending))
 	}
-	g.Nodes = order
-	return nil
+	return order, nil
 }
 
 // dependencies are the values n reads: its inputs and the outer-scope

@@ -138,6 +138,21 @@ func TestBadInputs(t *testing.T) {
 		{"safetensors tensor past file", []string{"fuse", "../../testdata/models/seed.onnx", "--adapter", truncatedST, "-o", filepath.Join(dir, "y.onnx")}, "", "truncated.adapter"},
 		{"adapter name mismatch", []string{"fuse", "../../testdata/models/seed.onnx", "--adapter", wrongName, "-o", filepath.Join(dir, "y.onnx")}, `"not_there"`, "seed.onnx"},
 		{"adapter shape mismatch", []string{"fuse", "../../testdata/models/seed.onnx", "--adapter", wrongShape, "-o", filepath.Join(dir, "y.onnx")}, "in=6", "seed.onnx"},
+		{"node reads its own output", []string{"inspect", editedSeed(t, dir, "self.onnx", func(m *onnxpb.ModelProto) {
+			n := m.Graph.Node[len(m.Graph.Node)-1]
+			n.Input[0] = n.Output[0]
+		})}, "has a cycle", "self.onnx"},
+		{"two-node cycle", []string{"inject", editedSeed(t, dir, "cycle.onnx", func(m *onnxpb.ModelProto) {
+			m.Graph.Node = append(m.Graph.Node,
+				&onnxpb.NodeProto{OpType: proto.String("Relu"), Input: []string{"zz_b"}, Output: []string{"zz_a"}, Name: proto.String("ra")},
+				&onnxpb.NodeProto{OpType: proto.String("Relu"), Input: []string{"zz_a"}, Output: []string{"zz_b"}, Name: proto.String("rb")})
+		}), "-o", filepath.Join(dir, "z.onnx")}, "has a cycle", "cycle.onnx"},
+		{"input listed twice", []string{"inspect", editedSeed(t, dir, "dupin.onnx", func(m *onnxpb.ModelProto) {
+			m.Graph.Input = append(m.Graph.Input, m.Graph.Input[0])
+		})}, "is listed twice", "dupin.onnx"},
+		{"empty op_type", []string{"inspect", editedSeed(t, dir, "noop.onnx", func(m *onnxpb.ModelProto) {
+			m.Graph.Node[0].OpType = proto.String("")
+		})}, "empty op_type", "noop.onnx"},
 		{"missing model", []string{"inspect", filepath.Join(dir, "nope.onnx")}, "no such file", "nope.onnx"},
 	}
 	for _, tc := range cases {
