@@ -242,24 +242,24 @@ func (c Config) Validate() error {
 		return fmt.Errorf("both target_modules forms (list and regex) are set")
 	}
 	if c.TargetRegex != "" {
-		if _, err := regexp.Compile(`^(?:` + c.TargetRegex + `)$`); err != nil {
-			return fmt.Errorf("target_modules %q: %w", c.TargetRegex, err)
+		if _, err := CompileRegexp(`^(?:` + c.TargetRegex + `)$`); err != nil {
+			return fmt.Errorf("target_modules %s: %w", Abbrev(c.TargetRegex), err)
 		}
 	}
 	for _, k := range sortedKeys(c.RankPattern) {
 		if c.RankPattern[k] <= 0 {
-			return fmt.Errorf("rank_pattern %q: rank %d, want > 0", k, c.RankPattern[k])
+			return fmt.Errorf("rank_pattern %s: rank %d, want > 0", Abbrev(k), c.RankPattern[k])
 		}
 		if _, err := patternRegexp(k); err != nil {
-			return fmt.Errorf("rank_pattern %q: %w", k, err)
+			return fmt.Errorf("rank_pattern %s: %w", Abbrev(k), err)
 		}
 	}
 	for _, k := range sortedKeys(c.AlphaPattern) {
 		if v := c.AlphaPattern[k]; math.IsNaN(v) || math.IsInf(v, 0) {
-			return fmt.Errorf("alpha_pattern %q: alpha %v", k, v)
+			return fmt.Errorf("alpha_pattern %s: alpha %v", Abbrev(k), v)
 		}
 		if _, err := patternRegexp(k); err != nil {
-			return fmt.Errorf("alpha_pattern %q: %w", k, err)
+			return fmt.Errorf("alpha_pattern %s: %w", Abbrev(k), err)
 		}
 	}
 	return nil
@@ -281,7 +281,7 @@ func (c Config) Validate() error {
 
 // patternRegexp compiles a pattern key the way PEFT applies it.
 func patternRegexp(key string) (*regexp.Regexp, error) {
-	return regexp.Compile(`^(?:.*\.)?(?:` + key + `)$`)
+	return CompileRegexp(`^(?:.*\.)?(?:` + key + `)$`)
 }
 
 // patternKey returns the first key (in sorted order) whose pattern matches

@@ -247,3 +247,18 @@ func TestPatternOrder(t *testing.T) {
 		}
 	}
 }
+
+// TestLongRegexpErrorIsShort: a megabyte of bad regular expression gives
+// a one-line error that quotes 80 bytes of it and says its length.
+func TestLongRegexpErrorIsShort(t *testing.T) {
+	expr := "(" + strings.Repeat("a", 1<<20)
+	_, err := CompileRegexp(expr)
+	if err == nil || len(err.Error()) > 200 || !strings.Contains(err.Error(), "missing closing )") || !strings.Contains(err.Error(), "(1048577 bytes)") {
+		t.Errorf("error %.300q", err)
+	}
+	c := NewConfig(2, 2)
+	c.TargetRegex = expr
+	if err := c.Validate(); err == nil || len(err.Error()) > 400 {
+		t.Errorf("config error %.500q", err)
+	}
+}

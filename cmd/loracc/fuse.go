@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"path/filepath"
+	"strings"
 
 	"github.com/loracc/loracc/adapter"
 	"github.com/loracc/loracc/graph"
@@ -124,7 +125,10 @@ func fuseCheck(c *cli.Context, o *graph.Outputs, in, out string, fctx *rewrite.C
 	defer env.Close()
 	res, err := compareModels(env, ref, got, c.String("device"), 42)
 	if err != nil {
-		return err
+		// The scratch files are gone once the command ends: name the
+		// input and the output instead, and say what --check fed them.
+		msg := strings.NewReplacer(ref, "the unfused model", got, "the fused "+out).Replace(err.Error())
+		return fmt.Errorf("%s: --check ran the unfused and fused models on seeded random inputs and failed: %s (random inputs may not be valid for this model; fuse without --check)", in, msg)
 	}
 	fmt.Fprintf(c.App.Writer, "check: %s\n", res)
 	if !res.OK() {

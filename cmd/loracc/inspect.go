@@ -8,6 +8,7 @@ import (
 	"text/tabwriter"
 	"unicode"
 
+	"github.com/loracc/loracc/adapter"
 	"github.com/loracc/loracc/graph"
 	"github.com/loracc/loracc/lora"
 	"github.com/urfave/cli/v2"
@@ -25,9 +26,9 @@ func selector(c *cli.Context) (lora.Selector, error) {
 	compile := func(flag string) ([]*regexp.Regexp, error) {
 		var out []*regexp.Regexp
 		for _, p := range c.StringSlice(flag) {
-			re, err := regexp.Compile(p)
+			re, err := adapter.CompileRegexp(p)
 			if err != nil {
-				return nil, fmt.Errorf("--%s %q: %w", flag, p, err)
+				return nil, fmt.Errorf("--%s %s: %w", flag, adapter.Abbrev(p), err)
 			}
 			out = append(out, re)
 		}

@@ -1,0 +1,47 @@
+package main
+
+import (
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/loracc/loracc/graph/onnxpb"
+	"google.golang.org/protobuf/proto"
+)
+
+// TestFuseCheckInvalidRandomInputs: when ONNX Runtime cannot run the model
+// on --check's random inputs (here a Reshape whose shape is an input), the
+// error names the input model and says what --check fed it, not a scratch
+// file that no longer exists, and nothing is written.
+func TestFuseCheckInvalidRandomInputs(t *testing.T) {
+	env(t)
+	dir := t.TempDir()
+	base := editedSeed(t, dir, "reshape.onnx", func(m *onnxpb.ModelProto) {
+		i64 := int32(onnxpb.TensorProto_INT64)
+		m.Graph.Input = append(m.Graph.Input, &onnxpb.ValueInfoProto{Name: proto.String("shape"), Type: &onnxpb.TypeProto{
+			Value: &onnxpb.TypeProto_TensorType{TensorType: &onnxpb.TypeProto_Tensor{ElemType: &i64,
+				Shape: &onnxpb.TensorShapeProto{Dim: []*onnxpb.TensorShapeProto_Dimension{{Value: &onnxpb.TensorShapeProto_Dimension_DimValue{DimValue: 3}}}}}}}})
+		out := m.Graph.Output[0]
+		m.Graph.Node = append(m.Graph.Node, &onnxpb.NodeProto{OpType: proto.String("Reshape"), Name: proto.String("r"),
+			Input: []string{out.GetName(), "shape"}, Output: []string{"reshaped"}})
+		f32 := int32(onnxpb.TensorProto_FLOAT)
+		m.Graph.Output = []*onnxpb.ValueInfoProto{{Name: proto.String("reshaped"), Type: &onnxpb.TypeProto{
+			Value: &onnxpb.TypeProto_TensorType{TensorType: &onnxpb.TypeProto_Tensor{ElemType: &f32}}}}}
+	})
+	ad := filepath.Join(dir, "seed.adapter")
+	if err := seedAdapter().Save(ad); err != nil {
+		t.Fatal(err)
+	}
+	before := listDir(t, dir)
+	_, err := loracc(t, "fuse", base, "--adapter", ad, "--check", "-o", filepath.Join(dir, "out.onnx"))
+	if err == nil {
+		t.Fatal("ONNX Runtime ran the Reshape on the random shape; the test needs an input it refuses")
+	}
+	msg := err.Error()
+	if !strings.Contains(msg, "reshape.onnx: --check ran") || !strings.Contains(msg, "random inputs may not be valid") || strings.Contains(msg, ".tmp") {
+		t.Errorf("error %q", msg)
+	}
+	if after := listDir(t, dir); after != before {
+		t.Errorf("files changed: %s → %s", before, after)
+	}
+}
