@@ -12,20 +12,16 @@ func NewModel(opset int64) *Model {
 	return m
 }
 
-// UniqueName returns base, or base with the smallest numeric suffix
-// ("_1", "_2", ...) that no value of the model uses yet, and reserves it.
+// UniqueName returns base, or base with the next numeric suffix ("_1",
+// "_2", ...) that no value of the model uses yet, and reserves it (a
+// suffix freed by a removal is not handed out again for that base).
 // Reserving makes naming deterministic: the same edits on the same model
 // give the same names.
 func (g *Graph) UniqueName(base string) string {
 	if base == "" {
 		base = "v"
 	}
-	name := base
-	for i := 1; g.names.used[name]; i++ {
-		name = base + "_" + strconv.Itoa(i)
-	}
-	g.names.used[name] = true
-	return name
+	return fresh(g.names.used, g.names.next, base)
 }
 
 // newValue defines a fresh value in g under a unique name.
@@ -60,11 +56,7 @@ func (g *Graph) AddOutput(v *Value) { g.Outputs = append(g.Outputs, v) }
 // after outBase ("" picks the node name). Inputs must be visible from g.
 func (g *Graph) NewNode(op, name string, inputs []*Value, numOut int, outBase string) *Node {
 	if name != "" {
-		base := name
-		for i := 1; g.names.nodes[name]; i++ {
-			name = base + "_" + strconv.Itoa(i)
-		}
-		g.names.nodes[name] = true
+		name = fresh(g.names.nodes, g.names.nextNode, name)
 	}
 	n := &Node{Name: name, Op: op, graph: g}
 	for i, v := range inputs {
@@ -262,9 +254,19 @@ func (v *Value) Rename(name string) error {
 // extend, so the rest of the list keeps its order and undoing the rewrite
 // restores the original list exactly.
 func (g *Graph) PlaceAfter(anchor *Node, nodes ...*Node) {
+	g.PlaceAfterEach(map[*Node][]*Node{anchor: nodes})
+}
+
+// PlaceAfterEach is PlaceAfter for many anchors in one pass over the list,
+// so a rewrite of every target of a model costs O(nodes), not
+// O(nodes·targets). The groups must be disjoint and hold no anchor; the
+// result equals placing them one by one.
+func (g *Graph) PlaceAfterEach(groups map[*Node][]*Node) {
 	move := map[*Node]bool{}
-	for _, n := range nodes {
-		move[n] = true
+	for _, nodes := range groups {
+		for _, n := range nodes {
+			move[n] = true
+		}
 	}
 	out := make([]*Node, 0, len(g.Nodes))
 	for _, n := range g.Nodes {
@@ -272,9 +274,7 @@ func (g *Graph) PlaceAfter(anchor *Node, nodes ...*Node) {
 			continue
 		}
 		out = append(out, n)
-		if n == anchor {
-			out = append(out, nodes...)
-		}
+		out = append(out, groups[n]...)
 	}
 	g.Nodes = out
 }
@@ -282,18 +282,46 @@ func (g *Graph) PlaceAfter(anchor *Node, nodes ...*Node) {
 // PromoteToInput turns an initializer into a graph input of the same name,
 // dropping its data: the value is then fed at run time (training graphs
 // take the adapter this way). Readers are unchanged.
-func (g *Graph) PromoteToInput(v *Value) error {
-	for i, w := range g.Initializers {
-		if w == v {
-			g.Initializers = append(g.Initializers[:i], g.Initializers[i+1:]...)
-			v.Const = nil
-			if !v.IsGraphInput() { // an optional input is an input already
-				g.Inputs = append(g.Inputs, v)
+func (g *Graph) PromoteToInput(v *Value) error { return g.PromoteToInputs(v) }
+
+// PromoteToInputs is PromoteToInput for many values in one pass over the
+// initializers and inputs (a model with thousands of adapter tensors
+// would otherwise pay O(n²)); inputs are appended in the order given.
+func (g *Graph) PromoteToInputs(vs ...*Value) error {
+	promote := make(map[*Value]bool, len(vs))
+	for _, v := range vs {
+		promote[v] = true
+	}
+	kept := g.Initializers[:0]
+	found := 0
+	for _, w := range g.Initializers {
+		if promote[w] {
+			found++
+			continue
+		}
+		kept = append(kept, w)
+	}
+	if found != len(promote) {
+		for _, v := range vs {
+			if v.Const == nil || v.graph != g {
+				return fmt.Errorf("initializer %q not found in graph %q", v.Name, g.Name)
 			}
-			return nil
 		}
 	}
-	return fmt.Errorf("initializer %q not found in graph %q", v.Name, g.Name)
+	clear(g.Initializers[len(kept):])
+	g.Initializers = kept
+	isInput := make(map[*Value]bool, len(g.Inputs))
+	for _, in := range g.Inputs {
+		isInput[in] = true
+	}
+	for _, v := range vs {
+		v.Const = nil
+		if !isInput[v] { // an optional input is an input already
+			g.Inputs = append(g.Inputs, v)
+			isInput[v] = true
+		}
+	}
+	return nil
 }
 
 // Prune removes from g every node none of whose outputs is read or is a

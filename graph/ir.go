@@ -21,6 +21,8 @@
 // assumed topological; SortTopo orders it stably.
 package graph
 
+import "strconv"
+
 // KV is one metadata_props entry; order is kept.
 type KV struct {
 	Key, Value string
@@ -199,9 +201,31 @@ type Attr struct {
 type nameSet struct {
 	used  map[string]bool
 	nodes map[string]bool
+	// next remembers, per taken base name, the suffix to try first, so
+	// that n values made from one base ("grad", "lora/q/MatMul") cost
+	// O(n), not the O(n²) of scanning "_1", "_2", ... every time.
+	next, nextNode map[string]int
 }
 
-func newNameSet() *nameSet { return &nameSet{used: map[string]bool{}, nodes: map[string]bool{}} }
+func newNameSet() *nameSet {
+	return &nameSet{used: map[string]bool{}, nodes: map[string]bool{}, next: map[string]int{}, nextNode: map[string]int{}}
+}
+
+// fresh returns base, or base_N for the smallest N from next[base] on
+// that taken lacks, and marks it taken.
+func fresh(taken map[string]bool, next map[string]int, base string) string {
+	name := base
+	if taken[name] {
+		i := max(next[base], 1)
+		for taken[base+"_"+strconv.Itoa(i)] {
+			i++
+		}
+		name = base + "_" + strconv.Itoa(i)
+		next[base] = i + 1
+	}
+	taken[name] = true
+	return name
+}
 
 // Graph accessors.
 

@@ -73,12 +73,21 @@ func Inject(m *graph.Model, c *Options) error {
 		}
 	}
 	SortByName(targets)
+	// Branch nodes are placed after their targets in one pass per graph
+	// at the end (placing each at once would cost O(nodes) per target).
+	place := map[*graph.Graph]map[*graph.Node][]*graph.Node{}
 	for _, t := range targets {
 		l := c.Adapter.Layer(t.Name)
 		scale := c.Adapter.Config.Scale(t.Name)
-		if err := addBranch(t, l, scale, c.AdapterInputs, c.BranchFP32); err != nil {
+		if place[t.Node.Graph()] == nil {
+			place[t.Node.Graph()] = map[*graph.Node][]*graph.Node{}
+		}
+		if err := addBranch(t, l, scale, c.AdapterInputs, c.BranchFP32, place[t.Node.Graph()]); err != nil {
 			return fmt.Errorf("node %q (%s): %w", t.Node.Name, t.Node.Op, err)
 		}
+	}
+	for g, groups := range place {
+		g.PlaceAfterEach(groups)
 	}
 	c.Injected = targets
 	return nil
@@ -140,7 +149,9 @@ func newAdapter(ts []*Target, cfg adapter.Config, init Init) (*adapter.Adapter, 
 }
 
 // addBranch inserts the LoRA branch for one target.
-func addBranch(t *Target, l *adapter.Layer, scale float64, asInputs, fp32 bool) error {
+// Its nodes are appended to the graph and recorded in place, to be moved
+// right after the target by the caller.
+func addBranch(t *Target, l *adapter.Layer, scale float64, asInputs, fp32 bool, place map[*graph.Node][]*graph.Node) error {
 	g := t.Node.Graph()
 	x := t.Node.Input(0)
 	y := t.Node.Output(0)
@@ -235,7 +246,7 @@ func addBranch(t *Target, l *adapter.Layer, scale float64, asInputs, fp32 bool) 
 		p, _ := v.Producer()
 		nodes = append(nodes, p)
 	}
-	g.PlaceAfter(t.Node, nodes...)
+	place[t.Node] = append(place[t.Node], nodes...)
 	if wasOutput {
 		for i, o := range g.Outputs {
 			if o == y {

@@ -123,20 +123,29 @@ func (st *Compiler) Params(m *graph.Model) error {
 	if len(branches) == 0 {
 		return fmt.Errorf("the model has no LoRA branches: run loracc inject first")
 	}
+	// Initializer params become inputs in one pass (PromoteToInputs).
+	var promote []*graph.Value
+	promoted := map[*graph.Value]bool{}
 	for _, br := range branches {
-		name := br.Target
 		for _, v := range []*graph.Value{br.A, br.B} {
-			if v.Const != nil {
-				t := v.Const
-				if err := g.PromoteToInput(v); err != nil {
-					return err
-				}
+			if t := v.Const; t != nil && !promoted[v] {
 				dims := make([]graph.Dim, len(t.Dims))
 				for i, d := range t.Dims {
 					dims[i] = graph.Dim{Value: d}
 				}
 				v.Type = &graph.TensorType{DType: t.DType, Shape: dims}
-			} else if !v.IsGraphInput() || v.Graph() != g {
+				promote = append(promote, v)
+				promoted[v] = true
+			}
+		}
+	}
+	if err := g.PromoteToInputs(promote...); err != nil {
+		return err
+	}
+	for _, br := range branches {
+		name := br.Target
+		for _, v := range []*graph.Value{br.A, br.B} {
+			if !promoted[v] && (!v.IsGraphInput() || v.Graph() != g) {
 				return fmt.Errorf("branch %q: %q is neither an initializer nor a graph input", name, v.Name)
 			}
 			if v.Type.DType != graph.Float {
