@@ -96,6 +96,10 @@ func draw(series []Series, title string) *image.RGBA {
 	title = cut(title)
 	c.text(title, (width-len(title)*charW)/2, titleBaseline, black)
 
+	logY := spansDecades(series)
+	if logY {
+		series = log10Series(series)
+	}
 	xr, yr, ok := bounds(series)
 	if !ok {
 		c.frame(plot, black)
@@ -123,11 +127,18 @@ func draw(series []Series, title string) *image.RGBA {
 		c.hline(plot.Min.X, plot.Max.X-1, py, grid)
 		c.hline(plot.Min.X-tickLen, plot.Min.X-1, py, black)
 		l := label(v, ys)
+		if logY {
+			l = strconv.FormatFloat(math.Pow(10, v), 'g', 3, 64)
+		}
 		c.text(l, plot.Min.X-yLabelGap-len(l)*charW, py+lineH/2-2, grey)
 	}
 	c.frame(plot, black)
 	c.text("step", plot.Min.X+(plot.Dx()-4*charW)/2, plot.Max.Y+xNameGap, black)
-	c.text("loss", plot.Min.X-yLabelGap-4*charW, plot.Min.Y-8, black)
+	yName := "loss"
+	if logY {
+		yName = "loss (log scale)"
+	}
+	c.text(yName, max(0, plot.Min.X-yLabelGap-4*charW), plot.Min.Y-8, black)
 
 	for i, s := range series {
 		col := colorOf(i)
@@ -158,6 +169,39 @@ func draw(series []Series, title string) *image.RGBA {
 	}
 	c.legend(series, plot)
 	return c.img
+}
+
+// spansDecades reports whether every finite loss is positive and the
+// largest is more than 100 times the smallest: then a linear axis shows a
+// spike and a flat line (27 falling to 1e-6), and draw uses a log axis,
+// saying so in the axis name.
+func spansDecades(series []Series) bool {
+	lo, hi := math.Inf(1), 0.0
+	for _, s := range series {
+		for j := range s.X {
+			if !finite(s.X[j], s.Y[j]) {
+				continue
+			}
+			if s.Y[j] <= 0 {
+				return false
+			}
+			lo, hi = math.Min(lo, s.Y[j]), math.Max(hi, s.Y[j])
+		}
+	}
+	return hi > 100*lo
+}
+
+// log10Series is series with every y replaced by its base-10 logarithm.
+func log10Series(series []Series) []Series {
+	out := make([]Series, len(series))
+	for i, s := range series {
+		out[i] = s
+		out[i].Y = make([]float64, len(s.Y))
+		for j, y := range s.Y {
+			out[i].Y[j] = math.Log10(y)
+		}
+	}
+	return out
 }
 
 func finite(x, y float64) bool {

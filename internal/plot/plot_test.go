@@ -121,3 +121,34 @@ func TestLossPNGErrors(t *testing.T) {
 		t.Error("missing folder: no error")
 	}
 }
+
+// TestLossPNGLogAxis: a loss falling from 27 to 1e-6 (seven decades) is
+// drawn on a log axis, where the exponential decay is a straight line, so
+// at the middle step the curve sits near the middle of the plot instead of
+// on its floor; a loss within two decades keeps the linear axis.
+func TestLossPNGLogAxis(t *testing.T) {
+	s := Series{Name: "train loss"}
+	for i := range 201 {
+		s.X = append(s.X, float64(i))
+		s.Y = append(s.Y, 27*math.Pow(1e-6/27, float64(i)/200))
+	}
+	if !spansDecades([]Series{s}) || spansDecades(curves()) {
+		t.Fatal("spansDecades: want true for 27 → 1e-6 and false for the test curves")
+	}
+	img, _ := render(t, []Series{s}, "log axis")
+	x := left + (width-left-right)/2
+	first, last := -1, -1
+	for y := 0; y < height; y++ {
+		r, g, b, _ := img.At(x, y).RGBA()
+		if c := colorOf(0); uint8(r>>8) == c.R && uint8(g>>8) == c.G && uint8(b>>8) == c.B {
+			if first < 0 {
+				first = y
+			}
+			last = y
+		}
+	}
+	mid := (top + height - bottom) / 2
+	if first < 0 || abs(first-mid) > (height-bottom-top)/5 {
+		t.Errorf("curve at the middle step is at y %d..%d, want near the middle %d of %d..%d", first, last, mid, top, height-bottom)
+	}
+}
