@@ -37,6 +37,10 @@ type Init struct {
 // ErrNoTarget is returned when the selection leaves nothing to adapt.
 var ErrNoTarget = errors.New("no target matched")
 
+// ErrMismatch marks an adapter whose layers do not fit the model's
+// targets, so commands can name the adapter folder as well as the model.
+var ErrMismatch = errors.New("adapter and model do not match")
+
 // Inject is pass "inject".
 func Inject(m *graph.Model, c *Options) error {
 	all, _ := FindTargets(m)

@@ -77,7 +77,7 @@ func MatchAdapter(targets []*Target, a *adapter.Adapter) ([]LayerMatch, error) {
 	}
 	if len(problems) > 0 {
 		sort.Strings(problems)
-		return nil, fmt.Errorf("adapter and model do not match: %s (targets in the model: %s)", strings.Join(problems, "; "), targetList(targets))
+		return nil, fmt.Errorf("%w: %s (targets in the model: %s)", ErrMismatch, strings.Join(problems, "; "), targetList(targets))
 	}
 	return out, nil
 }

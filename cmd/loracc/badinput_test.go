@@ -136,8 +136,8 @@ func TestBadInputs(t *testing.T) {
 		{"no target matched", []string{"inject", "../../testdata/models/seed.onnx", "--target", "nothing-like-this", "-o", filepath.Join(dir, "x.onnx")}, "no target matched", "seed.onnx"},
 		{"safetensors header past file", []string{"fuse", "../../testdata/models/seed.onnx", "--adapter", hugeHeader, "-o", filepath.Join(dir, "y.onnx")}, "header", "huge-header.adapter"},
 		{"safetensors tensor past file", []string{"fuse", "../../testdata/models/seed.onnx", "--adapter", truncatedST, "-o", filepath.Join(dir, "y.onnx")}, "", "truncated.adapter"},
-		{"adapter name mismatch", []string{"fuse", "../../testdata/models/seed.onnx", "--adapter", wrongName, "-o", filepath.Join(dir, "y.onnx")}, `"not_there"`, "seed.onnx"},
-		{"adapter shape mismatch", []string{"fuse", "../../testdata/models/seed.onnx", "--adapter", wrongShape, "-o", filepath.Join(dir, "y.onnx")}, "in=6", "seed.onnx"},
+		{"adapter name mismatch", []string{"fuse", "../../testdata/models/seed.onnx", "--adapter", wrongName, "-o", filepath.Join(dir, "y.onnx")}, `seed.onnx: adapter`, "wrong-name.adapter"},
+		{"adapter shape mismatch", []string{"fuse", "../../testdata/models/seed.onnx", "--adapter", wrongShape, "-o", filepath.Join(dir, "y.onnx")}, "in=6", "wrong-shape.adapter"},
 		{"node reads its own output", []string{"inspect", editedSeed(t, dir, "self.onnx", func(m *onnxpb.ModelProto) {
 			n := m.Graph.Node[len(m.Graph.Node)-1]
 			n.Input[0] = n.Output[0]

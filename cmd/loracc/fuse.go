@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"path/filepath"
 	"strings"
@@ -75,7 +76,7 @@ func fuseAction(c *cli.Context) error {
 		ctx.Dump = dumper(c)
 	}
 	if err := rewrite.Run(m, ctx, "strip", "fuse"); err != nil {
-		return fmt.Errorf("%s: %w", in, err)
+		return adapterErr(in, c.String("adapter"), err)
 	}
 	if err := o.Save(m, out, graph.SaveOptions{Notef: logf}); err != nil {
 		return outputErr(sig, "fuse", err)
@@ -95,6 +96,15 @@ func fuseAction(c *cli.Context) error {
 	}
 	fmt.Fprintf(c.App.Writer, "fused %d adapter layers into %s\n", len(a.Layers), out)
 	return nil
+}
+
+// adapterErr names the model in a pass error, and the adapter folder too
+// when the adapter is what does not fit (the folder is the one to fix).
+func adapterErr(model, adapterDir string, err error) error {
+	if adapterDir != "" && errors.Is(err, lora.ErrMismatch) {
+		return fmt.Errorf("%s: adapter %s: %w", model, adapterDir, err)
+	}
+	return fmt.Errorf("%s: %w", model, err)
 }
 
 // fuseCheck builds the unfused model (the input's base with the adapter

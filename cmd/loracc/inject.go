@@ -184,7 +184,7 @@ func injectAction(c *cli.Context) error {
 		ctx.Dump = dumper(c)
 	}
 	if err := rewrite.Run(m, ctx, "inject"); err != nil {
-		return fmt.Errorf("%s: %w", in, err)
+		return adapterErr(in, c.String("from-adapter"), err)
 	}
 	// The model and the adapter are one output set: a failure in either
 	// leaves neither.
