@@ -288,24 +288,26 @@ func (g *Graph) PromoteToInput(v *Value) error { return g.PromoteToInputs(v) }
 // initializers and inputs (a model with thousands of adapter tensors
 // would otherwise pay O(n²)); inputs are appended in the order given.
 func (g *Graph) PromoteToInputs(vs ...*Value) error {
-	promote := make(map[*Value]bool, len(vs))
+	// found[v] is false until v is seen among the initializers; every v
+	// is checked before the list is touched, so an error changes nothing.
+	found := make(map[*Value]bool, len(vs))
 	for _, v := range vs {
-		promote[v] = true
+		found[v] = false
+	}
+	for _, w := range g.Initializers {
+		if _, ok := found[w]; ok {
+			found[w] = true
+		}
+	}
+	for _, v := range vs {
+		if !found[v] {
+			return fmt.Errorf("initializer %q not found in graph %q", v.Name, g.Name)
+		}
 	}
 	kept := g.Initializers[:0]
-	found := 0
 	for _, w := range g.Initializers {
-		if promote[w] {
-			found++
-			continue
-		}
-		kept = append(kept, w)
-	}
-	if found != len(promote) {
-		for _, v := range vs {
-			if v.Const == nil || v.graph != g {
-				return fmt.Errorf("initializer %q not found in graph %q", v.Name, g.Name)
-			}
+		if _, ok := found[w]; !ok {
+			kept = append(kept, w)
 		}
 	}
 	clear(g.Initializers[len(kept):])
