@@ -386,12 +386,7 @@ func (l *loader) tensor(pt *onnxpb.TensorProto) (*Tensor, error) {
 		if e.Length >= 0 && e.Length != size {
 			return nil, fmt.Errorf("tensor %q: external length %d, but %s%v needs %d bytes", t.Name, e.Length, t.DType, t.Dims, size)
 		}
-		f, err := e.open()
-		if err != nil {
-			return nil, fmt.Errorf("tensor %q: %w", t.Name, err)
-		}
-		st, err := f.Stat()
-		f.Close()
+		st, err := e.stat()
 		if err != nil {
 			return nil, fmt.Errorf("tensor %q: %w", t.Name, err)
 		}

@@ -135,12 +135,12 @@ func (m *Model) externals() []*External {
 
 // stat follows the location through the folder's root, as reading does.
 func (e *External) stat() (os.FileInfo, error) {
-	f, err := e.open()
+	f, st, err := e.open()
 	if err != nil {
 		return nil, err
 	}
-	defer f.Close()
-	return f.Stat()
+	f.Close()
+	return st, nil
 }
 
 // claim checks that path may receive an output of this run and returns its

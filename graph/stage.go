@@ -275,7 +275,7 @@ func (src *source) link(dir, base string) (string, bool) {
 
 // copyTo copies src's bytes, opened through its folder's root.
 func (src *source) copyTo(w io.Writer) error {
-	f, err := src.ext.open()
+	f, _, err := src.ext.open()
 	if err != nil {
 		return err
 	}

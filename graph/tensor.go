@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"math"
 	"math/bits"
 	"os"
@@ -140,15 +141,11 @@ func (t *Tensor) Bytes() ([]byte, error) {
 	if t.ext.Length >= 0 && t.ext.Length != size {
 		return nil, fmt.Errorf("tensor %q: external length %d, want %d bytes for %s%v", t.Name, t.ext.Length, size, t.DType, t.Dims)
 	}
-	f, err := t.ext.open()
+	f, st, err := t.ext.open()
 	if err != nil {
 		return nil, fmt.Errorf("tensor %q: %w", t.Name, err)
 	}
 	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return nil, fmt.Errorf("tensor %q: %w", t.Name, err)
-	}
 	if t.ext.Offset+size > st.Size() {
 		return nil, fmt.Errorf("tensor %q: needs bytes %d..%d of %s, which has %d", t.Name, t.ext.Offset, t.ext.Offset+size, t.ext.Location, st.Size())
 	}
@@ -265,24 +262,26 @@ func checkLocation(loc string) error {
 
 // open opens the external file through an os.Root on its folder, so a
 // symlink that points outside the folder is refused by the OS layer, and
-// only if it is a regular file (OpenRegular's rule).
-func (e *External) open() (*os.File, error) {
+// only if it is a regular file (OpenRegular's rule). It returns the
+// file's fstat, which that check already made.
+func (e *External) open() (*os.File, fs.FileInfo, error) {
 	if err := checkLocation(e.Location); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	root, err := os.OpenRoot(e.Dir)
 	if err != nil {
-		return nil, fmt.Errorf("external data %q: %w", e.Location, err)
+		return nil, nil, fmt.Errorf("external data %q: %w", e.Location, err)
 	}
 	defer root.Close()
 	f, err := root.OpenFile(filepath.FromSlash(e.Location), openFlags, 0)
 	if err != nil {
-		return nil, fmt.Errorf("external data %q: %w", e.Location, err)
+		return nil, nil, fmt.Errorf("external data %q: %w", e.Location, err)
 	}
-	if f, _, err = checkRegular(f, fmt.Sprintf("%q", e.Location)); err != nil {
-		return nil, fmt.Errorf("external data %w", err)
+	f, st, err := checkRegular(f, fmt.Sprintf("%q", e.Location))
+	if err != nil {
+		return nil, nil, fmt.Errorf("external data %w", err)
 	}
-	return f, nil
+	return f, st, nil
 }
 
 // Path returns the absolute path of the external file.
@@ -298,7 +297,7 @@ func (t *Tensor) Open() (io.ReaderAt, io.Closer, int64, error) {
 	if err != nil {
 		return nil, nil, 0, err
 	}
-	f, err := t.ext.open()
+	f, _, err := t.ext.open()
 	if err != nil {
 		return nil, nil, 0, fmt.Errorf("tensor %q: %w", t.Name, err)
 	}
