@@ -14,7 +14,6 @@ package adapter
 import (
 	"encoding/binary"
 	"fmt"
-	"io"
 
 	"github.com/loracc/loracc/graph"
 )
@@ -124,18 +123,6 @@ func EncodeORTAdapter(params []NamedTensor, adapterVersion, modelVersion int) ([
 	}
 	w.pad(8)
 	return w.b, nil
-}
-
-// WriteORTAdapter writes an .onnx_adapter file atomically.
-func WriteORTAdapter(path string, params []NamedTensor, adapterVersion, modelVersion int) error {
-	data, err := EncodeORTAdapter(params, adapterVersion, modelVersion)
-	if err != nil {
-		return fmt.Errorf("%s: %w", path, err)
-	}
-	return graph.WriteFileAtomic(path, func(w io.Writer) error {
-		_, err := w.Write(data)
-		return err
-	})
 }
 
 // DecodeORTAdapter reads an .onnx_adapter buffer, checking every offset
