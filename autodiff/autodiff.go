@@ -40,8 +40,18 @@ type gradRule func(c *gradCtx, n *graph.Node, gys []*graph.Value) []*graph.Value
 // constants, sticky errors) plus which inputs want a gradient.
 type gradCtx struct {
 	*opb.Builder
-	want map[*graph.Value]bool // values whose gradient is needed
-	node *graph.Node
+	want  map[*graph.Value]bool // values whose gradient is needed
+	node  *graph.Node
+	picks map[*graph.Value]pick // gradients that are one value per position along an axis (selectOne)
+}
+
+// pick describes a gradient that is zero except at one position along
+// axis per row: at index idx (non-negative) it holds val, shaped like idx.
+// Rules reading such a gradient can use val where a dense rule would sum
+// or subtract the whole tensor (gradLogSoftmax).
+type pick struct {
+	idx, val *graph.Value
+	axis     int64
 }
 
 // needs reports whether input i of the current node wants a gradient.
@@ -151,7 +161,8 @@ func Gradients(m *graph.Model, loss *graph.Value, params []*graph.Value) ([]*gra
 		return nil, fmt.Errorf("autodiff: %w for %d ops between the adapter and the loss: %s", ErrMissingRules, len(missing), strings.Join(missing, ", "))
 	}
 
-	c := &gradCtx{Builder: opb.New(m, "grad", "grad/loss", inf), want: want}
+	forward := len(g.Nodes)
+	c := &gradCtx{Builder: opb.New(m, "grad", "grad/loss", inf), want: want, picks: map[*graph.Value]pick{}}
 	grads := map[*graph.Value][]*graph.Value{}
 	one := c.Scalar(1, loss)
 	if err := c.Err(); err != nil {
@@ -208,13 +219,38 @@ func Gradients(m *graph.Model, loss *graph.Value, params []*graph.Value) ([]*gra
 	// hand the same value to several inputs (Add of equal shapes), and
 	// callers output gradients by name.
 	out := make([]*graph.Value, len(params))
+	keep := map[*graph.Value]bool{}
 	for i, p := range params {
 		if g := sum(p); g != nil {
 			out[i] = c.Named("Identity", p.Name+".grad", []*graph.Value{g})
 			inf.Set(out[i], inf.Info(p))
+			keep[out[i]] = true
 		}
 	}
+	if err := dropDead(g, forward, keep); err != nil {
+		return nil, fmt.Errorf("autodiff: %w", err)
+	}
 	return out, nil
+}
+
+// dropDead removes the backward nodes (those after the first forward
+// ones) whose outputs nothing reads, except the gradients in keep. A rule
+// may read around a gradient an earlier rule built (gradLogSoftmax reads a
+// pick's value, not the dense select), which leaves that one unread.
+func dropDead(g *graph.Graph, forward int, keep map[*graph.Value]bool) error {
+	for i := len(g.Nodes) - 1; i >= forward; i-- {
+		n := g.Nodes[i]
+		used := false
+		for _, o := range n.Outputs() {
+			used = used || (o != nil && (o.NumUses() > 0 || o.IsGraphOutput() || keep[o]))
+		}
+		if !used {
+			if err := g.RemoveNode(n); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // apply runs r on n and enforces the result contract: one gradient per

@@ -146,5 +146,8 @@ func (c *gradCtx) selectOne(n *graph.Node, gy *graph.Value) *graph.Value {
 	neg := c.Less(idx, c.Cast(c.Ints(0), dt))
 	idx = c.Where(neg, c.Add(idx, c.Cast(c.Ints(size), dt)), idx)
 	zero := c.K(0, gy)
-	return c.Where(c.Equal(iota, idx), c.Add(gy, zero), zero)
+	val := c.Add(gy, zero)
+	gx := c.Where(c.Equal(iota, idx), val, zero)
+	c.picks[gx] = pick{idx: idx, val: val, axis: a}
+	return gx
 }

@@ -36,10 +36,35 @@ func gradSoftmax(c *gradCtx, n *graph.Node, gys []*graph.Value) []*graph.Value {
 }
 
 // y = log softmax(x): dx = gy − e^y·Σ gy.
+//
+// When gy is one value v per row along the axis (the cross-entropy
+// loss picks each label's log-probability: selectOne), Σ gy is v itself
+// and dx is e^y·(−v) with v added at the picked position: one
+// ScatterElements into the product instead of a dense subtraction, so
+// the vocabulary-sized tensor is read and written twice, not four times.
+// The values are the same: at the pick (−e^y·v) + v = v − e^y·v, and
+// elsewhere 0 − e^y·v = e^y·(−v), exactly in IEEE arithmetic.
 func gradLogSoftmax(c *gradCtx, n *graph.Node, gys []*graph.Value) []*graph.Value {
 	gy, y := gys[0], n.Output(0)
-	s := c.ReduceSum(gy, c.softmaxAxes(n), true)
+	axes := c.softmaxAxes(n)
+	if p, ok := c.picks[gy]; ok && c.Opset >= 16 && len(axes) == 1 && c.sameAxis(axes[0], p.axis, y) {
+		m := c.Mul(c.Exp(y), c.Neg(p.val))
+		return vals(c.Op("ScatterElements", vals(m, p.idx, p.val), graph.AttrI("axis", p.axis), graph.AttrS("reduction", "add")))
+	}
+	s := c.ReduceSum(gy, axes, true)
 	return vals(c.Sub(gy, c.Mul(c.Exp(y), s)))
+}
+
+// sameAxis reports whether axes a and b (either may count from the end)
+// name the same axis of v, whose rank must be known.
+func (c *gradCtx) sameAxis(a, b int64, v *graph.Value) bool {
+	r := c.Inf.Rank(v)
+	if r < 0 {
+		return false
+	}
+	na, err1 := graph.NormAxis(a, r)
+	nb, err2 := graph.NormAxis(b, r)
+	return err1 == nil && err2 == nil && na == nb
 }
 
 // LayerNormalization (opset 17): over the axes from axis on,

@@ -229,6 +229,16 @@ func gradMaxMin(c *gradCtx, n *graph.Node, gys []*graph.Value) []*graph.Value {
 // nothing.
 func gradWhere(c *gradCtx, n *graph.Node, gys []*graph.Value) []*graph.Value {
 	gy, cond := gys[0], n.Input(0)
+	if nanGuardOfSoftmax(n) {
+		// Where(IsNaN(y), 0, y) after y = Softmax(x), as torch.onnx writes
+		// scaled_dot_product_attention: passing gy through unmasked gives
+		// the same dx. Softmax's rule multiplies by y, and a row of y with
+		// a NaN has a NaN Σ gy·y under either gradient, so such rows of dx
+		// are NaN both ways and every other row sees gy unchanged. This
+		// saves an attention-sized select per layer and the bool mask the
+		// backward would keep.
+		return vals(nil, nil, gy)
+	}
 	zero := c.K(0, gy)
 	out := make([]*graph.Value, 3)
 	if c.needs(1) {
@@ -238,6 +248,19 @@ func gradWhere(c *gradCtx, n *graph.Node, gys []*graph.Value) []*graph.Value {
 		out[2] = c.Where(cond, zero, gy)
 	}
 	return out
+}
+
+// nanGuardOfSoftmax reports whether n is Where(IsNaN(y), 0, y) with y
+// the output of a Softmax.
+func nanGuardOfSoftmax(n *graph.Node) bool {
+	y := n.Input(2)
+	isnan, _ := n.Input(0).Producer()
+	sm, _ := y.Producer()
+	if isnan == nil || sm == nil || isnan.Op != "IsNaN" || isnan.Domain != "" || isnan.Input(0) != y || sm.Op != "Softmax" || sm.Domain != "" {
+		return false
+	}
+	zs, ok := graph.ConstFloats(n.Input(1))
+	return ok && len(zs) == 1 && zs[0] == 0
 }
 
 // Cast and CastLike(x, like): the gradient is cast back to x's float

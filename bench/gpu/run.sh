@@ -16,6 +16,8 @@
 #   bench/gpu/run.sh llama-extra    loracc train of the 1B model with only 81559 MiB free (an H100's size)
 #   bench/gpu/run.sh static         GPT-2 small: PyTorch+PEFT TF32 beside loracc's dynamic and static
 #                                   (export-train --static) train/eval graphs, with ORT profiles
+#   bench/gpu/run.sh round MODEL    gpt2 or llama1b: PyTorch+PEFT fp32/TF32/bf16/compile beside
+#                                   `loracc train --static`, then the step's kernels (Nsight Compute)
 # Results go to $OUT (tarred) and stay in $WORK (default /root/bench).
 set -uo pipefail
 ROOT=$(pwd)
@@ -193,6 +195,39 @@ gpt2_extra() {
 	(cd "$WORK" && tar czf "$OUT"/extra_gpt2.tgz gpt2/latency.jsonl gpt2/profsum_*.txt gpt2/prof_*.json.gz gpt2/*.log 2>/dev/null)
 }
 
+# train_kinds DIR KIND...: `loracc train` of DIR/model.lora.onnx from DIR/peft_init on DIR/data.jsonl, once per
+# kind (dynamic; static: --static, CUDA graph; static_nograph; static_hoststate), with the median tokens/s of steps 9+
+train_kinds() {
+	local W=$1; shift
+	for kind in "$@"; do
+		local extra=""
+		case $kind in
+		static) extra="--static --pad-to-multiple-of $SEQ" ;; # CUDA graph (auto)
+		static_nograph) extra="--static --pad-to-multiple-of $SEQ --cuda-graph off" ;;
+		static_hoststate) extra="--static --pad-to-multiple-of $SEQ --cuda-graph off --device-state off" ;;
+		esac
+		rm -rf "$W"/run_$kind
+		local mp; mp=$(mempoll "$W"/mem_train_$kind.txt)
+		local t0=$(now)
+		"$BIN"/loracc train "$W"/model.lora.onnx --adapter "$W"/peft_init --data "$W"/data.jsonl --loss lm \
+			--logits logits --labels labels --max-steps "$STEPS" --batch-size "$BATCH" --lr 1e-4 --weight-decay 0 \
+			--clip-norm 0 --device cuda --save-every 0 $extra --out "$W"/run_$kind >"$W"/train_$kind.log 2>&1
+		echo "train_$kind exit $? wall_s $(python3 -c "print($(now)-$t0)") peak_mib $(sort -n "$W"/mem_train_$kind.txt | tail -1)" | tee -a "$W"/train_wall.txt
+		kill "$mp" 2>/dev/null
+		python3 - "$W"/run_$kind/metrics.csv "$W"/torch_tf32.json <<'PY' | tee -a "$W"/train_wall.txt
+import csv, json, os, statistics, sys
+rows = list(csv.DictReader(open(sys.argv[1])))
+tps = [float(r["tokens_per_s"]) for r in rows[8:]]
+print(f"{sys.argv[1]}: {len(rows)} steps, median tokens/s over steps 9+: {statistics.median(tps):.0f}, first loss {rows[0]['loss']}, last {rows[-1]['loss']}")
+if os.path.exists(sys.argv[2]):
+    ref = json.load(open(sys.argv[2]))
+    t = ref["losses"]
+    rel = [abs(float(r["loss"]) - t[i]) / abs(t[i]) for i, r in enumerate(rows[:len(t)])]
+    print(f"  vs PyTorch TF32 ({ref['tokens_per_s']:.0f} tokens/s): {statistics.median(tps) / ref['tokens_per_s']:.3f}x; loss max relative difference over {len(rel)} steps {max(rel):.2e} (step {rel.index(max(rel)) + 1})")
+PY
+	done
+}
+
 # static: the static-shape step beside the dynamic one and PyTorch TF32, in one run
 static() {
 	local W=$WORK/gpt2s
@@ -217,30 +252,30 @@ static() {
 		python3 "$ROOT"/bench/gpu/profsum.py "$W"/prof_${kind}_*.json >"$W"/profsum_$kind.txt; head -30 "$W"/profsum_$kind.txt
 		gzip -f "$W"/prof_${kind}_*.json
 	done
-	for kind in ${KINDS:-dynamic static static_nograph static_hoststate}; do
-		local extra=""
-		case $kind in
-		static) extra="--static --pad-to-multiple-of $SEQ" ;; # CUDA graph (auto)
-		static_nograph) extra="--static --pad-to-multiple-of $SEQ --cuda-graph off" ;;
-		static_hoststate) extra="--static --pad-to-multiple-of $SEQ --cuda-graph off --device-state off" ;;
-		esac
-		rm -rf "$W"/run_$kind
-		local mp; mp=$(mempoll "$W"/mem_train_$kind.txt)
-		local t0=$(now)
-		"$BIN"/loracc train "$W"/model.lora.onnx --adapter "$W"/peft_init --data "$W"/data.jsonl --loss lm \
-			--logits logits --labels labels --max-steps "$STEPS" --batch-size "$BATCH" --lr 1e-4 --weight-decay 0 \
-			--clip-norm 0 --device cuda --save-every 0 $extra --out "$W"/run_$kind >"$W"/train_$kind.log 2>&1
-		echo "train_$kind exit $? wall_s $(python3 -c "print($(now)-$t0)") peak_mib $(sort -n "$W"/mem_train_$kind.txt | tail -1)" | tee -a "$W"/train_wall.txt
-		kill "$mp" 2>/dev/null
-		python3 - "$W"/run_$kind/metrics.csv <<'PY' | tee -a "$W"/train_wall.txt
-import csv, statistics, sys
-rows = list(csv.DictReader(open(sys.argv[1])))
-tps = [float(r["tokens_per_s"]) for r in rows[8:]]
-print(f"{sys.argv[1]}: {len(rows)} steps, median tokens/s over steps 9+: {statistics.median(tps):.0f}, first loss {rows[0]['loss']}, last {rows[-1]['loss']}")
-PY
-	done
+	train_kinds "$W" ${KINDS:-dynamic static static_nograph static_hoststate}
 	(cd "$WORK" && tar czf "$OUT"/static_gpt2.tgz gpt2s/latency.jsonl gpt2s/profsum_*.txt gpt2s/torch_summary.json gpt2s/*.log gpt2s/train_wall.txt gpt2s/run_*/metrics.csv gpt2s/prof_*.json.gz 2>/dev/null)
 	cat "$W"/latency.jsonl "$W"/train_wall.txt
+}
+
+# round MODEL (gpt2 or llama1b): PyTorch + PEFT (MODES, default fp32,tf32,bf16,compile) beside
+# `loracc train --static` (KINDS, default static) in one run, then Nsight Compute's time of every
+# kernel of one static step (NCU=0 skips it)
+round() {
+	local M=$1 W=$WORK/round_$1
+	mkdir -p "$W"
+	echo "== torch side ($M)"
+	timeout 420 python3 bench/gpu/torch_side.py --model "$M" --dir "$W" --steps "$STEPS" --batch "$BATCH" --seq "$SEQ" \
+		--modes "${MODES:-fp32,tf32,bf16,compile}" 2>&1 | grep -v Warning | tee "$W"/torch.log
+	local re; re=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['loracc_target_regex'])" "$W"/torch_summary.json)
+	"$BIN"/loracc inject "$W"/model.onnx --rank 16 --target "$re" -o "$W"/model.lora.onnx | tail -1
+	train_kinds "$W" ${KINDS:-static}
+	if [ "${NCU:-1}" != 0 ]; then
+		local vocab; vocab=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['vocab'])" "$W"/torch_summary.json)
+		OUT=$W bash "$ROOT"/bench/gpu/kernels.sh "$W" "$vocab"
+	fi
+	(cd "$WORK" && tar czf "$OUT"/round_$M.tgz round_$M/*.log round_$M/*.txt round_$M/torch_*.json round_$M/run_*/metrics.csv 2>/dev/null)
+	cp "$W"/kernels.txt "$OUT"/kernels_$M.txt 2>/dev/null
+	cat "$W"/train_wall.txt
 }
 
 # llama-extra: re-export, then loracc train with only ~80 GB of the GPU free (an H100's size), and a profile
@@ -284,5 +319,6 @@ llama-loracc) llama_loracc ;;
 gpt2-extra) gpt2_extra ;;
 llama-extra) llama_extra ;;
 static) static ;;
-*) echo "usage: $0 tests|gpt2|llama-torch|llama-loracc|gpt2-extra|llama-extra|static" >&2; exit 2 ;;
+round) round "${2:?round needs a model: gpt2 or llama1b}" ;;
+*) echo "usage: $0 tests|gpt2|llama-torch|llama-loracc|gpt2-extra|llama-extra|static|round MODEL" >&2; exit 2 ;;
 esac

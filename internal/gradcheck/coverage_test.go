@@ -7,6 +7,7 @@ import (
 
 	"github.com/loracc/loracc/autodiff"
 	"github.com/loracc/loracc/graph"
+	"github.com/loracc/loracc/infer"
 )
 
 // allCases is every finite-difference case of this package.
@@ -62,6 +63,7 @@ func differentiatedOps(mc Model) []string {
 	if err := g.SortTopo(); err != nil {
 		return nil
 	}
+	inf := infer.New()
 	fromParam := map[*graph.Value]bool{}
 	for _, p := range mc.Params {
 		fromParam[p] = true
@@ -72,7 +74,7 @@ func differentiatedOps(mc Model) []string {
 			hit = hit || fromParam[in]
 		}
 		for _, o := range n.Outputs() {
-			if o != nil && hit {
+			if dt := inf.DType(o); o != nil && hit && (dt == graph.Undefined || dt.IsFloat()) { // as autodiff: a bool or integer output carries no gradient
 				fromParam[o] = true
 			}
 		}

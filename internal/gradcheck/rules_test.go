@@ -67,6 +67,16 @@ func withInts(name string, data string, consts [][]int64, attrs ...*graph.Attr) 
 	}
 }
 
+// logSoftmaxPick builds y = GatherElements(LogSoftmax(a, axis=-1), i, axis):
+// the cross-entropy's pick, whose gradient gradLogSoftmax forms as a
+// scatter from opset 16.
+func logSoftmaxPick(axis int64) func(*graph.Builder, map[string]*graph.Value) (*graph.Value, error) {
+	return func(b *graph.Builder, in map[string]*graph.Value) (*graph.Value, error) {
+		lp := b.Op("LogSoftmax", "lp", []*graph.Value{in["a"]}, graph.AttrI("axis", -1))
+		return b.Op("GatherElements", "y", []*graph.Value{lp, in["i"]}, graph.AttrI("axis", axis)), nil
+	}
+}
+
 // ints is shorthand for a list of int64 constant inputs.
 func ints(xs ...[]int64) [][]int64 { return xs }
 
@@ -227,6 +237,15 @@ func cases() []Case {
 		{Name: "Gather opset 13 one-hot duplicates", Opset: 13, Inputs: []Input{p("a", 2, 4, 3), ix("i", i64(3, 1), 1, -3, 3)}, Build: op("Gather", []string{"a", "i"}, graph.AttrI("axis", 1))},
 		{Name: "Gather opset 11 last axis scalar", Opset: 11, Inputs: []Input{p("a", 2, 4), ix("i", nil, -1)}, Build: op("Gather", []string{"a", "i"}, graph.AttrI("axis", 1))},
 		{Name: "GatherElements one per row (select), negative index", Opset: 13, Inputs: []Input{p("a", 2, 3, 5), ix("i", i64(2, 3, 1), 4, -1, 0, 2, -5, 3)}, Build: op("GatherElements", []string{"a", "i"}, graph.AttrI("axis", 2))},
+		{Name: "LogSoftmax then GatherElements one per row (scatter form)", Opset: 16, Inputs: []Input{p("a", 2, 3, 5), ix("i", i64(2, 3, 1), 4, -1, 0, 2, -5, 3)}, Build: logSoftmaxPick(-1)},
+		{Name: "LogSoftmax then GatherElements, axes spelled differently", Opset: 16, Inputs: []Input{p("a", 2, 3, 5), ix("i", i64(2, 3, 1), 1, 2, 0, 3, 4, 0)}, Build: logSoftmaxPick(2)},
+		{Name: "LogSoftmax then GatherElements opset 13 (dense form)", Opset: 13, Inputs: []Input{p("a", 2, 3, 5), ix("i", i64(2, 3, 1), 4, -1, 0, 2, -5, 3)}, Build: logSoftmaxPick(-1)},
+		{Name: "Where(IsNaN(Softmax), 0, Softmax) pass-through", Opset: 13, Inputs: []Input{p("a", 2, 3, 4)}, Build: func(b *graph.Builder, in map[string]*graph.Value) (*graph.Value, error) {
+			y := b.Op("Softmax", "s", []*graph.Value{in["a"]}, graph.AttrI("axis", -1))
+			nan := b.Op("IsNaN", "isnan", []*graph.Value{y})
+			w := b.Op("Where", "w", []*graph.Value{nan, fconst(b, in["a"], nil, 0), y})
+			return b.Op("Mul", "y", []*graph.Value{w, w}), nil
+		}},
 		{Name: "GatherElements duplicates", Opset: 16, Inputs: []Input{p("a", 3, 3), ix("i", i64(2, 3), 0, 0, -1, 2, 1, 0)}, Build: op("GatherElements", []string{"a", "i"}, graph.AttrI("axis", 1))},
 		{Name: "GatherND duplicates", Opset: 16, Inputs: []Input{p("a", 3, 2, 4), ix("i", i64(3, 2), 0, 1, 0, 1, -1, 0)}, Build: op("GatherND", []string{"a", "i"})},
 		{Name: "Tile", Opset: 13, Inputs: []Input{p("a", 2, 1, 3)}, Build: withInts("Tile", "a", ints(i64(2, 3, 1)))},
