@@ -43,6 +43,36 @@ type gradCtx struct {
 	want  map[*graph.Value]bool // values whose gradient is needed
 	node  *graph.Node
 	picks map[*graph.Value]pick // gradients that are one value per position along an axis (selectOne)
+	grads map[*graph.Value][]*graph.Value
+	fwd   map[*graph.Node]bool // the nodes of the forward graph, as opposed to those rules build
+}
+
+// forwardUses is v's uses by forward nodes.
+func (c *gradCtx) forwardUses(v *graph.Value) []graph.Use {
+	var us []graph.Use
+	for _, u := range v.Uses() {
+		if c.fwd[u.Node] {
+			us = append(us, u)
+		}
+	}
+	return us
+}
+
+// gradOf is the gradient of v: the sum of what v's consumers gave it, nil
+// for none. The walk is in reverse topological order, so when a rule
+// runs, the gradient of every value computed after its node is complete;
+// a rule may read one (gradSoftmax reads its MatMul's output gradient).
+func (c *gradCtx) gradOf(v *graph.Value) *graph.Value {
+	gs := c.grads[v]
+	switch len(gs) {
+	case 0:
+		return nil
+	case 1:
+		return gs[0]
+	}
+	s := c.Named("Sum", v.Name+".grad", gs)
+	c.grads[v] = []*graph.Value{s}
+	return s
 }
 
 // pick describes a gradient that is zero except at one position along
@@ -162,8 +192,12 @@ func Gradients(m *graph.Model, loss *graph.Value, params []*graph.Value) ([]*gra
 	}
 
 	forward := len(g.Nodes)
-	c := &gradCtx{Builder: opb.New(m, "grad", "grad/loss", inf), want: want, picks: map[*graph.Value]pick{}}
-	grads := map[*graph.Value][]*graph.Value{}
+	fwd := make(map[*graph.Node]bool, forward)
+	for _, n := range g.Nodes {
+		fwd[n] = true
+	}
+	c := &gradCtx{Builder: opb.New(m, "grad", "grad/loss", inf), want: want, picks: map[*graph.Value]pick{}, grads: map[*graph.Value][]*graph.Value{}, fwd: fwd}
+	grads := c.grads
 	one := c.Scalar(1, loss)
 	if err := c.Err(); err != nil {
 		return nil, fmt.Errorf("autodiff: %w", err)
@@ -172,18 +206,7 @@ func Gradients(m *graph.Model, loss *graph.Value, params []*graph.Value) ([]*gra
 		one = c.Expand(one, c.Shape(loss))
 	}
 	grads[loss] = []*graph.Value{one}
-	sum := func(v *graph.Value) *graph.Value {
-		gs := grads[v]
-		switch len(gs) {
-		case 0:
-			return nil
-		case 1:
-			return gs[0]
-		}
-		s := c.Named("Sum", v.Name+".grad", gs)
-		grads[v] = []*graph.Value{s}
-		return s
-	}
+	sum := c.gradOf
 	for _, n := range active { // active is in reverse topological order
 		gys := make([]*graph.Value, len(n.Outputs()))
 		any := false

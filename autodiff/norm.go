@@ -29,10 +29,77 @@ func (c *gradCtx) softmaxAxes(n *graph.Node) []int64 {
 }
 
 // y = softmax(x): dx = y·(gy − Σ gy·y).
+//
+// In attention, y (or Where(IsNaN(y), 0, y), which passes gy through)
+// feeds only o = y·V, with the softmax over the contracted last axis.
+// Then gy = go·Vᵀ and Σ_j gy_ij·y_ij = Σ_d go_id·o_id: the row sums come
+// from go ⊙ o, shaped like the head outputs [.., T, D], instead of an
+// attention-sized product and reduction (FlashAttention's D = rowsum(dO ∘
+// O)). Mathematically the same sums; rounded in another order.
 func gradSoftmax(c *gradCtx, n *graph.Node, gys []*graph.Value) []*graph.Value {
 	gy, y := gys[0], n.Output(0)
-	s := c.ReduceSum(c.Mul(gy, y), c.softmaxAxes(n), true)
+	var s *graph.Value
+	if o := c.attentionOutput(n); o != nil {
+		if gout := c.gradOf(o); gout != nil {
+			s = c.ReduceSum(c.Mul(gout, o), []int64{-1}, true)
+		}
+	}
+	if s == nil {
+		s = c.ReduceSum(c.Mul(gy, y), c.softmaxAxes(n), true)
+	}
 	return vals(c.Mul(y, c.Sub(gy, s)))
+}
+
+// attentionOutput is o = MatMul(p, V) when that is the only forward
+// consumer of softmax node n's output y, directly (p = y) or through the
+// NaN guard p = Where(IsNaN(y), 0, y); the softmax is over y's last axis
+// and o has y's leading dims (no broadcasting of y). Otherwise nil.
+func (c *gradCtx) attentionOutput(n *graph.Node) *graph.Value {
+	y := n.Output(0)
+	r := c.Inf.Rank(y)
+	if r < 2 || len(n.Outputs()) != 1 {
+		return nil
+	}
+	if axes := c.softmaxAxes(n); len(axes) != 1 || !c.sameAxis(axes[0], -1, y) {
+		return nil
+	}
+	p := y
+	for _, u := range c.forwardUses(y) {
+		switch {
+		case u.Node.Op == "IsNaN" && u.Node.Domain == "":
+		case u.Node.Op == "Where" && u.Index == 2 && nanGuardOfSoftmax(u.Node) && p == y:
+			p = u.Node.Output(0)
+		case u.Node.Op == "MatMul" && u.Index == 0 && p == y:
+			p = nil // y read directly; checked below
+		default:
+			return nil
+		}
+	}
+	var mm *graph.Node
+	if p == nil {
+		p = y
+	}
+	for _, u := range c.forwardUses(p) {
+		if u.Node.Op != "MatMul" || u.Node.Domain != "" || u.Index != 0 || mm != nil {
+			return nil
+		}
+		mm = u.Node
+	}
+	if mm == nil || mm.Input(1) == p {
+		return nil
+	}
+	o := mm.Output(0)
+	yd, od := c.Inf.Info(y).Dims, c.Inf.Info(o).Dims
+	if len(yd) != r || len(od) != r {
+		return nil
+	}
+	for i := 0; i < r-1; i++ {
+		a, b := yd[i], od[i]
+		if !((a.Known() && b.Known() && a.Value == b.Value) || (a.Param != "" && a.Param == b.Param)) {
+			return nil
+		}
+	}
+	return o
 }
 
 // y = log softmax(x): dx = gy − e^y·Σ gy.

@@ -81,3 +81,41 @@ func TestRuleResultContract(t *testing.T) {
 		})
 	}
 }
+
+// TestAttentionSoftmaxRowSums: with p = Softmax(a) feeding only
+// o = MatMul(p, v), the backward reads p once (dx = p·(gy − s)); the row
+// sums s come from go ⊙ o, not from another attention-sized product.
+// The dense form reads p twice.
+func TestAttentionSoftmaxRowSums(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		vdims []graph.Dim
+		reads int
+	}{
+		{"attention", []graph.Dim{{Value: 2}, {Value: 4}, {Value: 5}}, 1},
+		{"softmax broadcast by the product", []graph.Dim{{Value: 3}, {Value: 2}, {Value: 4}, {Value: 5}}, 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := graph.NewModel(17)
+			g := m.Graph
+			a := g.AddInput("a", &graph.TensorType{DType: graph.Float, Shape: []graph.Dim{{Value: 2}, {Value: 3}, {Value: 4}}})
+			v := g.AddInput("v", &graph.TensorType{DType: graph.Float, Shape: tc.vdims})
+			b := &graph.Builder{G: g}
+			p := b.Op("Softmax", "p", []*graph.Value{a}, graph.AttrI("axis", -1))
+			o := b.Op("MatMul", "o", []*graph.Value{p, v})
+			loss := b.Op("ReduceSum", "loss", []*graph.Value{b.Op("Mul", "sq", []*graph.Value{o, o})}, graph.AttrI("keepdims", 0))
+			if _, err := Gradients(m, loss, []*graph.Value{a, v}); err != nil {
+				t.Fatal(err)
+			}
+			reads := 0
+			for _, u := range p.Uses() {
+				if u.Node.Op == "Mul" {
+					reads++
+				}
+			}
+			if reads != tc.reads {
+				t.Errorf("the backward multiplies by p %d times, want %d", reads, tc.reads)
+			}
+		})
+	}
+}

@@ -13,6 +13,12 @@ package trainstep
 //       as GPT-2's 50257) reads W padded with zero columns to a multiple
 //       of 8 and is sliced back; the loss merges that slice with its own
 //       (lossPass), so no copy is added;
+//   a LoRA branch's scale, Mul(x·A·B, k) with k a constant scalar and B
+//       a parameter, is dropped where k = 1 and otherwise multiplies B
+//       ([r, out]) instead of the product ([tokens, out]): one
+//       activation-sized kernel less per target, forward and backward
+//       (where k is not a power of two the product rounds differently, by
+//       a float32 ulp);
 //   LayerNormalization with only its output Y gets its optional outputs
 //       Mean and InvStdDev, which the gradient rule then reads instead of
 //       recomputing the statistics (six nodes per normalization).
@@ -40,6 +46,9 @@ func (st *Compiler) Canonicalize(m *graph.Model) error {
 	g := m.Graph
 	if err := padWideOutputs(m); err != nil {
 		return err
+	}
+	if k := st.foldBranchScales(g); k > 0 {
+		st.logf("canonicalize: %d adapter scales moved onto lora_B (or dropped, where 1)", k)
 	}
 	stats := 0
 	for _, node := range g.Nodes {
@@ -234,4 +243,45 @@ func padWideOutputs(m *graph.Model) error {
 		}
 	}
 	return g.SortTopo()
+}
+
+// foldBranchScales applies the branch-scale rewrite (see the pass comment)
+// and returns how many scales it moved or dropped.
+func (st *Compiler) foldBranchScales(g *graph.Graph) int {
+	param := map[*graph.Value]bool{}
+	for _, p := range st.params {
+		param[p] = true
+	}
+	n := 0
+	for _, node := range append([]*graph.Node(nil), g.Nodes...) {
+		if node.Op != "Mul" || node.Domain != "" || node.NumInputs() != 2 || node.Output(0).IsGraphOutput() {
+			continue
+		}
+		prod, k := node.Input(0), node.Input(1)
+		if _, ok := graph.ConstFloats(prod); ok {
+			prod, k = k, prod
+		}
+		ks, ok := graph.ConstFloats(k)
+		mm, _ := prod.Producer()
+		if !ok || len(ks) != 1 || mm == nil || mm.Op != "MatMul" || mm.Domain != "" || !param[mm.Input(1)] || prod.NumUses() != 1 || prod.IsGraphOutput() {
+			continue
+		}
+		if t := graph.ConstTensor(k); t == nil || len(t.Dims) != 0 {
+			continue // a [1] or wider scale would broadcast the product's rank
+		}
+		if ks[0] != 1 {
+			b := &graph.Builder{G: g, Prefix: "canonical/scale", Metadata: mm.Metadata}
+			scaled := b.Op("Mul", mm.Input(1).Name+".scaled", []*graph.Value{mm.Input(1), k})
+			mm.SetInput(1, scaled)
+		}
+		node.Output(0).ReplaceAllUsesWith(prod)
+		if err := g.RemoveNode(node); err != nil {
+			continue
+		}
+		n++
+	}
+	if n > 0 {
+		_ = g.SortTopo()
+	}
+	return n
 }

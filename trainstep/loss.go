@@ -57,9 +57,7 @@ func (st *Compiler) Loss(m *graph.Model) error {
 		}
 		labels := g.AddInput(o.Labels, &graph.TensorType{DType: graph.Int64, Shape: append([]graph.Dim(nil), lt.Shape[:2]...)})
 		st.role(labels, trainio.RoleLabel, "")
-		x := lmLogits(c2, logits)
-		y := c2.Slice(labels, 1, math.MaxInt64, 1)
-		loss = crossEntropy(c2, x, y, 3, o.IgnoreIndex)
+		loss = crossEntropy(c2, lmLogits(c2, logits), shiftedLabels(c2, labels, o.IgnoreIndex), 3, o.IgnoreIndex)
 	case "ce":
 		if rank != 2 {
 			return fmt.Errorf("ce loss needs logits [batch, classes]; %q has rank %d", logits.Name, rank)
@@ -113,18 +111,51 @@ func crossEntropy(c *opb.Builder, x, y *graph.Value, rank int, ignore int64) *gr
 	return c.Div(total, count)
 }
 
-// lmLogits is logits[:, :-1], the positions that predict a next token.
-// When the logits are themselves a slice of the vocabulary axis of a
-// wider product (canonicalize pads wide projections), one Slice takes
-// both, so the padding costs no copy of its own.
+// lmLogits is the logits [B, T, V] the next-token loss reads with
+// shiftedLabels: position t is scored against label t+1 and the last
+// position against the ignore index, so no slice of the vocabulary-sized
+// logits is copied (nor padded back in the gradient).
+//
+// When the logits are a slice of the vocabulary axis of a wider product
+// (canonicalize pads wide heads to aligned columns), the rows are that
+// product as a Gemm whose bias is 0 on the model's columns and −10³⁰ on the
+// padding: the padding's probabilities are exactly 0, so the loss and
+// its gradient equal those of the unpadded logits, and the aligned GEMM is
+// kept.
 func lmLogits(c *opb.Builder, logits *graph.Value) *graph.Value {
-	if p, _ := logits.Producer(); p != nil && p.Op == "Slice" && p.Domain == "" && c.Opset >= 10 && p.NumInputs() == 4 {
+	if p, _ := logits.Producer(); p != nil && p.Op == "Slice" && p.Domain == "" && c.Opset >= 13 && p.NumInputs() == 4 && logits.NumUses() == 0 {
 		starts, ok1 := graph.ConstInts(p.Input(1))
 		ends, ok2 := graph.ConstInts(p.Input(2))
 		axes, ok3 := graph.ConstInts(p.Input(3))
-		if ok1 && ok2 && ok3 && len(axes) == 1 && (axes[0] == -1 || axes[0] == 2) && starts[0] == 0 && logits.NumUses() == 0 {
-			return c.Op("Slice", []*graph.Value{p.Input(0), c.Ints(0, 0), c.Ints(-1, ends[0]), c.Ints(1, 2)})
+		mm, _ := p.Input(0).Producer()
+		if ok1 && ok2 && ok3 && len(axes) == 1 && (axes[0] == -1 || axes[0] == 2) && starts[0] == 0 && mm != nil && mm.Op == "MatMul" && mm.Domain == "" {
+			x, w := mm.Input(0), mm.Input(1)
+			wi := c.Inf.Info(w)
+			if len(wi.Dims) == 2 && wi.Dims[0].Known() && wi.Dims[1].Known() && c.Inf.DType(w) == graph.Float && ends[0] < wi.Dims[1].Value {
+				k, padded := wi.Dims[0].Value, wi.Dims[1].Value
+				mask := make([]float32, padded)
+				for j := ends[0]; j < padded; j++ {
+					mask[j] = -1e30
+				}
+				t, err := graph.NewFloatTensor("loss.vocab_padding", graph.Float, []int64{padded}, mask)
+				if err != nil {
+					c.Fail(err)
+					return nil
+				}
+				rows := c.Op("Gemm", []*graph.Value{c.Reshape(x, c.Ints(-1, k)), w, c.Const(t)})
+				lead := c.Op("Shape", []*graph.Value{x}, graph.AttrI("end", 2))
+				return c.Reshape(rows, c.Concat(0, lead, c.Ints(padded)))
+			}
 		}
 	}
-	return c.Slice(logits, 0, -1, 1)
+	return logits
+}
+
+// shiftedLabels is labels [B, T] as next-token targets [B, T]:
+// labels[:, 1:] followed by the ignore index for each sequence's last
+// position, which predicts nothing.
+func shiftedLabels(c *opb.Builder, labels *graph.Value, ignore int64) *graph.Value {
+	first := c.Slice(labels, 0, 1, 1)
+	fill := c.Expand(c.Int64s("loss.ignore_fill", []int64{ignore}), c.ShapeOf(first))
+	return c.Reshape(c.Concat(1, c.Slice(labels, 1, math.MaxInt64, 1), fill), c.ShapeOf(labels))
 }

@@ -159,62 +159,86 @@ func variableLengthData(t *testing.T, dir string) string {
 
 // TestWideLogitsPadded: a language model whose logits projection is
 // 4,099 wide gets it padded to 4,104 columns in the compiled graphs (the
-// aligned GEMM), and the eval graph's loss still equals cross-entropy
-// computed here from the model's own logits.
+// aligned GEMM, its padding masked by the Gemm's bias), the eval graph's
+// loss still equals cross-entropy computed here from the model's own
+// logits, and the training step's loss and adapter gradients equal those
+// of the same model compiled without the padding (its logits behind an
+// Identity, which the padding does not match).
 func TestWideLogitsPadded(t *testing.T) {
 	e := env(t)
 	const vocab, hidden, batch, seq = 4099, 16, 2, 5
-	m := graph.NewModel(18)
-	g := m.Graph
-	ids := g.AddInput("input_ids", &graph.TensorType{DType: graph.Int64, Shape: []graph.Dim{{Param: "batch"}, {Param: "seq"}}})
-	b := &graph.Builder{G: g}
-	rnd := rand.New(rand.NewPCG(1, 2))
-	tensor := func(name string, dims ...int64) *graph.Value {
-		n := int(dims[0] * dims[1])
-		xs := make([]float32, n)
-		for i := range xs {
-			xs[i] = float32(rnd.NormFloat64() * 0.3)
+	dir := t.TempDir()
+	build := func(name string, identity bool) string {
+		m := graph.NewModel(18)
+		g := m.Graph
+		ids := g.AddInput("input_ids", &graph.TensorType{DType: graph.Int64, Shape: []graph.Dim{{Param: "batch"}, {Param: "seq"}}})
+		b := &graph.Builder{G: g}
+		rnd := rand.New(rand.NewPCG(1, 2))
+		tensor := func(name string, dims ...int64) *graph.Value {
+			n := int(dims[0] * dims[1])
+			xs := make([]float32, n)
+			for i := range xs {
+				xs[i] = float32(rnd.NormFloat64() * 0.3)
+			}
+			tt, err := graph.NewFloatTensor(name, graph.Float, dims, xs)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return b.Const(tt)
 		}
-		tt, err := graph.NewFloatTensor(name, graph.Float, dims, xs)
-		if err != nil {
+		h := b.Op("Gather", "h", []*graph.Value{tensor("emb", vocab, hidden), ids})
+		h2 := b.Op("MatMul", "h2", []*graph.Value{h, tensor("hid.weight", hidden, hidden)})
+		// The head as torch.onnx writes a tied one: Transpose of a [vocab, hidden] constant.
+		head := b.Op("Transpose", "head.t", []*graph.Value{tensor("head.weight", vocab, hidden)}, graph.AttrIs("perm", 1, 0))
+		name0 := "logits"
+		if identity {
+			name0 = "logits.product"
+		}
+		logits := b.Op("MatMul", name0, []*graph.Value{h2, head})
+		if identity {
+			logits = b.Op("Identity", "logits", []*graph.Value{logits})
+		}
+		logits.Type = &graph.TensorType{DType: graph.Float, Shape: []graph.Dim{{Param: "batch"}, {Param: "seq"}, {Value: vocab}}}
+		g.AddOutput(logits)
+		path := filepath.Join(dir, name+".onnx")
+		if err := graph.Save(m, path, graph.SaveOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		return b.Const(tt)
+		return path
 	}
-	h := b.Op("Gather", "h", []*graph.Value{tensor("emb", vocab, hidden), ids})
-	h2 := b.Op("MatMul", "h2", []*graph.Value{h, tensor("hid.weight", hidden, hidden)})
-	// The head as torch.onnx writes a tied one: Transpose of a [vocab, hidden] constant.
-	head := b.Op("Transpose", "head.t", []*graph.Value{tensor("head.weight", vocab, hidden)}, graph.AttrIs("perm", 1, 0))
-	logits := b.Op("MatMul", "logits", []*graph.Value{h2, head})
-	logits.Type = &graph.TensorType{DType: graph.Float, Shape: []graph.Dim{{Param: "batch"}, {Param: "seq"}, {Value: vocab}}}
-	g.AddOutput(logits)
-	dir := t.TempDir()
-	base := filepath.Join(dir, "lm.onnx")
-	if err := graph.Save(m, base, graph.SaveOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	base := build("lm", false)
 	lora := filepath.Join(dir, "lm.lora.onnx")
 	mustLoracc(t, "inject", base, "--rank", "2", "--target", "^hid$", "-o", lora)
 	out := filepath.Join(dir, "g")
-	mustLoracc(t, "export-train", lora, "--loss", "lm", "--logits", "logits", "-o", out)
-	em, err := graph.Load(filepath.Join(out, "eval.onnx"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	padded := false
-	em.Graph.Walk(func(n *graph.Node) {
-		if n.Op != "MatMul" || n.Input(1) == nil {
-			return
+	mustLoracc(t, "export-train", lora, "--loss", "lm", "--logits", "logits", "--emit-grads", "-o", out)
+	plainLora := filepath.Join(dir, "plain.lora.onnx")
+	mustLoracc(t, "inject", build("plain", true), "--from-adapter", filepath.Join(dir, "lm.lora.adapter"), "-o", plainLora)
+	plainOut := filepath.Join(dir, "plain")
+	mustLoracc(t, "export-train", plainLora, "--loss", "lm", "--logits", "logits", "--emit-grads", "-o", plainOut)
+	for _, c := range []struct {
+		graph string
+		want  bool
+	}{{filepath.Join(out, "eval.onnx"), true}, {filepath.Join(out, "train.onnx"), true}, {filepath.Join(plainOut, "train.onnx"), false}} {
+		em, err := graph.Load(c.graph)
+		if err != nil {
+			t.Fatal(err)
 		}
-		if p, _ := n.Input(1).Producer(); p != nil && p.Op == "Pad" {
-			if pads, ok := graph.ConstInts(p.Input(1)); ok && len(pads) == 4 && pads[3] == 5 {
-				padded = true
+		padded := false
+		em.Graph.Walk(func(n *graph.Node) {
+			if (n.Op != "MatMul" && n.Op != "Gemm") || n.Input(1) == nil {
+				return
 			}
+			if p, _ := n.Input(1).Producer(); p != nil && p.Op == "Pad" {
+				if pads, ok := graph.ConstInts(p.Input(1)); ok && len(pads) == 4 && pads[3] == 5 {
+					padded = true
+				}
+			}
+		})
+		if padded != c.want {
+			t.Errorf("%s: the logits projection reads its weight padded by 5 columns (to 4104): %v, want %v", c.graph, padded, c.want)
 		}
-	})
-	if !padded {
-		t.Error("the logits projection does not read its weight padded by 5 columns (to 4104)")
 	}
+	rnd := rand.New(rand.NewPCG(3, 4))
 	// The reference: cross-entropy of the model's logits, next token.
 	idv := make([]int64, batch*seq)
 	for i := range idv {
@@ -266,6 +290,28 @@ func TestWideLogitsPadded(t *testing.T) {
 	}
 	if got := scalarOf(t, lo["loss"]); math.Abs(got-want) > 1e-5*want {
 		t.Errorf("eval loss %v, cross-entropy of the logits %v", got, want)
+	}
+	// One training step of each compiled graph: same loss, same gradients.
+	batchFeeds := map[string]runtime.Tensor{"input_ids": feed, "labels": feed}
+	res := map[string]map[string]runtime.Tensor{}
+	for name, d := range map[string]string{"padded": out, "plain": plainOut} {
+		io := readTrainIO(t, d)
+		res[name] = newTrainer(t, e, d, io.Train, batchFeeds, train.FromAdapter(a)).step(t, 1, 0)
+	}
+	if pl, ul := scalarOf(t, res["padded"]["loss"]), scalarOf(t, res["plain"]["loss"]); math.Abs(pl-ul) > 1e-6*math.Abs(ul) {
+		t.Errorf("train loss %v with the padded head, %v without", pl, ul)
+	}
+	for _, l := range a.Layers {
+		for _, part := range []string{".lora_A.grad", ".lora_B.grad"} {
+			pg, err1 := res["padded"][l.Name+part].Floats()
+			ug, err2 := res["plain"][l.Name+part].Floats()
+			if err1 != nil || err2 != nil {
+				t.Fatalf("%s%s: %v %v", l.Name, part, err1, err2)
+			}
+			if rel := relDiff(pg, ug); rel > 1e-5 {
+				t.Errorf("%s%s differs by %.2g relative between the padded and the plain head", l.Name, part, rel)
+			}
+		}
 	}
 }
 

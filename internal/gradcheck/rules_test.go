@@ -77,6 +77,21 @@ func logSoftmaxPick(axis int64) func(*graph.Builder, map[string]*graph.Value) (*
 	}
 }
 
+// attention builds y = MatMul(p, v)·MatMul(p, v) with p = Softmax(a) over
+// the last axis, or its NaN guard Where(IsNaN(p), 0, p) as torch.onnx
+// writes scaled_dot_product_attention.
+func attention(guard bool) func(*graph.Builder, map[string]*graph.Value) (*graph.Value, error) {
+	return func(b *graph.Builder, in map[string]*graph.Value) (*graph.Value, error) {
+		p := b.Op("Softmax", "p", []*graph.Value{in["a"]}, graph.AttrI("axis", -1))
+		if guard {
+			nan := b.Op("IsNaN", "isnan", []*graph.Value{p})
+			p = b.Op("Where", "guard", []*graph.Value{nan, fconst(b, in["a"], nil, 0), p})
+		}
+		o := b.Op("MatMul", "o", []*graph.Value{p, in["v"]})
+		return b.Op("Mul", "y", []*graph.Value{o, o}), nil
+	}
+}
+
 // ints is shorthand for a list of int64 constant inputs.
 func ints(xs ...[]int64) [][]int64 { return xs }
 
@@ -159,6 +174,7 @@ func cases() []Case {
 		{Name: "Erf", DType: graph.Float, Inputs: []Input{p("a", 2, 3)}, Build: op("Erf", []string{"a"})},
 		{Name: "Gelu none", Opset: 20, DType: graph.Float, Inputs: []Input{p("a", 2, 5)}, Build: op("Gelu", []string{"a"})},
 		{Name: "Gelu tanh", Opset: 20, Inputs: []Input{p("a", 2, 5)}, Build: op("Gelu", []string{"a"}, graph.AttrS("approximate", "tanh"))},
+		{Name: "Gelu tanh wide range", Opset: 20, Inputs: []Input{{Name: "a", Shape: []int64{2, 4}, Param: true, Float: []float64{-9, -4, -1.5, -0.2, 0.3, 2, 5, 11}}}, Build: op("Gelu", []string{"a"}, graph.AttrS("approximate", "tanh"))},
 		{Name: "Abs", Inputs: []Input{p("a", 3, 4)}, Build: op("Abs", []string{"a"})},
 		{Name: "Clip opset 13 inputs", Opset: 13, Inputs: []Input{p("a", 3, 4)}, Build: func(b *graph.Builder, in map[string]*graph.Value) (*graph.Value, error) {
 			a := in["a"]
@@ -246,6 +262,10 @@ func cases() []Case {
 			w := b.Op("Where", "w", []*graph.Value{nan, fconst(b, in["a"], nil, 0), y})
 			return b.Op("Mul", "y", []*graph.Value{w, w}), nil
 		}},
+		{Name: "Softmax into MatMul (attention row sums from go·o)", Opset: 13, Inputs: []Input{p("a", 2, 2, 3, 4), p("v", 2, 2, 4, 5)}, Build: attention(false)},
+		{Name: "Softmax, NaN guard, MatMul (attention)", Opset: 13, Inputs: []Input{p("a", 2, 2, 3, 4), p("v", 2, 2, 4, 5)}, Build: attention(true)},
+		{Name: "Softmax into MatMul with a 2-D right operand", Opset: 13, Inputs: []Input{p("a", 2, 3, 4), p("v", 4, 5)}, Build: attention(false)},
+		{Name: "Softmax broadcast into MatMul (dense row sums)", Opset: 13, Inputs: []Input{p("a", 1, 3, 4), p("v", 2, 4, 5)}, Build: attention(false)},
 		{Name: "GatherElements duplicates", Opset: 16, Inputs: []Input{p("a", 3, 3), ix("i", i64(2, 3), 0, 0, -1, 2, 1, 0)}, Build: op("GatherElements", []string{"a", "i"}, graph.AttrI("axis", 1))},
 		{Name: "GatherND duplicates", Opset: 16, Inputs: []Input{p("a", 3, 2, 4), ix("i", i64(3, 2), 0, 1, 0, 1, -1, 0)}, Build: op("GatherND", []string{"a", "i"})},
 		{Name: "Tile", Opset: 13, Inputs: []Input{p("a", 2, 1, 3)}, Build: withInts("Tile", "a", ints(i64(2, 3, 1)))},

@@ -78,6 +78,9 @@ func (b *Builder) Named(op, out string, ins []*graph.Value, attrs ...*graph.Attr
 // Int64s adds a named 1-D int64 constant.
 func (b *Builder) Int64s(name string, xs []int64) *graph.Value { return b.b.Int64s(name, xs) }
 
+// Const adds t as an initializer (renamed if its name is taken).
+func (b *Builder) Const(t *graph.Tensor) *graph.Value { return b.b.Const(t) }
+
 // Scalar is a rank-0 constant of like's element type (float32 when
 // unknown), built once per type and value.
 func (b *Builder) Scalar(x float64, like *graph.Value) *graph.Value {

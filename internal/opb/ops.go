@@ -54,6 +54,7 @@ func (b *Builder) Log(x *graph.Value) *graph.Value { return b.Op("Log", vals(x))
 
 // Tanh is tanh x.
 func (b *Builder) Tanh(x *graph.Value) *graph.Value { return b.Op("Tanh", vals(x)) }
+func (b *Builder) Sigmoid(x *graph.Value) *graph.Value { return b.Op("Sigmoid", vals(x)) }
 
 // Erf is the error function.
 func (b *Builder) Erf(x *graph.Value) *graph.Value { return b.Op("Erf", vals(x)) }
