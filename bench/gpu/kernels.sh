@@ -28,7 +28,7 @@ mkdir -p "$OUT"
 ncu=$(command -v ncu || ls /usr/local/cuda*/bin/ncu 2>/dev/null | head -1)
 echo "ncu: $ncu"
 # warm-up 1 (not profiled: ncu skips the first launches of it with -s), then one step
-timeout 450 "$ncu" --metrics gpu__time_duration.sum --csv --log-file "$W"/ncu.csv \
+timeout "${NCU_TIMEOUT:-450}" "$ncu" --metrics gpu__time_duration.sum --csv --log-file "$W"/ncu.csv \
 	"$BIN"/latency -model "$W"/g/train.onnx -device cuda -batch "$BATCH" -seq "$SEQ" -vocab "$VOCAB" -n 1 -warmup 0 -outputs loss >/dev/null 2>"$W"/ncu.err
 echo "ncu exit $?"
 python3 - "$W"/ncu.csv <<'PY' | tee "$OUT"/kernels.txt
