@@ -18,8 +18,11 @@ package autodiff
 // does), and the driver checks c.Err() once the rule returns.
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"sort"
 	"strings"
 
@@ -70,9 +73,85 @@ func (c *gradCtx) gradOf(v *graph.Value) *graph.Value {
 	case 1:
 		return gs[0]
 	}
-	s := c.Named("Sum", v.Name+".grad", gs)
+	gs = c.concatPads(v, gs)
+	s := gs[0]
+	if len(gs) > 1 {
+		s = c.Named("Sum", v.Name+".grad", gs)
+	}
 	c.grads[v] = []*graph.Value{s}
 	return s
+}
+
+// concatPads replaces gradients of v that are zero-padded pieces tiling
+// one axis of v — what Slice's rule gives the slices x[..., :h] and
+// x[..., h:], as rotary embeddings take them — by their Concat: one copy
+// instead of a padded tensor per piece and their sum.
+func (c *gradCtx) concatPads(v *graph.Value, gs []*graph.Value) []*graph.Value {
+	dims := c.Inf.Info(v).Dims
+	type piece struct {
+		g          *graph.Value
+		begin, len int64
+	}
+	byAxis := map[int][]piece{}
+	for _, g := range gs {
+		p, _ := g.Producer()
+		if p == nil || p.Op != "Pad" || p.Domain != "" || p.NumInputs() != 2 || g.NumUses() != 0 {
+			continue
+		}
+		if m := p.Attr("mode"); m != nil && string(m.S) != "constant" {
+			continue
+		}
+		pads, ok := graph.ConstInts(p.Input(1))
+		if !ok || len(pads) != 2*len(dims) {
+			continue
+		}
+		axis := -1
+		for i := range dims {
+			if pads[i] != 0 || pads[i+len(dims)] != 0 {
+				if axis >= 0 || pads[i] < 0 || pads[i+len(dims)] < 0 || !dims[i].Known() {
+					axis = -2
+					break
+				}
+				axis = i
+			}
+		}
+		if axis < 0 {
+			continue
+		}
+		byAxis[axis] = append(byAxis[axis], piece{g, pads[axis], dims[axis].Value - pads[axis] - pads[axis+len(dims)]})
+	}
+	for _, axis := range slices.Sorted(maps.Keys(byAxis)) {
+		ps := byAxis[axis]
+		if len(ps) < 2 {
+			continue
+		}
+		slices.SortFunc(ps, func(a, b piece) int { return cmp.Compare(a.begin, b.begin) })
+		at := int64(0)
+		for _, p := range ps {
+			if p.begin != at {
+				break
+			}
+			at += p.len
+		}
+		if at != dims[axis].Value {
+			continue // the pieces overlap or leave a gap
+		}
+		parts := make([]*graph.Value, len(ps))
+		drop := map[*graph.Value]bool{}
+		for i, p := range ps {
+			pn, _ := p.g.Producer()
+			parts[i] = pn.Input(0)
+			drop[p.g] = true
+		}
+		kept := []*graph.Value{c.Concat(int64(axis), parts...)}
+		for _, g := range gs {
+			if !drop[g] {
+				kept = append(kept, g)
+			}
+		}
+		gs = kept
+	}
+	return gs
 }
 
 // pick describes a gradient that is zero except at one position along

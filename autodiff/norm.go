@@ -221,3 +221,58 @@ func gradLayerNorm(c *gradCtx, n *graph.Node, gys []*graph.Value) []*graph.Value
 	}
 	return out
 }
+
+// SimplifiedLayerNormalization (ONNX Runtime's RMS normalization, which
+// its optimizer fuses from x·(mean x² + ε)^−½·w and canonicalize writes
+// for the same pattern): over the axes from axis on, ρ = 1/√(mean x² + ε),
+// x̂ = x·ρ, Y = x̂·Scale, optional output InvStdVar = ρ.
+//
+//	dScale = Σ gY·x̂                 (over the leading axes: by the driver)
+//	dx     = ρ·(g − x̂·mean(g·x̂)),  g = gY·Scale
+//	       − gInvStdVar·ρ³·x/N
+func gradSimplifiedLayerNorm(c *gradCtx, n *graph.Node, gys []*graph.Value) []*graph.Value {
+	x, scale := n.Input(0), n.Input(1)
+	axis := n.AttrInt("axis", -1)
+	var axes []int64
+	if axis < 0 {
+		axes = iota64(axis, 0)
+	} else {
+		r := c.rank(x)
+		if r < 0 {
+			return nil
+		}
+		axes = iota64(axis, int64(r))
+	}
+	var rho *graph.Value
+	if r := n.Output(1); r != nil && c.Inf.DType(r) == c.Inf.DType(x) {
+		rho = r
+	} else {
+		eps := c.K(float64(n.AttrFloat("epsilon", 1e-5)), x)
+		rho = c.Reciprocal(c.Sqrt(c.Add(c.ReduceMean(c.Mul(x, x), axes), eps)))
+	}
+	xhat := c.Mul(x, rho)
+	out := make([]*graph.Value, n.NumInputs())
+	gy := gys[0]
+	if gy != nil && c.needs(1) {
+		out[1] = c.Mul(gy, xhat)
+	}
+	if !c.needs(0) {
+		return out
+	}
+	var terms []*graph.Value
+	if gy != nil {
+		g := c.Mul(gy, scale)
+		terms = append(terms, c.Mul(rho, c.Sub(g, c.Mul(xhat, c.ReduceMean(c.Mul(g, xhat), axes)))))
+	}
+	if len(gys) > 1 && gys[1] != nil {
+		rho3 := c.Mul(rho, c.Mul(rho, rho))
+		terms = append(terms, c.Neg(c.Mul(c.Mul(c.CastTo(gys[1], x), rho3), c.Mul(x, c.countRatio(rho, x)))))
+	}
+	switch len(terms) {
+	case 1:
+		out[0] = terms[0]
+	case 2:
+		out[0] = c.Add(terms[0], terms[1])
+	}
+	return out
+}

@@ -119,3 +119,28 @@ func TestAttentionSoftmaxRowSums(t *testing.T) {
 		})
 	}
 }
+
+// TestSlicesTilingAnAxisConcatenate: the gradients of x[..., :2] and
+// x[..., 2:] (rotate_half in rotary embeddings) reach x as one Concat, not
+// as two padded tensors and their sum.
+func TestSlicesTilingAnAxisConcatenate(t *testing.T) {
+	m := graph.NewModel(17)
+	g := m.Graph
+	a := g.AddInput("a", &graph.TensorType{DType: graph.Float, Shape: []graph.Dim{{Value: 2}, {Value: 6}}})
+	b := &graph.Builder{G: g}
+	lo := b.Op("Slice", "lo", []*graph.Value{a, b.Int64s("s0", []int64{0}), b.Int64s("e0", []int64{2}), b.Int64s("ax", []int64{-1})})
+	hi := b.Op("Slice", "hi", []*graph.Value{a, b.Int64s("s1", []int64{2}), b.Int64s("e1", []int64{6}), b.Int64s("ax", []int64{-1})})
+	rot := b.Op("Concat", "rot", []*graph.Value{b.Op("Neg", "neg", []*graph.Value{hi}), lo}, graph.AttrI("axis", -1))
+	y := b.Op("Add", "y", []*graph.Value{b.Op("Mul", "aa", []*graph.Value{a, a}), b.Op("Mul", "rr", []*graph.Value{rot, rot})})
+	loss := b.Op("ReduceSum", "loss", []*graph.Value{y}, graph.AttrI("keepdims", 0))
+	if _, err := Gradients(m, loss, []*graph.Value{a}); err != nil {
+		t.Fatal(err)
+	}
+	ops := map[string]int{}
+	for _, n := range g.Nodes {
+		ops[n.Op]++
+	}
+	if ops["Pad"] != 0 || ops["Concat"] != 2 {
+		t.Errorf("backward has %d Pad and %d Concat nodes (with the forward's), want 0 and 2", ops["Pad"], ops["Concat"])
+	}
+}

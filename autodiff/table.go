@@ -94,9 +94,10 @@ func gradRules() map[string]rule {
 		"CastLike":   {grad: gradCast},
 
 		// normalizations (norm.go)
-		"Softmax":            {grad: gradSoftmax},
-		"LogSoftmax":         {grad: gradLogSoftmax},
-		"LayerNormalization": {gradLayerNorm, slotsFrom(1)},
+		"Softmax":                      {grad: gradSoftmax},
+		"LogSoftmax":                   {grad: gradLogSoftmax},
+		"LayerNormalization":           {gradLayerNorm, slotsFrom(1)},
+		"SimplifiedLayerNormalization": {gradSimplifiedLayerNorm, slotsFrom(1)},
 
 		// convolutional networks (conv.go)
 		"Conv":               {grad: gradConv},

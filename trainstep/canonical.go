@@ -19,6 +19,20 @@ package trainstep
 //       activation-sized kernel less per target, forward and backward
 //       (where k is not a power of two the product rounds differently, by
 //       a float32 ulp);
+//   RMS normalization, w·(x·1/√(mean(x², last axis) + ε)) as torch.onnx
+//       writes Llama's RMSNorm (Pow, ReduceMean, Add, Sqrt, Reciprocal,
+//       Mul, Mul), becomes ONNX Runtime's SimplifiedLayerNormalization
+//       (the node its own optimizer fuses the pattern into) with its
+//       InvStdVar output, read by the gradient rule: one kernel forward
+//       instead of seven, and a short backward;
+//   attention's NaN guard, o = MatMul(Where(IsNaN(p), 0, p), V) with
+//       p = Softmax(x), as torch.onnx writes scaled_dot_product_attention,
+//       becomes Where(IsNaN(o), 0, o) with o = MatMul(p, V): the guard
+//       reads and writes [.., T, D] instead of [.., T, T] (16× less for a
+//       512-token, 32-head Llama). A softmax row has a NaN only as a
+//       whole, and then o's row is NaN, so with V finite the values are
+//       the same; a NaN or ∞ in V itself, which the original propagates,
+//       is zeroed too;
 //   LayerNormalization with only its output Y gets its optional outputs
 //       Mean and InvStdDev, which the gradient rule then reads instead of
 //       recomputing the statistics (six nodes per normalization).
@@ -46,6 +60,14 @@ func (st *Compiler) Canonicalize(m *graph.Model) error {
 	g := m.Graph
 	if err := padWideOutputs(m); err != nil {
 		return err
+	}
+	if k, err := fuseRMSNorms(m); err != nil {
+		return err
+	} else if k > 0 {
+		st.logf("canonicalize: %d RMS normalizations became SimplifiedLayerNormalization", k)
+	}
+	if k := moveAttentionGuards(g); k > 0 {
+		st.logf("canonicalize: %d attention NaN guards moved from the probabilities to the attention output", k)
 	}
 	if k := st.foldBranchScales(g); k > 0 {
 		st.logf("canonicalize: %d adapter scales moved onto lora_B (or dropped, where 1)", k)
@@ -284,4 +306,156 @@ func (st *Compiler) foldBranchScales(g *graph.Graph) int {
 		_ = g.SortTopo()
 	}
 	return n
+}
+
+// moveAttentionGuards applies the attention-guard rewrite (see the pass
+// comment) and returns how many guards it moved.
+func moveAttentionGuards(g *graph.Graph) int {
+	n := 0
+	for _, w := range append([]*graph.Node(nil), g.Nodes...) {
+		if w.Op != "Where" || w.Domain != "" || w.NumInputs() != 3 {
+			continue
+		}
+		p, guarded := w.Input(2), w.Output(0)
+		isnan, _ := w.Input(0).Producer()
+		sm, _ := p.Producer()
+		if isnan == nil || sm == nil || isnan.Op != "IsNaN" || isnan.Domain != "" || isnan.Input(0) != p || sm.Op != "Softmax" || sm.Domain != "" ||
+			!isConst(w.Input(1), 0) || w.Input(0).NumUses() != 1 || w.Input(0).IsGraphOutput() || p.NumUses() != 2 || p.IsGraphOutput() ||
+			guarded.NumUses() != 1 || guarded.IsGraphOutput() {
+			continue
+		}
+		u := guarded.Uses()[0]
+		mm := u.Node
+		if mm.Op != "MatMul" || mm.Domain != "" || u.Index != 0 || mm.Input(1) == guarded || mm.Output(0).IsGraphOutput() {
+			continue
+		}
+		zero := w.Input(1)
+		o := mm.Output(0)
+		uses := o.Uses()
+		mm.SetInput(0, p)
+		b := &graph.Builder{G: g, Prefix: "canonical/guard", Metadata: mm.Metadata}
+		nan := b.Op("IsNaN", o.Name+".isnan", []*graph.Value{o})
+		safe := b.Op("Where", o.Name+".guarded", []*graph.Value{nan, zero, o})
+		for _, u := range uses {
+			u.Node.SetInput(u.Index, safe)
+		}
+		if g.RemoveNode(w) != nil || g.RemoveNode(isnan) != nil {
+			continue
+		}
+		n++
+	}
+	if n > 0 {
+		_ = g.SortTopo()
+	}
+	return n
+}
+
+// fuseRMSNorms applies the RMS-normalization rewrite (see the pass
+// comment) and returns how many it fused.
+func fuseRMSNorms(m *graph.Model) (int, error) {
+	g := m.Graph
+	if m.OpsetVersion("") < 13 {
+		return 0, nil // ReduceMean's axes and keepdims as the matcher reads them
+	}
+	// only follows a single-use value to its one consumer.
+	only := func(v *graph.Value) *graph.Node {
+		if v.NumUses() != 1 || v.IsGraphOutput() {
+			return nil
+		}
+		return v.Uses()[0].Node
+	}
+	other := func(n *graph.Node, v *graph.Value) *graph.Value {
+		if n.NumInputs() != 2 {
+			return nil
+		}
+		if n.Input(0) == v {
+			return n.Input(1)
+		}
+		if n.Input(1) == v {
+			return n.Input(0)
+		}
+		return nil
+	}
+	is := func(n *graph.Node, op string) bool { return n != nil && n.Op == op && n.Domain == "" }
+	count := 0
+	for _, pow := range append([]*graph.Node(nil), g.Nodes...) {
+		if pow.Graph() == nil || !is(pow, "Pow") || !isConst(pow.Input(1), 2) {
+			continue
+		}
+		x := pow.Input(0)
+		mean := only(pow.Output(0))
+		if !is(mean, "ReduceMean") || mean.AttrInt("keepdims", 1) != 1 || mean.Input(0) != pow.Output(0) {
+			continue
+		}
+		axes := mean.AttrInts("axes")
+		if mean.NumInputs() > 1 {
+			axes, _ = graph.ConstInts(mean.Input(1))
+		}
+		if len(axes) != 1 || (axes[0] != -1 && (x.Type == nil || x.Type.Shape == nil || axes[0] != int64(len(x.Type.Shape)-1))) {
+			continue
+		}
+		add := only(mean.Output(0))
+		if !is(add, "Add") {
+			continue
+		}
+		epsV := other(add, mean.Output(0))
+		eps, ok := graph.ConstFloats(epsV)
+		if epsV == nil || !ok || len(eps) != 1 {
+			continue
+		}
+		sqrt := only(add.Output(0))
+		if !is(sqrt, "Sqrt") {
+			continue
+		}
+		rec := only(sqrt.Output(0))
+		if !is(rec, "Reciprocal") {
+			continue
+		}
+		norm := only(rec.Output(0))
+		if !is(norm, "Mul") || other(norm, rec.Output(0)) != x {
+			continue
+		}
+		scaleMul := only(norm.Output(0))
+		if !is(scaleMul, "Mul") {
+			continue
+		}
+		w := other(scaleMul, norm.Output(0))
+		if w == nil || !isVector(w) {
+			continue
+		}
+		y := scaleMul.Output(0)
+		b := &graph.Builder{G: g, Prefix: "canonical/rmsnorm", Metadata: scaleMul.Metadata}
+		outs := b.OpN("SimplifiedLayerNormalization", []string{y.Name + ".rms", y.Name + ".inv_std_var"}, []*graph.Value{x, w},
+			graph.AttrI("axis", -1), graph.AttrF("epsilon", float32(eps[0])), graph.AttrI("stash_type", 1))
+		name, typ, doc, meta := y.Name, y.Type, y.DocString, y.Metadata
+		y.ReplaceAllUsesWith(outs[0])
+		for i, o := range g.Outputs {
+			if o == y {
+				g.Outputs[i] = outs[0]
+			}
+		}
+		for _, dead := range []*graph.Node{scaleMul, norm, rec, sqrt, add, mean, pow} { // readers first
+			if err := g.RemoveNode(dead); err != nil {
+				return count, err
+			}
+		}
+		if err := outs[0].Rename(name); err != nil {
+			return count, err
+		}
+		outs[0].Type, outs[0].DocString, outs[0].Metadata = typ, doc, meta
+		count++
+	}
+	if count > 0 {
+		return count, g.SortTopo()
+	}
+	return 0, nil
+}
+
+// isVector reports whether v is known to be 1-D: a constant or a value of
+// declared rank 1.
+func isVector(v *graph.Value) bool {
+	if t := graph.ConstTensor(v); t != nil {
+		return len(t.Dims) == 1
+	}
+	return v.Type != nil && v.Type.Shape != nil && len(v.Type.Shape) == 1
 }

@@ -272,8 +272,15 @@ round() {
 	if [ "${NCU:-1}" != 0 ]; then
 		local vocab; vocab=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['vocab'])" "$W"/torch_summary.json)
 		OUT=$W bash "$ROOT"/bench/gpu/kernels.sh "$W" "$vocab"
+		if [ "${PROFILE:-0}" = 1 ]; then # ORT's profile of the static step: node placement (CPU nodes), host time
+			(cd "$W" && rm -f prof_static_*.json && timeout 200 "$BIN"/latency -model "$W"/g/train.onnx -device cuda -batch "$BATCH" -seq "$SEQ" \
+				-vocab "$vocab" -n 2 -warmup 1 -outputs loss -profile prof_static >/dev/null)
+			python3 "$ROOT"/bench/gpu/profsum.py "$W"/prof_static_*.json >"$W"/profsum_static.txt; head -40 "$W"/profsum_static.txt
+		fi
 	fi
+	grep -h "cuda graph" "$W"/train_*.log
 	(cd "$WORK" && tar czf "$OUT"/round_$M.tgz round_$M/*.log round_$M/*.txt round_$M/torch_*.json round_$M/run_*/metrics.csv 2>/dev/null)
+	[ "${PROFILE:-0}" = 1 ] && cp "$W"/profsum_static.txt "$OUT"/profsum_$M.txt
 	cp "$W"/kernels.txt "$OUT"/kernels_$M.txt 2>/dev/null
 	cat "$W"/train_wall.txt
 }

@@ -174,7 +174,7 @@ func trainAction(c *cli.Context) error {
 		Schedule: train.Schedule{Kind: c.String("schedule"), LR: c.Float64("lr"), Warmup: c.Int("warmup")},
 		Seed:     c.Uint64("seed"), Session: runtime.SessionOptions{Device: device},
 		EvalEvery: c.Int("eval-every"), SaveEvery: c.Int("save-every"), Resume: c.Bool("resume"),
-		Static: static, DeviceState: deviceState, CUDAGraph: cudaGraph,
+		Static: static, DeviceState: deviceState, CUDAGraph: cudaGraph, CUDAGraphRequired: c.String("cuda-graph") == "on",
 		Out: c.App.ErrWriter, Terminal: isTerminal(c.App.ErrWriter),
 	}
 	fmt.Fprintf(c.App.Writer, "training %d adapter layers on %d examples (%s, %s)\n", len(start.Layers), data.Len(), c.String("data"), device)

@@ -213,6 +213,12 @@ func cases() []Case {
 			ys := b.OpN("LayerNormalization", []string{"y", "y.mean", "y.inv_std_dev"}, []*graph.Value{in["x"], in["s"], in["b"]}, graph.AttrF("epsilon", 1e-3))
 			return ys[0], nil
 		}},
+		{Name: "SimplifiedLayerNormalization last axis", Inputs: []Input{p("x", 2, 3, 4), p("s", 4)}, Build: op("SimplifiedLayerNormalization", []string{"x", "s"}, graph.AttrF("epsilon", 1e-3))},
+		{Name: "SimplifiedLayerNormalization float32 with InvStdVar (read by the rule)", DType: graph.Float, Inputs: []Input{p("x", 2, 3, 4), p("s", 4)}, Build: func(b *graph.Builder, in map[string]*graph.Value) (*graph.Value, error) {
+			ys := b.OpN("SimplifiedLayerNormalization", []string{"y", "y.inv_std_var"}, []*graph.Value{in["x"], in["s"]}, graph.AttrF("epsilon", 1e-3))
+			return ys[0], nil
+		}},
+		{Name: "SimplifiedLayerNormalization positive axis", Inputs: []Input{p("x", 2, 3, 4), p("s", 3, 4)}, Build: op("SimplifiedLayerNormalization", []string{"x", "s"}, graph.AttrI("axis", 1))},
 		{Name: "LayerNormalization last two axes", Inputs: []Input{p("x", 2, 3, 4), p("s", 3, 4), p("b", 3, 4)}, Build: op("LayerNormalization", []string{"x", "s", "b"}, graph.AttrI("axis", -2))},
 		{Name: "LayerNormalization positive axis no bias", Inputs: []Input{p("x", 2, 3, 4), p("s", 3, 4)}, Build: op("LayerNormalization", []string{"x", "s"}, graph.AttrI("axis", 1))},
 		{Name: "LayerNormalization bias only", Inputs: []Input{x("x", 2, 3, 4), x("s", 4), p("b", 4)}, Build: op("LayerNormalization", []string{"x", "s", "b"})},
@@ -266,6 +272,19 @@ func cases() []Case {
 		{Name: "Softmax, NaN guard, MatMul (attention)", Opset: 13, Inputs: []Input{p("a", 2, 2, 3, 4), p("v", 2, 2, 4, 5)}, Build: attention(true)},
 		{Name: "Softmax into MatMul with a 2-D right operand", Opset: 13, Inputs: []Input{p("a", 2, 3, 4), p("v", 4, 5)}, Build: attention(false)},
 		{Name: "Softmax broadcast into MatMul (dense row sums)", Opset: 13, Inputs: []Input{p("a", 1, 3, 4), p("v", 2, 4, 5)}, Build: attention(false)},
+		{Name: "rotate_half: slices tiling an axis (gradients concatenated)", Opset: 13, Inputs: []Input{p("a", 2, 3, 6), x("c", 2, 3, 6)}, Build: func(b *graph.Builder, in map[string]*graph.Value) (*graph.Value, error) {
+			a := in["a"]
+			lo := b.Op("Slice", "lo", []*graph.Value{a, b.Int64s("s0", i64(0)), b.Int64s("e0", i64(2)), b.Int64s("ax", i64(-1))})
+			hi := b.Op("Slice", "hi", []*graph.Value{a, b.Int64s("s1", i64(2)), b.Int64s("e1", i64(6)), b.Int64s("ax", i64(-1))})
+			rot := b.Op("Concat", "rot", []*graph.Value{b.Op("Neg", "neg", []*graph.Value{hi}), lo}, graph.AttrI("axis", -1))
+			return b.Op("Add", "y", []*graph.Value{b.Op("Mul", "ac", []*graph.Value{a, in["c"]}), b.Op("Mul", "rc", []*graph.Value{rot, rot})}), nil
+		}},
+		{Name: "slices overlapping on an axis (gradients summed)", Opset: 13, Inputs: []Input{p("a", 2, 5)}, Build: func(b *graph.Builder, in map[string]*graph.Value) (*graph.Value, error) {
+			a := in["a"]
+			lo := b.Op("Slice", "lo", []*graph.Value{a, b.Int64s("s0", i64(0)), b.Int64s("e0", i64(3)), b.Int64s("ax", i64(1))})
+			hi := b.Op("Slice", "hi", []*graph.Value{a, b.Int64s("s1", i64(2)), b.Int64s("e1", i64(5)), b.Int64s("ax", i64(1))})
+			return b.Op("Mul", "y", []*graph.Value{lo, hi}), nil
+		}},
 		{Name: "GatherElements duplicates", Opset: 16, Inputs: []Input{p("a", 3, 3), ix("i", i64(2, 3), 0, 0, -1, 2, 1, 0)}, Build: op("GatherElements", []string{"a", "i"}, graph.AttrI("axis", 1))},
 		{Name: "GatherND duplicates", Opset: 16, Inputs: []Input{p("a", 3, 2, 4), ix("i", i64(3, 2), 0, 1, 0, 1, -1, 0)}, Build: op("GatherND", []string{"a", "i"})},
 		{Name: "Tile", Opset: 13, Inputs: []Input{p("a", 2, 1, 3)}, Build: withInts("Tile", "a", ints(i64(2, 3, 1)))},

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"strings"
 
 	"github.com/loracc/loracc/adapter"
 	"github.com/loracc/loracc/dataset"
@@ -48,8 +49,11 @@ type Config struct {
 	// shapes (static.go); TrainGraph then serves no step.
 	Static *Static
 	// CUDAGraph runs each static step graph as a captured step
-	// (captured.go); it needs Static.
-	CUDAGraph bool
+	// (captured.go); it needs Static. A step ORT cannot record (a node
+	// it does not place on CUDA, say) runs uncaptured, said in one line,
+	// unless CUDAGraphRequired.
+	CUDAGraph         bool
+	CUDAGraphRequired bool
 	// DeviceState keeps the adapter params and optimizer state in the
 	// session's device memory between steps (device.go); only the loss and
 	// gradient norm cross to the host each step. Not with StepsPerRun > 1.
@@ -129,15 +133,20 @@ func Run(ctx context.Context, env *runtime.Env, cfg Config) (*Result, error) {
 			c.Close()
 		}
 	}()
+	uncaptured := false // a step could not be recorded: later buckets do not try again
 	r.open = func(g *stepGraph, path string) error {
-		if cfg.CUDAGraph {
+		if cfg.CUDAGraph && !uncaptured {
 			c, err := env.NewCapturedStep(path, cfg.Session, stepSpec(g.io))
-			if err != nil {
+			if err == nil {
+				captured = append(captured, c)
+				g.captured = c
+				return nil
+			}
+			if cfg.CUDAGraphRequired {
 				return err
 			}
-			captured = append(captured, c)
-			g.captured = c
-			return nil
+			uncaptured = true
+			fmt.Fprintf(cfg.Out, "cuda graph: the step cannot be recorded, so it runs unrecorded (%s)\n", firstLine(err))
 		}
 		if cfg.DeviceState {
 			s, err := env.NewBoundSession(path, cfg.Session)
@@ -441,4 +450,13 @@ func zerosFor(e trainio.Entry) (runtime.Tensor, error) {
 		n *= shape[i]
 	}
 	return runtime.Tensor{DType: dt, Shape: shape, Data: make([]byte, dt.ByteSize(n))}, nil
+}
+
+// firstLine is err's message up to its first line break.
+func firstLine(err error) string {
+	msg := err.Error()
+	if i := strings.IndexByte(msg, '\n'); i >= 0 {
+		msg = msg[:i]
+	}
+	return msg
 }

@@ -1,0 +1,139 @@
+package main
+
+import (
+	"math"
+	"math/rand/v2"
+	"path/filepath"
+	"testing"
+
+	"github.com/loracc/loracc/adapter"
+	"github.com/loracc/loracc/graph"
+	"github.com/loracc/loracc/runtime"
+	"github.com/loracc/loracc/runtime/train"
+)
+
+// nextTokenCE is the mean next-token cross-entropy of logits [batch, seq,
+// vocab] against ids [batch, seq], computed here in float64.
+func nextTokenCE(lg []float32, ids []int64, batch, seq, vocab int) float64 {
+	var sum float64
+	for bi := range batch {
+		for p := range seq - 1 {
+			row := lg[(bi*seq+p)*vocab : (bi*seq+p+1)*vocab]
+			mx := math.Inf(-1)
+			for _, v := range row {
+				mx = math.Max(mx, float64(v))
+			}
+			var z float64
+			for _, v := range row {
+				z += math.Exp(float64(v) - mx)
+			}
+			sum += mx + math.Log(z) - float64(row[ids[bi*seq+p+1]])
+		}
+	}
+	return sum / float64(batch*(seq-1))
+}
+
+// TestRMSNormFused: Llama's RMSNorm as torch.onnx writes it (Pow,
+// ReduceMean, Add, Sqrt, Reciprocal, Mul, Mul) compiles to one
+// SimplifiedLayerNormalization, and the eval graph's loss equals the
+// cross-entropy of the original model's logits.
+func TestRMSNormFused(t *testing.T) {
+	e := env(t)
+	const vocab, hidden, batch, seq = 40, 8, 2, 6
+	m := graph.NewModel(18)
+	g := m.Graph
+	ids := g.AddInput("input_ids", &graph.TensorType{DType: graph.Int64, Shape: []graph.Dim{{Param: "batch"}, {Param: "seq"}}})
+	b := &graph.Builder{G: g}
+	rnd := rand.New(rand.NewPCG(5, 6))
+	tensor := func(name string, dims ...int64) *graph.Value {
+		n := 1
+		for _, d := range dims {
+			n *= int(d)
+		}
+		xs := make([]float32, n)
+		for i := range xs {
+			xs[i] = float32(rnd.NormFloat64()*0.5 + 0.1)
+		}
+		tt, err := graph.NewFloatTensor(name, graph.Float, dims, xs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b.Const(tt)
+	}
+	k := func(name string, v float32) *graph.Value {
+		tt, err := graph.NewFloatTensor(name, graph.Float, nil, []float32{v})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b.Const(tt)
+	}
+	h := b.Op("Gather", "h", []*graph.Value{tensor("emb", vocab, hidden), ids})
+	sq := b.Op("Pow", "sq", []*graph.Value{h, k("two", 2)})
+	ms := b.Op("ReduceMean", "ms", []*graph.Value{sq, b.Int64s("axes", []int64{-1})}, graph.AttrI("keepdims", 1))
+	rs := b.Op("Reciprocal", "rs", []*graph.Value{b.Op("Sqrt", "sd", []*graph.Value{b.Op("Add", "ve", []*graph.Value{ms, k("eps", 1e-6)})})})
+	normed := b.Op("Mul", "weight", []*graph.Value{tensor("norm.weight", hidden), b.Op("Mul", "nx", []*graph.Value{h, rs})})
+	h2 := b.Op("MatMul", "h2", []*graph.Value{normed, tensor("hid.weight", hidden, hidden)})
+	logits := b.Op("MatMul", "logits", []*graph.Value{h2, tensor("head.weight", hidden, vocab)})
+	logits.Type = &graph.TensorType{DType: graph.Float, Shape: []graph.Dim{{Param: "batch"}, {Param: "seq"}, {Value: vocab}}}
+	g.AddOutput(logits)
+	dir := t.TempDir()
+	base := filepath.Join(dir, "lm.onnx")
+	if err := graph.Save(m, base, graph.SaveOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	lora := filepath.Join(dir, "lm.lora.onnx")
+	mustLoracc(t, "inject", base, "--rank", "2", "--target", "^hid$", "-o", lora)
+	out := filepath.Join(dir, "g")
+	mustLoracc(t, "export-train", lora, "--loss", "lm", "--logits", "logits", "-o", out)
+	for _, name := range []string{"train.onnx", "eval.onnx"} {
+		cm, err := graph.Load(filepath.Join(out, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ops := map[string]int{}
+		cm.Graph.Walk(func(n *graph.Node) {
+			if n.Op != "Pow" || graph.ConstTensor(n.Input(0)) == nil { // the optimizer's β^step is no RMSNorm
+				ops[n.Op]++
+			}
+		})
+		if ops["SimplifiedLayerNormalization"] != 1 || ops["Pow"] != 0 || ops["Reciprocal"] != 0 {
+			t.Errorf("%s: %d SimplifiedLayerNormalization, %d Pow, %d Reciprocal; want 1, 0, 0", name, ops["SimplifiedLayerNormalization"], ops["Pow"], ops["Reciprocal"])
+		}
+	}
+	idv := make([]int64, batch*seq)
+	for i := range idv {
+		idv[i] = int64(rnd.IntN(vocab))
+	}
+	feed := runtime.Int64Tensor([]int64{batch, seq}, idv)
+	s, err := e.NewSession(lora, runtime.SessionOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	o, err := s.Run(map[string]runtime.Tensor{"input_ids": feed}, []string{"logits"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lg, _ := o["logits"].Floats()
+	want := nextTokenCE(lg, idv, batch, seq, vocab)
+	es, err := e.NewSession(filepath.Join(out, "eval.onnx"), runtime.SessionOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer es.Close()
+	a, err := adapter.Load(filepath.Join(dir, "lm.lora.adapter"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	feeds := map[string]runtime.Tensor{"input_ids": feed, "labels": feed}
+	for k, v := range train.FromAdapter(a) {
+		feeds[k] = v
+	}
+	lo, err := es.Run(feeds, []string{"loss"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := scalarOf(t, lo["loss"]); math.Abs(got-want) > 1e-5*want {
+		t.Errorf("eval loss %v, cross-entropy of the model's logits %v", got, want)
+	}
+}
