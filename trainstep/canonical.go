@@ -25,6 +25,12 @@ package trainstep
 //       (the node its own optimizer fuses the pattern into) with its
 //       InvStdVar output, read by the gradient rule: one kernel forward
 //       instead of seven, and a short backward;
+//   a product of two scaled operands, MatMul(a·c₁, b·c₂) with c₁, c₂
+//       constant scalars (torch.onnx scales both q and kᵀ by
+//       √(1/√d)), becomes MatMul(a·(c₁c₂), b): one Mul forward and one
+//       backward less per attention; exact where c₁c₂ and the dropped
+//       c₂ are powers of two (head size 64: c₁c₂ = 1/8), otherwise
+//       rounded once instead of twice;
 //   attention's NaN guard, o = MatMul(Where(IsNaN(p), 0, p), V) with
 //       p = Softmax(x), as torch.onnx writes scaled_dot_product_attention,
 //       becomes Where(IsNaN(o), 0, o) with o = MatMul(p, V): the guard
@@ -65,6 +71,9 @@ func (st *Compiler) Canonicalize(m *graph.Model) error {
 		return err
 	} else if k > 0 {
 		st.logf("canonicalize: %d RMS normalizations became SimplifiedLayerNormalization", k)
+	}
+	if k := mergeProductScales(g); k > 0 {
+		st.logf("canonicalize: %d products scaled on both operands now scale one", k)
 	}
 	if k := moveAttentionGuards(g); k > 0 {
 		st.logf("canonicalize: %d attention NaN guards moved from the probabilities to the attention output", k)
@@ -458,4 +467,52 @@ func isVector(v *graph.Value) bool {
 		return len(t.Dims) == 1
 	}
 	return v.Type != nil && v.Type.Shape != nil && len(v.Type.Shape) == 1
+}
+
+// mergeProductScales applies the scaled-product rewrite (see the pass
+// comment) and returns how many products it changed.
+func mergeProductScales(g *graph.Graph) int {
+	// scaled splits v = Mul(x, c) (either order, v read once) into x and
+	// the scalar constant c.
+	scaled := func(v *graph.Value) (*graph.Node, *graph.Value, float64, bool) {
+		n, _ := v.Producer()
+		if n == nil || n.Op != "Mul" || n.Domain != "" || n.NumInputs() != 2 || v.NumUses() != 1 || v.IsGraphOutput() {
+			return nil, nil, 0, false
+		}
+		for i := range 2 {
+			t := graph.ConstTensor(n.Input(1 - i))
+			ks, ok := graph.ConstFloats(n.Input(1 - i))
+			if t != nil && len(t.Dims) == 0 && ok && len(ks) == 1 && t.DType == graph.Float {
+				return n, n.Input(i), ks[0], true
+			}
+		}
+		return nil, nil, 0, false
+	}
+	count := 0
+	for _, mm := range append([]*graph.Node(nil), g.Nodes...) {
+		if mm.Op != "MatMul" || mm.Domain != "" || mm.NumInputs() != 2 {
+			continue
+		}
+		na, a, ka, ok1 := scaled(mm.Input(0))
+		nb, b, kb, ok2 := scaled(mm.Input(1))
+		if !ok1 || !ok2 || na == nb {
+			continue
+		}
+		k, err := graph.NewFloatTensor(mm.Name+".scale", graph.Float, nil, []float32{float32(ka * kb)})
+		if err != nil {
+			continue
+		}
+		bld := &graph.Builder{G: g, Prefix: "canonical/scale", Metadata: mm.Metadata}
+		sa := bld.Op("Mul", a.Name+".scaled", []*graph.Value{a, bld.Const(k)})
+		mm.SetInput(0, sa)
+		mm.SetInput(1, b)
+		if g.RemoveNode(na) != nil || g.RemoveNode(nb) != nil {
+			continue
+		}
+		count++
+	}
+	if count > 0 {
+		_ = g.SortTopo()
+	}
+	return count
 }
