@@ -147,16 +147,9 @@ func (c *gradCtx) sameAxis(a, b int64, v *graph.Value) bool {
 //	       + gMean/N − gInvStdDev·ρ³·(x − μ)/N
 func gradLayerNorm(c *gradCtx, n *graph.Node, gys []*graph.Value) []*graph.Value {
 	x, scale, bias := n.Input(0), n.Input(1), n.Input(2)
-	axis := n.AttrInt("axis", -1)
-	var axes []int64
-	if axis < 0 {
-		axes = iota64(axis, 0) // [axis, ..., −1]: no rank needed
-	} else {
-		r := c.rank(x)
-		if r < 0 {
-			return nil
-		}
-		axes = iota64(axis, int64(r))
+	axes := c.normalizedAxes(n, x)
+	if axes == nil {
+		return nil
 	}
 	out := make([]*graph.Value, n.NumInputs())
 	gy := gys[0]
@@ -232,16 +225,9 @@ func gradLayerNorm(c *gradCtx, n *graph.Node, gys []*graph.Value) []*graph.Value
 //	       − gInvStdVar·ρ³·x/N
 func gradSimplifiedLayerNorm(c *gradCtx, n *graph.Node, gys []*graph.Value) []*graph.Value {
 	x, scale := n.Input(0), n.Input(1)
-	axis := n.AttrInt("axis", -1)
-	var axes []int64
-	if axis < 0 {
-		axes = iota64(axis, 0)
-	} else {
-		r := c.rank(x)
-		if r < 0 {
-			return nil
-		}
-		axes = iota64(axis, int64(r))
+	axes := c.normalizedAxes(n, x)
+	if axes == nil {
+		return nil
 	}
 	var rho *graph.Value
 	if r := n.Output(1); r != nil && c.Inf.DType(r) == c.Inf.DType(x) {
@@ -275,4 +261,20 @@ func gradSimplifiedLayerNorm(c *gradCtx, n *graph.Node, gys []*graph.Value) []*g
 		out[0] = c.Add(terms[0], terms[1])
 	}
 	return out
+}
+
+// normalizedAxes is the axes a (Simplified)LayerNormalization normalizes
+// over, from its axis attribute on: [axis, ..., −1] with no rank needed
+// when axis counts from the end. nil (error recorded) when axis is
+// positive and x's rank is unknown.
+func (c *gradCtx) normalizedAxes(n *graph.Node, x *graph.Value) []int64 {
+	axis := n.AttrInt("axis", -1)
+	if axis < 0 {
+		return iota64(axis, 0)
+	}
+	r := c.rank(x)
+	if r < 0 {
+		return nil
+	}
+	return iota64(axis, int64(r))
 }

@@ -100,11 +100,20 @@ func TestRMSNormFused(t *testing.T) {
 			t.Errorf("%s: %d SimplifiedLayerNormalization, %d Pow, %d Reciprocal; want 1, 0, 0", name, ops["SimplifiedLayerNormalization"], ops["Pow"], ops["Reciprocal"])
 		}
 	}
+	evalMatchesLogits(t, e, lora, out, filepath.Join(dir, "lm.lora.adapter"), rnd, batch, seq, vocab)
+}
+
+// evalMatchesLogits runs the injected model at lora on random ids and
+// checks that out/eval.onnx, fed the adapter in adapterDir, gives the
+// next-token cross-entropy of those logits. It returns the ids (as
+// input_ids and labels) and the adapter for further checks.
+func evalMatchesLogits(t *testing.T, e *runtime.Env, lora, out, adapterDir string, rnd *rand.Rand, batch, seq, vocab int) (runtime.Tensor, *adapter.Adapter) {
+	t.Helper()
 	idv := make([]int64, batch*seq)
 	for i := range idv {
 		idv[i] = int64(rnd.IntN(vocab))
 	}
-	feed := runtime.Int64Tensor([]int64{batch, seq}, idv)
+	feed := runtime.Int64Tensor([]int64{int64(batch), int64(seq)}, idv)
 	s, err := e.NewSession(lora, runtime.SessionOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -121,7 +130,7 @@ func TestRMSNormFused(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer es.Close()
-	a, err := adapter.Load(filepath.Join(dir, "lm.lora.adapter"))
+	a, err := adapter.Load(adapterDir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -136,4 +145,5 @@ func TestRMSNormFused(t *testing.T) {
 	if got := scalarOf(t, lo["loss"]); math.Abs(got-want) > 1e-5*want {
 		t.Errorf("eval loss %v, cross-entropy of the model's logits %v", got, want)
 	}
+	return feed, a
 }

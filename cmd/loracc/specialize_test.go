@@ -12,7 +12,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/loracc/loracc/adapter"
 	"github.com/loracc/loracc/graph"
 	"github.com/loracc/loracc/runtime"
 	"github.com/loracc/loracc/runtime/train"
@@ -239,43 +238,7 @@ func TestWideLogitsPadded(t *testing.T) {
 		}
 	}
 	rnd := rand.New(rand.NewPCG(3, 4))
-	// The reference: cross-entropy of the model's logits, next token.
-	idv := make([]int64, batch*seq)
-	for i := range idv {
-		idv[i] = int64(rnd.IntN(vocab))
-	}
-	feed := runtime.Int64Tensor([]int64{batch, seq}, idv)
-	s, err := e.NewSession(lora, runtime.SessionOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	o, err := s.Run(map[string]runtime.Tensor{"input_ids": feed}, []string{"logits"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	lg, _ := o["logits"].Floats()
-	want := nextTokenCE(lg, idv, batch, seq, vocab)
-	es, err := e.NewSession(filepath.Join(out, "eval.onnx"), runtime.SessionOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer es.Close()
-	a, err := adapter.Load(filepath.Join(dir, "lm.lora.adapter"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	feeds := map[string]runtime.Tensor{"input_ids": feed, "labels": feed}
-	for k, v := range train.FromAdapter(a) {
-		feeds[k] = v
-	}
-	lo, err := es.Run(feeds, []string{"loss"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got := scalarOf(t, lo["loss"]); math.Abs(got-want) > 1e-5*want {
-		t.Errorf("eval loss %v, cross-entropy of the logits %v", got, want)
-	}
+	feed, a := evalMatchesLogits(t, e, lora, out, filepath.Join(dir, "lm.lora.adapter"), rnd, batch, seq, vocab)
 	// One training step of each compiled graph: same loss, same gradients.
 	batchFeeds := map[string]runtime.Tensor{"input_ids": feed, "labels": feed}
 	res := map[string]map[string]runtime.Tensor{}
