@@ -39,8 +39,6 @@ package trainstep
 //       whole, and then o's row is NaN, so with V finite the values are
 //       the same; a NaN or ∞ in V itself, which the original propagates,
 //       is zeroed too;
-//   LoRA branches reading the same input share one x·[A₁ | A₂ | …]
-//       product (lorafuse.go);
 //   LayerNormalization with only its output Y gets its optional outputs
 //       Mean and InvStdDev, which the gradient rule then reads instead of
 //       recomputing the statistics (six nodes per normalization).
@@ -82,11 +80,6 @@ func (st *Compiler) Canonicalize(m *graph.Model) error {
 	}
 	if k := st.foldBranchScales(g); k > 0 {
 		st.logf("canonicalize: %d adapter scales moved onto lora_B (or dropped, where 1)", k)
-	}
-	if k, err := st.fuseSharedInputBranches(m); err != nil {
-		return err
-	} else if k > 0 {
-		st.logf("canonicalize: %d LoRA x·A products merged into their neighbours' (shared input, lorafuse.go)", k)
 	}
 	stats := 0
 	for _, node := range g.Nodes {
