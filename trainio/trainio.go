@@ -25,6 +25,7 @@ const (
 	RoleUpdatedParam = "updated_param" // a param after the step; Replaces names it
 	RoleUpdatedState = "updated_state" // a state after the step; Replaces names it
 	RoleGrad         = "grad"          // a gradient, with export-train --emit-grads
+	RoleFinite       = "finite"        // float32 1 when every updated param and state value is finite, else 0
 )
 
 // Entry describes one input or output of a compiled graph.

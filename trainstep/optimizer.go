@@ -10,7 +10,9 @@ package trainstep
 //
 // Pre:  autodiff ran.
 // Post: inputs "lr" and "step" (float32 scalars; step counts from 1) and
-//       per-parameter state inputs; outputs "grad_norm" (global L2 norm of
+//       per-parameter state inputs; outputs "updates_finite" (float32 1
+//       when every updated param and state value is finite, else 0) and
+//       "grad_norm" (global L2 norm of
 //       the adapter gradients, before clipping), "<p>.new" for every
 //       parameter and "<state>.new" for every state, computing one step of:
 //   adamw — PyTorch's AdamW: p ← p·(1 − lr·wd); m ← m + (1−β1)(g − m);
@@ -143,6 +145,7 @@ func (st *Compiler) Optimizer(m *graph.Model) error {
 		st.roles[v] = e
 		return v
 	}
+	var updated []*graph.Value // the updated vectors, for the finite flag
 	output := func(v *graph.Value, of *graph.Value, role string) error {
 		if err := v.Rename(g.UniqueName(of.Name + ".new")); err != nil {
 			return err
@@ -157,10 +160,14 @@ func (st *Compiler) Optimizer(m *graph.Model) error {
 			st.roles[v] = ne
 		}
 		st.outputs = append(st.outputs, v)
+		if role == trainio.RoleUpdatedState {
+			updated = append(updated, v)
+		}
 		return nil
 	}
 	// unflat splits the updated vector into the params' shapes.
 	unflat := func(pNew *graph.Value) error {
+		updated = append(updated, pNew)
 		pieces := []*graph.Value{pNew}
 		if len(st.params) > 1 {
 			pieces = b.Split(pNew, 0, sizes...)
@@ -216,5 +223,23 @@ func (st *Compiler) Optimizer(m *graph.Model) error {
 	default:
 		return fmt.Errorf("unknown optimizer %q (want adamw or sgd)", o.Optimizer)
 	}
+	// The finite flag: x·0 is 0 for a finite x and NaN for ±Inf or NaN,
+	// so the sum over every updated vector is NaN exactly when one value
+	// is not finite (a plain sum could overflow on finite values). Read
+	// with the loss, it lets the runtime drop a step that would write a
+	// non-finite adapter, with the state still on the device.
+	var zs []*graph.Value
+	for _, v := range updated {
+		zs = append(zs, b.ReduceSum(b.Mul(v, k(0)), nil, false))
+	}
+	z := zs[0]
+	if len(zs) > 1 {
+		z = b.Sum(zs...)
+	}
+	flag := b.Named("Cast", "updates_finite", ops(b.Not(b.Op("IsNaN", ops(z)))), graph.AttrI("to", int64(graph.Float)))
+	flag.Type = &graph.TensorType{DType: graph.Float, Shape: []graph.Dim{}}
+	st.inf.Set(flag, infer.Info{DType: graph.Float, Rank: 0, Dims: []graph.Dim{}})
+	st.role(flag, trainio.RoleFinite, "")
+	st.outputs = append(st.outputs, flag)
 	return b.Err()
 }

@@ -60,7 +60,7 @@ func (st *Compiler) Unroll(m *graph.Model) error {
 	b := opb.New(m, "unroll", "unroll", st.inf)
 	rows := b.SliceT(b.Shape(batch[0]), b.Ints(0), b.Ints(1), b.Ints(0))
 	micro := b.Div(rows, b.Ints(int64(k)))
-	var losses, norms []*graph.Value
+	var losses, norms, flags []*graph.Value
 	final := map[*graph.Value]*graph.Value{}
 	for step := 0; step < k; step++ {
 		suffix := "@" + strconv.Itoa(step)
@@ -105,6 +105,8 @@ func (st *Compiler) Unroll(m *graph.Model) error {
 				losses = append(losses, b.Unsqueeze(mp[o], 0))
 			case trainio.RoleGradNorm:
 				norms = append(norms, b.Unsqueeze(mp[o], 0))
+			case trainio.RoleFinite:
+				flags = append(flags, b.Unsqueeze(mp[o], 0))
 			}
 			final[o] = mp[o]
 		}
@@ -120,6 +122,8 @@ func (st *Compiler) Unroll(m *graph.Model) error {
 			nv = b.Concat(0, losses...)
 		case trainio.RoleGradNorm:
 			nv = b.Concat(0, norms...)
+		case trainio.RoleFinite:
+			nv = b.Concat(0, flags...)
 		default:
 			nv = final[o]
 		}
@@ -132,7 +136,7 @@ func (st *Compiler) Unroll(m *graph.Model) error {
 		}
 		if tt != nil {
 			t2 := *tt
-			if e.Role == trainio.RoleLoss || e.Role == trainio.RoleGradNorm {
+			if e.Role == trainio.RoleLoss || e.Role == trainio.RoleGradNorm || e.Role == trainio.RoleFinite {
 				t2.Shape = []graph.Dim{{Value: int64(k)}}
 			}
 			nv.Type = &t2

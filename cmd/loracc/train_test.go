@@ -127,6 +127,26 @@ func TestTrainResumeEqualsUninterrupted(t *testing.T) {
 	}
 }
 
+// TestTrainUpdatesNonFiniteStops: a step whose loss and gradient norm are
+// finite but whose update overflows (AdamW's step size lr/(1 − β1) is
+// +Inf in float32 for lr 1e38) is caught by the graph's own finite flag
+// over the updated params and state, and stopped without being applied:
+// no adapter with Inf or NaN is written.
+func TestTrainUpdatesNonFiniteStops(t *testing.T) {
+	env(t)
+	dir := t.TempDir()
+	injected, data := seedRun(t, dir)
+	run := filepath.Join(dir, "run")
+	_, err := loracc(t, append(seedTrainArgs(injected, data, run, "5"), "--lr", "1e38", "--clip-norm", "0")...)
+	want := "step 1: the updated adapter or optimizer state is not finite (loss "
+	if !errors.Is(err, train.ErrNonFinite) || err == nil || !strings.Contains(err.Error(), want) {
+		t.Fatalf("got %v, want ErrNonFinite with %q", err, want)
+	}
+	if _, serr := os.Stat(filepath.Join(run, "adapter")); serr == nil {
+		t.Error("an adapter was written after a non-finite update")
+	}
+}
+
 // TestTrainNaNStops: a diverging run stops with an error naming the step
 // and the last good checkpoint, which it keeps, free of NaN and Inf. The
 // run checkpoints every step so that there is one before it diverges.

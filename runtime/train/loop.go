@@ -75,8 +75,9 @@ type Result struct {
 	Interrupted bool
 }
 
-// ErrNonFinite is returned (wrapped) when a step's loss is NaN or Inf.
-var ErrNonFinite = errors.New("loss is not finite")
+// ErrNonFinite is returned (wrapped) when a step's loss or gradient norm
+// is NaN or Inf, or its updated adapter or optimizer state holds one.
+var ErrNonFinite = errors.New("not finite")
 
 // runner is one run in progress: its graphs, the params and optimizer
 // state they update, and where it stands in the data.

@@ -135,16 +135,16 @@ func (r *runner) runSteps(g *stepGraph) (float64, float64, error) {
 	if err != nil {
 		return 0, 0, fmt.Errorf("%s: %w", stepSpan(first, last), err)
 	}
-	losses, norms, err := lossesOf(g.io, out, k)
+	losses, norms, flags, err := lossesOf(g.io, out, k)
 	if err != nil {
 		return 0, 0, fmt.Errorf("%s: %w", stepSpan(first, last), err)
 	}
 	for j := range k {
-		if !finite(losses[j]) || !finite(norms[j]) {
+		if !finite(losses[j]) || !finite(norms[j]) || flags[j] != 1 {
 			for _, d := range devOut {
 				d.Close()
 			}
-			return 0, 0, r.nonFinite(first+j, losses[j], norms[j], first, last)
+			return 0, 0, r.nonFinite(first+j, losses[j], norms[j], flags[j] == 1, first, last)
 		}
 	}
 	// Only now, with finite steps, take the new params and state.
@@ -194,7 +194,7 @@ func stepSpan(first, last int) string {
 
 // nonFinite is the error for a diverged step: it names the step, the
 // steps not applied and the checkpoint a user can go back to.
-func (r *runner) nonFinite(step int, loss, norm float64, first, last int) error {
+func (r *runner) nonFinite(step int, loss, norm float64, updatesFinite bool, first, last int) error {
 	kept := "none yet"
 	if ck, err := LoadLatest(r.cfg.Run); err == nil && ck != nil {
 		kept = ck.Dir
@@ -203,7 +203,11 @@ func (r *runner) nonFinite(step int, loss, norm float64, first, last int) error 
 	if last > first {
 		dropped = stepSpan(first, last)
 	}
-	return fmt.Errorf("step %d: %w (loss %g, gradient norm %g); stopped without applying %s, last good checkpoint: %s", step, ErrNonFinite, loss, norm, dropped, kept)
+	what := fmt.Errorf("loss is %w (loss %g, gradient norm %g)", ErrNonFinite, loss, norm)
+	if finite(loss) && finite(norm) && !updatesFinite {
+		what = fmt.Errorf("the updated adapter or optimizer state is %w (loss %g, gradient norm %g; is the learning rate too large?)", ErrNonFinite, loss, norm)
+	}
+	return fmt.Errorf("step %d: %w; stopped without applying %s, last good checkpoint: %s", step, what, dropped, kept)
 }
 
 func outputNames(g trainio.Graph) []string {
@@ -216,23 +220,34 @@ func outputNames(g trainio.Graph) []string {
 
 // lossesOf reads a run's k losses and gradient norms (norms are 0 when the
 // graph has none).
-func lossesOf(g trainio.Graph, out map[string]runtime.Tensor, k int) ([]float64, []float64, error) {
-	var losses, norms []float64
+// lossesOf reads a run's per-step losses, gradient norms and finite flags
+// (1 where every updated param and state value is finite). A graph
+// without norms or flags (compiled before they existed) reads as 0 norms
+// and finite updates.
+func lossesOf(g trainio.Graph, out map[string]runtime.Tensor, k int) (losses, norms, flags []float64, err error) {
 	for _, o := range g.Outputs {
 		switch o.Role {
 		case trainio.RoleLoss:
 			losses = floats64(out[o.Name])
 		case trainio.RoleGradNorm:
 			norms = floats64(out[o.Name])
+		case trainio.RoleFinite:
+			flags = floats64(out[o.Name])
 		}
 	}
 	if norms == nil && len(g.ByRole(trainio.RoleGradNorm)) == 0 {
 		norms = make([]float64, k)
 	}
-	if len(losses) != k || len(norms) != k {
-		return nil, nil, fmt.Errorf("the graph returned %d losses and %d norms, want %d", len(losses), len(norms), k)
+	if flags == nil && len(g.ByRole(trainio.RoleFinite)) == 0 {
+		flags = make([]float64, k)
+		for i := range flags {
+			flags[i] = 1
+		}
 	}
-	return losses, norms, nil
+	if len(losses) != k || len(norms) != k || len(flags) != k {
+		return nil, nil, nil, fmt.Errorf("the graph returned %d losses, %d norms and %d finite flags, want %d", len(losses), len(norms), len(flags), k)
+	}
+	return losses, norms, flags, nil
 }
 
 // floats64 widens a float tensor's values (nil when it is not one).
