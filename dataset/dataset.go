@@ -319,7 +319,25 @@ func (s *Set) SeqLen(i int) int {
 	return 0
 }
 
-// Tokens is example i's share of the work, for tokens/s: for lm and ce the
+// Unit names what throughput counts for this data: "tokens" for the lm
+// loss, "examples" for ce and mse, whose examples are not token streams.
+func (s *Set) Unit() string {
+	if s.spec.Loss == "lm" {
+		return "tokens"
+	}
+	return "examples"
+}
+
+// Work is example i's count in Unit: its counted tokens (Tokens) for lm,
+// else 1.
+func (s *Set) Work(i int) int {
+	if s.spec.Loss == "lm" {
+		return s.Tokens(i)
+	}
+	return 1
+}
+
+// Tokens is example i's weight in the mean loss: for lm and ce the
 // labels the loss counts (not equal to IgnoreIndex; for lm from the second
 // position on, since the loss predicts labels[1:]), for mse the number of
 // label elements. i must be in [0, Len()).

@@ -87,6 +87,34 @@ func seedTrainArgs(injected, data, run string, steps string) []string {
 		"--max-steps", steps, "--batch-size", "8", "--lr", "0.01", "--device", "cpu", "--save-every", "0", "--out", run}
 }
 
+// TestTrainCountsExamples: a regression task (the seed's mse) has no
+// tokens: the progress lines and metrics.csv count examples per second; a
+// language model's keep tokens per second.
+func TestTrainCountsExamples(t *testing.T) {
+	env(t)
+	dir := t.TempDir()
+	injected, data := seedRun(t, dir)
+	rundir := filepath.Join(dir, "run")
+	var stdout, stderr bytes.Buffer
+	if err := run(append([]string{"loracc"}, seedTrainArgs(injected, data, rundir, "3")...), &stdout, &stderr); err != nil {
+		t.Fatal(err)
+	}
+	if out := stdout.String() + stderr.String(); !strings.Contains(out, " examples/s") || strings.Contains(out, "tokens/s") {
+		t.Errorf("progress does not count examples:\n%s", out)
+	}
+	head, err := os.ReadFile(filepath.Join(rundir, "metrics.csv"))
+	if err != nil || !strings.HasPrefix(string(head), "step,epoch,loss,lr,grad_norm,examples_per_s,eval_loss\n") {
+		t.Errorf("metrics.csv header: %q (%v)", strings.SplitN(string(head), "\n", 2)[0], err)
+	}
+	lm := filepath.Join(dir, "lm")
+	if _, err := loracc(t, tinyLMRun(t, dir, "--max-steps", "1", "--device", "cpu", "--save-every", "0")(lm)...); err != nil {
+		t.Fatal(err)
+	}
+	if head, err := os.ReadFile(filepath.Join(lm, "metrics.csv")); err != nil || !strings.HasPrefix(string(head), "step,epoch,loss,lr,grad_norm,tokens_per_s,") {
+		t.Errorf("lm metrics.csv header: %q (%v)", strings.SplitN(string(head), "\n", 2)[0], err)
+	}
+}
+
 // TestTrainDeterministic: the same seed and data give a bit-identical loss
 // column, and the run leaves its files.
 func TestTrainDeterministic(t *testing.T) {

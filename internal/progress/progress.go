@@ -1,5 +1,5 @@
 // Package progress reports a training run's steps: on a terminal one line
-// redrawn in place with a bar, loss, tokens/s and an ETA; in a log file or
+// redrawn in place with a bar, loss, tokens/s (or examples/s) and an ETA; in a log file or
 // a pipe (CI, nohup) plain lines every few steps, so the log stays short
 // and readable without carriage returns.
 package progress
@@ -39,7 +39,8 @@ type Bar struct {
 	perStep  float64 // moving average of seconds per step; 0 until the first step
 	loss     float64
 	tps      float64
-	updated  bool // Update was called since the last line was written
+	unit     string // what tps counts: tokens (default) or examples
+	updated  bool   // Update was called since the last line was written
 
 	lastDraw time.Time
 	shown    int  // terminal: length of the bar line on screen, 0 if none
@@ -163,7 +164,7 @@ func (b *Bar) draw(t time.Time) {
 	} else {
 		fmt.Fprintf(&sb, "step %d", b.lastStep)
 	}
-	fmt.Fprintf(&sb, "  loss %s  %s tok/s  ", lossText(b.loss), rate(b.tps))
+	fmt.Fprintf(&sb, "  loss %s  %s %s/s  ", lossText(b.loss), rate(b.tps), b.shortUnit())
 	if b.total > 0 && b.lastStep < b.total {
 		fmt.Fprintf(&sb, "ETA %s", b.eta())
 	} else {
@@ -186,7 +187,7 @@ func (b *Bar) logStep(t time.Time) {
 	} else {
 		fmt.Fprintf(&sb, "step %d", b.lastStep)
 	}
-	fmt.Fprintf(&sb, ": loss %s, %s tokens/s, elapsed %s", lossText(b.loss), rate(b.tps), dur(t.Sub(b.start).Seconds()))
+	fmt.Fprintf(&sb, ": loss %s, %s %s/s, elapsed %s", lossText(b.loss), rate(b.tps), b.unitName(), dur(t.Sub(b.start).Seconds()))
 	if b.total > 0 && b.lastStep < b.total {
 		fmt.Fprintf(&sb, ", ETA %s", b.eta())
 	}
@@ -236,4 +237,32 @@ func dur(s float64) string {
 		return fmt.Sprintf("%dm%02ds", n/60, n%60)
 	}
 	return fmt.Sprintf("%dh%02dm", n/3600, n%3600/60)
+}
+
+// Counting sets what the throughput counts ("tokens", the default, or
+// "examples") and returns b.
+func (b *Bar) Counting(unit string) *Bar {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.unit = unit
+	return b
+}
+
+func (b *Bar) unitName() string {
+	if b.unit == "" {
+		return "tokens"
+	}
+	return b.unit
+}
+
+// shortUnit is the unit as the redrawn bar abbreviates it.
+func (b *Bar) shortUnit() string {
+	switch u := b.unitName(); u {
+	case "tokens":
+		return "tok"
+	case "examples":
+		return "ex"
+	default:
+		return u
+	}
 }

@@ -127,3 +127,23 @@ func TestIsTerminal(t *testing.T) {
 		}
 	}
 }
+
+// TestCountingExamples: a task without tokens reports examples per
+// second, in both forms.
+func TestCountingExamples(t *testing.T) {
+	b, out, c := newFake(1000, false)
+	b.Counting("examples")
+	c.advance(time.Minute)
+	b.Update(7, 1, 30)
+	b.Finish()
+	if want := "step 7/1000 (1%): loss 1.0000, 30 examples/s, elapsed 1m00s, ETA 2h21m\n"; out.String() != want {
+		t.Errorf("got %q, want %q", out.String(), want)
+	}
+	tb, tout, tc := newFake(10, true)
+	tb.Counting("examples")
+	tc.advance(time.Second)
+	tb.Update(1, 2.5, 30)
+	if !strings.Contains(tout.String(), "30 ex/s") {
+		t.Errorf("bar %q does not say ex/s", tout.String())
+	}
+}

@@ -246,7 +246,7 @@ func newRunner(cfg Config) (*runner, error) {
 		}
 	}
 	var err error
-	if r.metrics, err = openMetrics(cfg.Run, r.prog.Step, cfg.Resume); err != nil {
+	if r.metrics, err = openMetrics(cfg.Run, r.prog.Step, cfg.Resume, cfg.Data.Unit()); err != nil {
 		return nil, err
 	}
 	return r, nil
@@ -318,7 +318,7 @@ func perParamState(saved map[string]runtime.Tensor, e trainio.Entry) (runtime.Te
 // loss.png.
 func (r *runner) loop(ctx context.Context) (*Result, error) {
 	cfg := r.cfg
-	r.bar = progress.New(cfg.Out, r.total, cfg.Terminal)
+	r.bar = progress.New(cfg.Out, r.total, cfg.Terminal).Counting(cfg.Data.Unit())
 	res := &Result{EvalLoss: math.NaN()}
 	for r.prog.Step < r.total {
 		if ctx.Err() != nil {

@@ -14,7 +14,11 @@ import (
 	"github.com/loracc/loracc/internal/plot"
 )
 
-const metricsHeader = "step,epoch,loss,lr,grad_norm,tokens_per_s,eval_loss"
+// metricsHeader is metrics.csv's first line; unit is the data's throughput
+// unit (tokens or examples).
+func metricsHeader(unit string) string {
+	return "step,epoch,loss,lr,grad_norm," + unit + "_per_s,eval_loss"
+}
 
 type row struct {
 	step                                            int
@@ -32,7 +36,7 @@ type metricsFile struct {
 
 // openMetrics starts metrics.csv, or, when resuming, keeps its rows up to
 // the checkpoint's step (later ones belong to steps that will run again).
-func openMetrics(run string, keep int, resume bool) (*metricsFile, error) {
+func openMetrics(run string, keep int, resume bool, unit string) (*metricsFile, error) {
 	if err := os.MkdirAll(run, 0o755); err != nil {
 		return nil, err
 	}
@@ -63,7 +67,7 @@ func openMetrics(run string, keep int, resume bool) (*metricsFile, error) {
 		return nil, err
 	}
 	w := bufio.NewWriter(f)
-	fmt.Fprintln(w, metricsHeader)
+	fmt.Fprintln(w, metricsHeader(unit))
 	cw := csv.NewWriter(w)
 	if err := cw.WriteAll(kept); err != nil {
 		f.Close()

@@ -45,7 +45,7 @@ func (r *runner) canRunMulti() bool {
 // microBatches are the examples of k consecutive steps.
 type microBatches struct {
 	idx    []int     // all k steps' examples, in order
-	tokens []int     // per step: the tokens its examples count
+	tokens []int     // per step: its work, in the data's Unit (tokens or examples)
 	epochs []float64 // per step: the epoch position before it, for metrics.csv
 }
 
@@ -57,7 +57,7 @@ func (r *runner) gather(k int) microBatches {
 		mb.epochs[j] = float64(r.prog.Epoch) + float64(r.prog.Position)/float64(r.cfg.Data.Len())
 		part := r.nextIndices()
 		for _, i := range part {
-			mb.tokens[j] += r.cfg.Data.Tokens(i)
+			mb.tokens[j] += r.cfg.Data.Work(i)
 		}
 		mb.idx = append(mb.idx, part...)
 	}
