@@ -86,6 +86,10 @@ func Decode(data []byte, dir string) (*Model, error) {
 
 type loader struct {
 	dir string
+	// sparse names the sparse initializers of every graph read so far,
+	// which loracc keeps as bytes but does not read: a node reading one
+	// is refused with that said, not as reading an undefined value.
+	sparse map[string]bool
 }
 
 func marshalRest(m proto.Message) ([]byte, error) {
@@ -135,6 +139,12 @@ func (l *loader) graph(pg *onnxpb.GraphProto, parent *Graph, owner *Node, m *Mod
 		v := &Value{Name: name, graph: g}
 		g.values[name] = v
 		return v, nil
+	}
+	for _, st := range pg.SparseInitializer {
+		if l.sparse == nil {
+			l.sparse = map[string]bool{}
+		}
+		l.sparse[st.GetValues().GetName()] = true
 	}
 	for _, pt := range pg.Initializer {
 		t, err := l.tensor(pt)
@@ -287,6 +297,9 @@ func (l *loader) node(n *Node, pn *onnxpb.NodeProto, m *Model, names *nameSet) e
 			continue
 		}
 		v := g.Lookup(in)
+		if v == nil && l.sparse[in] {
+			return fmt.Errorf("node %q (%s): input %q is a sparse initializer, which loracc does not read; store it dense (e.g. onnx.numpy_helper.to_array, then from_array)", n.Name, n.Op, in)
+		}
 		if v == nil {
 			return fmt.Errorf("node %q (%s): input %q is not defined", n.Name, n.Op, in)
 		}

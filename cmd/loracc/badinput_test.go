@@ -153,6 +153,15 @@ func TestBadInputs(t *testing.T) {
 		{"empty op_type", []string{"inspect", editedSeed(t, dir, "noop.onnx", func(m *onnxpb.ModelProto) {
 			m.Graph.Node[0].OpType = proto.String("")
 		})}, "empty op_type", "noop.onnx"},
+		{"weight stored as a sparse initializer", []string{"inspect", editedSeed(t, dir, "sparse.onnx", func(m *onnxpb.ModelProto) {
+			w := m.Graph.Initializer[0]
+			m.Graph.Initializer = m.Graph.Initializer[1:]
+			m.Graph.SparseInitializer = append(m.Graph.SparseInitializer, &onnxpb.SparseTensorProto{
+				Values:  &onnxpb.TensorProto{Name: w.Name, DataType: w.DataType, Dims: []int64{1}, FloatData: []float32{1}},
+				Indices: &onnxpb.TensorProto{Name: proto.String(w.GetName() + ".idx"), DataType: proto.Int32(int32(onnxpb.TensorProto_INT64)), Dims: []int64{1}, Int64Data: []int64{0}},
+				Dims:    w.Dims,
+			})
+		})}, "is a sparse initializer, which loracc does not read", "sparse.onnx"},
 		{"missing model", []string{"inspect", filepath.Join(dir, "nope.onnx")}, "no such file", "nope.onnx"},
 	}
 	for _, tc := range cases {

@@ -27,7 +27,7 @@ import (
 
 // fakeIO is train.json for the fake graphs, with a K-step graph of k
 // steps per run.
-func fakeIO(t *testing.T, k int) trainio.File {
+func fakeIO(t testing.TB, k int) trainio.File {
 	t.Helper()
 	data := `[
 		{"name": "input_ids", "dtype": "int64", "shape": ["batch", "seq"], "role": "batch"},
@@ -65,7 +65,7 @@ func fakeTokens(i int) int { return 1 + i%3 }
 
 // fakeData is n lm examples; example i's tokens are all i (so a graph can
 // tell which examples it was fed), 2 + i%3 of them.
-func fakeData(t *testing.T, n int) *dataset.Set {
+func fakeData(t testing.TB, n int) *dataset.Set {
 	t.Helper()
 	var b strings.Builder
 	for i := range n {
@@ -90,7 +90,7 @@ func fakeAdapter() *adapter.Adapter {
 
 // fakeConfig trains fakeAdapter on n fake examples for steps steps of
 // batch examples, in a fresh run folder.
-func fakeConfig(t *testing.T, n, batch, steps int) Config {
+func fakeConfig(t testing.TB, n, batch, steps int) Config {
 	t.Helper()
 	return Config{
 		Run: t.TempDir(), IO: fakeIO(t, 1), Adapter: fakeAdapter(), Data: fakeData(t, n),
@@ -219,13 +219,13 @@ type fakeRun struct {
 // runFake runs cfg's loop on fake graphs: a K-step one when cfg.IO has
 // one, an eval one when cfg.Eval is set. lossAt, when set, overrides the
 // losses of the steps it names.
-func runFake(t *testing.T, cfg Config, lossAt map[int]float32) *fakeRun {
+func runFake(t testing.TB, cfg Config, lossAt map[int]float32) *fakeRun {
 	t.Helper()
 	return runFakeCtx(t, context.Background(), cfg, lossAt)
 }
 
 // runFakeCtx is runFake under ctx.
-func runFakeCtx(t *testing.T, ctx context.Context, cfg Config, lossAt map[int]float32) *fakeRun {
+func runFakeCtx(t testing.TB, ctx context.Context, cfg Config, lossAt map[int]float32) *fakeRun {
 	t.Helper()
 	r, err := newRunner(cfg)
 	if err != nil {
