@@ -47,6 +47,9 @@ func Load(path string) (*Model, error) {
 // Decode parses a serialized ModelProto. dir is the folder external data
 // locations are relative to.
 func Decode(data []byte, dir string) (*Model, error) {
+	if err := checkBudget(data); err != nil {
+		return nil, err
+	}
 	var pm onnxpb.ModelProto
 	if err := proto.Unmarshal(data, &pm); err != nil {
 		return nil, fmt.Errorf("not an ONNX model (protobuf: %w)", err)

@@ -57,6 +57,12 @@ func tolerance(dt graph.DataType) float64 {
 // compareModels runs two models with the same inputs on seeded random data
 // and compares all outputs of the first by name.
 func compareModels(env *runtime.Env, refPath, gotPath, device string, seed uint64) (Comparison, error) {
+	return compareModelsOn(env, refPath, gotPath, device, seed, checkSpec{})
+}
+
+// compareModelsOn is compareModels with the inputs spec gives (random
+// data for the rest).
+func compareModelsOn(env *runtime.Env, refPath, gotPath, device string, seed uint64, spec checkSpec) (Comparison, error) {
 	// ORT's graph optimizations may change numerics differently in the two
 	// models (QDQ fusions quantize activations, for one); the check is of
 	// the functions the graphs define, so it runs them as written.
@@ -71,9 +77,9 @@ func compareModels(env *runtime.Env, refPath, gotPath, device string, seed uint6
 		return Comparison{}, err
 	}
 	defer got.Close()
-	inputs, err := RandomInputs(ref.Inputs(), seed)
+	inputs, err := checkInputs(ref.Inputs(), spec, seed)
 	if err != nil {
-		return Comparison{}, err
+		return Comparison{}, errInputs{err}
 	}
 	var names []string
 	res := Comparison{Tolerance: 1e-5}
@@ -164,3 +170,9 @@ func RandomInputs(infos []runtime.IOInfo, seed uint64) (map[string]runtime.Tenso
 	}
 	return out, nil
 }
+
+// errInputs marks an error in the inputs the user gave, which fuse
+// reports as such rather than as a failed run.
+type errInputs struct{ error }
+
+func (e errInputs) Unwrap() error { return e.error }

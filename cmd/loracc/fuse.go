@@ -17,12 +17,14 @@ func fuseCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "fuse",
 		Usage:     "merge an adapter into the base weights (W += scale·A·B)",
-		UsageText: "fuse MODEL.onnx --adapter DIR [--scale S] [--check] [-o OUT.onnx]",
+		UsageText: "fuse MODEL.onnx --adapter DIR [--scale S] [--check [--check-data FILE.jsonl] [--check-input NAME=VALUES|NAME=D1xD2]...] [-o OUT.onnx]",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "adapter", Required: true, Usage: "PEFT adapter directory (adapter_config.json + adapter_model.safetensors)"},
 			&cli.Float64Flag{Name: "scale", Usage: "use this scale instead of each layer's lora_alpha/r"},
 			&cli.StringFlag{Name: "quantized", Value: "requantize", Usage: "for DequantizeLinear weights: requantize (keep the quantized graph; the rounding error is printed) or float (replace by an exact float weight)"},
-			&cli.BoolFlag{Name: "check", Usage: "run unfused and fused models in ONNX Runtime on seeded random inputs and compare"},
+			&cli.BoolFlag{Name: "check", Usage: "run unfused and fused models in ONNX Runtime on seeded random inputs (or those given below) and compare"},
+			&cli.StringFlag{Name: "check-data", Usage: "with --check: take inputs from the first line of this JSONL file (input name → numbers or nested arrays, as train's data)"},
+			&cli.StringSliceFlag{Name: "check-input", Usage: "with --check: NAME=V1,V2,... gives an input's values (shaped as declared, or 1-D), NAME=D1xD2 (1-D: Dx) random data of those dims; repeatable"},
 			&cli.StringFlag{Name: "device", Value: "cpu", Usage: "device for --check: cpu or cuda"},
 			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Usage: "output model (default: MODEL.fused.onnx)"},
 			&cli.BoolFlag{Name: "dump", Usage: "print the graph after each pass"},
@@ -83,7 +85,7 @@ func fuseAction(c *cli.Context) error {
 	}
 	// --check runs the staged output: a model that fails it is never
 	// committed, and the previous output stays.
-	if c.Bool("check") {
+	if c.Bool("check") || c.IsSet("check-data") || c.IsSet("check-input") { // giving inputs asks for the check
 		if err := fuseCheck(c, o, in, out, ctx); err != nil {
 			if sig.Err() != nil {
 				return outputErr(sig, "fuse", err)
@@ -133,12 +135,23 @@ func fuseCheck(c *cli.Context, o *graph.Outputs, in, out string, fctx *rewrite.C
 		return err
 	}
 	defer env.Close()
-	res, err := compareModels(env, ref, got, c.String("device"), 42)
+	spec, err := parseCheckInputs(c.StringSlice("check-input"), c.String("check-data"))
+	if err != nil {
+		return fmt.Errorf("%s: %w", in, err)
+	}
+	res, err := compareModelsOn(env, ref, got, c.String("device"), 42, spec)
+	var bad errInputs
+	if errors.As(err, &bad) {
+		return fmt.Errorf("%s: --check: %w", in, bad.error)
+	}
 	if err != nil {
 		// The scratch files are gone once the command ends: name the
 		// input and the output instead, and say what --check fed them.
 		msg := strings.NewReplacer(ref, "the unfused model", got, "the fused "+out).Replace(err.Error())
-		return fmt.Errorf("%s: --check ran the unfused and fused models on seeded random inputs and failed: %s (random inputs may not be valid for this model; fuse without --check)", in, msg)
+		if spec.from != "" {
+			return fmt.Errorf("%s: --check ran the unfused and fused models on the inputs of %s (random data for the rest) and failed: %s", in, spec.from, msg)
+		}
+		return fmt.Errorf("%s: --check ran the unfused and fused models on seeded random inputs and failed: %s (random inputs may not be valid for this model: give real ones with --check-data FILE.jsonl or --check-input NAME=VALUES, or fuse without --check)", in, msg)
 	}
 	fmt.Fprintf(c.App.Writer, "check: %s\n", res)
 	if !res.OK() {

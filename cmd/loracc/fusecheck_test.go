@@ -1,6 +1,7 @@
 package main
 
 import (
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -43,5 +44,33 @@ func TestFuseCheckInvalidRandomInputs(t *testing.T) {
 	}
 	if after := listDir(t, dir); after != before {
 		t.Errorf("files changed: %s → %s", before, after)
+	}
+	// Real inputs make the check pass: from the command line or from the
+	// first line of a JSONL file; the other inputs stay random.
+	data := filepath.Join(dir, "check.jsonl")
+	if err := os.WriteFile(data, []byte("\n"+`{"shape": [-1, 2, 2]}`+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{{"--check-input", "shape=-1,1,4"}, {"--check-data", data}} {
+		out := filepath.Join(dir, "ok.onnx")
+		res, err := loracc(t, append([]string{"fuse", base, "--adapter", ad, "-o", out}, args...)...)
+		if err != nil || !strings.Contains(res, "check: 1 outputs") || !strings.Contains(res, ": ok") {
+			t.Errorf("%v: %v\n%s", args, err, res)
+		}
+		os.Remove(out)
+	}
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--check-input", "nope=1"}, `reshape.onnx: --check: --check-input nope: the model has no input "nope"`},
+		{[]string{"--check-input", "shape=1,2"}, `reshape.onnx: --check: --check-input shape: dim 0 is 2, input "shape" declares 3`},
+		{[]string{"--check-input", "shape=1.5,1,4"}, `input "shape": value 1.5 at element 0 is not a int64`},
+		{[]string{"--check-input", "shape"}, `--check-input "shape": want NAME=V1,V2,... or NAME=D1xD2`},
+		{[]string{"--check-data", filepath.Join(dir, "none.jsonl")}, "--check-data: "},
+	} {
+		if _, err := loracc(t, append([]string{"fuse", base, "--adapter", ad, "-o", filepath.Join(dir, "bad.onnx")}, c.args...)...); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%v: %v, want %q", c.args, err, c.want)
+		}
 	}
 }

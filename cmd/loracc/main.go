@@ -31,6 +31,9 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 		Usage:     "LoRA for ONNX models: inject, train, fuse",
 		Writer:    stdout,
 		ErrWriter: stderr,
+		// Repeatable flags take their value whole: a regexp like a{1,3}
+		// or --check-input x=1,2,3 holds commas of its own.
+		DisableSliceFlagSeparator: true,
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "ort-lib", EnvVars: []string{"LORACC_ORT_LIB"},
 				Usage: "path of libonnxruntime.so (default: ~/.cache/loracc/onnxruntime-1.29.0/libonnxruntime.so.1, where scripts/fetch-ort.sh puts it)"},
