@@ -8,6 +8,7 @@ package ort
 
 import (
 	"fmt"
+	"os"
 	"path/filepath"
 	"sync"
 
@@ -51,9 +52,17 @@ func Acquire(libPath string) (string, error) {
 		// library they loaded, so refuse rather than guess.
 		return "", fmt.Errorf("onnxruntime_go was initialised outside loracc's runtime package")
 	}
+	level, err := logLevel(os.Getenv("LORACC_ORT_LOG"))
+	if err != nil {
+		return "", err
+	}
 	ortgo.SetSharedLibraryPath(canon)
 	if err := ortgo.InitializeEnvironment(); err != nil {
 		return "", fmt.Errorf("initialising onnxruntime from %q: %w", canon, err)
+	}
+	if err := ortgo.SetEnvironmentLogLevel(level); err != nil {
+		ortgo.DestroyEnvironment()
+		return "", fmt.Errorf("setting onnxruntime's log level: %w", err)
 	}
 	env.refs = 1
 	env.path = canon
@@ -95,4 +104,25 @@ func canonicalPath(p string) (string, error) {
 		return "", fmt.Errorf("onnxruntime library %q: %w", p, err)
 	}
 	return real, nil
+}
+
+// logLevel is ONNX Runtime's log severity from LORACC_ORT_LOG. The
+// default is fatal: ORT's errors come back to loracc as statuses, which it
+// reports once, with the file and node; ORT's own coloured copy of the
+// same error would come first and read as a second failure. Set
+// LORACC_ORT_LOG=warning (or verbose, info, error) to see ORT's log.
+func logLevel(s string) (ortgo.LoggingLevel, error) {
+	switch s {
+	case "", "fatal":
+		return ortgo.LoggingLevelFatal, nil
+	case "error":
+		return ortgo.LoggingLevelError, nil
+	case "warning":
+		return ortgo.LoggingLevelWarning, nil
+	case "info":
+		return ortgo.LoggingLevelInfo, nil
+	case "verbose":
+		return ortgo.LoggingLevelVerbose, nil
+	}
+	return 0, fmt.Errorf("LORACC_ORT_LOG=%q: want fatal (the default), error, warning, info or verbose", s)
 }
