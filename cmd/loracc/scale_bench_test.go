@@ -49,3 +49,36 @@ func benchRun(b *testing.B, args []string) {
 		b.Fatal(err)
 	}
 }
+
+// BenchmarkSharedNames times inspect and inject on 20,000 targets whose
+// nodes all carry one name, as exporters that reuse a scope name write
+// them: the targets' names are then made unique with suffixes, which
+// must stay near-linear too (docs/benchmarks.md).
+//
+//	go test ./cmd/loracc -run '^$' -bench SharedNames -benchtime 1x
+func BenchmarkSharedNames(b *testing.B) {
+	for _, n := range []int{5000, 20000} {
+		dir := b.TempDir()
+		m, err := testmodels.ExternalMLP(n, 4)
+		if err != nil {
+			b.Fatal(err)
+		}
+		for _, node := range m.Graph.Nodes {
+			node.Name = "linear"
+		}
+		base := filepath.Join(dir, "m.onnx")
+		if err := graph.Save(m, base, graph.SaveOptions{}); err != nil {
+			b.Fatal(err)
+		}
+		b.Run(fmt.Sprintf("inspect/targets=%d", n), func(b *testing.B) {
+			for range b.N {
+				benchRun(b, []string{"loracc", "inspect", base, "--rank", "1"})
+			}
+		})
+		b.Run(fmt.Sprintf("inject/targets=%d", n), func(b *testing.B) {
+			for range b.N {
+				benchRun(b, []string{"loracc", "inject", base, "--rank", "1", "--allow-large-rank", "-o", filepath.Join(dir, "m.lora.onnx")})
+			}
+		})
+	}
+}
