@@ -51,3 +51,20 @@ func TestInjectRefusesTakenNames(t *testing.T) {
 		t.Errorf("inject over a taken name: %v", err)
 	}
 }
+
+// TestUniqueNamesSuffixes: later targets of a name get the smallest free
+// suffix in walk order, skipping names other targets already hold.
+func TestUniqueNamesSuffixes(t *testing.T) {
+	var ts []*Target
+	for _, n := range []string{"m.block", "m.block", "m.block_2", "m.block", "m.block", "x"} {
+		ts = append(ts, &Target{Name: n})
+	}
+	uniqueNames(ts)
+	var got []string
+	for _, tg := range ts {
+		got = append(got, tg.Name)
+	}
+	if want := "m.block m.block_1 m.block_2 m.block_3 m.block_4 x"; strings.Join(got, " ") != want {
+		t.Errorf("names %q, want %q", strings.Join(got, " "), want)
+	}
+}

@@ -220,16 +220,20 @@ func uniqueNames(ts []*Target) {
 		used[t.Name] = true
 	}
 	first := map[string]bool{}
+	next := map[string]int{} // per base, the suffix to try first: lower ones are all taken (used only grows)
 	for _, t := range ts {
 		if !first[t.Name] {
 			first[t.Name] = true
 			continue
 		}
 		base := t.Name
-		name := base
-		for i := 1; used[name]; i++ {
+		i := max(next[base], 1)
+		name := fmt.Sprintf("%s_%d", base, i)
+		for used[name] {
+			i++
 			name = fmt.Sprintf("%s_%d", base, i)
 		}
+		next[base] = i + 1
 		used[name] = true
 		t.Name = name
 	}

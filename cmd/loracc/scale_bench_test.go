@@ -51,9 +51,10 @@ func benchRun(b *testing.B, args []string) {
 }
 
 // BenchmarkSharedNames times inspect and inject on 20,000 targets whose
-// nodes all carry one name, as exporters that reuse a scope name write
-// them: the targets' names are then made unique with suffixes, which
-// must stay near-linear too (docs/benchmarks.md).
+// nodes all carry one name and one torch.onnx module scope (m.block), as
+// exporters that reuse a scope write them: the targets' names are then
+// made unique with suffixes, which must stay near-linear too
+// (docs/benchmarks.md).
 //
 //	go test ./cmd/loracc -run '^$' -bench SharedNames -benchtime 1x
 func BenchmarkSharedNames(b *testing.B) {
@@ -65,6 +66,7 @@ func BenchmarkSharedNames(b *testing.B) {
 		}
 		for _, node := range m.Graph.Nodes {
 			node.Name = "linear"
+			node.Metadata = append(node.Metadata, graph.KV{Key: "pkg.torch.onnx.name_scopes", Value: "['', 'm', 'm.block', 'linear']"})
 		}
 		base := filepath.Join(dir, "m.onnx")
 		if err := graph.Save(m, base, graph.SaveOptions{}); err != nil {
