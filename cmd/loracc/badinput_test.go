@@ -127,6 +127,12 @@ func TestBadInputs(t *testing.T) {
 		{"external ..", []string{"inspect", editedSeed(t, dir, "dotdot.onnx", func(m *onnxpb.ModelProto) {
 			externalize(m, "../"+filepath.Base(outside)+"/secret.bin", "0", "80")
 		})}, "leaves the model's folder", "dotdot.onnx"},
+		{"external data location is a folder", []string{"inspect", editedSeed(t, dir, "dirdata.onnx", func(m *onnxpb.ModelProto) {
+			if err := os.MkdirAll(filepath.Join(dir, "adir"), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			externalize(m, "adir", "0", "80")
+		})}, "is a folder, not a file", "dirdata.onnx"},
 		{"external absolute", []string{"inspect", editedSeed(t, dir, "abs.onnx", func(m *onnxpb.ModelProto) {
 			externalize(m, filepath.Join(outside, "secret.bin"), "0", "80")
 		})}, "absolute path", "abs.onnx"},
