@@ -7,6 +7,7 @@ import "C"
 
 import (
 	"fmt"
+	"os"
 	"runtime"
 	"sync"
 	"unsafe"
@@ -41,7 +42,11 @@ func NewBoundSession(lib, path string, model []byte, o Options) (_ *BoundSession
 			s.Close()
 		}
 	}()
-	if err := api.check(C.lc_create_env(api.t, &s.env), "creating the environment"); err != nil {
+	level, err := logLevel(os.Getenv("LORACC_ORT_LOG")) // ORT's environment is one per process: the same level as Acquire's
+	if err != nil {
+		return nil, err
+	}
+	if err := api.check(C.lc_create_env(api.t, C.int(level), &s.env), "creating the environment"); err != nil {
 		return nil, err
 	}
 	var so unsafe.Pointer

@@ -21,8 +21,8 @@ void lc_release_status(lcPtr* api, OrtStatus* st) {
 void lc_release(lcPtr* api, int idx, void* p) {
 	if (p) ((void (*)(void*))api[idx])(p);
 }
-OrtStatus* lc_create_env(lcPtr* api, void** out) {
-	return ((OrtStatus* (*)(int, const char*, void**))api[lcCreateEnv])(3, "loracc", out); // ORT_LOGGING_LEVEL_ERROR
+OrtStatus* lc_create_env(lcPtr* api, int level, void** out) {
+	return ((OrtStatus* (*)(int, const char*, void**))api[lcCreateEnv])(level, "loracc", out);
 }
 OrtStatus* lc_create_session_options(lcPtr* api, void** out) {
 	return ((OrtStatus* (*)(void**))api[lcCreateSessionOptions])(out);

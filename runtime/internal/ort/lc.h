@@ -37,7 +37,7 @@ lcPtr* lc_api(const char* lib, uint32_t version, char** err);
 const char* lc_msg(lcPtr* api, OrtStatus* st);
 void lc_release_status(lcPtr* api, OrtStatus* st);
 void lc_release(lcPtr* api, int idx, void* p);
-OrtStatus* lc_create_env(lcPtr* api, void** out);
+OrtStatus* lc_create_env(lcPtr* api, int level, void** out);
 OrtStatus* lc_create_session_options(lcPtr* api, void** out);
 OrtStatus* lc_set_threads(lcPtr* api, void* so, int n);
 OrtStatus* lc_set_opt_level(lcPtr* api, void* so, int level);
