@@ -278,3 +278,57 @@ func (c *gradCtx) normalizedAxes(n *graph.Node, x *graph.Value) []int64 {
 	}
 	return iota64(axis, int64(r))
 }
+
+// com.microsoft SkipSimplifiedLayerNormalization (onnxruntime-genai's
+// residual + RMSNorm): s = input + skip (+ bias), Y = RMSNorm(s)·gamma over
+// the last axis, outputs Y, mean (not produced), inv_std_var and s. ORT
+// runs the fused kernel forward; the rule recomputes ρ from s (the sum
+// output when the node has it) and reads like SimplifiedLayerNormalization's:
+//
+//	ds = ρ·(g − ŝ·mean(g·ŝ)) + gS,  g = gY·gamma, ŝ = s·ρ
+//	dinput = dskip = dbias = ds   (skip and bias summed to their shapes by the driver)
+//	dgamma = Σ gY·ŝ
+func gradSkipSimplifiedLayerNorm(c *gradCtx, n *graph.Node, gys []*graph.Value) []*graph.Value {
+	x, skip, gamma := n.Input(0), n.Input(1), n.Input(2)
+	if len(gys) > 1 && gys[1] != nil {
+		return c.failf("the mean output (1) is not differentiable: ORT does not compute it")
+	}
+	if len(gys) > 2 && gys[2] != nil {
+		return c.failf("the inv_std_var output (2) feeds the loss; only output and input_skip_bias_sum are supported")
+	}
+	var s *graph.Value
+	if len(n.Outputs()) > 3 && n.Output(3) != nil {
+		s = n.Output(3)
+	} else {
+		s = c.Add(x, skip)
+		if n.NumInputs() > 3 && n.Input(3) != nil {
+			s = c.Add(s, n.Input(3))
+		}
+	}
+	eps := c.K(float64(n.AttrFloat("epsilon", 1e-12)), x)
+	axes := []int64{-1}
+	rho := c.Reciprocal(c.Sqrt(c.Add(c.ReduceMean(c.Mul(s, s), axes), eps)))
+	shat := c.Mul(s, rho)
+	out := make([]*graph.Value, n.NumInputs())
+	var ds *graph.Value
+	if gy := gys[0]; gy != nil {
+		g := c.Mul(gy, gamma)
+		ds = c.Mul(rho, c.Sub(g, c.Mul(shat, c.ReduceMean(c.Mul(g, shat), axes))))
+		if c.needs(2) {
+			out[2] = c.Mul(gy, shat)
+		}
+	}
+	if len(gys) > 3 && gys[3] != nil {
+		if ds == nil {
+			ds = gys[3]
+		} else {
+			ds = c.Add(ds, gys[3])
+		}
+	}
+	for _, i := range []int{0, 1, 3} {
+		if i < n.NumInputs() && n.Input(i) != nil && c.needs(i) {
+			out[i] = ds
+		}
+	}
+	return out
+}

@@ -124,7 +124,8 @@ func gradRules() map[string]rule {
 		"GatherND":       {grad: gradGatherND},
 
 		// quantized weights (nbits.go)
-		"com.microsoft::MatMulNBits": {grad: gradMatMulNBits},
+		"com.microsoft::MatMulNBits":                      {grad: gradMatMulNBits},
+		"com.microsoft::SkipSimplifiedLayerNormalization": {gradSkipSimplifiedLayerNorm, slotsFrom(1)},
 	}
 }
 

@@ -13,6 +13,16 @@ func castType(_ *Inferer, n *graph.Node, _ int) graph.DataType {
 
 // layerNormType: Mean and InvStdDev (outputs 1, 2) are float; Y is
 // typed like the inputs.
+// skipNormType is SkipSimplifiedLayerNormalization's: mean (1) and
+// inv_std_var (2) in float, output (0) and input_skip_bias_sum (3) as
+// the input.
+func skipNormType(s *Inferer, n *graph.Node, idx int) graph.DataType {
+	if idx == 1 || idx == 2 {
+		return graph.Float
+	}
+	return firstTyped(s, n, idx)
+}
+
 func layerNormType(s *Inferer, n *graph.Node, idx int) graph.DataType {
 	if idx > 0 {
 		return graph.Float

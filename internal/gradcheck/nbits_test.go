@@ -29,6 +29,38 @@ func nbitsCases() []Case {
 	}}
 }
 
+// skipNormCases cover com.microsoft's SkipSimplifiedLayerNormalization
+// (onnxruntime-genai's residual + RMSNorm) against ORT's own CPU kernel:
+// without and with bias, and with the input_skip_bias_sum output read too.
+func skipNormCases() []Case {
+	build := func(bias, sum bool) func(*graph.Builder, map[string]*graph.Value) (*graph.Value, error) {
+		return func(b *graph.Builder, in map[string]*graph.Value) (*graph.Value, error) {
+			ins := []*graph.Value{in["x"], in["skip"], in["gamma"]}
+			if bias {
+				ins = append(ins, in["bias"])
+			}
+			nb := &graph.Builder{G: b.G, Prefix: "n", Domain: "com.microsoft"}
+			if !sum { // one output: the rule recomputes the sum
+				return nb.Op("SkipSimplifiedLayerNormalization", "y", ins, graph.AttrF("epsilon", 1e-5)), nil
+			}
+			outs := nb.OpN("SkipSimplifiedLayerNormalization", []string{"y", "", "", "s"}, ins, graph.AttrF("epsilon", 1e-5))
+			return b.Op("Add", "ys", []*graph.Value{outs[0], b.Op("Mul", "ss", []*graph.Value{outs[3], outs[3]})}), nil
+		}
+	}
+	ms := []string{"com.microsoft"}
+	return []Case{
+		{Name: "SkipSimplifiedLayerNormalization", DType: graph.Float, Domains: ms, Inputs: []Input{p("x", 2, 3, 8), p("skip", 2, 3, 8), p("gamma", 8)}, Build: build(false, false)},
+		{Name: "SkipSimplifiedLayerNormalization with bias", DType: graph.Float, Domains: ms, Inputs: []Input{p("x", 2, 3, 8), p("skip", 2, 3, 8), p("gamma", 8), p("bias", 8)}, Build: build(true, false)},
+		{Name: "SkipSimplifiedLayerNormalization, sum output read", DType: graph.Float, Domains: ms, Inputs: []Input{p("x", 4, 8), p("skip", 4, 8), p("gamma", 8), p("bias", 8)}, Build: build(true, true)},
+	}
+}
+
+// TestSkipSimplifiedLayerNormGradient checks skipNormCases against finite
+// differences of ORT's kernel.
+func TestSkipSimplifiedLayerNormGradient(t *testing.T) {
+	runCases(t, skipNormCases())
+}
+
 // TestMatMulNBitsGradient checks nbitsCases against finite differences.
 func TestMatMulNBitsGradient(t *testing.T) {
 	runCases(t, nbitsCases())
