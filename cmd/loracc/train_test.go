@@ -103,15 +103,25 @@ func TestTrainCountsExamples(t *testing.T) {
 		t.Errorf("progress does not count examples:\n%s", out)
 	}
 	head, err := os.ReadFile(filepath.Join(rundir, "metrics.csv"))
-	if err != nil || !strings.HasPrefix(string(head), "step,epoch,loss,lr,grad_norm,examples_per_s,eval_loss\n") {
+	if err != nil || !strings.HasPrefix(string(head), "step,epoch,loss,lr,grad_norm,examples_per_s,eval_loss,padded_examples_per_s\n") {
 		t.Errorf("metrics.csv header: %q (%v)", strings.SplitN(string(head), "\n", 2)[0], err)
 	}
 	lm := filepath.Join(dir, "lm")
 	if _, err := loracc(t, tinyLMRun(t, dir, "--max-steps", "1", "--device", "cpu", "--save-every", "0")(lm)...); err != nil {
 		t.Fatal(err)
 	}
-	if head, err := os.ReadFile(filepath.Join(lm, "metrics.csv")); err != nil || !strings.HasPrefix(string(head), "step,epoch,loss,lr,grad_norm,tokens_per_s,") {
-		t.Errorf("lm metrics.csv header: %q (%v)", strings.SplitN(string(head), "\n", 2)[0], err)
+	head, err = os.ReadFile(filepath.Join(lm, "metrics.csv"))
+	lines := strings.Split(strings.TrimSpace(string(head)), "\n")
+	if err != nil || len(lines) != 2 || lines[0] != "step,epoch,loss,lr,grad_norm,tokens_per_s,eval_loss,padded_tokens_per_s" {
+		t.Fatalf("lm metrics.csv: %q (%v)", lines, err)
+	}
+	// The variable-length data is padded to the batch's longest example:
+	// more positions computed than tokens counted.
+	f := strings.Split(lines[1], ",")
+	real, _ := strconv.ParseFloat(f[5], 64)
+	padded, _ := strconv.ParseFloat(f[7], 64)
+	if !(padded > real && real > 0) {
+		t.Errorf("padded %v tokens/s, real %v: want padded > real > 0", padded, real)
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"os"
 	"path/filepath"
 	"reflect"
 	"slices"
@@ -322,6 +323,7 @@ func TestLoopResume(t *testing.T) {
 	for _, rows := range [][]map[string]string{a, b} {
 		for _, row := range rows {
 			delete(row, "tokens_per_s")
+			delete(row, "padded_tokens_per_s")
 		}
 	}
 	if !reflect.DeepEqual(a, b) || len(a) != 7 {
@@ -365,5 +367,31 @@ func TestPerParamStateCompat(t *testing.T) {
 	e.Parts = append(e.Parts, "c")
 	if _, ok := perParamState(saved, e); ok {
 		t.Error("assembled a state with a part missing")
+	}
+}
+
+// TestMetricsResumeOlderRows: resuming a run whose metrics.csv predates
+// the padded column keeps its rows (given an empty padded field) and
+// still plots them.
+func TestMetricsResumeOlderRows(t *testing.T) {
+	run := t.TempDir()
+	old := "step,epoch,loss,lr,grad_norm,tokens_per_s,eval_loss\n1,0.1,2.5,0.1,1,100.0,\n2,0.2,2.0,0.1,1,100.0,\n3,0.3,1.5,0.1,1,100.0,\n"
+	if err := os.WriteFile(filepath.Join(run, "metrics.csv"), []byte(old), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	m, err := openMetrics(run, 2, true, "tokens")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Add(row{step: 3, epoch: 0.3, loss: 1.4, lr: 0.1, gradNorm: 1, tokensPerS: 90, evalLoss: math.NaN(), paddedPerS: 120}); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Plot(); err != nil {
+		t.Fatal(err)
+	}
+	m.Close()
+	rows := metricsRows(t, run)
+	if len(rows) != 3 || rows[0]["padded_tokens_per_s"] != "" || rows[2]["padded_tokens_per_s"] != "120.0" || rows[2]["loss"] != "1.4" {
+		t.Errorf("rows %v", rows)
 	}
 }

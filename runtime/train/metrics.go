@@ -16,13 +16,15 @@ import (
 
 // metricsHeader is metrics.csv's first line; unit is the data's throughput
 // unit (tokens or examples).
+// The last column counts the padded work (every position of the padded
+// batch the step computed, for lm), beside the real work before it.
 func metricsHeader(unit string) string {
-	return "step,epoch,loss,lr,grad_norm," + unit + "_per_s,eval_loss"
+	return "step,epoch,loss,lr,grad_norm," + unit + "_per_s,eval_loss,padded_" + unit + "_per_s"
 }
 
 type row struct {
-	step                                            int
-	epoch, loss, lr, gradNorm, tokensPerS, evalLoss float64
+	step                                                        int
+	epoch, loss, lr, gradNorm, tokensPerS, evalLoss, paddedPerS float64
 }
 
 // metricsFile appends one CSV row per step to RUN/metrics.csv. Nothing
@@ -50,12 +52,15 @@ func openMetrics(run string, keep int, resume bool, unit string) (*metricsFile, 
 		if data, err := graph.ReadRegular(path, 1<<30, "a run's metrics"); err == nil {
 			for i, line := range strings.Split(string(data), "\n") {
 				rec := strings.Split(line, ",")
-				if i == 0 || len(rec) != 7 {
+				if i == 0 || len(rec) != 7 && len(rec) != 8 { // 7: before the padded column
 					continue
 				}
 				step, err := strconv.Atoi(rec[0])
 				if err != nil || step > keep {
 					continue
+				}
+				if len(rec) == 7 {
+					rec = append(rec, "") // a row from before the padded column
 				}
 				kept = append(kept, rec)
 			}
@@ -111,8 +116,8 @@ func fmtFloat(v float64) string {
 
 // Add appends a row.
 func (m *metricsFile) Add(r row) error {
-	_, err := fmt.Fprintf(m.w, "%d,%s,%s,%s,%s,%s,%s\n", r.step, strconv.FormatFloat(r.epoch, 'f', 4, 64), fmtFloat(r.loss),
-		fmtFloat(r.lr), fmtFloat(r.gradNorm), strconv.FormatFloat(r.tokensPerS, 'f', 1, 64), fmtFloat(r.evalLoss))
+	_, err := fmt.Fprintf(m.w, "%d,%s,%s,%s,%s,%s,%s,%s\n", r.step, strconv.FormatFloat(r.epoch, 'f', 4, 64), fmtFloat(r.loss),
+		fmtFloat(r.lr), fmtFloat(r.gradNorm), strconv.FormatFloat(r.tokensPerS, 'f', 1, 64), fmtFloat(r.evalLoss), strconv.FormatFloat(r.paddedPerS, 'f', 1, 64))
 	return err
 }
 
@@ -139,6 +144,7 @@ func (m *metricsFile) Plot() error {
 	loss, eval := plot.Series{Name: "train loss"}, plot.Series{Name: "eval loss"}
 	r := csv.NewReader(bufio.NewReader(f))
 	r.ReuseRecord = true
+	r.FieldsPerRecord = -1 // rows of 7 (older runs) or 8 fields
 	for first := true; ; first = false {
 		rec, err := r.Read()
 		if err != nil {

@@ -118,6 +118,14 @@ func (r *runner) runSteps(g *stepGraph) (float64, float64, error) {
 	if k > 1 {
 		shape = []int64{int64(k)}
 	}
+	padded := float64(len(mb.idx)) // the padded work of the k steps: examples, or every label position for lm
+	if r.cfg.Data.Unit() == "tokens" {
+		for _, in := range g.io.Inputs {
+			if in.Role == trainio.RoleLabel {
+				padded = float64(product(batch[in.Name].Shape))
+			}
+		}
+	}
 	feeds, err := r.feeds(g.io, batch, runtime.FloatTensor(shape, lr32), runtime.FloatTensor(shape, step32))
 	if err != nil {
 		return 0, 0, err
@@ -175,7 +183,8 @@ func (r *runner) runSteps(g *stepGraph) (float64, float64, error) {
 		}
 		tps := float64(mb.tokens[j]) / math.Max(per, 1e-9)
 		r.bar.Update(first+j, losses[j], tps)
-		if err := r.metrics.Add(row{step: first + j, epoch: mb.epochs[j], loss: losses[j], lr: lrs[j], gradNorm: norms[j], tokensPerS: tps, evalLoss: ev}); err != nil {
+		pps := padded / float64(k) / math.Max(per, 1e-9)
+		if err := r.metrics.Add(row{step: first + j, epoch: mb.epochs[j], loss: losses[j], lr: lrs[j], gradNorm: norms[j], tokensPerS: tps, evalLoss: ev, paddedPerS: pps}); err != nil {
 			return 0, 0, err
 		}
 	}
@@ -318,4 +327,12 @@ func batchOf(set *dataset.Set, idx []int, seqLen int) (map[string]runtime.Tensor
 		out[k] = runtime.Tensor{DType: dt, Shape: t.Shape, Data: t.Data}
 	}
 	return out, nil
+}
+
+func product(dims []int64) int64 {
+	n := int64(1)
+	for _, d := range dims {
+		n *= d
+	}
+	return n
 }
