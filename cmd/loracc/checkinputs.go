@@ -99,6 +99,9 @@ func parseCheckInputs(flags []string, dataFile string) (checkSpec, error) {
 			if err != nil {
 				return s, fmt.Errorf("--check-input %q: %q is not a number (values are V1,V2,...; dims D1xD2)", f, x)
 			}
+			if math.IsNaN(v) || math.IsInf(v, 0) {
+				return s, fmt.Errorf("--check-input %q: %q is not a finite number", f, x)
+			}
 			vals = append(vals, v)
 		}
 		s.values[name] = given{vals: vals, src: "--check-input " + name}

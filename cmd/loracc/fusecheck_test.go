@@ -67,6 +67,7 @@ func TestFuseCheckInvalidRandomInputs(t *testing.T) {
 		{[]string{"--check-input", "shape=1,2"}, `reshape.onnx: --check: --check-input shape: dim 0 is 2, input "shape" declares 3`},
 		{[]string{"--check-input", "shape=1.5,1,4"}, `input "shape": value 1.5 at element 0 is not a int64`},
 		{[]string{"--check-input", "shape"}, `--check-input "shape": want NAME=V1,V2,... or NAME=D1xD2`},
+		{[]string{"--check-input", "shape=NaN,1,4"}, `--check-input "shape=NaN,1,4": "NaN" is not a finite number`},
 		{[]string{"--check-data", filepath.Join(dir, "none.jsonl")}, "--check-data: "},
 	} {
 		if _, err := loracc(t, append([]string{"fuse", base, "--adapter", ad, "-o", filepath.Join(dir, "bad.onnx")}, c.args...)...); err == nil || !strings.Contains(err.Error(), c.want) {
