@@ -285,13 +285,12 @@ func Gradients(m *graph.Model, loss *graph.Value, params []*graph.Value) ([]*gra
 		one = c.Expand(one, c.Shape(loss))
 	}
 	grads[loss] = []*graph.Value{one}
-	sum := c.gradOf
 	for _, n := range active { // active is in reverse topological order
 		gys := make([]*graph.Value, len(n.Outputs()))
 		any := false
 		for i, o := range n.Outputs() {
 			if o != nil && want[o] {
-				gys[i] = sum(o)
+				gys[i] = c.gradOf(o)
 				any = any || gys[i] != nil
 			}
 		}
@@ -323,7 +322,7 @@ func Gradients(m *graph.Model, loss *graph.Value, params []*graph.Value) ([]*gra
 	out := make([]*graph.Value, len(params))
 	keep := map[*graph.Value]bool{}
 	for i, p := range params {
-		if g := sum(p); g != nil {
+		if g := c.gradOf(p); g != nil {
 			out[i] = c.Named("Identity", p.Name+".grad", []*graph.Value{g})
 			inf.Set(out[i], inf.Info(p))
 			keep[out[i]] = true

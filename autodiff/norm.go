@@ -233,8 +233,7 @@ func gradSimplifiedLayerNorm(c *gradCtx, n *graph.Node, gys []*graph.Value) []*g
 	if r := n.Output(1); r != nil && c.Inf.DType(r) == c.Inf.DType(x) {
 		rho = r
 	} else {
-		eps := c.K(float64(n.AttrFloat("epsilon", 1e-5)), x)
-		rho = c.Reciprocal(c.Sqrt(c.Add(c.ReduceMean(c.Mul(x, x), axes), eps)))
+		rho = c.rmsInv(x, axes, n.AttrFloat("epsilon", 1e-5))
 	}
 	xhat := c.Mul(x, rho)
 	out := make([]*graph.Value, n.NumInputs())
@@ -247,8 +246,7 @@ func gradSimplifiedLayerNorm(c *gradCtx, n *graph.Node, gys []*graph.Value) []*g
 	}
 	var terms []*graph.Value
 	if gy != nil {
-		g := c.Mul(gy, scale)
-		terms = append(terms, c.Mul(rho, c.Sub(g, c.Mul(xhat, c.ReduceMean(c.Mul(g, xhat), axes)))))
+		terms = append(terms, c.rmsBack(gy, scale, xhat, rho, axes))
 	}
 	if len(gys) > 1 && gys[1] != nil {
 		rho3 := c.Mul(rho, c.Mul(rho, rho))
@@ -261,6 +259,18 @@ func gradSimplifiedLayerNorm(c *gradCtx, n *graph.Node, gys []*graph.Value) []*g
 		out[0] = c.Add(terms[0], terms[1])
 	}
 	return out
+}
+
+// rmsInv is ρ = 1/√(mean(x²) + ε) over axes, kept for broadcasting.
+func (c *gradCtx) rmsInv(x *graph.Value, axes []int64, eps float32) *graph.Value {
+	return c.Reciprocal(c.Sqrt(c.Add(c.ReduceMean(c.Mul(x, x), axes), c.K(float64(eps), x))))
+}
+
+// rmsBack is RMS normalization's input gradient from its output's:
+// ρ·(g − x̂·mean(g·x̂)) with g = gY·scale and x̂ = x·ρ.
+func (c *gradCtx) rmsBack(gy, scale, xhat, rho *graph.Value, axes []int64) *graph.Value {
+	g := c.Mul(gy, scale)
+	return c.Mul(rho, c.Sub(g, c.Mul(xhat, c.ReduceMean(c.Mul(g, xhat), axes))))
 }
 
 // normalizedAxes is the axes a (Simplified)LayerNormalization normalizes
@@ -305,15 +315,13 @@ func gradSkipSimplifiedLayerNorm(c *gradCtx, n *graph.Node, gys []*graph.Value) 
 			s = c.Add(s, n.Input(3))
 		}
 	}
-	eps := c.K(float64(n.AttrFloat("epsilon", 1e-12)), x)
 	axes := []int64{-1}
-	rho := c.Reciprocal(c.Sqrt(c.Add(c.ReduceMean(c.Mul(s, s), axes), eps)))
+	rho := c.rmsInv(s, axes, n.AttrFloat("epsilon", 1e-12))
 	shat := c.Mul(s, rho)
 	out := make([]*graph.Value, n.NumInputs())
 	var ds *graph.Value
 	if gy := gys[0]; gy != nil {
-		g := c.Mul(gy, gamma)
-		ds = c.Mul(rho, c.Sub(g, c.Mul(shat, c.ReduceMean(c.Mul(g, shat), axes))))
+		ds = c.rmsBack(gy, gamma, shat, rho, axes)
 		if c.needs(2) {
 			out[2] = c.Mul(gy, shat)
 		}

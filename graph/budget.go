@@ -19,116 +19,132 @@ import (
 	"google.golang.org/protobuf/encoding/protowire"
 )
 
-// Estimated bytes each element costs, decoded and in the IR (measured
-// with Go 1.26: TotalAlloc of proto.Unmarshal plus the IR's structs).
-const (
-	costNode      = 560
-	costAttr      = 420
-	costTensor    = 420
-	costValueInfo = 200
-	costString    = 130
-	costGraph     = 600
-	budgetFactor  = 64
-	budgetSlack   = 256 << 20
-	maxNesting    = 64
-)
-
 // ErrTooWide reports a file whose decoded form would be out of proportion
 // to its size.
 var ErrTooWide = errors.New("the model would take too much memory to decode")
+
+const (
+	budgetFactor = 64
+	budgetSlack  = 256 << 20
+	maxNesting   = 64
+)
+
+// elem is what a length-delimited field holds, as the walk counts it:
+// nothing it counts, a string, a value info (counted, not entered), or a
+// message it enters.
+type elem int
+
+const (
+	elemNone elem = iota
+	elemString
+	elemValueInfo
+	elemModel
+	elemFunction
+	elemGraph
+	elemNode
+	elemAttr
+	elemTensor
+	elemSparse
+	elemKinds
+)
+
+// cost is the estimated bytes an element costs, decoded and in the IR
+// (measured with Go 1.26: TotalAlloc of proto.Unmarshal plus the IR's
+// structs).
+func (e elem) cost() int64 {
+	switch e {
+	case elemString:
+		return 130
+	case elemValueInfo:
+		return 200
+	case elemFunction, elemGraph:
+		return 600
+	case elemNode:
+		return 560
+	case elemAttr, elemTensor, elemSparse:
+		return 420
+	}
+	return 0
+}
 
 // checkBudget estimates the memory data's ModelProto takes decoded and
 // refuses it when over the bound, naming what it is made of.
 func checkBudget(data []byte) error {
 	var c budget
-	if err := c.message(data, msgModel, 0); err != nil {
+	if err := c.message(data, elemModel, 0); err != nil {
 		return nil // malformed: proto.Unmarshal says why
 	}
-	limit := int64(len(data))*budgetFactor + budgetSlack
-	if est := c.total(int64(len(data))); est > limit {
+	est := int64(len(data))
+	for e := range elemKinds {
+		est += c[e] * e.cost()
+	}
+	if limit := int64(len(data))*budgetFactor + budgetSlack; est > limit {
 		return fmt.Errorf("%w: %d nodes, %d attributes, %d tensors, %d value infos and %d strings in %d bytes would take about %d MiB (the bound is %d× the file + %d MiB)",
-			ErrTooWide, c.nodes, c.attrs, c.tensors, c.infos, c.strings, len(data), est>>20, budgetFactor, budgetSlack>>20)
+			ErrTooWide, c[elemNode], c[elemAttr], c[elemTensor]+c[elemSparse], c[elemValueInfo], c[elemString], len(data), est>>20, budgetFactor, budgetSlack>>20)
 	}
 	return nil
 }
 
-type budget struct {
-	nodes, attrs, tensors, infos, strings, graphs int64
-}
+// budget counts the elements of each kind.
+type budget [elemKinds]int64
 
-func (c *budget) total(size int64) int64 {
-	return size + c.nodes*costNode + c.attrs*costAttr + c.tensors*costTensor + c.infos*costValueInfo + c.strings*costString + c.graphs*costGraph
-}
-
-// Message kinds the walk descends into.
-type msgKind int
-
-const (
-	msgModel msgKind = iota
-	msgFunction
-	msgGraph
-	msgNode
-	msgAttr
-	msgTensor
-	msgSparse
-)
-
-// child is the kind of a length-delimited field of a message of kind k
-// (-1: not a message the walk counts; strings counts a string field).
-func child(k msgKind, field protowire.Number) (kind msgKind, counted bool, str bool) {
+// child is what field of a message of kind k holds.
+func child(k elem, field protowire.Number) elem {
 	switch k {
-	case msgModel:
+	case elemModel:
 		switch field {
 		case 7:
-			return msgGraph, true, false
+			return elemGraph
 		case 25:
-			return msgFunction, true, false
+			return elemFunction
 		}
-	case msgFunction:
-		if field == 7 {
-			return msgNode, true, false
+	case elemFunction:
+		switch field {
+		case 7:
+			return elemNode
+		case 4, 5: // inputs, outputs
+			return elemString
 		}
-		return 0, false, field == 4 || field == 5 // inputs, outputs
-	case msgGraph:
+	case elemGraph:
 		switch field {
 		case 1:
-			return msgNode, true, false
+			return elemNode
 		case 5:
-			return msgTensor, true, false
+			return elemTensor
 		case 15:
-			return msgSparse, true, false
+			return elemSparse
 		case 11, 12, 13:
-			return -1, true, false // value infos
+			return elemValueInfo
 		}
-	case msgNode:
+	case elemNode:
 		switch field {
 		case 1, 2:
-			return 0, false, true
+			return elemString
 		case 5:
-			return msgAttr, true, false
+			return elemAttr
 		}
-	case msgAttr:
+	case elemAttr:
 		switch field {
 		case 5, 10:
-			return msgTensor, true, false
+			return elemTensor
 		case 6, 11:
-			return msgGraph, true, false
+			return elemGraph
 		case 9:
-			return 0, false, true
+			return elemString
 		}
-	case msgTensor:
+	case elemTensor:
 		if field == 6 { // string_data
-			return 0, false, true
+			return elemString
 		}
-	case msgSparse:
+	case elemSparse:
 		if field == 1 || field == 2 {
-			return msgTensor, true, false
+			return elemTensor
 		}
 	}
-	return 0, false, false
+	return elemNone
 }
 
-func (c *budget) message(b []byte, k msgKind, depth int) error {
+func (c *budget) message(b []byte, k elem, depth int) error {
 	if depth > maxNesting {
 		return errors.New("nested too deep")
 	}
@@ -151,24 +167,10 @@ func (c *budget) message(b []byte, k msgKind, depth int) error {
 			return protowire.ParseError(n)
 		}
 		b = b[n:]
-		kind, counted, str := child(k, num)
-		switch {
-		case str:
-			c.strings++
-		case counted && kind == -1:
-			c.infos++
-		case counted:
-			switch kind {
-			case msgNode:
-				c.nodes++
-			case msgAttr:
-				c.attrs++
-			case msgTensor, msgSparse:
-				c.tensors++
-			case msgGraph, msgFunction:
-				c.graphs++
-			}
-			if err := c.message(v, kind, depth+1); err != nil {
+		e := child(k, num)
+		c[e]++
+		if e >= elemModel {
+			if err := c.message(v, e, depth+1); err != nil {
 				return err
 			}
 		}

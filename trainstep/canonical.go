@@ -11,8 +11,9 @@ package trainstep
 //   a projection to a wide output that is a graph output (the logits of a
 //       language model: x·W with W constant, N ≥ 4096 not a multiple of 8,
 //       as GPT-2's 50257) reads W padded with zero columns to a multiple
-//       of 8 and is sliced back; the loss merges that slice with its own
-//       (lossPass), so no copy is added;
+//       of 8 and is sliced back; the lm loss reads the wide product
+//       itself, its padding masked by a Gemm bias (lmLogits), so no copy
+//       is added;
 //   a LoRA branch's scale, Mul(x·A·B, k) with k a constant scalar and B
 //       a parameter, is dropped where k = 1 and otherwise multiplies B
 //       ([r, out]) instead of the product ([tokens, out]): one
@@ -67,19 +68,25 @@ func (st *Compiler) Canonicalize(m *graph.Model) error {
 	if err := padWideOutputs(m); err != nil {
 		return err
 	}
-	if k, err := fuseRMSNorms(m); err != nil {
-		return err
-	} else if k > 0 {
-		st.logf("canonicalize: %d RMS normalizations became SimplifiedLayerNormalization", k)
-	}
-	if k := mergeProductScales(g); k > 0 {
-		st.logf("canonicalize: %d products scaled on both operands now scale one", k)
-	}
-	if k := moveAttentionGuards(g); k > 0 {
-		st.logf("canonicalize: %d attention NaN guards moved from the probabilities to the attention output", k)
-	}
-	if k := st.foldBranchScales(g); k > 0 {
-		st.logf("canonicalize: %d adapter scales moved onto lora_B (or dropped, where 1)", k)
+	for _, rw := range []struct {
+		run  func() (int, error)
+		note string
+	}{
+		{func() (int, error) { return fuseRMSNorms(m) }, "%d RMS normalizations became SimplifiedLayerNormalization"},
+		{func() (int, error) { return mergeProductScales(g) }, "%d products scaled on both operands now scale one"},
+		{func() (int, error) { return moveAttentionGuards(g) }, "%d attention NaN guards moved from the probabilities to the attention output"},
+		{func() (int, error) { return st.foldBranchScales(g) }, "%d adapter scales moved onto lora_B (or dropped, where 1)"},
+	} {
+		k, err := rw.run()
+		if err != nil {
+			return err
+		}
+		if k > 0 {
+			st.logf("canonicalize: "+rw.note, k)
+			if err := g.SortTopo(); err != nil {
+				return err
+			}
+		}
 	}
 	stats := 0
 	for _, node := range g.Nodes {
@@ -278,48 +285,56 @@ func padWideOutputs(m *graph.Model) error {
 
 // foldBranchScales applies the branch-scale rewrite (see the pass comment)
 // and returns how many scales it moved or dropped.
-func (st *Compiler) foldBranchScales(g *graph.Graph) int {
+func (st *Compiler) foldBranchScales(g *graph.Graph) (int, error) {
 	param := map[*graph.Value]bool{}
 	for _, p := range st.params {
 		param[p] = true
 	}
 	n := 0
 	for _, node := range append([]*graph.Node(nil), g.Nodes...) {
-		if node.Op != "Mul" || node.Domain != "" || node.NumInputs() != 2 || node.Output(0).IsGraphOutput() {
+		prod, k, kv, ok := scalarMul(node)
+		if !ok || node.Output(0).IsGraphOutput() {
 			continue
 		}
-		prod, k := node.Input(0), node.Input(1)
-		if _, ok := graph.ConstFloats(prod); ok {
-			prod, k = k, prod
-		}
-		ks, ok := graph.ConstFloats(k)
 		mm, _ := prod.Producer()
-		if !ok || len(ks) != 1 || mm == nil || mm.Op != "MatMul" || mm.Domain != "" || !param[mm.Input(1)] || prod.NumUses() != 1 || prod.IsGraphOutput() {
+		if mm == nil || mm.Op != "MatMul" || mm.Domain != "" || !param[mm.Input(1)] || prod.NumUses() != 1 || prod.IsGraphOutput() {
 			continue
 		}
-		if t := graph.ConstTensor(k); t == nil || len(t.Dims) != 0 {
-			continue // a [1] or wider scale would broadcast the product's rank
-		}
-		if ks[0] != 1 {
+		if kv != 1 {
 			b := &graph.Builder{G: g, Prefix: "canonical/scale", Metadata: mm.Metadata}
 			scaled := b.Op("Mul", mm.Input(1).Name+".scaled", []*graph.Value{mm.Input(1), k})
 			mm.SetInput(1, scaled)
 		}
 		node.Output(0).ReplaceAllUsesWith(prod)
 		if err := g.RemoveNode(node); err != nil {
-			continue
+			return n, err
 		}
 		n++
 	}
-	if n > 0 {
-		_ = g.SortTopo()
+	return n, nil
+}
+
+// scalarMul splits n = Mul(x, k), either operand order, with k a rank-0
+// constant (a [1] or wider k would broadcast x's rank), into x, k and k's
+// value.
+func scalarMul(n *graph.Node) (x, k *graph.Value, kv float64, ok bool) {
+	if n.Op != "Mul" || n.Domain != "" || n.NumInputs() != 2 {
+		return nil, nil, 0, false
 	}
-	return n
+	for i := range 2 {
+		c := n.Input(1 - i)
+		t := graph.ConstTensor(c)
+		ks, isFloat := graph.ConstFloats(c)
+		if t != nil && len(t.Dims) == 0 && isFloat && len(ks) == 1 {
+			return n.Input(i), c, ks[0], true
+		}
+	}
+	return nil, nil, 0, false
 }
 
 // moveAttentionGuards applies the attention-guard rewrite (see the pass
 // comment) and returns how many guards it moved.
-func moveAttentionGuards(g *graph.Graph) int {
+func moveAttentionGuards(g *graph.Graph) (int, error) {
 	n := 0
 	for _, w := range append([]*graph.Node(nil), g.Nodes...) {
 		if w.Op != "Where" || w.Domain != "" || w.NumInputs() != 3 {
@@ -348,15 +363,14 @@ func moveAttentionGuards(g *graph.Graph) int {
 		for _, u := range uses {
 			u.Node.SetInput(u.Index, safe)
 		}
-		if g.RemoveNode(w) != nil || g.RemoveNode(isnan) != nil {
-			continue
+		for _, dead := range []*graph.Node{w, isnan} { // readers first
+			if err := g.RemoveNode(dead); err != nil {
+				return n, err
+			}
 		}
 		n++
 	}
-	if n > 0 {
-		_ = g.SortTopo()
-	}
-	return n
+	return n, nil
 }
 
 // fuseRMSNorms applies the RMS-normalization rewrite (see the pass
@@ -454,10 +468,7 @@ func fuseRMSNorms(m *graph.Model) (int, error) {
 		outs[0].Type, outs[0].DocString, outs[0].Metadata = typ, doc, meta
 		count++
 	}
-	if count > 0 {
-		return count, g.SortTopo()
-	}
-	return 0, nil
+	return count, nil
 }
 
 // isVector reports whether v is known to be 1-D: a constant or a value of
@@ -471,22 +482,19 @@ func isVector(v *graph.Value) bool {
 
 // mergeProductScales applies the scaled-product rewrite (see the pass
 // comment) and returns how many products it changed.
-func mergeProductScales(g *graph.Graph) int {
-	// scaled splits v = Mul(x, c) (either order, v read once) into x and
-	// the scalar constant c.
+func mergeProductScales(g *graph.Graph) (int, error) {
+	// scaled is scalarMul of v's producer, for a float32 scale and a v
+	// read only by the product.
 	scaled := func(v *graph.Value) (*graph.Node, *graph.Value, float64, bool) {
 		n, _ := v.Producer()
-		if n == nil || n.Op != "Mul" || n.Domain != "" || n.NumInputs() != 2 || v.NumUses() != 1 || v.IsGraphOutput() {
+		if n == nil || v.NumUses() != 1 || v.IsGraphOutput() {
 			return nil, nil, 0, false
 		}
-		for i := range 2 {
-			t := graph.ConstTensor(n.Input(1 - i))
-			ks, ok := graph.ConstFloats(n.Input(1 - i))
-			if t != nil && len(t.Dims) == 0 && ok && len(ks) == 1 && t.DType == graph.Float {
-				return n, n.Input(i), ks[0], true
-			}
+		x, k, kv, ok := scalarMul(n)
+		if !ok || graph.ConstTensor(k).DType != graph.Float {
+			return nil, nil, 0, false
 		}
-		return nil, nil, 0, false
+		return n, x, kv, true
 	}
 	count := 0
 	for _, mm := range append([]*graph.Node(nil), g.Nodes...) {
@@ -500,19 +508,18 @@ func mergeProductScales(g *graph.Graph) int {
 		}
 		k, err := graph.NewFloatTensor(mm.Name+".scale", graph.Float, nil, []float32{float32(ka * kb)})
 		if err != nil {
-			continue
+			return count, err
 		}
 		bld := &graph.Builder{G: g, Prefix: "canonical/scale", Metadata: mm.Metadata}
 		sa := bld.Op("Mul", a.Name+".scaled", []*graph.Value{a, bld.Const(k)})
 		mm.SetInput(0, sa)
 		mm.SetInput(1, b)
-		if g.RemoveNode(na) != nil || g.RemoveNode(nb) != nil {
-			continue
+		for _, dead := range []*graph.Node{na, nb} {
+			if err := g.RemoveNode(dead); err != nil {
+				return count, err
+			}
 		}
 		count++
 	}
-	if count > 0 {
-		_ = g.SortTopo()
-	}
-	return count
+	return count, nil
 }

@@ -11,9 +11,9 @@ package trainstep
 // Pre:  autodiff ran.
 // Post: inputs "lr" and "step" (float32 scalars; step counts from 1) and
 //       per-parameter state inputs; outputs "updates_finite" (float32 1
-//       when every updated param and state value is finite, else 0) and
-//       "grad_norm" (global L2 norm of
-//       the adapter gradients, before clipping), "<p>.new" for every
+//       when every updated param and state value is finite, else 0),
+//       "grad_norm" (global L2 norm of the adapter gradients, before
+//       clipping), "<p>.new" for every
 //       parameter and "<state>.new" for every state, computing one step of:
 //   adamw — PyTorch's AdamW: p ← p·(1 − lr·wd); m ← m + (1−β1)(g − m);
 //           v ← β2·v + (1−β2)·g²; p ← p − lr/(1−β1^t) · m / (√v/√(1−β2^t) + ε)
@@ -74,15 +74,19 @@ func (st *Compiler) Optimizer(m *graph.Model) error {
 	lr := scalarInput("lr", trainio.RoleLR)
 	step := scalarInput("step", trainio.RoleStep)
 
+	// sumOver is Σ f(v) over vs, each f(v) a scalar ReduceSum.
+	sumOver := func(vs []*graph.Value, f func(v *graph.Value) *graph.Value) *graph.Value {
+		parts := make([]*graph.Value, len(vs))
+		for i, v := range vs {
+			parts[i] = b.ReduceSum(f(v), nil, false)
+		}
+		if len(parts) == 1 {
+			return parts[0]
+		}
+		return b.Sum(parts...)
+	}
 	// Global gradient norm, before clipping.
-	var squares []*graph.Value
-	for _, gr := range st.grads {
-		squares = append(squares, b.ReduceSum(b.Mul(gr, gr), nil, false))
-	}
-	sq := squares[0]
-	if len(squares) > 1 {
-		sq = b.Sum(squares...)
-	}
+	sq := sumOver(st.grads, func(gr *graph.Value) *graph.Value { return b.Mul(gr, gr) })
 	norm := b.Named("Sqrt", "grad_norm", ops(sq))
 	norm.Type = &graph.TensorType{DType: graph.Float, Shape: []graph.Dim{}}
 	st.role(norm, trainio.RoleGradNorm, "")
@@ -228,14 +232,7 @@ func (st *Compiler) Optimizer(m *graph.Model) error {
 	// is not finite (a plain sum could overflow on finite values). Read
 	// with the loss, it lets the runtime drop a step that would write a
 	// non-finite adapter, with the state still on the device.
-	var zs []*graph.Value
-	for _, v := range updated {
-		zs = append(zs, b.ReduceSum(b.Mul(v, k(0)), nil, false))
-	}
-	z := zs[0]
-	if len(zs) > 1 {
-		z = b.Sum(zs...)
-	}
+	z := sumOver(updated, func(v *graph.Value) *graph.Value { return b.Mul(v, k(0)) })
 	flag := b.Named("Cast", "updates_finite", ops(b.Not(b.Op("IsNaN", ops(z)))), graph.AttrI("to", int64(graph.Float)))
 	flag.Type = &graph.TensorType{DType: graph.Float, Shape: []graph.Dim{}}
 	st.inf.Set(flag, infer.Info{DType: graph.Float, Rank: 0, Dims: []graph.Dim{}})

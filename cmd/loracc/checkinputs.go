@@ -125,40 +125,48 @@ func firstExample(data []byte) ([]byte, int) {
 	return nil, 0
 }
 
-// nested flattens a JSON number, bool or rectangular nested array.
+// nested flattens a JSON number, bool or rectangular nested array. The
+// first element at each level fixes the shape; every other array must
+// match it and every number must sit as deep as the first one.
 func nested(v any) (given, error) {
-	var g given
+	g := given{shape: []int64{}}
+	leaf := -1 // the depth of the numbers, once one is seen
 	var walk func(x any, depth int) error
 	walk = func(x any, depth int) error {
 		switch x := x.(type) {
 		case []any:
-			if len(g.shape) == depth {
+			switch {
+			case leaf < 0 && depth == len(g.shape):
 				g.shape = append(g.shape, int64(len(x)))
-			} else if depth >= len(g.shape) || g.shape[depth] != int64(len(x)) {
-				return fmt.Errorf("not a rectangular array (a row of %d where others have %d)", len(x), g.shape[min(depth, len(g.shape)-1)])
+			case depth >= len(g.shape) || (leaf >= 0 && depth >= leaf):
+				return fmt.Errorf("not a rectangular array (an array where a number was expected)")
+			case g.shape[depth] != int64(len(x)):
+				return fmt.Errorf("not a rectangular array (%d elements at depth %d, %d before)", len(x), depth, g.shape[depth])
 			}
 			for _, e := range x {
 				if err := walk(e, depth+1); err != nil {
 					return err
 				}
 			}
-		case float64:
-			if depth != len(g.shape) && len(g.vals) > 0 {
-				return fmt.Errorf("not a rectangular array")
+			return nil
+		case float64, bool:
+			if leaf < 0 {
+				leaf = depth
 			}
-			g.vals = append(g.vals, x)
-		case bool:
-			g.vals = append(g.vals, map[bool]float64{false: 0, true: 1}[x])
-		default:
-			return fmt.Errorf("want numbers or nested arrays of numbers, got %T", x)
+			if depth != leaf || depth != len(g.shape) {
+				return fmt.Errorf("not a rectangular array (a number at depth %d, %d before)", depth, leaf)
+			}
+			if b, ok := x.(bool); ok {
+				g.vals = append(g.vals, map[bool]float64{false: 0, true: 1}[b])
+			} else {
+				g.vals = append(g.vals, x.(float64))
+			}
+			return nil
 		}
-		return nil
+		return fmt.Errorf("want numbers or nested arrays of numbers, got %T", x)
 	}
 	if err := walk(v, 0); err != nil {
 		return g, err
-	}
-	if g.shape == nil {
-		g.shape = []int64{} // a scalar
 	}
 	return g, nil
 }
@@ -236,7 +244,7 @@ func givenTensor(in runtime.IOInfo, g given) (runtime.Tensor, error) {
 		switch {
 		case in.Shape != nil && len(in.Shape) == 0 && n == 1:
 			shape = []int64{}
-		case in.Shape != nil && static(in.Shape) && product(in.Shape) == n:
+		case in.Shape != nil && declaredSize(in.Shape) == n:
 			shape = in.Shape
 		default:
 			shape = []int64{n}
@@ -252,19 +260,12 @@ func givenTensor(in runtime.IOInfo, g given) (runtime.Tensor, error) {
 	return runtime.Tensor{DType: in.DType, Shape: shape, Data: raw}, nil
 }
 
-func static(dims []int64) bool {
-	for _, d := range dims {
-		if d < 0 {
-			return false
-		}
-	}
-	return true
-}
-
-func product(dims []int64) int64 {
-	n := int64(1)
-	for _, d := range dims {
-		n *= d
+// declaredSize is the element count of a declared shape, -1 when a dim
+// is symbolic.
+func declaredSize(dims []int64) int64 {
+	n, err := graph.NumElements(dims)
+	if err != nil {
+		return -1
 	}
 	return n
 }

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/binary"
 	"fmt"
 	"math"
 	"math/rand/v2"
@@ -136,35 +135,26 @@ func RandomInputs(infos []runtime.IOInfo, seed uint64) (map[string]runtime.Tenso
 			shape[i] = d
 			n *= d
 		}
-		var raw []byte
-		var err error
+		vals := make([]float64, n)
 		switch {
 		case in.DType.IsFloat():
-			vals := make([]float32, n)
 			for i := range vals {
-				vals[i] = float32(2*rng.Float64() - 1)
-			}
-			if in.DType == graph.Double {
-				raw = make([]byte, 8*n)
-				for i, v := range vals {
-					binary.LittleEndian.PutUint64(raw[8*i:], math.Float64bits(float64(v)))
-				}
-			} else if raw, err = graph.EncodeFloats(in.DType, vals); err != nil {
-				return nil, err
+				vals[i] = float64(float32(2*rng.Float64() - 1))
 			}
 		case in.DType == graph.Int64 || in.DType == graph.Int32:
-			w := in.DType.BitSize() / 8
-			raw = make([]byte, int64(w)*n)
-			for i := int64(0); i < n; i++ {
-				raw[int64(w)*i] = byte(rng.IntN(8))
+			for i := range vals {
+				vals[i] = float64(rng.IntN(8))
 			}
 		case in.DType == graph.Bool:
-			raw = make([]byte, n)
-			for i := range raw {
-				raw[i] = 1
+			for i := range vals {
+				vals[i] = 1
 			}
 		default:
 			return nil, fmt.Errorf("input %q: no test data for %s", in.Name, in.DType)
+		}
+		raw, err := encodeValues(in.DType, vals)
+		if err != nil {
+			return nil, fmt.Errorf("input %q: %w", in.Name, err)
 		}
 		out[in.Name] = runtime.Tensor{DType: in.DType, Shape: shape, Data: raw}
 	}

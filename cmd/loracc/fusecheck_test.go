@@ -1,6 +1,8 @@
 package main
 
 import (
+	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -72,6 +74,34 @@ func TestFuseCheckInvalidRandomInputs(t *testing.T) {
 	} {
 		if _, err := loracc(t, append([]string{"fuse", base, "--adapter", ad, "-o", filepath.Join(dir, "bad.onnx")}, c.args...)...); err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%v: %v, want %q", c.args, err, c.want)
+		}
+	}
+}
+
+// TestNestedCheckData: --check-data arrays must be rectangular; their
+// shape and values come out in order.
+func TestNestedCheckData(t *testing.T) {
+	for src, want := range map[string]string{
+		`3`:                "[] [3]",
+		`[[1, 2], [3, 4]]`: "[2 2] [1 2 3 4]",
+		`[true, false]`:    "[2] [1 0]",
+		`[[1, 2], [3]]`:    "error",
+		`[[1, 2], 3]`:      "error",
+		`[1, [2]]`:         "error",
+		`[[1], [[2]]]`:     "error",
+		`"x"`:              "error",
+	} {
+		var v any
+		if err := json.Unmarshal([]byte(src), &v); err != nil {
+			t.Fatal(err)
+		}
+		g, err := nested(v)
+		got := fmt.Sprint(g.shape, " ", g.vals)
+		if err != nil {
+			got = "error"
+		}
+		if got != want {
+			t.Errorf("%s: %s (%v), want %s", src, got, err, want)
 		}
 	}
 }

@@ -54,6 +54,8 @@ func (b *Builder) Log(x *graph.Value) *graph.Value { return b.Op("Log", vals(x))
 
 // Tanh is tanh x.
 func (b *Builder) Tanh(x *graph.Value) *graph.Value { return b.Op("Tanh", vals(x)) }
+
+// Sigmoid is 1/(1 + e^−x).
 func (b *Builder) Sigmoid(x *graph.Value) *graph.Value { return b.Op("Sigmoid", vals(x)) }
 
 // Erf is the error function.

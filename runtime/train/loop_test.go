@@ -116,8 +116,8 @@ func TestLoopGradAccum(t *testing.T) {
 		for _, i := range part {
 			n += fakeTokens(i)
 		}
-		if mb.tokens[j] != n || n == 0 {
-			t.Errorf("step %d of the gather counts %d tokens, its examples %v have %d", j+1, mb.tokens[j], part, n)
+		if mb.work[j] != n || n == 0 {
+			t.Errorf("step %d of the gather counts %d tokens, its examples %v have %d", j+1, mb.work[j], part, n)
 		}
 	}
 	if len(mb.idx) != 10 || r.prog.Epoch != 1 || r.prog.Position != 0 {

@@ -15,9 +15,8 @@ import (
 )
 
 // metricsHeader is metrics.csv's first line; unit is the data's throughput
-// unit (tokens or examples).
-// The last column counts the padded work (every position of the padded
-// batch the step computed, for lm), beside the real work before it.
+// unit (tokens or examples). The last column counts the padded work (for
+// lm every position of the padded batch), beside the real work.
 func metricsHeader(unit string) string {
 	return "step,epoch,loss,lr,grad_norm," + unit + "_per_s,eval_loss,padded_" + unit + "_per_s"
 }

@@ -45,19 +45,19 @@ func (r *runner) canRunMulti() bool {
 // microBatches are the examples of k consecutive steps.
 type microBatches struct {
 	idx    []int     // all k steps' examples, in order
-	tokens []int     // per step: its work, in the data's Unit (tokens or examples)
+	work   []int     // per step: its work, in the data's Unit (tokens or examples)
 	epochs []float64 // per step: the epoch position before it, for metrics.csv
 }
 
 // gather takes the next k steps' examples from the epoch order, each step
 // BatchSize·GradAccum of them (fewer at an epoch's end).
 func (r *runner) gather(k int) microBatches {
-	mb := microBatches{tokens: make([]int, k), epochs: make([]float64, k)}
+	mb := microBatches{work: make([]int, k), epochs: make([]float64, k)}
 	for j := range k {
 		mb.epochs[j] = float64(r.prog.Epoch) + float64(r.prog.Position)/float64(r.cfg.Data.Len())
 		part := r.nextIndices()
 		for _, i := range part {
-			mb.tokens[j] += r.cfg.Data.Work(i)
+			mb.work[j] += r.cfg.Data.Work(i)
 		}
 		mb.idx = append(mb.idx, part...)
 	}
@@ -119,12 +119,12 @@ func (r *runner) runSteps(g *stepGraph) (float64, float64, error) {
 		shape = []int64{int64(k)}
 	}
 	padded := float64(len(mb.idx)) // the padded work of the k steps: examples, or every label position for lm
-	if r.cfg.Data.Unit() == "tokens" {
-		for _, in := range g.io.Inputs {
-			if in.Role == trainio.RoleLabel {
-				padded = float64(product(batch[in.Name].Shape))
-			}
+	if labels := g.io.ByRole(trainio.RoleLabel); r.cfg.Data.Unit() == "tokens" && len(labels) == 1 {
+		n, err := graph.NumElements(batch[labels[0].Name].Shape)
+		if err != nil {
+			return 0, 0, err
 		}
+		padded = float64(n)
 	}
 	feeds, err := r.feeds(g.io, batch, runtime.FloatTensor(shape, lr32), runtime.FloatTensor(shape, step32))
 	if err != nil {
@@ -181,7 +181,7 @@ func (r *runner) runSteps(g *stepGraph) (float64, float64, error) {
 		if j == k-1 {
 			ev = evalLoss
 		}
-		tps := float64(mb.tokens[j]) / math.Max(per, 1e-9)
+		tps := float64(mb.work[j]) / math.Max(per, 1e-9)
 		r.bar.Update(first+j, losses[j], tps)
 		pps := padded / float64(k) / math.Max(per, 1e-9)
 		if err := r.metrics.Add(row{step: first + j, epoch: mb.epochs[j], loss: losses[j], lr: lrs[j], gradNorm: norms[j], tokensPerS: tps, evalLoss: ev, paddedPerS: pps}); err != nil {
@@ -327,12 +327,4 @@ func batchOf(set *dataset.Set, idx []int, seqLen int) (map[string]runtime.Tensor
 		out[k] = runtime.Tensor{DType: dt, Shape: t.Shape, Data: t.Data}
 	}
 	return out, nil
-}
-
-func product(dims []int64) int64 {
-	n := int64(1)
-	for _, d := range dims {
-		n *= d
-	}
-	return n
 }

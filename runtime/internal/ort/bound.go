@@ -7,7 +7,6 @@ import "C"
 
 import (
 	"fmt"
-	"os"
 	"runtime"
 	"sync"
 	"unsafe"
@@ -42,11 +41,8 @@ func NewBoundSession(lib, path string, model []byte, o Options) (_ *BoundSession
 			s.Close()
 		}
 	}()
-	level, err := logLevel(os.Getenv("LORACC_ORT_LOG")) // ORT's environment is one per process: the same level as Acquire's
-	if err != nil {
-		return nil, err
-	}
-	if err := api.check(C.lc_create_env(api.t, C.int(level), &s.env), "creating the environment"); err != nil {
+	// ORT's environment is one per process: the level Acquire set.
+	if err := api.check(C.lc_create_env(api.t, C.int(envLogLevel()), &s.env), "creating the environment"); err != nil {
 		return nil, err
 	}
 	var so unsafe.Pointer

@@ -27,6 +27,7 @@ var env struct {
 	refs    int
 	path    string // canonical path of the loaded library while refs > 0
 	version string
+	level   ortgo.LoggingLevel // ORT's log severity (LORACC_ORT_LOG), read once at load
 }
 
 // Acquire loads the ONNX Runtime shared library at libPath and initialises
@@ -64,6 +65,7 @@ func Acquire(libPath string) (string, error) {
 		ortgo.DestroyEnvironment()
 		return "", fmt.Errorf("setting onnxruntime's log level: %w", err)
 	}
+	env.level = level
 	env.refs = 1
 	env.path = canon
 	env.version = ortgo.GetVersion()
@@ -104,6 +106,17 @@ func canonicalPath(p string) (string, error) {
 		return "", fmt.Errorf("onnxruntime library %q: %w", p, err)
 	}
 	return real, nil
+}
+
+// envLogLevel is the log severity Acquire gave ORT's environment (fatal,
+// the default, before any Acquire).
+func envLogLevel() ortgo.LoggingLevel {
+	env.Lock()
+	defer env.Unlock()
+	if env.refs == 0 {
+		return ortgo.LoggingLevelFatal
+	}
+	return env.level
 }
 
 // logLevel is ONNX Runtime's log severity from LORACC_ORT_LOG. The
