@@ -46,6 +46,7 @@ type gradCtx struct {
 	want  map[*graph.Value]bool // values whose gradient is needed
 	node  *graph.Node
 	picks map[*graph.Value]pick // gradients that are one value per position along an axis (selectOne)
+	silus map[*graph.Node]int   // Mul nodes computing x·σ(x), by the slot of x (gradMul)
 	grads map[*graph.Value][]*graph.Value
 	fwd   map[*graph.Node]bool // the nodes of the forward graph, as opposed to those rules build
 }
@@ -194,6 +195,18 @@ var ErrMissingRules = errors.New("no gradient rule")
 // returns them in order. A parameter the loss does not depend on gets a
 // nil gradient.
 func Gradients(m *graph.Model, loss *graph.Value, params []*graph.Value) ([]*graph.Value, error) {
+	return GradientsWith(m, loss, params, Options{})
+}
+
+// Options adjust Gradients.
+type Options struct {
+	// NoSiLURule differentiates x·σ(x) through Mul's and Sigmoid's
+	// rules instead of as one function (findSiLUs).
+	NoSiLURule bool
+}
+
+// GradientsWith is Gradients with options.
+func GradientsWith(m *graph.Model, loss *graph.Value, params []*graph.Value, o Options) ([]*graph.Value, error) {
 	g := m.Graph
 	if err := g.SortTopo(); err != nil {
 		return nil, err
@@ -270,12 +283,16 @@ func Gradients(m *graph.Model, loss *graph.Value, params []*graph.Value) ([]*gra
 		return nil, fmt.Errorf("autodiff: %w for %d ops between the adapter and the loss: %s", ErrMissingRules, len(missing), strings.Join(missing, ", "))
 	}
 
+	silus := map[*graph.Node]int{}
+	if !o.NoSiLURule {
+		silus = findSiLUs(g, want)
+	}
 	forward := len(g.Nodes)
 	fwd := make(map[*graph.Node]bool, forward)
 	for _, n := range g.Nodes {
 		fwd[n] = true
 	}
-	c := &gradCtx{Builder: opb.New(m, "grad", "grad/loss", inf), want: want, picks: map[*graph.Value]pick{}, grads: map[*graph.Value][]*graph.Value{}, fwd: fwd}
+	c := &gradCtx{Builder: opb.New(m, "grad", "grad/loss", inf), want: want, picks: map[*graph.Value]pick{}, grads: map[*graph.Value][]*graph.Value{}, fwd: fwd, silus: silus}
 	grads := c.grads
 	one := c.Scalar(1, loss)
 	if err := c.Err(); err != nil {
@@ -423,6 +440,30 @@ func iota64(from, to int64) []int64 {
 	var out []int64
 	for i := from; i < to; i++ {
 		out = append(out, i)
+	}
+	return out
+}
+
+// findSiLUs finds y = x·σ(x) (SiLU, as exporters write Llama's MLP
+// activation: Sigmoid then Mul) where σ(x) feeds only that Mul, and takes
+// σ(x) out of want: gradMul then gives x the whole derivative
+// σ·(1 + x·(1 − σ)) in five kernels, where Mul's and Sigmoid's rules and
+// the sum of x's two gradients take seven.
+func findSiLUs(g *graph.Graph, want map[*graph.Value]bool) map[*graph.Node]int {
+	out := map[*graph.Node]int{}
+	for _, n := range g.Nodes {
+		if n.Op != "Mul" || n.Domain != "" || n.NumInputs() != 2 {
+			continue
+		}
+		for xi := range 2 {
+			x, s := n.Input(xi), n.Input(1-xi)
+			sg, _ := s.Producer()
+			if sg != nil && sg.Op == "Sigmoid" && sg.Domain == "" && sg.Input(0) == x && s.NumUses() == 1 && !s.IsGraphOutput() && want[x] {
+				out[n] = xi
+				delete(want, s)
+				break
+			}
+		}
 	}
 	return out
 }

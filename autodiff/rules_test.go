@@ -144,3 +144,25 @@ func TestSlicesTilingAnAxisConcatenate(t *testing.T) {
 		t.Errorf("backward has %d Pad and %d Concat nodes (with the forward's), want 0 and 2", ops["Pad"], ops["Concat"])
 	}
 }
+
+// TestSiLUOneRule: x·σ(x) gets its derivative from one formula: no Sum of
+// two gradients of x, and σ(x)'s own rule (a second Mul by σ) is not run.
+func TestSiLUOneRule(t *testing.T) {
+	m := graph.NewModel(17)
+	g := m.Graph
+	x := g.AddInput("x", &graph.TensorType{DType: graph.Float, Shape: []graph.Dim{{Value: 2}, {Value: 3}}})
+	b := &graph.Builder{G: g}
+	y := b.Op("Mul", "y", []*graph.Value{x, b.Op("Sigmoid", "s", []*graph.Value{x})})
+	loss := b.Op("ReduceSum", "loss", []*graph.Value{y}, graph.AttrI("keepdims", 0))
+	forward := len(g.Nodes)
+	if _, err := Gradients(m, loss, []*graph.Value{x}); err != nil {
+		t.Fatal(err)
+	}
+	ops := map[string]int{}
+	for _, n := range g.Nodes[forward:] {
+		ops[n.Op]++
+	}
+	if ops["Sum"] != 0 || ops["Mul"] != 3 || ops["Sub"] != 1 {
+		t.Errorf("backward ops %v, want 3 Mul, 1 Sub, no Sum", ops)
+	}
+}

@@ -81,6 +81,8 @@ func evalTable() map[string]evalFunc {
 		"Cast":            evalCast,
 		"Concat":          evalConcat,
 		"Gather":          evalGather,
+		"GatherND":        evalGatherND,
+		"CumSum":          evalCumSum,
 		"Slice":           evalSlice,
 		"Unsqueeze":       evalUnsqueeze,
 		"Squeeze":         evalSqueeze,

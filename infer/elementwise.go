@@ -30,6 +30,31 @@ func layerNormType(s *Inferer, n *graph.Node, idx int) graph.DataType {
 	return firstTyped(s, n, idx)
 }
 
+// normRank and normDims: a normalization's output 0 (and the skip
+// variant's input_skip_bias_sum, 3) is shaped like its input; its
+// statistics (1, 2: mean, inverse standard deviation) keep the input's
+// dims before axis and have 1 from axis on, the axes normalized over.
+func normRank(s *Inferer, n *graph.Node, _ int) int { return s.Rank(n.Input(0)) }
+
+func normDims(s *Inferer, n *graph.Node, idx, rank int) []graph.Dim {
+	in := s.Info(n.Input(0)).Dims
+	if idx == 0 || idx == 3 || in == nil {
+		return in
+	}
+	a := n.AttrInt("axis", -1)
+	if a < 0 {
+		a += int64(rank)
+	}
+	if a < 0 || a >= int64(rank) || len(in) != rank {
+		return nil
+	}
+	out := append([]graph.Dim(nil), in...)
+	for i := a; i < int64(rank); i++ {
+		out[i] = graph.Dim{Value: 1}
+	}
+	return out
+}
+
 // broadcastRank is the largest input rank; unknown if any is.
 func broadcastRank(s *Inferer, n *graph.Node, _ int) int {
 	best := -1

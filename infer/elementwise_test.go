@@ -53,7 +53,8 @@ func TestInferSameShape(t *testing.T) {
 		drop[0], "float32 2 [batch,4]",
 		drop[1], "float32 -1 -", // the mask: only its type is derived
 		norm[0], "float32 2 [batch,4]",
-		norm[1], "float32 -1 -",
+		norm[1], "float32 2 [batch,1]", // the statistics: 1 from axis on
+		norm[2], "float32 2 [batch,1]",
 		g.op("Erf", vs(g.in("s", graph.Float))), "float32 0 []",
 		g.op("NonZero", vs(x)), "int64 -1 -",
 		g.op("ArgMax", vs(x)), "int64 -1 -",

@@ -115,7 +115,10 @@ func (s *Inferer) fromProducer(v *graph.Value) Info {
 	if r.rank != nil {
 		in.Rank = r.rank(s, n, idx)
 	}
-	if in.Rank >= 0 && r.dims != nil {
+	switch {
+	case in.Rank >= 0 && r.dimsAt != nil:
+		in.Dims = r.dimsAt(s, n, idx, in.Rank)
+	case in.Rank >= 0 && r.dims != nil:
 		in.Dims = r.dims(s, n, in.Rank)
 	}
 	in.Dims = nameUnknown(v, in.Rank, in.Dims)

@@ -148,6 +148,46 @@ func concatDims(s *Inferer, n *graph.Node, rank int) []graph.Dim {
 	return out
 }
 
+// splitDims: output idx of Split has the input's dims but along the axis
+// its piece's size: from the split input (opset 13+) or attribute, else
+// an equal share (the last piece smaller, as opset 18's num_outputs).
+func splitDims(s *Inferer, n *graph.Node, idx, rank int) []graph.Dim {
+	a := n.AttrInt("axis", 0)
+	if a < 0 {
+		a += int64(rank)
+	}
+	in := s.dimsOf(n.Input(0))
+	if a < 0 || a >= int64(rank) || len(in) != rank {
+		return nil
+	}
+	out := append([]graph.Dim(nil), in...)
+	var sizes []int64
+	if at := n.Attr("split"); at != nil {
+		sizes = at.Ints
+	} else if n.NumInputs() > 1 && n.Input(1) != nil {
+		t := graph.ConstTensor(n.Input(1))
+		if t == nil {
+			out[a] = graph.Dim{Value: -1}
+			return out
+		}
+		var err error
+		if sizes, err = t.Int64s(); err != nil {
+			return nil
+		}
+	}
+	k := len(n.Outputs())
+	switch {
+	case sizes != nil && idx < len(sizes):
+		out[a] = graph.Dim{Value: sizes[idx]}
+	case sizes == nil && in[a].Known() && k > 0:
+		share := (in[a].Value + int64(k) - 1) / int64(k)
+		out[a] = graph.Dim{Value: max(0, min(share, in[a].Value-share*int64(idx)))}
+	default:
+		out[a] = graph.Dim{Value: -1}
+	}
+	return out
+}
+
 // concatValue and concatLength join shape vectors.
 func concatValue(s *Inferer, n *graph.Node) []graph.Dim {
 	var out []graph.Dim

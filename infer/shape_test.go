@@ -76,8 +76,10 @@ func TestInferLayoutOps(t *testing.T) {
 		g.op("Transpose", vs(ones), graph.AttrIs("perm", 1, 0)), "float32 3 [~,~,~]",
 		g.op("Unsqueeze", vs(x, g.ints(0, 0))), "float32 4 [~,~,~,~]",
 		g.op("Flatten", vs(ones)), "float32 2 [~,~]",
-		split[0], "float32 2 [~,~]",
-		split[1], "float32 2 [~,~]",
+		split[0], "float32 2 [3,2]",
+		split[1], "float32 2 [3,3]",
+		g.opN("Split", 3, vs(y), graph.AttrI("axis", 1))[2], "float32 2 [3,1]", // equal shares, the last smaller
+		g.opN("Split", 2, vs(y, g.op("Shape", vs(y))), graph.AttrI("axis", 0))[0], "float32 2 [~,5]", // computed sizes
 		g.op("Pad", vs(y, g.ints(0, 1, 0, 1))), "float32 2 [~,~]",
 		g.op("Tile", vs(y, g.ints(2, 1))), "float32 2 [~,~]",
 	)

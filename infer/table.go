@@ -12,6 +12,9 @@ type opInfer struct {
 	// dims are the output's dims once its rank is known (≥ 0): known
 	// sizes, symbols, Value −1 for unknown; nil when not derivable.
 	dims func(s *Inferer, n *graph.Node, rank int) []graph.Dim
+	// dimsAt is dims for ops whose outputs differ in shape (Split),
+	// used instead of dims when set.
+	dimsAt func(s *Inferer, n *graph.Node, idx, rank int) []graph.Dim
 	// value evaluates a 1-D int64 output built by shape arithmetic entry
 	// by entry (see shapeValue), nil when not derivable.
 	value func(s *Inferer, n *graph.Node) []graph.Dim
@@ -33,6 +36,7 @@ func (r opInfer) with(dtype func(s *Inferer, n *graph.Node, idx int) graph.DataT
 // first typed input's).
 func inferRules() map[string]opInfer {
 	bcast, same := broadcast(), sameShape()
+	norm := opInfer{rank: normRank, dimsAt: normDims}
 	toBool, toInt64 := fixedType(graph.Bool), fixedType(graph.Int64)
 	data := typeOf(0) // the other inputs are shapes, indices, axes or exponents
 	reduce := opInfer{rank: reduceRank, dims: reduceDims}
@@ -55,9 +59,9 @@ func inferRules() map[string]opInfer {
 		"Softmax": same, "LogSoftmax": same,
 		"BatchNormalization": same, "InstanceNormalization": same, "LRN": same,
 		"QuantizeLinear":                   same,
-		"LayerNormalization":               same.with(layerNormType),
-		"SimplifiedLayerNormalization":     same.with(layerNormType),
-		"SkipSimplifiedLayerNormalization": same.with(skipNormType), // com.microsoft
+		"LayerNormalization":               norm.with(layerNormType),
+		"SimplifiedLayerNormalization":     norm.with(layerNormType),
+		"SkipSimplifiedLayerNormalization": norm.with(skipNormType), // com.microsoft
 		"Dropout":                          same.with(data), "CumSum": same.with(data), "Clip": same.with(data), "Trilu": same.with(data),
 		"IsNaN": same.with(toBool), "IsInf": same.with(toBool), "Not": same.with(toBool),
 		"DequantizeLinear": same.with(typeOf(1)),
@@ -96,7 +100,7 @@ func inferRules() map[string]opInfer {
 		"Squeeze":   {dtype: data, rank: squeezeRank, dims: squeezeDims, value: oneEntryValue},
 		"Concat":    {rank: rankOf(0), dims: concatDims, value: concatValue, length: concatLength},
 		"Transpose": {dtype: data, rank: rankOf(0), dims: transposeDims},
-		"Split":     {dtype: data, rank: rankOf(0)}, "Pad": {dtype: data, rank: rankOf(0)},
+		"Split":     {dtype: data, rank: rankOf(0), dimsAt: splitDims}, "Pad": {dtype: data, rank: rankOf(0)},
 		"Tile": {dtype: data, rank: rankOf(0)},
 
 		// indexing (index.go)

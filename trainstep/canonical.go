@@ -40,6 +40,8 @@ package trainstep
 //       whole, and then o's row is NaN, so with V finite the values are
 //       the same; a NaN or ∞ in V itself, which the original propagates,
 //       is zeroed too;
+//   LoRA branches reading the same input share one x·[A₁ | A₂ | …]
+//       product (lorafuse.go);
 //   LayerNormalization with only its output Y gets its optional outputs
 //       Mean and InvStdDev, which the gradient rule then reads instead of
 //       recomputing the statistics (six nodes per normalization).
@@ -69,14 +71,19 @@ func (st *Compiler) Canonicalize(m *graph.Model) error {
 		return err
 	}
 	for _, rw := range []struct {
+		name string
 		run  func() (int, error)
 		note string
 	}{
-		{func() (int, error) { return fuseRMSNorms(m) }, "%d RMS normalizations became SimplifiedLayerNormalization"},
-		{func() (int, error) { return mergeProductScales(g) }, "%d products scaled on both operands now scale one"},
-		{func() (int, error) { return moveAttentionGuards(g) }, "%d attention NaN guards moved from the probabilities to the attention output"},
-		{func() (int, error) { return st.foldBranchScales(g) }, "%d adapter scales moved onto lora_B (or dropped, where 1)"},
+		{"rms-norm", func() (int, error) { return fuseRMSNorms(m) }, "%d RMS normalizations became SimplifiedLayerNormalization"},
+		{"product-scales", func() (int, error) { return mergeProductScales(g) }, "%d products scaled on both operands now scale one"},
+		{"attention-guard", func() (int, error) { return moveAttentionGuards(g) }, "%d attention NaN guards moved from the probabilities to the attention output"},
+		{"branch-scales", func() (int, error) { return st.foldBranchScales(g) }, "%d adapter scales moved onto lora_B (or dropped, where 1)"},
+		{"lora-concat", func() (int, error) { return st.fuseSharedInputBranches(m) }, "%d LoRA x·A products merged into their neighbours' (shared input, lorafuse.go)"},
 	} {
+		if !st.enabled(rw.name) {
+			continue
+		}
 		k, err := rw.run()
 		if err != nil {
 			return err

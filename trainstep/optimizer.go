@@ -33,7 +33,7 @@ import (
 )
 
 func (st *Compiler) Autodiff(m *graph.Model) error {
-	grads, err := autodiff.Gradients(m, st.loss, st.params)
+	grads, err := autodiff.GradientsWith(m, st.loss, st.params, autodiff.Options{NoSiLURule: !st.enabled("silu-rule")})
 	if err != nil {
 		return err
 	}

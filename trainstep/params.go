@@ -17,6 +17,7 @@ package trainstep
 
 import (
 	"fmt"
+	"slices"
 
 	"github.com/loracc/loracc/branch"
 	"github.com/loracc/loracc/graph"
@@ -50,7 +51,36 @@ type Options struct {
 	// Static gives symbolic input dims their sizes (e.g. batch=8,
 	// seq=512) for pass "specialize".
 	Static map[string]int64
+
+	// Target is the ONNX Runtime execution provider the step is compiled
+	// for: "cuda" lets pass "fuse-cuda" use kernels only the CUDA
+	// provider has; "" keeps the graph runnable by any provider.
+	Target string
+
+	// Disable names rewrites to leave out (Rewrites lists them): for
+	// bisecting a numerical difference or a placement problem to one
+	// rewrite, as ONNX Runtime's disable_specified_optimizers does for its
+	// own.
+	Disable []string
 }
+
+// Rewrites are the optional rewrites of passes canonicalize, autodiff and
+// fuse-cuda that Options.Disable may name, with what each does.
+func Rewrites() map[string]string {
+	return map[string]string{
+		"rms-norm":        "canonicalize: RMS normalization as SimplifiedLayerNormalization",
+		"product-scales":  "canonicalize: MatMul(a·c1, b·c2) scales one operand",
+		"attention-guard": "canonicalize: attention's NaN guard on the output, not the probabilities",
+		"branch-scales":   "canonicalize: LoRA scales onto lora_B (dropped where 1)",
+		"lora-concat":     "canonicalize: LoRA branches reading one input share one x·[A1|A2|...] product",
+		"silu-rule":       "autodiff: x·sigmoid(x) differentiated as one function",
+		"bias-softmax":    "fuse-cuda: Softmax(x + mask) as com.microsoft BiasSoftmax",
+		"row-sub-fold":    "fuse-cuda: (G·Vᵀ) − s folded into one GEMM",
+	}
+}
+
+// enabled reports whether rewrite name is not disabled.
+func (st *Compiler) enabled(name string) bool { return !slices.Contains(st.opts.Disable, name) }
 
 // DefaultOptions mirrors PyTorch's AdamW defaults and Hugging Face's
 // ignore index.

@@ -6,7 +6,9 @@
 # model.lora.onnx, as `run.sh round` leaves it) and the model's vocabulary
 # size it profiles that model. Batch and sequence: BATCH, SEQ (8, 512).
 # Run on the GPU machine after staging ORT (source /root/ort/env.sh), with
-# .gpu/bin/loracc and .gpu/bin/latency built here. Results: $OUT/kernels.txt.
+# .gpu/bin/loracc and .gpu/bin/latency built here. The step is compiled as
+# train --static compiles it for CUDA (--target cuda), less the rewrites
+# named in DISABLE (--disable-rewrite). Results: $OUT/kernels.txt.
 set -uo pipefail
 ROOT=$(pwd)
 BIN=$ROOT/.gpu/bin
@@ -24,7 +26,8 @@ else
 	"$BIN"/loracc inject "$W"/model.onnx --rank 16 --target "$re" -o "$W"/model.lora.onnx | tail -1
 fi
 mkdir -p "$OUT"
-"$BIN"/loracc export-train "$W"/model.lora.onnx --loss lm --logits logits --labels labels --weight-decay 0 --clip-norm 0 --static batch=$BATCH,seq=$SEQ -o "$W"/g | tail -1
+"$BIN"/loracc export-train "$W"/model.lora.onnx --loss lm --logits logits --labels labels --weight-decay 0 --clip-norm 0 --static batch=$BATCH,seq=$SEQ \
+	--target cuda ${DISABLE:+--disable-rewrite "$DISABLE"} -o "$W"/g | tail -1
 ncu=$(command -v ncu || ls /usr/local/cuda*/bin/ncu 2>/dev/null | head -1)
 echo "ncu: $ncu"
 # warm-up 1 (not profiled: ncu skips the first launches of it with -s), then one step

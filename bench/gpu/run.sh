@@ -205,14 +205,19 @@ train_kinds() {
 		static) extra="--static --pad-to-multiple-of $SEQ" ;; # CUDA graph (auto)
 		static_nograph) extra="--static --pad-to-multiple-of $SEQ --cuda-graph off" ;;
 		static_hoststate) extra="--static --pad-to-multiple-of $SEQ --cuda-graph off --device-state off" ;;
+		static~*) # static~a+b: the static step with rewrites a and b left out (--disable-rewrite a,b)
+			local off=${kind#static~}
+			extra="--static --pad-to-multiple-of $SEQ --disable-rewrite ${off//+/,}" ;;
 		esac
 		rm -rf "$W"/run_$kind
 		local mp; mp=$(mempoll "$W"/mem_train_$kind.txt)
 		local t0=$(now)
-		"$BIN"/loracc train "$W"/model.lora.onnx --adapter "$W"/peft_init --data "$W"/data.jsonl --loss lm \
+		LORACC_ORT_LOG=${ORT_LOG:-} "$BIN"/loracc train "$W"/model.lora.onnx --adapter "$W"/peft_init --data "$W"/data.jsonl --loss lm \
 			--logits logits --labels labels --max-steps "$STEPS" --batch-size "$BATCH" --lr 1e-4 --weight-decay 0 \
 			--clip-norm 0 --device cuda --save-every 0 $extra --out "$W"/run_$kind >"$W"/train_$kind.log 2>&1
-		echo "train_$kind exit $? wall_s $(python3 -c "print($(now)-$t0)") peak_mib $(sort -n "$W"/mem_train_$kind.txt | tail -1)" | tee -a "$W"/train_wall.txt
+		local rc=$?
+		grep -h -i "memcpy\|cuda graph\|cannot use" "$W"/train_$kind.log | sort | uniq -c | head -5
+		echo "train_$kind exit $rc wall_s $(python3 -c "print($(now)-$t0)") peak_mib $(sort -n "$W"/mem_train_$kind.txt | tail -1)" | tee -a "$W"/train_wall.txt
 		kill "$mp" 2>/dev/null
 		python3 - "$W"/run_$kind/metrics.csv "$W"/torch_tf32.json <<'PY' | tee -a "$W"/train_wall.txt
 import csv, json, os, statistics, sys
@@ -278,10 +283,40 @@ round() {
 			python3 "$ROOT"/bench/gpu/profsum.py "$W"/prof_static_*.json >"$W"/profsum_static.txt; head -40 "$W"/profsum_static.txt
 		fi
 	fi
+	if [ -n "${DIAG_MEMCPY:-}" ]; then # which values ORT copies between host and device in the default static step
+		"$BIN"/loracc export-train "$W"/model.lora.onnx --loss lm --logits logits --labels labels --weight-decay 0 --clip-norm 0 \
+			--static batch=$BATCH,seq=$SEQ --target cuda -o "$W"/g_diag | tail -1
+		LORACC_ORT_LOG=verbose timeout 200 "$BIN"/latency -model "$W"/g_diag/train.onnx -device cuda -batch "$BATCH" -seq "$SEQ" \
+			-vocab 32000 -n 1 -warmup 0 -outputs loss 2>&1 | grep -i "memcpy" | grep -v "^$" | head -40 | cut -c1-400 | tee "$W"/diag_memcpy.txt
+	fi
 	grep -h "cuda graph" "$W"/train_*.log
 	(cd "$WORK" && tar czf "$OUT"/round_$M.tgz round_$M/*.log round_$M/*.txt round_$M/torch_*.json round_$M/run_*/metrics.csv 2>/dev/null)
 	[ "${PROFILE:-0}" = 1 ] && cp "$W"/profsum_static.txt "$OUT"/profsum_$M.txt
 	cp "$W"/kernels.txt "$OUT"/kernels_$M.txt 2>/dev/null
+	cat "$W"/train_wall.txt
+}
+
+# variants MODEL: PyTorch + PEFT TF32 beside `loracc train --static` with each set of rewrites
+# left out (KINDS, e.g. "static static~bias-softmax static~lora-concat+silu-rule"), ORT's warnings on
+# (ORT_LOG=warning: Memcpy nodes, CUDA-graph refusals), then the op counts of each compiled step
+variants() {
+	local M=$1 W=$WORK/round_$1
+	mkdir -p "$W"
+	echo "== torch side ($M)"
+	timeout 300 python3 bench/gpu/torch_side.py --model "$M" --dir "$W" --steps "$STEPS" --batch "$BATCH" --seq "$SEQ" \
+		--modes "${MODES:-tf32}" 2>&1 | grep -v Warning | tail -3 | tee "$W"/torch.log
+	local re; re=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['loracc_target_regex'])" "$W"/torch_summary.json)
+	"$BIN"/loracc inject "$W"/model.onnx --rank 16 --target "$re" -o "$W"/model.lora.onnx | tail -1
+	ORT_LOG=${ORT_LOG:-warning} train_kinds "$W" ${KINDS:-static}
+	for g in "$W"/run_*/graphs/static-*/train.onnx; do
+		python3 - "$g" <<'PY'
+import collections, onnx, sys
+m = onnx.load(sys.argv[1], load_external_data=False)
+c = collections.Counter(n.op_type for n in m.graph.node)
+print(sys.argv[1].split("/")[-4], sum(c.values()), "nodes;", ", ".join(f"{k} {c[k]}" for k in ["BiasSoftmax", "Softmax", "Sub", "Concat", "Split", "Mul", "Add", "MatMul"]))
+PY
+	done | tee "$W"/variants_ops.txt
+	(cd "$WORK" && tar czf "$OUT"/variants_$M.tgz round_$M/*.log round_$M/*.txt round_$M/torch_*.json round_$M/run_*/metrics.csv 2>/dev/null)
 	cat "$W"/train_wall.txt
 }
 
@@ -327,5 +362,6 @@ gpt2-extra) gpt2_extra ;;
 llama-extra) llama_extra ;;
 static) static ;;
 round) round "${2:?round needs a model: gpt2 or llama1b}" ;;
+variants) variants "${2:?variants needs a model}" ;;
 *) echo "usage: $0 tests|gpt2|llama-torch|llama-loracc|gpt2-extra|llama-extra|static|round MODEL" >&2; exit 2 ;;
 esac

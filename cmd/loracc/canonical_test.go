@@ -4,6 +4,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/loracc/loracc/adapter"
@@ -146,4 +147,48 @@ func evalMatchesLogits(t *testing.T, e *runtime.Env, lora, out, adapterDir strin
 		t.Errorf("eval loss %v, cross-entropy of the model's logits %v", got, want)
 	}
 	return feed, a
+}
+
+// TestSharedInputBranchesMerged: the q, k and v branches of the testdata
+// transformer block read one input, so the training graph computes
+// x·[A_q | A_k | A_v] once (lorafuse.go); TestTrainMatchesPyTorch checks
+// the gradients of such a merge (bert_tiny) against PyTorch.
+func TestSharedInputBranchesMerged(t *testing.T) {
+	env(t)
+	dir := t.TempDir()
+	lora := filepath.Join(dir, "tb.lora.onnx")
+	mustLoracc(t, "inject", "../../testdata/models/transformer_block.onnx", "--rank", "4", "-o", lora)
+	out := filepath.Join(dir, "g")
+	mustLoracc(t, "export-train", lora, "--loss", "mse", "-o", out)
+	m, err := graph.Load(filepath.Join(out, "train.onnx"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var concats, xa int
+	m.Graph.Walk(func(n *graph.Node) {
+		if n.Op == "Concat" && n.NumInputs() == 3 && n.Input(0).IsGraphInput() && n.Input(0).Name == "attn.q_proj.lora_A" {
+			concats++
+		}
+		if n.Op == "MatMul" && n.Input(1).IsGraphInput() && strings.HasSuffix(n.Input(1).Name, ".lora_A") {
+			xa++
+		}
+	})
+	if concats != 1 || xa != 3 { // o_proj, fc1 and fc2 keep their own x·A
+		t.Errorf("%d Concats of the q/k/v lora_A, %d unmerged x·A products; want 1 and 3", concats, xa)
+	}
+	// Compiled for fixed dims, the merged step keeps no shape work: the
+	// Split's pieces have static dims (infer), so every Reshape of their
+	// gradients reads a folded shape. (A shape computed at run time makes
+	// ONNX Runtime copy it to the host, which refuses CUDA-graph capture.)
+	static := filepath.Join(dir, "s")
+	mustLoracc(t, "export-train", lora, "--loss", "mse", "--static", "batch=2,seq=8", "-o", static)
+	sm, err := graph.Load(filepath.Join(static, "train.onnx"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sm.Graph.Walk(func(n *graph.Node) {
+		if n.Op == "Shape" || (n.Op == "Reshape" && graph.ConstTensor(n.Input(1)) == nil) {
+			t.Errorf("static step keeps %s %q (a shape computed at run time)", n.Op, n.Name)
+		}
+	})
 }

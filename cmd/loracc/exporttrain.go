@@ -4,9 +4,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -35,7 +37,31 @@ func trainFlags(d trainstep.Options) []cli.Flag {
 		&cli.Float64Flag{Name: "clip-norm", Value: d.ClipNorm, Usage: "clip the adapter gradients' global L2 norm to this (0: off)"},
 		&cli.BoolFlag{Name: "emit-grads", Usage: "also output every adapter gradient as <param>.grad (role grad)"},
 		&cli.IntFlag{Name: "steps-per-run", Value: 1, Usage: "also compile train_multi.onnx running K steps per run (state crosses host↔device once per K steps)"},
+		&cli.StringFlag{Name: "disable-rewrite", Usage: "comma-separated rewrites to leave out, for bisecting a numerical or placement problem (" + rewriteNames() + ")"},
 	}
+}
+
+// rewriteNames lists trainstep's optional rewrites, sorted.
+func rewriteNames() string {
+	names := slices.Sorted(maps.Keys(trainstep.Rewrites()))
+	return strings.Join(names, ", ")
+}
+
+// disabledRewrites reads --disable-rewrite, refusing unknown names.
+func disabledRewrites(c *cli.Context) ([]string, error) {
+	var out []string
+	known := trainstep.Rewrites()
+	for _, name := range strings.Split(c.String("disable-rewrite"), ",") {
+		name = strings.TrimSpace(name)
+		if name == "" {
+			continue
+		}
+		if _, ok := known[name]; !ok {
+			return nil, fmt.Errorf("--disable-rewrite: unknown rewrite %q (known: %s)", name, rewriteNames())
+		}
+		out = append(out, name)
+	}
+	return out, nil
 }
 
 func trainOptions(c *cli.Context, m *graph.Model) (trainstep.Options, error) {
@@ -59,6 +85,10 @@ func trainOptions(c *cli.Context, m *graph.Model) (trainstep.Options, error) {
 		return o, err
 	}
 	if err := checkInts(c, intRule{"steps-per-run", 1, "must be ≥ 1"}); err != nil {
+		return o, err
+	}
+	var err error
+	if o.Disable, err = disabledRewrites(c); err != nil {
 		return o, err
 	}
 	return o, nil
@@ -91,6 +121,7 @@ func exportTrainCommand() *cli.Command {
 			"[--weight-decay W] [--beta1 B1] [--beta2 B2] [--eps E] [--momentum M] [--clip-norm C] [--dump] [-o DIR]",
 		Flags: append(trainFlags(trainstep.DefaultOptions()),
 			&cli.StringFlag{Name: "static", Usage: "compile for fixed input dims, e.g. batch=8,seq=512: shape arithmetic is folded at compile time"},
+			&cli.StringFlag{Name: "target", Usage: "with --static: cuda uses kernels only ONNX Runtime's CUDA provider has (BiasSoftmax); default: a graph any provider runs"},
 			&cli.BoolFlag{Name: "dump", Usage: "print the graph after each pass"},
 			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Usage: "output folder (default: LORA without .onnx plus .train)"},
 		),
@@ -114,7 +145,14 @@ func exportTrainCommand() *cli.Command {
 					return fmt.Errorf("--static: %w", err)
 				}
 			}
-			io, err := exportTrain(in, dir, c, static, dump, logger(c))
+			target := c.String("target")
+			switch {
+			case target != "" && target != "cuda":
+				return fmt.Errorf("--target %q: want cuda (or leave it out for any provider)", target)
+			case target != "" && static == nil:
+				return fmt.Errorf("--target cuda needs --static (its fusions match concrete dims)")
+			}
+			io, err := exportTrain(in, dir, c, static, target, dump, logger(c))
 			if err != nil {
 				return err
 			}
@@ -135,7 +173,7 @@ type GraphIO = trainio.Graph
 // from an injected model and writes them with train.json as one output
 // set: all four files or none, never over the model or its data. static,
 // when not empty, fixes those input dims (pass specialize).
-func exportTrain(in, dir string, c *cli.Context, static map[string]int64, dump func(string, *graph.Model), logf func(string, ...any)) (TrainIO, error) {
+func exportTrain(in, dir string, c *cli.Context, static map[string]int64, target string, dump func(string, *graph.Model), logf func(string, ...any)) (TrainIO, error) {
 	var res TrainIO
 	sig, stop := signal.NotifyContext(c.Context, os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -156,7 +194,7 @@ func exportTrain(in, dir string, c *cli.Context, static map[string]int64, dump f
 		if err != nil {
 			return GraphIO{}, fmt.Errorf("%s: %w", in, err)
 		}
-		opts.Static = static
+		opts.Static, opts.Target = static, target
 		ctx := &rewrite.Context{Train: opts, Dump: dump}
 		if err := rewrite.Run(m, ctx, passes...); err != nil {
 			return GraphIO{}, fmt.Errorf("%s: %s graph: %w", in, name, err)
@@ -170,7 +208,7 @@ func exportTrain(in, dir string, c *cli.Context, static map[string]int64, dump f
 	var err error
 	var spec []string
 	if len(static) > 0 {
-		spec = []string{"specialize"}
+		spec = []string{"specialize", "fuse-cuda"}
 	}
 	if res.Train, err = build("train", append([]string{"params", "canonicalize", "loss", "autodiff", "optimizer", "prune"}, spec...)...); err != nil {
 		return res, err

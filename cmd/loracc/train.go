@@ -102,7 +102,7 @@ func trainAction(c *cli.Context) error {
 	}
 	graphs := filepath.Join(run, "graphs")
 	logf := logger(c)
-	io, err := exportTrain(in, graphs, c, nil, nil, logf)
+	io, err := exportTrain(in, graphs, c, nil, "", nil, logf)
 	if err != nil {
 		return err
 	}
@@ -126,12 +126,6 @@ func trainAction(c *cli.Context) error {
 			return err
 		}
 	}
-	var static *train.Static
-	if c.Bool("static") {
-		if static, err = staticSteps(c, in, graphs, data, logf); err != nil {
-			return err
-		}
-	}
 	env, err := openRuntime(c)
 	if err != nil {
 		return err
@@ -140,6 +134,12 @@ func trainAction(c *cli.Context) error {
 	device, err := pickDevice(c, env, filepath.Join(graphs, "train.onnx"))
 	if err != nil {
 		return err
+	}
+	var static *train.Static
+	if c.Bool("static") {
+		if static, err = staticSteps(c, in, graphs, data, device, logf); err != nil {
+			return err
+		}
 	}
 	var deviceState bool
 	switch c.String("device-state") {
@@ -345,7 +345,7 @@ func isTerminal(w any) bool {
 // padded to (multiples of --pad-to-multiple-of up to --max-length) and a
 // compiler of the step for one of them, into RUNDIR/graphs/static-L/,
 // with the batch dim fixed at batch size × grad accum.
-func staticSteps(c *cli.Context, in, graphs string, data *dataset.Set, logf func(string, ...any)) (*train.Static, error) {
+func staticSteps(c *cli.Context, in, graphs string, data *dataset.Set, device string, logf func(string, ...any)) (*train.Static, error) {
 	if c.Int("steps-per-run") > 1 {
 		return nil, fmt.Errorf("--static and --steps-per-run > 1 do not combine yet")
 	}
@@ -386,7 +386,11 @@ func staticSteps(c *cli.Context, in, graphs string, data *dataset.Set, logf func
 			}
 			dir := filepath.Join(graphs, fmt.Sprintf("static-%d", seqLen))
 			logf("compiling the step for %d × %d into %s", rows, seqLen, dir)
-			io, err := exportTrain(in, dir, c, dims, nil, logf)
+			target := ""
+			if device == "cuda" {
+				target = "cuda" // the step runs there only: its CUDA fusions apply
+			}
+			io, err := exportTrain(in, dir, c, dims, target, nil, logf)
 			if err != nil {
 				return "", trainio.Graph{}, err
 			}

@@ -285,6 +285,14 @@ func cases() []Case {
 			hi := b.Op("Slice", "hi", []*graph.Value{a, b.Int64s("s1", i64(2)), b.Int64s("e1", i64(5)), b.Int64s("ax", i64(1))})
 			return b.Op("Mul", "y", []*graph.Value{lo, hi}), nil
 		}},
+		{Name: "SiLU x·σ(x) (one rule; float32: in double ORT has no QuickGelu, which it fuses the pattern into)", DType: graph.Float, Inputs: []Input{p("a", 2, 5)}, Build: func(b *graph.Builder, in map[string]*graph.Value) (*graph.Value, error) {
+			s := b.Op("Sigmoid", "s", []*graph.Value{in["a"]})
+			return b.Op("Mul", "y", []*graph.Value{s, in["a"]}), nil
+		}},
+		{Name: "SiLU with σ(x) read twice (separate rules)", Inputs: []Input{p("a", 2, 5)}, Build: func(b *graph.Builder, in map[string]*graph.Value) (*graph.Value, error) {
+			s := b.Op("Sigmoid", "s", []*graph.Value{in["a"]})
+			return b.Op("Add", "y", []*graph.Value{b.Op("Mul", "m", []*graph.Value{in["a"], s}), s}), nil
+		}},
 		{Name: "GatherElements duplicates", Opset: 16, Inputs: []Input{p("a", 3, 3), ix("i", i64(2, 3), 0, 0, -1, 2, 1, 0)}, Build: op("GatherElements", []string{"a", "i"}, graph.AttrI("axis", 1))},
 		{Name: "GatherND duplicates", Opset: 16, Inputs: []Input{p("a", 3, 2, 4), ix("i", i64(3, 2), 0, 1, 0, 1, -1, 0)}, Build: op("GatherND", []string{"a", "i"})},
 		{Name: "Tile", Opset: 13, Inputs: []Input{p("a", 2, 1, 3)}, Build: withInts("Tile", "a", ints(i64(2, 3, 1)))},
