@@ -89,6 +89,11 @@ func TestEvalOps(t *testing.T) {
 		{"Equal", node("Equal"), []*tensor{i64([]int64{3}, 1, 2, 3), i64([]int64{}, 2)}, bools([]int64{3}, 0, 1, 0)},
 		{"Cast int to float", node("Cast", graph.AttrI("to", int64(graph.Float))), []*tensor{i64([]int64{2}, 3, -4)}, f32([]int64{2}, 3, -4)},
 		{"Max", node("Max"), []*tensor{i64([]int64{2}, 1, 5), i64([]int64{2}, 3, 2)}, i64([]int64{2}, 3, 5)},
+		{"CumSum along the last axis", node("CumSum"), []*tensor{i64([]int64{2, 3}, 1, 1, 1, 1, 0, 1), i64([]int64{}, -1)}, i64([]int64{2, 3}, 1, 2, 3, 1, 1, 2)},
+		{"CumSum axis 0 exclusive reverse", node("CumSum", graph.AttrI("exclusive", 1), graph.AttrI("reverse", 1)), []*tensor{i64([]int64{3, 1}, 1, 2, 3), i64([]int64{1}, 0)}, i64([]int64{3, 1}, 5, 3, 0)},
+		{"GatherND rows", node("GatherND"), []*tensor{i64([]int64{2, 2}, 1, 2, 3, 4), i64([]int64{2, 1}, 1, 0)}, i64([]int64{2, 2}, 3, 4, 1, 2)},
+		{"GatherND elements, negative index", node("GatherND"), []*tensor{i64([]int64{2, 2}, 1, 2, 3, 4), i64([]int64{2, 2}, 0, -1, 1, 0)}, i64([]int64{2}, 2, 3)},
+		{"GatherND batch_dims 1", node("GatherND", graph.AttrI("batch_dims", 1)), []*tensor{i64([]int64{2, 3}, 1, 2, 3, 4, 5, 6), i64([]int64{2, 2, 1}, 2, 0, 1, 1)}, i64([]int64{2, 2}, 3, 1, 5, 5)},
 	} {
 		if tc.n.Op == "Slice" {
 			tc.n = withConstInputs(t, tc.n, tc.ins)
@@ -105,6 +110,12 @@ func TestEvalOps(t *testing.T) {
 	// Out-of-range indices and division by zero are not folded.
 	if _, err := table["Gather"](node("Gather"), []*tensor{i64([]int64{2}, 1, 2), i64([]int64{}, 2)}); err == nil {
 		t.Error("Gather past the end folded")
+	}
+	if _, err := table["GatherND"](node("GatherND"), []*tensor{i64([]int64{2}, 1, 2), i64([]int64{1, 1}, 2)}); err == nil {
+		t.Error("GatherND past the end folded")
+	}
+	if _, err := table["CumSum"](node("CumSum"), []*tensor{f32([]int64{2}, 1, 2), i64([]int64{}, 0)}); err != errNoFold {
+		t.Errorf("float CumSum: %v, want errNoFold (float32 running sums round per step)", err)
 	}
 	if _, err := table["Div"](node("Div"), []*tensor{i64([]int64{1}, 1), i64([]int64{1}, 0)}); err != errNoFold {
 		t.Errorf("integer division by zero: %v, want errNoFold", err)
