@@ -58,6 +58,11 @@ func (e *Env) newBound(path string, o ort.Options, device string) (*BoundSession
 	return &BoundSession{env: e, name: path, opts: o, s: s, fetches: map[string]*ort.BoundSession{}}, nil
 }
 
+// MemoryStats are the statistics of the session's device allocator, by
+// ONNX Runtime's names (MaxInUse: the peak of bytes in use;
+// TotalAllocated: what its arena holds).
+func (b *BoundSession) MemoryStats() (map[string]int64, error) { return b.s.MemoryStats() }
+
 // Close releases the session; it is safe twice.
 func (b *BoundSession) Close() {
 	b.mu.Lock()

@@ -60,6 +60,15 @@ func TestBoundSessionKeepsValues(t *testing.T) {
 	if got, _ := f["p"].Floats(); !reflect.DeepEqual(got, []float32{4, 10, 18}) || !reflect.DeepEqual(f["p"].Shape, []int64{3}) {
 		t.Errorf("fetched p = %v %v", got, f["p"].Shape)
 	}
+	// The allocator's statistics are readable (the CPU arena keeps them
+	// as ORT's CUDA arena does): some bytes were in use at the peak.
+	stats, err := bs.MemoryStats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if stats["MaxInUse"] <= 0 || stats["NumAllocs"] <= 0 {
+		t.Errorf("allocator stats %v: want MaxInUse and NumAllocs > 0", stats)
+	}
 	d["p"].Close()
 	d["p"].Close() // twice is fine
 	if _, _, err := bs.Run(map[string]Tensor{"a": host["a"]}, map[string]*DeviceValue{"b": d["p"]}, []string{"s", "p"}, nil); err == nil {

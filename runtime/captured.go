@@ -225,6 +225,10 @@ func (c *CapturedStep) copyOut(src map[string]*ort.Value) (map[string]Tensor, er
 }
 
 // Close releases the bindings, buffers and session; safe twice.
+// MemoryStats are the step session's allocator statistics
+// (BoundSession.MemoryStats).
+func (c *CapturedStep) MemoryStats() (map[string]int64, error) { return c.b.MemoryStats() }
+
 func (c *CapturedStep) Close() {
 	if c.bind != nil {
 		c.bind.Close()

@@ -27,6 +27,11 @@ type SessionOptions struct {
 	// ProfilePrefix, when set, makes ONNX Runtime write a JSON profile of
 	// every node run (PREFIX_<date>.json) when the session closes.
 	ProfilePrefix string
+	// ArenaExtend ("kSameAsRequested" or "kNextPowerOfTwo") and
+	// GPUMemLimit (bytes) configure the CUDA arena of bound sessions and
+	// captured steps; zero values keep ONNX Runtime's defaults.
+	ArenaExtend string
+	GPUMemLimit int64
 }
 
 func (o SessionOptions) device() string {
@@ -41,7 +46,8 @@ func (o SessionOptions) ort() (ort.Options, error) {
 	case "cpu":
 		return ort.Options{DisableOptimizations: o.DisableOptimizations, IntraOpThreads: o.IntraOpThreads, ProfilePrefix: o.ProfilePrefix}, nil
 	case "cuda":
-		return ort.Options{CUDA: true, CUDADeviceID: o.CUDADeviceID, DisableOptimizations: o.DisableOptimizations, IntraOpThreads: o.IntraOpThreads, ProfilePrefix: o.ProfilePrefix}, nil
+		return ort.Options{CUDA: true, CUDADeviceID: o.CUDADeviceID, DisableOptimizations: o.DisableOptimizations, IntraOpThreads: o.IntraOpThreads, ProfilePrefix: o.ProfilePrefix,
+			ArenaExtend: o.ArenaExtend, GPUMemLimit: o.GPUMemLimit}, nil
 	}
 	return ort.Options{}, fmt.Errorf("unknown device %q (want cpu or cuda)", o.Device)
 }

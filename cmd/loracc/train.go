@@ -3,9 +3,12 @@ package main
 import (
 	"context"
 	"fmt"
+	"math"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"syscall"
 
 	"github.com/loracc/loracc/adapter"
@@ -46,6 +49,8 @@ func trainCommand() *cli.Command {
 			&cli.IntFlag{Name: "warmup", Usage: "steps of linear warmup from 0"},
 			&cli.Uint64Flag{Name: "seed", Value: 0, Usage: "seed of the data order"},
 			&cli.StringFlag{Name: "device", Value: "auto", Usage: "cpu, cuda or auto (cuda when it works, else cpu)"},
+			&cli.StringFlag{Name: "gpu-mem-limit", Usage: "cap ONNX Runtime's CUDA arena at this size, e.g. 40GiB (default: the whole GPU)"},
+			&cli.StringFlag{Name: "arena-extend-strategy", Value: "same", Usage: "how the CUDA arena grows: same (by what is requested, ORT's kSameAsRequested) or power-of-two (kNextPowerOfTwo, ORT's default)"},
 			&cli.IntFlag{Name: "eval-every", Usage: "evaluate every N steps (and at the end)"},
 			&cli.IntFlag{Name: "save-every", Value: 500, Usage: "checkpoint every N steps (and at the end or on Ctrl-C)"},
 			&cli.BoolFlag{Name: "resume", Usage: "continue the run in --out from its last checkpoint"},
@@ -141,6 +146,10 @@ func trainAction(c *cli.Context) error {
 			return err
 		}
 	}
+	sessionOpts, err := cudaArena(c, device)
+	if err != nil {
+		return err
+	}
 	var deviceState bool
 	switch c.String("device-state") {
 	case "on":
@@ -172,7 +181,7 @@ func trainAction(c *cli.Context) error {
 		Adapter:    start, Data: data, Eval: evalSet,
 		Epochs: c.Int("epochs"), MaxSteps: c.Int("max-steps"), BatchSize: c.Int("batch-size"), GradAccum: c.Int("grad-accum"),
 		Schedule: train.Schedule{Kind: c.String("schedule"), LR: c.Float64("lr"), Warmup: c.Int("warmup")},
-		Seed:     c.Uint64("seed"), Session: runtime.SessionOptions{Device: device},
+		Seed:     c.Uint64("seed"), Session: sessionOpts,
 		EvalEvery: c.Int("eval-every"), SaveEvery: c.Int("save-every"), Resume: c.Bool("resume"),
 		Static: static, DeviceState: deviceState, CUDAGraph: cudaGraph, CUDAGraphRequired: c.String("cuda-graph") == "on",
 		Out: c.App.ErrWriter, Terminal: isTerminal(c.App.ErrWriter),
@@ -180,6 +189,9 @@ func trainAction(c *cli.Context) error {
 	fmt.Fprintf(c.App.Writer, "training %d adapter layers on %d examples (%s, %s)\n", len(start.Layers), data.Len(), c.String("data"), device)
 	res, err := train.Run(ctx, env, cfg)
 	if err != nil {
+		if device == "cuda" && outOfMemory(err) {
+			return fmt.Errorf("%s: the GPU ran out of memory; train a smaller batch (--batch-size, with --grad-accum for the same examples per step), shorter sequences (--max-length), or cap the arena with --gpu-mem-limit to share the GPU: %w", run, err)
+		}
 		return fmt.Errorf("%s: %w", run, err)
 	}
 	if res.Interrupted {
@@ -397,4 +409,55 @@ func staticSteps(c *cli.Context, in, graphs string, data *dataset.Set, device st
 			return filepath.Join(dir, "train.onnx"), io.Train, nil
 		},
 	}, nil
+}
+
+// cudaArena reads --gpu-mem-limit and --arena-extend-strategy into the
+// session options of a run on device.
+func cudaArena(c *cli.Context, device string) (runtime.SessionOptions, error) {
+	o := runtime.SessionOptions{Device: device}
+	switch c.String("arena-extend-strategy") {
+	case "same":
+		o.ArenaExtend = "kSameAsRequested"
+	case "power-of-two":
+		o.ArenaExtend = "kNextPowerOfTwo"
+	default:
+		return o, fmt.Errorf("--arena-extend-strategy %q: want same or power-of-two", c.String("arena-extend-strategy"))
+	}
+	if s := c.String("gpu-mem-limit"); s != "" {
+		n, err := parseBytes(s)
+		if err != nil {
+			return o, fmt.Errorf("--gpu-mem-limit: %w", err)
+		}
+		o.GPUMemLimit = n
+	}
+	return o, nil
+}
+
+// parseBytes reads a size: a whole number of bytes, or a number with a
+// unit KiB, MiB, GiB (powers of 1024) or KB, MB, GB (of 1000).
+func parseBytes(s string) (int64, error) {
+	t := strings.TrimSpace(s)
+	units := []struct {
+		suffix string
+		scale  float64
+	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9}, {"B", 1}}
+	scale := 1.0
+	for _, u := range units {
+		if strings.HasSuffix(t, u.suffix) {
+			t, scale = strings.TrimSpace(strings.TrimSuffix(t, u.suffix)), u.scale
+			break
+		}
+	}
+	v, err := strconv.ParseFloat(t, 64)
+	if err != nil || math.IsNaN(v) || v <= 0 || v*scale > math.MaxInt64/2 {
+		return 0, fmt.Errorf("%q: want a positive size such as 40GiB or 38000MiB", s)
+	}
+	return int64(v * scale), nil
+}
+
+// outOfMemory reports whether err is ONNX Runtime failing to allocate
+// device memory (its arena's or CUDA's own message).
+func outOfMemory(err error) bool {
+	m := strings.ToLower(err.Error())
+	return strings.Contains(m, "out of memory") || strings.Contains(m, "failed to allocate memory") || strings.Contains(m, "bfcarena")
 }

@@ -2,10 +2,12 @@ package train
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"math"
+	"path/filepath"
 	"strings"
 
 	"github.com/loracc/loracc/adapter"
@@ -73,6 +75,10 @@ type Result struct {
 	EvalLoss    float64 // last evaluation's loss, NaN when none ran
 	Adapter     *adapter.Adapter
 	Interrupted bool
+	// Memory sums the step sessions' device allocator statistics (ORT's
+	// names: MaxInUse, TotalAllocated, ...); nil on the CPU or when a
+	// session kept none.
+	Memory map[string]int64
 }
 
 // ErrNonFinite is returned (wrapped) when a step's loss or gradient norm
@@ -187,7 +193,42 @@ func Run(ctx context.Context, env *runtime.Env, cfg Config) (*Result, error) {
 		defer eval.Close()
 		r.eval = eval
 	}
-	return r.loop(ctx)
+	res, err := r.loop(ctx)
+	if err != nil || cfg.Session.Device != "cuda" {
+		return res, err
+	}
+	var stats []func() (map[string]int64, error)
+	for _, b := range bound {
+		stats = append(stats, b.MemoryStats)
+	}
+	for _, c := range captured {
+		stats = append(stats, c.MemoryStats)
+	}
+	res.Memory = sumStats(stats)
+	if p := res.Memory["MaxInUse"]; p > 0 {
+		fmt.Fprintf(cfg.Out, "device memory: peak %.2f GiB in use, %.2f GiB held by ONNX Runtime's arena (%d step sessions)\n",
+			float64(p)/(1<<30), float64(res.Memory["TotalAllocated"])/(1<<30), len(stats))
+	}
+	return res, writeMemory(cfg.Run, res.Memory)
+}
+
+// sumStats adds the statistics of several sessions' allocators (each
+// session has its own arena); a session that cannot report is left out.
+func sumStats(stats []func() (map[string]int64, error)) map[string]int64 {
+	var out map[string]int64
+	for _, f := range stats {
+		m, err := f()
+		if err != nil || len(m) == 0 {
+			continue
+		}
+		if out == nil {
+			out = map[string]int64{}
+		}
+		for k, v := range m {
+			out[k] += v
+		}
+	}
+	return out
 }
 
 // newRunner checks cfg, sets up params and zero optimizer state (or the
@@ -460,4 +501,19 @@ func firstLine(err error) string {
 		msg = msg[:i]
 	}
 	return msg
+}
+
+// writeMemory records the run's device memory statistics in
+// RUN/memory.json (nothing when there are none): the peak of bytes in
+// use (MaxInUse), comparable with PyTorch's max_memory_allocated, and
+// what the arenas held (TotalAllocated), comparable with its reserved.
+func writeMemory(run string, stats map[string]int64) error {
+	if len(stats) == 0 || run == "" {
+		return nil
+	}
+	data, err := json.MarshalIndent(stats, "", "  ")
+	if err != nil {
+		return err
+	}
+	return writeFile(filepath.Join(run, "memory.json"), append(data, '\n'))
 }

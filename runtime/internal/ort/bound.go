@@ -6,7 +6,10 @@ package ort
 import "C"
 
 import (
+	"bytes"
 	"fmt"
+	"strconv"
+	"strings"
 	"runtime"
 	"sync"
 	"unsafe"
@@ -68,7 +71,15 @@ func NewBoundSession(lib, path string, model []byte, o Options) (_ *BoundSession
 		if o.CUDAGraph {
 			graphs = 1
 		}
-		if err := api.check(C.lc_append_cuda(api.t, so, id, graphs), "enabling the cuda execution provider"); err != nil {
+		extend := C.CString(o.ArenaExtend)
+		defer C.free(unsafe.Pointer(extend))
+		limit := ""
+		if o.GPUMemLimit > 0 {
+			limit = fmt.Sprint(o.GPUMemLimit)
+		}
+		climit := C.CString(limit)
+		defer C.free(unsafe.Pointer(climit))
+		if err := api.check(C.lc_append_cuda(api.t, so, id, graphs, extend, climit), "enabling the cuda execution provider"); err != nil {
 			return nil, err
 		}
 		memName = "Cuda"
@@ -101,6 +112,35 @@ func NewBoundSession(lib, path string, model []byte, o Options) (_ *BoundSession
 		}
 	}
 	return s, nil
+}
+
+// MemoryStats are the statistics of the session's device allocator (ORT's
+// arena on CUDA), by ORT's names: InUse, MaxInUse (the peak of bytes in
+// use), TotalAllocated (what the arena holds from the device), NumAllocs,
+// ... An allocator that keeps none gives an empty map.
+func (s *BoundSession) MemoryStats() (map[string]int64, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil, fmt.Errorf("memory stats: the session is closed")
+	}
+	if s.alloc == nil {
+		if err := s.api.check(C.lc_allocator(s.api.t, s.sess, s.devMem, &s.alloc), "creating the device allocator"); err != nil {
+			return nil, err
+		}
+	}
+	buf := make([]byte, 4096)
+	if err := s.api.check(C.lc_alloc_stats(s.api.t, s.alloc, (*C.char)(unsafe.Pointer(&buf[0])), C.size_t(len(buf))), "reading the allocator's statistics"); err != nil {
+		return nil, err
+	}
+	out := map[string]int64{}
+	for _, line := range strings.Split(string(buf[:bytes.IndexByte(buf, 0)]), "\n") {
+		k, v, ok := strings.Cut(line, "=")
+		if n, err := strconv.ParseInt(v, 10, 64); ok && err == nil {
+			out[k] = n
+		}
+	}
+	return out, nil
 }
 
 // Ways to bind a name (bindOne).

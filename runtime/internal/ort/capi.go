@@ -24,8 +24,9 @@ import (
 )
 
 // apiVersion is the C API version we ask for: the highest whose entries
-// we use (IoBinding and CUDA provider options V2 exist since API 11).
-const apiVersion = 11
+// we use (IoBinding and CUDA provider options V2 since API 11; the
+// allocator statistics, AllocatorGetStats, since API 23 — ORT 1.23).
+const apiVersion = 23
 
 // capi is the C API table of one library.
 type capi struct{ t *C.lcPtr }

@@ -33,13 +33,18 @@ OrtStatus* lc_set_threads(lcPtr* api, void* so, int n) {
 OrtStatus* lc_set_opt_level(lcPtr* api, void* so, int level) {
 	return ((OrtStatus* (*)(void*, int))api[lcSetSessionGraphOptimizationLevel])(so, level);
 }
-OrtStatus* lc_append_cuda(lcPtr* api, void* so, const char* device, int graph) {
+// lc_append_cuda enables the CUDA provider; extend and limit (arena
+// growth strategy and byte limit) are left at ORT's defaults when empty.
+OrtStatus* lc_append_cuda(lcPtr* api, void* so, const char* device, int graph, const char* extend, const char* limit) {
 	void* opts = NULL;
 	OrtStatus* st = ((OrtStatus* (*)(void**))api[lcCreateCUDAProviderOptions])(&opts);
 	if (st) return st;
-	const char* keys[] = {"device_id", "enable_cuda_graph"};
-	const char* vals[] = {device, graph ? "1" : "0"};
-	st = ((OrtStatus* (*)(void*, const char* const*, const char* const*, size_t))api[lcUpdateCUDAProviderOptions])(opts, keys, vals, 2);
+	const char* keys[4] = {"device_id", "enable_cuda_graph"};
+	const char* vals[4] = {device, graph ? "1" : "0"};
+	size_t n = 2;
+	if (extend[0]) { keys[n] = "arena_extend_strategy"; vals[n++] = extend; }
+	if (limit[0]) { keys[n] = "gpu_mem_limit"; vals[n++] = limit; }
+	st = ((OrtStatus* (*)(void*, const char* const*, const char* const*, size_t))api[lcUpdateCUDAProviderOptions])(opts, keys, vals, n);
 	if (!st) st = ((OrtStatus* (*)(void*, const void*))api[lcSessionOptionsAppendExecutionProvider_CUDA_V2])(so, opts);
 	((void (*)(void*))api[lcReleaseCUDAProviderOptions])(opts);
 	return st;
@@ -121,4 +126,30 @@ OrtStatus* lc_shape(lcPtr* api, void* v, int64_t* dims, size_t cap, size_t* rank
 // another reads it.
 OrtStatus* lc_sync(lcPtr* api, void* b, int outputs) {
 	return ((OrtStatus* (*)(void*))api[outputs ? lcSynchronizeBoundOutputs : lcSynchronizeBoundInputs])(b);
+}
+
+// lc_alloc_stats writes the allocator's statistics (ORT's arena: InUse,
+// MaxInUse, TotalAllocated, NumAllocs, ...) into buf as "key=value\n"
+// lines, truncated at cap.
+OrtStatus* lc_alloc_stats(lcPtr* api, void* alloc, char* buf, size_t cap) {
+	void* kvp = NULL;
+	OrtStatus* st = ((OrtStatus* (*)(const void*, void**))api[lcAllocatorGetStats])(alloc, &kvp);
+	if (st) return st;
+	const char* const* keys = NULL;
+	const char* const* vals = NULL;
+	size_t n = 0;
+	((void (*)(const void*, const char* const**, const char* const**, size_t*))api[lcGetKeyValuePairs])(kvp, &keys, &vals, &n);
+	size_t used = 0;
+	buf[0] = 0;
+	for (size_t i = 0; i < n; i++) {
+		size_t kl = strlen(keys[i]), vl = strlen(vals[i]);
+		if (used + kl + vl + 3 > cap) break;
+		memcpy(buf + used, keys[i], kl); used += kl;
+		buf[used++] = '=';
+		memcpy(buf + used, vals[i], vl); used += vl;
+		buf[used++] = '\n';
+		buf[used] = 0;
+	}
+	((void (*)(void*))api[lcReleaseKeyValuePairs])(kvp);
+	return NULL;
 }

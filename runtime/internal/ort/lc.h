@@ -31,6 +31,7 @@ enum {
 	lcSynchronizeBoundInputs = 202, lcSynchronizeBoundOutputs = 203,
 	lcSessionOptionsAppendExecutionProvider_CUDA_V2 = 204, lcCreateCUDAProviderOptions = 205,
 	lcUpdateCUDAProviderOptions = 206, lcReleaseCUDAProviderOptions = 208,
+	lcGetKeyValuePairs = 298, lcReleaseKeyValuePairs = 300, lcAllocatorGetStats = 319,
 };
 
 lcPtr* lc_api(const char* lib, uint32_t version, char** err);
@@ -41,7 +42,8 @@ OrtStatus* lc_create_env(lcPtr* api, int level, void** out);
 OrtStatus* lc_create_session_options(lcPtr* api, void** out);
 OrtStatus* lc_set_threads(lcPtr* api, void* so, int n);
 OrtStatus* lc_set_opt_level(lcPtr* api, void* so, int level);
-OrtStatus* lc_append_cuda(lcPtr* api, void* so, const char* device, int graph);
+OrtStatus* lc_append_cuda(lcPtr* api, void* so, const char* device, int graph, const char* extend, const char* limit);
+OrtStatus* lc_alloc_stats(lcPtr* api, void* alloc, char* buf, size_t cap);
 OrtStatus* lc_create_session(lcPtr* api, void* env, const char* path, void* so, void** out);
 OrtStatus* lc_create_session_bytes(lcPtr* api, void* env, const void* data, size_t len, void* so, void** out);
 OrtStatus* lc_create_binding(lcPtr* api, void* sess, void** out);

@@ -24,6 +24,12 @@ type Options struct {
 	// CUDAGraph captures the graph's kernels once and replays them
 	// (BoundSession with FixedBindings only).
 	CUDAGraph bool
+	// ArenaExtend is the CUDA arena's growth strategy, ORT's
+	// arena_extend_strategy ("kSameAsRequested" or "kNextPowerOfTwo"),
+	// and GPUMemLimit its byte limit (gpu_mem_limit); zero values keep
+	// ORT's defaults (BoundSession only).
+	ArenaExtend string
+	GPUMemLimit int64
 }
 
 // OutputSpec tells Run what it needs to know about one model output.
