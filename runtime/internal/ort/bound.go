@@ -8,9 +8,9 @@ import "C"
 import (
 	"bytes"
 	"fmt"
+	"runtime"
 	"strconv"
 	"strings"
-	"runtime"
 	"sync"
 	"unsafe"
 
