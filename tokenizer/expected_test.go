@@ -1,0 +1,152 @@
+package tokenizer
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"testing"
+)
+
+// The expected ids live in ../testdata/tokenizer/expected/ (written by
+// make_expected.py with Hugging Face tokenizers and sentencepiece) or, until
+// those are committed, ../testdata/tokenizer/expected-js/ (written with
+// transformers.js and gpt-3-encoder; see the README there). One JSON file
+// per tokenizer:
+//
+//	{"tokenizer": "llama3", "load": "llama3" | "file": "trained/x.model",
+//	 "cases": [{"line": 1, "text": "...", "ids": [...], "ids_special": [...],
+//	            "decoded": "...", "decoded_skip": "..."}]}
+//
+// "load" names a folder under LORACC_TOKENIZERS_DIR, "file" a file
+// relative to the expected folder. decoded is decode(ids, false) and
+// decoded_skip decode(ids_special, true); absent fields are not compared.
+const (
+	expectedHF = "../testdata/tokenizer/expected"
+	expectedJS = "../testdata/tokenizer/expected-js"
+)
+
+type expectedFile struct {
+	Tokenizer string `json:"tokenizer"`
+	Load      string `json:"load"`
+	File      string `json:"file"`
+	Generator string `json:"generator"`
+	Cases     []struct {
+		Line        int     `json:"line"`
+		Text        string  `json:"text"`
+		IDs         []int   `json:"ids"`
+		IDsSpecial  []int   `json:"ids_special"`
+		Decoded     *string `json:"decoded"`
+		DecodedSkip *string `json:"decoded_skip"`
+	} `json:"cases"`
+}
+
+func expectedDir(t *testing.T) string {
+	if _, err := os.Stat(expectedHF); err == nil {
+		return expectedHF
+	}
+	if os.Getenv("LORACC_REQUIRE_REAL") == "1" {
+		t.Logf("!!! %s is absent: comparing with the interim transformers.js ids of %s", expectedHF, expectedJS)
+	}
+	if _, err := os.Stat(expectedJS); err != nil {
+		t.Fatalf("neither %s nor %s exists", expectedHF, expectedJS)
+	}
+	return expectedJS
+}
+
+// TestExpected compares every corpus line of every tokenizer with the
+// reference ids and decodes.
+func TestExpected(t *testing.T) {
+	dir := expectedDir(t)
+	files, err := filepath.Glob(filepath.Join(dir, "*.json"))
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no expected files in %s (%v)", dir, err)
+	}
+	sort.Strings(files)
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var e expectedFile
+		if err := json.Unmarshal(data, &e); err != nil {
+			t.Fatalf("%s: %v", f, err)
+		}
+		t.Run(e.Tokenizer, func(t *testing.T) {
+			var tk *Tokenizer
+			if e.File != "" {
+				if tk, err = loadExpectedFile(filepath.Join(dir, e.File)); err != nil {
+					t.Fatal(err)
+				}
+			} else {
+				tk = loadReal(t, e.Load)
+			}
+			checkCases(t, tk, &e)
+		})
+	}
+}
+
+func loadExpectedFile(path string) (*Tokenizer, error) {
+	if st, err := os.Stat(path); err == nil && st.IsDir() {
+		return Load(path)
+	}
+	return LoadFile(path)
+}
+
+func checkCases(t *testing.T, tk *Tokenizer, e *expectedFile) {
+	equal, shown := 0, 0
+	for _, c := range e.Cases {
+		var bad []string
+		ids, err := tk.Encode(c.Text, false)
+		if err != nil {
+			bad = append(bad, "encode: "+err.Error())
+		} else if !slices.Equal(ids, c.IDs) {
+			bad = append(bad, "ids: got "+jsonStr(ids)+" want "+jsonStr(c.IDs))
+		}
+		if c.IDsSpecial != nil {
+			got, err := tk.Encode(c.Text, true)
+			if err == nil && !slices.Equal(got, c.IDsSpecial) {
+				bad = append(bad, "ids_special: got "+jsonStr(got)+" want "+jsonStr(c.IDsSpecial))
+			}
+		}
+		if c.Decoded != nil {
+			if got := tk.Decode(c.IDs, false); got != *c.Decoded {
+				bad = append(bad, "decoded: got "+jsonStr(got)+" want "+jsonStr(*c.Decoded))
+			}
+		}
+		if c.DecodedSkip != nil && c.IDsSpecial != nil {
+			if got := tk.Decode(c.IDsSpecial, true); got != *c.DecodedSkip {
+				bad = append(bad, "decoded_skip: got "+jsonStr(got)+" want "+jsonStr(*c.DecodedSkip))
+			}
+		}
+		if len(bad) == 0 {
+			equal++
+			continue
+		}
+		if shown < 8 {
+			shown++
+			t.Errorf("line %d %s:\n  %s", c.Line, jsonStr(c.Text), joinLines(bad))
+		}
+	}
+	t.Logf("%s (%s): %d/%d lines equal", e.Tokenizer, e.Generator, equal, len(e.Cases))
+	if equal != len(e.Cases) {
+		t.Errorf("%s: %d of %d lines differ", e.Tokenizer, len(e.Cases)-equal, len(e.Cases))
+	}
+}
+
+func jsonStr(v any) string {
+	b, _ := json.Marshal(v)
+	return string(b)
+}
+
+func joinLines(s []string) string {
+	out := ""
+	for i, x := range s {
+		if i > 0 {
+			out += "\n  "
+		}
+		out += x
+	}
+	return out
+}

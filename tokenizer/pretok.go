@@ -1,0 +1,282 @@
+package tokenizer
+
+import (
+	"strings"
+	"unicode"
+	"unicode/utf8"
+)
+
+// piece is a word candidate during pre-tokenization.
+type piece struct {
+	text  string
+	first bool // starts at offset 0 of the input (Metaspace's "first")
+}
+
+// preTokenizer splits pieces into words; the model sees each word alone.
+type preTokenizer interface {
+	preTokenize(in []piece) ([]piece, error)
+}
+
+// behavior is what a split does with the matched ranges (HF's
+// SplitDelimiterBehavior).
+type behavior int
+
+const (
+	removed behavior = iota
+	isolated
+	mergedWithPrevious
+	mergedWithNext
+	contiguous
+)
+
+// span is a range of a piece, matched or not.
+type span struct {
+	a, b  int
+	match bool
+}
+
+// splitSpans applies behavior b to the matches m of s (sorted, disjoint)
+// and appends the resulting non-empty pieces to out.
+func splitSpans(out []piece, p piece, m [][2]int, b behavior, invert bool) []piece {
+	s := p.text
+	spans := make([]span, 0, 2*len(m)+1)
+	prev := 0
+	for _, r := range m {
+		if prev < r[0] {
+			spans = append(spans, span{prev, r[0], invert})
+		}
+		spans = append(spans, span{r[0], r[1], !invert})
+		prev = r[1]
+	}
+	if prev < len(s) || len(spans) == 0 {
+		spans = append(spans, span{prev, len(s), invert})
+	}
+	var merged []span
+	switch b {
+	case removed:
+		for _, sp := range spans {
+			if !sp.match {
+				merged = append(merged, sp)
+			}
+		}
+	case isolated:
+		merged = spans
+	case mergedWithPrevious:
+		prevMatch := false
+		for _, sp := range spans {
+			if sp.match && !prevMatch && len(merged) > 0 {
+				merged[len(merged)-1].b = sp.b
+			} else {
+				merged = append(merged, sp)
+			}
+			prevMatch = sp.match
+		}
+	case mergedWithNext:
+		nextMatch := false
+		for i := len(spans) - 1; i >= 0; i-- {
+			sp := spans[i]
+			if sp.match && !nextMatch && len(merged) > 0 {
+				merged[len(merged)-1].a = sp.a
+			} else {
+				merged = append(merged, sp)
+			}
+			nextMatch = sp.match
+		}
+		for i, j := 0, len(merged)-1; i < j; i, j = i+1, j-1 {
+			merged[i], merged[j] = merged[j], merged[i]
+		}
+	case contiguous:
+		prevMatch := false
+		for _, sp := range spans {
+			if sp.match == prevMatch && len(merged) > 0 {
+				merged[len(merged)-1].b = sp.b
+			} else {
+				merged = append(merged, sp)
+			}
+			prevMatch = sp.match
+		}
+	}
+	for _, sp := range merged {
+		if sp.a < sp.b {
+			out = append(out, piece{text: s[sp.a:sp.b], first: p.first && sp.a == 0})
+		}
+	}
+	return out
+}
+
+// split is HF's Split pre-tokenizer.
+type split struct {
+	pat      pattern
+	behavior behavior
+	invert   bool
+}
+
+func (t split) preTokenize(in []piece) ([]piece, error) {
+	out := make([]piece, 0, len(in)*4)
+	for _, p := range in {
+		m, err := t.pat.findAll(p.text)
+		if err != nil {
+			return nil, err
+		}
+		out = splitSpans(out, p, m, t.behavior, t.invert)
+	}
+	return out, nil
+}
+
+// byteLevel is HF's ByteLevel pre-tokenizer: an optional leading space,
+// GPT-2's regex split, then each byte mapped to its printable rune.
+type byteLevel struct {
+	addPrefixSpace bool
+	re             *regex // nil when use_regex is false
+}
+
+// gpt2Pattern is GPT-2's pre-tokenizer regex, which HF's ByteLevel uses.
+const gpt2Pattern = `'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+`
+
+func (t byteLevel) preTokenize(in []piece) ([]piece, error) {
+	out := make([]piece, 0, len(in)*4)
+	for _, p := range in {
+		if t.addPrefixSpace && !strings.HasPrefix(p.text, " ") {
+			p.text = " " + p.text
+		}
+		if t.re == nil {
+			out = append(out, p)
+			continue
+		}
+		m, err := t.re.findAll(p.text)
+		if err != nil {
+			return nil, err
+		}
+		out = splitSpans(out, p, m, isolated, false)
+	}
+	buf := make([]byte, 0, 64)
+	for i := range out {
+		buf = byteLevelMap(buf[:0], out[i].text)
+		out[i].text = string(buf)
+	}
+	return out, nil
+}
+
+// prependScheme says when Metaspace adds its replacement in front.
+type prependScheme int
+
+const (
+	prependAlways prependScheme = iota
+	prependFirst
+	prependNever
+)
+
+// metaspace is SentencePiece's whitespace handling as HF's Metaspace
+// pre-tokenizer: spaces become the replacement (▁), one is prepended, and
+// pieces are split before each replacement.
+type metaspace struct {
+	repl   string
+	scheme prependScheme
+	split  bool
+}
+
+func (t metaspace) preTokenize(in []piece) ([]piece, error) {
+	var out []piece
+	for _, p := range in {
+		s := strings.ReplaceAll(p.text, " ", t.repl)
+		if !strings.HasPrefix(s, t.repl) && (t.scheme == prependAlways || (t.scheme == prependFirst && p.first)) {
+			s = t.repl + s
+		}
+		p.text = s
+		if !t.split {
+			out = append(out, p)
+			continue
+		}
+		m, _ := literal(t.repl).findAll(s)
+		out = splitSpans(out, p, m, mergedWithNext, false)
+	}
+	return out, nil
+}
+
+// runeClass splits each piece by a rune predicate: the runes for which
+// match is true are the delimiters, handled with behavior.
+type runeClass struct {
+	match    func(r rune) bool
+	behavior behavior
+	each     bool // every matching rune is its own match (else runs)
+}
+
+func (t runeClass) preTokenize(in []piece) ([]piece, error) {
+	out := make([]piece, 0, len(in)*2)
+	for _, p := range in {
+		var m [][2]int
+		s := p.text
+		for i := 0; i < len(s); {
+			r, n := utf8.DecodeRuneInString(s[i:])
+			if !t.match(r) {
+				i += n
+				continue
+			}
+			j := i + n
+			for !t.each && j < len(s) {
+				r2, n2 := utf8.DecodeRuneInString(s[j:])
+				if !t.match(r2) {
+					break
+				}
+				j += n2
+			}
+			m = append(m, [2]int{i, j})
+			i = j
+		}
+		out = splitSpans(out, p, m, t.behavior, false)
+	}
+	return out, nil
+}
+
+// isPunct is HF's punctuation test: ASCII punctuation or Unicode P*.
+func isPunct(r rune) bool {
+	return (r < 128 && unicode.IsPunct(r)) || (r < 128 && unicode.IsSymbol(r)) || unicode.IsPunct(r)
+}
+
+// whitespace is HF's Whitespace pre-tokenizer, `\w+|[^\w\s]+`, written
+// out: runs of word runes and runs of other non-space runes.
+type whitespace struct{}
+
+func (whitespace) preTokenize(in []piece) ([]piece, error) {
+	var out []piece
+	for _, p := range in {
+		s := p.text
+		for i := 0; i < len(s); {
+			r, n := utf8.DecodeRuneInString(s[i:])
+			if unicode.IsSpace(r) {
+				i += n
+				continue
+			}
+			word := isWordRune(r)
+			j := i + n
+			for j < len(s) {
+				r2, n2 := utf8.DecodeRuneInString(s[j:])
+				if unicode.IsSpace(r2) || isWordRune(r2) != word {
+					break
+				}
+				j += n2
+			}
+			out = append(out, piece{text: s[i:j], first: p.first && i == 0})
+			i = j
+		}
+	}
+	return out, nil
+}
+
+type preSequence []preTokenizer
+
+func (t preSequence) preTokenize(in []piece) ([]piece, error) {
+	var err error
+	for _, x := range t {
+		if in, err = x.preTokenize(in); err != nil {
+			return nil, err
+		}
+	}
+	return in, nil
+}
+
+// isNumeric is Rust's char::is_numeric (categories Nd, Nl, No).
+func isNumeric(r rune) bool { return unicode.IsNumber(r) }
+
+// isSpace is Rust's char::is_whitespace (the White_Space property).
+func isSpace(r rune) bool { return unicode.IsSpace(r) }
