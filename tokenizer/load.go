@@ -155,7 +155,7 @@ func (t *Tokenizer) applyConfig(path string) error {
 	}
 	// Llama-2 and Gemma configs decide BOS/EOS with add_bos_token; the
 	// tokenizer.json's template, when there is one, already encodes it.
-	if t.post == nil && (c.AddBOS != nil || c.AddEOS != nil) {
+	if (t.post == nil || t.configPost) && (c.AddBOS != nil || c.AddEOS != nil) {
 		var p template
 		if c.AddBOS != nil && *c.AddBOS && t.bos >= 0 {
 			p.before = []int{t.bos}

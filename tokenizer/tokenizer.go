@@ -26,6 +26,9 @@ type Tokenizer struct {
 	bos     int // -1 when the model has none
 	eos     int
 	pad     int
+	// configPost: tokenizer_config.json's add_bos_token/add_eos_token may
+	// replace post (formats whose files do not fix BOS/EOS themselves).
+	configPost bool
 
 	maxLength int
 	templates map[string]string
