@@ -54,8 +54,16 @@ func newAddedVocab(tokens []addedToken, norm normalizer) *addedVocab {
 
 // split returns the segments of text, normalizing the non-token pieces.
 // Empty pieces are dropped, as HF drops empty splits.
-func (v *addedVocab) split(text string, norm normalizer) []segment {
-	var out []segment
+func (v *addedVocab) split(text string, norm normalizer, out []segment) []segment {
+	if len(v.raw.nodes) == 0 && len(v.normed.nodes) == 0 {
+		if norm != nil {
+			text = norm.normalize(text)
+		}
+		if text != "" {
+			out = append(out, segment{text: text, id: -1, start: true})
+		}
+		return out
+	}
 	for _, s := range v.raw.split(text, true) {
 		if s.id >= 0 {
 			out = append(out, s)

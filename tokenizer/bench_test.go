@@ -34,4 +34,3 @@ func BenchmarkEncode(b *testing.B) {
 		})
 	}
 }
-

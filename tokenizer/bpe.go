@@ -8,7 +8,7 @@ import (
 
 // model turns one pre-tokenized word into ids, appended to ids.
 type model interface {
-	tokenize(word string, ids []int) ([]int, error)
+	tokenize(w piece, ids []int) ([]int, error)
 }
 
 // bpe is byte-pair encoding as HF's BPE model runs it: a word starts as
@@ -26,6 +26,35 @@ type bpe struct {
 	suffix       string
 	byteIDs      [256]int // <0xXX> ids; -1 where missing
 	cache        *wordCache
+
+	// For pieces still in raw bytes (piece.bytes): the id of each byte's
+	// byte-level rune, the vocabulary keyed by raw bytes (for
+	// ignore_merges), and a cache keyed by raw words.
+	byteSym  [256]int
+	byteOK   bool // every byte has a symbol
+	rawVocab map[string]int
+	rawCache *wordCache
+}
+
+// initByteLevel prepares the raw-byte path.
+func (m *bpe) initByteLevel() {
+	m.byteOK = true
+	for b := range m.byteSym {
+		id, ok := m.vocab[string(byteRunes[b])]
+		if !ok {
+			id, m.byteOK = -1, false
+		}
+		m.byteSym[b] = id
+	}
+	m.rawCache = newWordCache()
+	if m.ignoreMerges {
+		m.rawVocab = make(map[string]int, len(m.vocab))
+		var buf []byte
+		for tok, id := range m.vocab {
+			buf = byteLevelUnmap(buf[:0], tok)
+			m.rawVocab[string(buf)] = id
+		}
+	}
 }
 
 func pairKey(a, b int) uint64 { return uint64(uint32(a))<<32 | uint64(uint32(b)) }
@@ -40,23 +69,38 @@ func (m *bpe) initBytes() {
 	}
 }
 
-func (m *bpe) tokenize(word string, ids []int) ([]int, error) {
+func (m *bpe) tokenize(w piece, ids []int) ([]int, error) {
+	word, cache, vocab := w.text, m.cache, m.vocab
+	if w.bytes {
+		if !m.byteOK {
+			return m.tokenize(piece{text: string(byteLevelMap(nil, word))}, ids)
+		}
+		cache, vocab = m.rawCache, m.rawVocab
+	}
 	if m.ignoreMerges {
-		if id, ok := m.vocab[word]; ok {
+		if id, ok := vocab[word]; ok {
 			return append(ids, id), nil
 		}
 	}
-	if got, ok := m.cache.get(word); ok {
+	if got, ok := cache.get(word); ok {
 		return append(ids, got...), nil
 	}
 	var buf [32]int
-	syms := m.initial(word, buf[:0])
+	var syms []int
+	if w.bytes {
+		syms = buf[:0]
+		for i := 0; i < len(word); i++ {
+			syms = append(syms, m.byteSym[word[i]])
+		}
+	} else {
+		syms = m.initial(word, buf[:0])
+	}
 	if len(syms) <= 48 {
 		syms = m.mergeSmall(syms)
 	} else {
 		syms = m.mergeHeap(syms)
 	}
-	m.cache.put(word, syms)
+	cache.put(word, syms)
 	return append(ids, syms...), nil
 }
 

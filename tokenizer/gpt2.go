@@ -68,5 +68,6 @@ func loadGPT2(encPath, bpePath string) (*Tokenizer, error) {
 		return nil, fmt.Errorf("tokenizer: %s: %w", encPath, err)
 	}
 	t.added = newAddedVocab(added, nil)
+	t.finish()
 	return t, nil
 }

@@ -64,6 +64,7 @@ func LoadFile(path string) (*Tokenizer, error) {
 		return nil, fmt.Errorf("tokenizer: %s: %w", path, err)
 	}
 	t.guessSpecials()
+	t.finish()
 	return t, nil
 }
 

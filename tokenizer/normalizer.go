@@ -75,7 +75,7 @@ func (n replace) normalize(s string) string {
 	}
 	// A regex over its bound leaves the piece unchanged rather than
 	// failing: normalizers cannot fail in HF either.
-	m, err := n.pat.findAll(s)
+	m, err := n.pat.findAll(s, nil)
 	if err != nil || len(m) == 0 {
 		return s
 	}

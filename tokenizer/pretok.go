@@ -1,6 +1,8 @@
 package tokenizer
 
 import (
+	"errors"
+	"slices"
 	"strings"
 	"unicode"
 	"unicode/utf8"
@@ -10,11 +12,24 @@ import (
 type piece struct {
 	text  string
 	first bool // starts at offset 0 of the input (Metaspace's "first")
+	// bytes: text is raw and still owes the byte-level map, which the
+	// BPE model applies itself (a lazy byteLevel saves a string per word).
+	bytes bool
+}
+
+// scratch holds the buffers of one Encode call, pooled per Tokenizer.
+type scratch struct {
+	a, b  []piece
+	m     [][2]int
+	spans []span
+	segs  []segment
+	syms  []byte
 }
 
 // preTokenizer splits pieces into words; the model sees each word alone.
+// It appends its output to out, which never aliases in.
 type preTokenizer interface {
-	preTokenize(in []piece) ([]piece, error)
+	preTokenize(in, out []piece, sc *scratch) ([]piece, error)
 }
 
 // behavior is what a split does with the matched ranges (HF's
@@ -35,11 +50,29 @@ type span struct {
 	match bool
 }
 
-// splitSpans applies behavior b to the matches m of s (sorted, disjoint)
+// splitSpans applies behavior b to the matches m of p (sorted, disjoint)
 // and appends the resulting non-empty pieces to out.
-func splitSpans(out []piece, p piece, m [][2]int, b behavior, invert bool) []piece {
+func splitSpans(out []piece, p piece, m [][2]int, b behavior, invert bool, sc *scratch) []piece {
 	s := p.text
-	spans := make([]span, 0, 2*len(m)+1)
+	add := func(a, b int) {
+		if a < b {
+			out = append(out, piece{text: s[a:b], first: p.first && a == 0, bytes: p.bytes})
+		}
+	}
+	if b == isolated || (b == removed && !invert) {
+		// The common cases, without building spans.
+		prev := 0
+		for _, r := range m {
+			add(prev, r[0])
+			if b == isolated {
+				add(r[0], r[1])
+			}
+			prev = r[1]
+		}
+		add(prev, len(s))
+		return out
+	}
+	spans := sc.spans[:0]
 	prev := 0
 	for _, r := range m {
 		if prev < r[0] {
@@ -51,6 +84,7 @@ func splitSpans(out []piece, p piece, m [][2]int, b behavior, invert bool) []pie
 	if prev < len(s) || len(spans) == 0 {
 		spans = append(spans, span{prev, len(s), invert})
 	}
+	sc.spans = spans
 	var merged []span
 	switch b {
 	case removed:
@@ -59,8 +93,6 @@ func splitSpans(out []piece, p piece, m [][2]int, b behavior, invert bool) []pie
 				merged = append(merged, sp)
 			}
 		}
-	case isolated:
-		merged = spans
 	case mergedWithPrevious:
 		prevMatch := false
 		for _, sp := range spans {
@@ -82,9 +114,7 @@ func splitSpans(out []piece, p piece, m [][2]int, b behavior, invert bool) []pie
 			}
 			nextMatch = sp.match
 		}
-		for i, j := 0, len(merged)-1; i < j; i, j = i+1, j-1 {
-			merged[i], merged[j] = merged[j], merged[i]
-		}
+		slices.Reverse(merged)
 	case contiguous:
 		prevMatch := false
 		for _, sp := range spans {
@@ -97,9 +127,7 @@ func splitSpans(out []piece, p piece, m [][2]int, b behavior, invert bool) []pie
 		}
 	}
 	for _, sp := range merged {
-		if sp.a < sp.b {
-			out = append(out, piece{text: s[sp.a:sp.b], first: p.first && sp.a == 0})
-		}
+		add(sp.a, sp.b)
 	}
 	return out
 }
@@ -111,14 +139,14 @@ type split struct {
 	invert   bool
 }
 
-func (t split) preTokenize(in []piece) ([]piece, error) {
-	out := make([]piece, 0, len(in)*4)
+func (t split) preTokenize(in, out []piece, sc *scratch) ([]piece, error) {
 	for _, p := range in {
-		m, err := t.pat.findAll(p.text)
+		m, err := t.pat.findAll(p.text, sc.m[:0])
 		if err != nil {
 			return nil, err
 		}
-		out = splitSpans(out, p, m, t.behavior, t.invert)
+		sc.m = m
+		out = splitSpans(out, p, m, t.behavior, t.invert, sc)
 	}
 	return out, nil
 }
@@ -128,14 +156,20 @@ func (t split) preTokenize(in []piece) ([]piece, error) {
 type byteLevel struct {
 	addPrefixSpace bool
 	re             *regex // nil when use_regex is false
+	// lazy leaves the byte map to the BPE model (piece.bytes); set by
+	// Tokenizer.finish when nothing after this pre-tokenizer reads text.
+	lazy bool
 }
 
 // gpt2Pattern is GPT-2's pre-tokenizer regex, which HF's ByteLevel uses.
 const gpt2Pattern = `'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+`
 
-func (t byteLevel) preTokenize(in []piece) ([]piece, error) {
-	out := make([]piece, 0, len(in)*4)
+func (t byteLevel) preTokenize(in, out []piece, sc *scratch) ([]piece, error) {
+	start := len(out)
 	for _, p := range in {
+		if p.bytes {
+			return nil, errors.New("byte-level pre-tokenizer applied twice")
+		}
 		if t.addPrefixSpace && !strings.HasPrefix(p.text, " ") {
 			p.text = " " + p.text
 		}
@@ -143,16 +177,20 @@ func (t byteLevel) preTokenize(in []piece) ([]piece, error) {
 			out = append(out, p)
 			continue
 		}
-		m, err := t.re.findAll(p.text)
+		m, err := t.re.findAll(p.text, sc.m[:0])
 		if err != nil {
 			return nil, err
 		}
-		out = splitSpans(out, p, m, isolated, false)
+		sc.m = m
+		out = splitSpans(out, p, m, isolated, false, sc)
 	}
-	buf := make([]byte, 0, 64)
-	for i := range out {
-		buf = byteLevelMap(buf[:0], out[i].text)
-		out[i].text = string(buf)
+	for i := start; i < len(out); i++ {
+		if t.lazy {
+			out[i].bytes = true
+			continue
+		}
+		sc.syms = byteLevelMap(sc.syms[:0], out[i].text)
+		out[i].text = string(sc.syms)
 	}
 	return out, nil
 }
@@ -175,8 +213,7 @@ type metaspace struct {
 	split  bool
 }
 
-func (t metaspace) preTokenize(in []piece) ([]piece, error) {
-	var out []piece
+func (t metaspace) preTokenize(in, out []piece, sc *scratch) ([]piece, error) {
 	for _, p := range in {
 		s := strings.ReplaceAll(p.text, " ", t.repl)
 		if !strings.HasPrefix(s, t.repl) && (t.scheme == prependAlways || (t.scheme == prependFirst && p.first)) {
@@ -187,8 +224,9 @@ func (t metaspace) preTokenize(in []piece) ([]piece, error) {
 			out = append(out, p)
 			continue
 		}
-		m, _ := literal(t.repl).findAll(s)
-		out = splitSpans(out, p, m, mergedWithNext, false)
+		m, _ := literal(t.repl).findAll(s, sc.m[:0])
+		sc.m = m
+		out = splitSpans(out, p, m, mergedWithNext, false, sc)
 	}
 	return out, nil
 }
@@ -201,10 +239,9 @@ type runeClass struct {
 	each     bool // every matching rune is its own match (else runs)
 }
 
-func (t runeClass) preTokenize(in []piece) ([]piece, error) {
-	out := make([]piece, 0, len(in)*2)
+func (t runeClass) preTokenize(in, out []piece, sc *scratch) ([]piece, error) {
 	for _, p := range in {
-		var m [][2]int
+		m := sc.m[:0]
 		s := p.text
 		for i := 0; i < len(s); {
 			r, n := utf8.DecodeRuneInString(s[i:])
@@ -223,7 +260,8 @@ func (t runeClass) preTokenize(in []piece) ([]piece, error) {
 			m = append(m, [2]int{i, j})
 			i = j
 		}
-		out = splitSpans(out, p, m, t.behavior, false)
+		sc.m = m
+		out = splitSpans(out, p, m, t.behavior, false, sc)
 	}
 	return out, nil
 }
@@ -237,8 +275,7 @@ func isPunct(r rune) bool {
 // out: runs of word runes and runs of other non-space runes.
 type whitespace struct{}
 
-func (whitespace) preTokenize(in []piece) ([]piece, error) {
-	var out []piece
+func (whitespace) preTokenize(in, out []piece, _ *scratch) ([]piece, error) {
 	for _, p := range in {
 		s := p.text
 		for i := 0; i < len(s); {
@@ -256,7 +293,7 @@ func (whitespace) preTokenize(in []piece) ([]piece, error) {
 				}
 				j += n2
 			}
-			out = append(out, piece{text: s[i:j], first: p.first && i == 0})
+			out = append(out, piece{text: s[i:j], first: p.first && i == 0, bytes: p.bytes})
 			i = j
 		}
 	}
@@ -265,14 +302,22 @@ func (whitespace) preTokenize(in []piece) ([]piece, error) {
 
 type preSequence []preTokenizer
 
-func (t preSequence) preTokenize(in []piece) ([]piece, error) {
-	var err error
-	for _, x := range t {
-		if in, err = x.preTokenize(in); err != nil {
+// preTokenize runs the stages, alternating between the two buffers.
+func (t preSequence) preTokenize(in, out []piece, sc *scratch) ([]piece, error) {
+	if len(t) == 0 {
+		return append(out, in...), nil
+	}
+	for i, x := range t {
+		res, err := x.preTokenize(in, out[:0], sc)
+		if err != nil {
 			return nil, err
 		}
+		if i == len(t)-1 {
+			return res, nil
+		}
+		in, out = res, in
 	}
-	return in, nil
+	return nil, nil // not reached
 }
 
 // isNumeric is Rust's char::is_numeric (categories Nd, Nl, No).

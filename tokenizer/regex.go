@@ -11,17 +11,16 @@ import (
 // pattern finds the [start, end) byte ranges a Split pre-tokenizer or a
 // Replace normalizer acts on.
 type pattern interface {
-	findAll(s string) ([][2]int, error)
+	findAll(s string, dst [][2]int) ([][2]int, error)
 }
 
 // literal is tokenizer.json's {"String": ...} pattern.
 type literal string
 
-func (l literal) findAll(s string) ([][2]int, error) {
+func (l literal) findAll(s string, out [][2]int) ([][2]int, error) {
 	if l == "" {
-		return nil, nil
+		return out, nil
 	}
-	var out [][2]int
 	for off := 0; ; {
 		i := strings.Index(s[off:], string(l))
 		if i < 0 {
@@ -58,19 +57,18 @@ func compileRegex(src string) (*regex, error) {
 	return &regex{src: src, re: re, fast: fastScanner(src)}, nil
 }
 
-func (r *regex) findAll(s string) ([][2]int, error) {
+func (r *regex) findAll(s string, dst [][2]int) ([][2]int, error) {
 	if r.fast != nil {
-		return r.fast(s, nil), nil
+		return r.fast(s, dst), nil
 	}
-	return r.slowFindAll(s)
+	return r.slowFindAll(s, dst)
 }
 
-func (r *regex) slowFindAll(s string) ([][2]int, error) {
+func (r *regex) slowFindAll(s string, out [][2]int) ([][2]int, error) {
 	idx, err := r.re.FindAllStringIndex(s, -1)
 	if err != nil {
 		return nil, fmt.Errorf("regex %q on a %d-byte piece: %w", r.src, len(s), err)
 	}
-	out := make([][2]int, 0, len(idx))
 	for _, m := range idx {
 		out = append(out, [2]int{m[0], m[1]})
 	}

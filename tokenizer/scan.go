@@ -106,7 +106,7 @@ func run(s string, i int, k class, max int) int {
 	return i
 }
 
-// contraction matches 's 't 're 've 'm 'll 'd at i (s[i] == '\''), case
+// contraction matches 's 't 're 've 'm 'll 'd at i (s[i] == '\”), case
 // sensitive or, with fold, case-insensitive as regexp2's (?i:...).
 func contraction(s string, i int, fold bool) int {
 	lower := func(j int) byte {

@@ -46,7 +46,7 @@ func TestScannersMatchRegexp2(t *testing.T) {
 
 func checkScanner(t *testing.T, re *regex, in string) {
 	t.Helper()
-	want, err := re.slowFindAll(in)
+	want, err := re.slowFindAll(in, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"sync"
 )
 
 // Tokenizer turns text into token ids and back, reproducing the Hugging
@@ -32,6 +33,7 @@ type Tokenizer struct {
 
 	maxLength int
 	templates map[string]string
+	pool      sync.Pool // *scratch
 }
 
 // Encode returns the token ids of text. With addSpecial the post-processor
@@ -50,29 +52,67 @@ func (t *Tokenizer) Encode(text string, addSpecial bool) ([]int, error) {
 }
 
 func (t *Tokenizer) encodePieces(text string, ids []int) ([]int, error) {
-	for _, sp := range t.added.split(text, t.norm) {
+	sc, _ := t.pool.Get().(*scratch)
+	if sc == nil {
+		sc = &scratch{}
+	}
+	defer t.pool.Put(sc)
+	sc.segs = t.added.split(text, t.norm, sc.segs[:0])
+	for _, sp := range sc.segs {
 		if sp.id >= 0 {
 			ids = append(ids, sp.id)
 			continue
 		}
-		words := []piece{{text: sp.text, first: sp.start}}
+		words := append(sc.a[:0], piece{text: sp.text, first: sp.start})
+		sc.a = words
 		if t.pre != nil {
 			var err error
-			if words, err = t.pre.preTokenize(words); err != nil {
+			if words, err = t.pre.preTokenize(words, sc.b[:0], sc); err != nil {
 				return nil, err
 			}
+			sc.b = words
 		}
 		for _, w := range words {
 			if w.text == "" {
 				continue
 			}
 			var err error
-			if ids, err = t.model.tokenize(w.text, ids); err != nil {
+			if ids, err = t.model.tokenize(w, ids); err != nil {
 				return nil, err
 			}
 		}
 	}
 	return ids, nil
+}
+
+// finish makes a loaded pipeline lazy where it can: a ByteLevel
+// pre-tokenizer that ends the pipeline before a plain BPE model leaves the
+// byte map to the model.
+func (t *Tokenizer) finish() {
+	m, ok := t.model.(*bpe)
+	if !ok || m.prefix != "" || m.suffix != "" {
+		return
+	}
+	switch p := t.pre.(type) {
+	case byteLevel:
+		p.lazy = true
+		t.pre = p
+	case preSequence:
+		if len(p) == 0 {
+			return
+		}
+		bl, ok := p[len(p)-1].(byteLevel)
+		if !ok {
+			return
+		}
+		bl.lazy = true
+		q := append(preSequence(nil), p...)
+		q[len(q)-1] = bl
+		t.pre = q
+	default:
+		return
+	}
+	m.initByteLevel()
 }
 
 // Decode turns ids back into text through the decoder, as HF's

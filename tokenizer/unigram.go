@@ -30,7 +30,11 @@ type node struct {
 	id    int
 }
 
-func (m *unigram) tokenize(word string, ids []int) ([]int, error) {
+func (m *unigram) tokenize(w piece, ids []int) ([]int, error) {
+	word := w.text
+	if w.bytes {
+		word = string(byteLevelMap(nil, word))
+	}
 	if got, ok := m.cache.get(word); ok {
 		return append(ids, got...), nil
 	}
