@@ -52,34 +52,27 @@ func newAddedVocab(tokens []addedToken, norm normalizer) *addedVocab {
 	return v
 }
 
-// split returns the segments of text, normalizing the non-token pieces.
-// Empty pieces are dropped, as HF drops empty splits.
+// split appends the segments of text to out, normalizing the non-token
+// pieces. Empty pieces are dropped, as HF drops empty splits.
 func (v *addedVocab) split(text string, norm normalizer, out []segment) []segment {
-	if len(v.raw.nodes) == 0 && len(v.normed.nodes) == 0 {
-		if norm != nil {
-			text = norm.normalize(text)
-		}
-		if text != "" {
-			out = append(out, segment{text: text, id: -1, start: true})
-		}
+	first := len(out)
+	out = v.raw.split(text, true, out)
+	if norm == nil && len(v.normed.nodes) == 0 {
 		return out
 	}
-	for _, s := range v.raw.split(text, true) {
+	var tmp []segment
+	for _, s := range out[first:] {
 		if s.id >= 0 {
-			out = append(out, s)
+			tmp = append(tmp, s)
 			continue
 		}
 		n := s.text
 		if norm != nil {
 			n = norm.normalize(n)
 		}
-		for _, ns := range v.normed.split(n, s.start) {
-			if ns.id >= 0 || ns.text != "" {
-				out = append(out, ns)
-			}
-		}
+		tmp = v.normed.split(n, s.start, tmp)
 	}
-	return out
+	return append(out[:first], tmp...)
 }
 
 // trie is a byte trie of added tokens for leftmost-longest matching.
@@ -139,14 +132,17 @@ func (t *trie) longest(text string, i int) (int32, int) {
 	return best, end
 }
 
-// split cuts text at the tokens it contains, applying single_word, lstrip
-// and rstrip as HF's find_matches does. start says whether text begins the
+// split appends the pieces of text to out, cut at the tokens it
+// contains, applying single_word, lstrip and rstrip as HF's find_matches
+// does; empty pieces are dropped. start says whether text begins the
 // original input.
-func (t *trie) split(text string, start bool) []segment {
-	if len(t.nodes) == 0 || text == "" {
-		return []segment{{text: text, id: -1, start: start}}
+func (t *trie) split(text string, start bool, out []segment) []segment {
+	if len(t.nodes) == 0 {
+		if text != "" {
+			out = append(out, segment{text: text, id: -1, start: start})
+		}
+		return out
 	}
-	var out []segment
 	prev := 0 // end of the last accepted match
 	push := func(a, b int) {
 		if a < b {

@@ -24,7 +24,19 @@ type scratch struct {
 	spans []span
 	segs  []segment
 	syms  []byte
+	free  [][]piece // spare piece buffers for Sequence stages
 }
+
+func (sc *scratch) getBuf() []piece {
+	if n := len(sc.free); n > 0 {
+		b := sc.free[n-1]
+		sc.free = sc.free[:n-1]
+		return b[:0]
+	}
+	return make([]piece, 0, 64)
+}
+
+func (sc *scratch) putBuf(b []piece) { sc.free = append(sc.free, b) }
 
 // preTokenizer splits pieces into words; the model sees each word alone.
 // It appends its output to out, which never aliases in.
@@ -302,22 +314,29 @@ func (whitespace) preTokenize(in, out []piece, _ *scratch) ([]piece, error) {
 
 type preSequence []preTokenizer
 
-// preTokenize runs the stages, alternating between the two buffers.
+// preTokenize runs the stages; the intermediate results live in spare
+// buffers of sc, and the last stage writes into out.
 func (t preSequence) preTokenize(in, out []piece, sc *scratch) ([]piece, error) {
-	if len(t) == 0 {
-		return append(out, in...), nil
-	}
+	var spare []piece
 	for i, x := range t {
-		res, err := x.preTokenize(in, out[:0], sc)
+		dst := out
+		if i < len(t)-1 {
+			dst = sc.getBuf()
+		}
+		res, err := x.preTokenize(in, dst, sc)
+		if spare != nil {
+			sc.putBuf(spare)
+			spare = nil
+		}
 		if err != nil {
 			return nil, err
 		}
 		if i == len(t)-1 {
 			return res, nil
 		}
-		in, out = res, in
+		in, spare = res, res
 	}
-	return nil, nil // not reached
+	return append(out, in...), nil
 }
 
 // isNumeric is Rust's char::is_numeric (categories Nd, Nl, No).
