@@ -1,7 +1,6 @@
 package tokenizer
 
 import (
-	"fmt"
 	"sync"
 	"unicode/utf8"
 )
@@ -61,7 +60,7 @@ func pairKey(a, b int) uint64 { return uint64(uint32(a))<<32 | uint64(uint32(b))
 
 func (m *bpe) initBytes() {
 	for b := range m.byteIDs {
-		id, ok := m.vocab[fmt.Sprintf("<0x%02X>", b)]
+		id, ok := m.vocab[byteToken(b)]
 		if !ok {
 			id = -1
 		}

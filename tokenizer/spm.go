@@ -324,7 +324,7 @@ func (m *spModel) bpeModel(unk int) *bpe {
 	}
 	for id, p := range m.pieces {
 		if m.types[id] == spByte && len(p) == 6 && strings.HasPrefix(p, "<0x") {
-			if v, ok := parseHexByte(p[3:5]); ok {
+			if v, ok := parseHexByte(p[3:5]); ok && p == byteToken(v) {
 				b.byteIDs[v] = id
 			}
 		}

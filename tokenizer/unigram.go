@@ -1,6 +1,7 @@
 package tokenizer
 
 import (
+	"fmt"
 	"math"
 	"unicode/utf8"
 )
@@ -145,7 +146,7 @@ func newUnigram(vocab []string, scores []float64, unk int, byteFallback bool, ma
 	}
 	for id, p := range vocab {
 		if len(p) == 6 && p[0] == '<' && p[1] == '0' && p[2] == 'x' && p[5] == '>' {
-			if v, ok := parseHexByte(p[3:5]); ok && m.byteIDs[v] < 0 {
+			if v, ok := parseHexByte(p[3:5]); ok && m.byteIDs[v] < 0 && p == byteToken(v) {
 				m.byteIDs[v] = id
 			}
 		}
@@ -153,7 +154,15 @@ func newUnigram(vocab []string, scores []float64, unk int, byteFallback bool, ma
 	return m
 }
 
+// byteToken is the vocabulary name of byte b, "<0xE2>".
+func byteToken(b int) string { return fmt.Sprintf("<0x%02X>", b) }
+
+// parseHexByte reads two hex digits, either case (HF's decoder uses
+// from_str_radix).
 func parseHexByte(s string) (int, bool) {
+	if len(s) != 2 {
+		return 0, false
+	}
 	v := 0
 	for i := 0; i < len(s); i++ {
 		c := s[i]
@@ -162,6 +171,8 @@ func parseHexByte(s string) (int, bool) {
 			v = v*16 + int(c-'0')
 		case c >= 'A' && c <= 'F':
 			v = v*16 + int(c-'A'+10)
+		case c >= 'a' && c <= 'f':
+			v = v*16 + int(c-'a'+10)
 		default:
 			return 0, false
 		}
