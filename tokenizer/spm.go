@@ -403,7 +403,10 @@ func (d spDecoder) decode(toks []string) []string {
 		case spControl:
 			continue
 		case spByte:
-			if v, ok := parseHexByte(tok[3:min(5, len(tok))]); ok && len(tok) == 6 {
+			if len(tok) != 6 {
+				break
+			}
+			if v, ok := parseHexByte(tok[3:5]); ok {
 				run = append(run, byte(v))
 				continue
 			}

@@ -233,4 +233,4 @@ func (t *Tokenizer) buildVocab(modelVocab []string, added []addedToken) error {
 
 // maxVocab bounds ids read from files so a hostile id cannot make Load
 // allocate gigabytes.
-const maxVocab = 1 << 24
+const maxVocab = 1 << 22
