@@ -95,8 +95,15 @@ func loadExpectedFile(path string) (*Tokenizer, error) {
 }
 
 func checkCases(t *testing.T, tk *Tokenizer, e *expectedFile) {
+	corpus := readCorpus(t)
+	if len(e.Cases) != len(corpus) {
+		t.Errorf("%s has %d cases, the corpus %d lines: regenerate it", e.Tokenizer, len(e.Cases), len(corpus))
+	}
 	equal, shown := 0, 0
 	for _, c := range e.Cases {
+		if c.Line < 1 || c.Line > len(corpus) || corpus[c.Line-1] != c.Text {
+			t.Errorf("%s line %d: text differs from corpus.txt: regenerate the expected files", e.Tokenizer, c.Line)
+		}
 		var bad []string
 		ids, err := tk.Encode(c.Text, false)
 		if err != nil {
