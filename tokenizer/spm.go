@@ -243,7 +243,10 @@ func (m *spModel) build() (*Tokenizer, error) {
 	unk := m.id(m.unkID)
 	switch m.modelType {
 	case 1:
-		t.model = newUnigram(m.pieces, m.scores, unk, m.byteFallback, func(id int) bool { return m.types[id] == spNormal })
+		u := newUnigram(m.pieces, m.scores, unk, m.byteFallback, func(id int) bool { return m.types[id] == spNormal })
+		u.f32 = true
+		u.unkScore = float64(float32(u.unkScore))
+		t.model = u
 	case 2:
 		t.model = m.bpeModel(unk)
 	default:

@@ -20,6 +20,17 @@ type unigram struct {
 	byteFallback bool
 	byteIDs      [256]int
 	cache        *wordCache
+	// f32 sums path scores in float32, as SentencePiece does (HF uses
+	// float64); near-ties between segmentations can go either way
+	// otherwise.
+	f32 bool
+}
+
+func (m *unigram) add(a, b float64) float64 {
+	if m.f32 {
+		return float64(float32(a) + float32(b))
+	}
+	return a + b
 }
 
 // unkPenalty is SentencePiece's kUnkPenalty, kept by HF.
@@ -57,7 +68,7 @@ func (m *unigram) tokenize(w piece, ids []int) ([]int, error) {
 			if !ok {
 				continue
 			}
-			s := base + m.scores[id]
+			s := m.add(base, m.scores[id])
 			if b := &best[i+l]; b.start < 0 || s > b.score {
 				*b = node{score: s, start: i, id: id}
 			}
@@ -66,7 +77,7 @@ func (m *unigram) tokenize(w piece, ids []int) ([]int, error) {
 			}
 		}
 		if !single {
-			s := base + m.unkScore
+			s := m.add(base, m.unkScore)
 			if b := &best[i+cl]; b.start < 0 || s > b.score {
 				*b = node{score: s, start: i, id: m.unk}
 			}
