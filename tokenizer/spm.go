@@ -68,7 +68,7 @@ func parseSentencePiece(data []byte) (*Tokenizer, error) {
 	if len(m.pieces) == 0 {
 		return nil, errors.New("model: no pieces")
 	}
-	if m.charsmap && m.normName != "identity" {
+	if m.charsmap {
 		return nil, fmt.Errorf("normalizer_spec: the precompiled rule %q is not supported (train with normalization_rule_name=identity)", m.normName)
 	}
 	return m.build()

@@ -137,10 +137,13 @@ func newUnigram(vocab []string, scores []float64, unk int, byteFallback bool, ma
 		byteFallback: byteFallback, cache: newWordCache()}
 	minScore := math.Inf(1)
 	for id, p := range vocab {
+		if match != nil && !match(id) {
+			continue // SentencePiece takes the minimum over normal pieces only
+		}
 		if scores[id] < minScore {
 			minScore = scores[id]
 		}
-		if p == "" || (match != nil && !match(id)) {
+		if p == "" {
 			continue
 		}
 		if _, dup := m.pieces[p]; !dup {
