@@ -1,6 +1,7 @@
 package tokenizer
 
 import (
+	"strings"
 	"sync"
 	"unicode/utf8"
 )
@@ -33,6 +34,38 @@ type bpe struct {
 	byteOK   bool // every byte has a symbol
 	rawVocab map[string]int
 	rawCache *wordCache
+
+	// splitAt ("▁" or ""): words are cut before each ▁ that follows
+	// another rune, and the parts merged alone. Exact when no merged token
+	// holds a ▁ after another rune (true of SentencePiece vocabularies),
+	// and it turns Llama-2's whole-line words into cacheable ones.
+	splitAt string
+}
+
+// initSplit enables splitAt when it cannot change the result.
+func (m *bpe) initSplit(meta string) {
+	if m.ignoreMerges || m.prefix != "" || m.suffix != "" {
+		return
+	}
+	if _, ok := m.vocab[meta]; !ok {
+		return
+	}
+	for tok := range m.vocab {
+		if crossesMeta(tok, meta) {
+			return
+		}
+	}
+	m.splitAt = meta
+}
+
+// crossesMeta reports whether tok has meta right after another rune.
+func crossesMeta(tok, meta string) bool {
+	for i := 1; i < len(tok); i++ {
+		if strings.HasPrefix(tok[i:], meta) && !strings.HasSuffix(tok[:i], meta) {
+			return true
+		}
+	}
+	return false
 }
 
 // initByteLevel prepares the raw-byte path.
@@ -69,20 +102,34 @@ func (m *bpe) initBytes() {
 }
 
 func (m *bpe) tokenize(w piece, ids []int) ([]int, error) {
+	if m.splitAt != "" && !w.bytes && len(w.text) > 32 {
+		s, start := w.text, 0
+		for i := 1; i < len(s); i++ {
+			if strings.HasPrefix(s[i:], m.splitAt) && !strings.HasSuffix(s[:i], m.splitAt) {
+				ids = m.tokenizeWord(piece{text: s[start:i]}, ids)
+				start = i
+			}
+		}
+		return m.tokenizeWord(piece{text: s[start:]}, ids), nil
+	}
+	return m.tokenizeWord(w, ids), nil
+}
+
+func (m *bpe) tokenizeWord(w piece, ids []int) []int {
 	word, cache, vocab := w.text, m.cache, m.vocab
 	if w.bytes {
 		if !m.byteOK {
-			return m.tokenize(piece{text: string(byteLevelMap(nil, word))}, ids)
+			return m.tokenizeWord(piece{text: string(byteLevelMap(nil, word))}, ids)
 		}
 		cache, vocab = m.rawCache, m.rawVocab
 	}
 	if m.ignoreMerges {
 		if id, ok := vocab[word]; ok {
-			return append(ids, id), nil
+			return append(ids, id)
 		}
 	}
 	if got, ok := cache.get(word); ok {
-		return append(ids, got...), nil
+		return append(ids, got...)
 	}
 	var buf [32]int
 	var syms []int
@@ -100,7 +147,7 @@ func (m *bpe) tokenize(w piece, ids []int) ([]int, error) {
 		syms = m.mergeHeap(syms)
 	}
 	cache.put(word, syms)
-	return append(ids, syms...), nil
+	return append(ids, syms...)
 }
 
 // initial returns the starting symbols of word.

@@ -3,6 +3,7 @@ package tokenizer
 import (
 	"fmt"
 	"math"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"slices"
@@ -261,5 +262,29 @@ func TestSentencePieceRejectsPrecompiled(t *testing.T) {
 	_, err := LoadFile(writeTemp(t, "n.model", string(b)))
 	if err == nil || !strings.Contains(err.Error(), "nmt_nfkc") || !strings.Contains(err.Error(), "n.model") {
 		t.Fatalf("err = %v", err)
+	}
+}
+
+// TestSplitAtSame checks that merging ▁ by ▁ (bpe.splitAt) gives the ids
+// of merging the whole word, on the corpus and random text.
+func TestSplitAtSame(t *testing.T) {
+	tk := loadReal(t, "llama2")
+	m := tk.model.(*bpe)
+	if m.splitAt == "" {
+		t.Fatal("splitAt not enabled for llama2")
+	}
+	whole := *m
+	whole.splitAt, whole.cache = "", newWordCache()
+	plain := &Tokenizer{model: &whole, added: tk.added, norm: tk.norm, pre: tk.pre}
+	inputs := readCorpus(t)
+	r := rand.New(rand.NewPCG(3, 4))
+	for range 500 {
+		inputs = append(inputs, randomText(r, 40))
+	}
+	for _, in := range inputs {
+		a, b := mustEncode(t, tk, in, false), mustEncode(t, plain, in, false)
+		if !slices.Equal(a, b) {
+			t.Fatalf("%q: split %v, whole %v", in, a, b)
+		}
 	}
 }

@@ -85,12 +85,17 @@ func (t *Tokenizer) encodePieces(text string, ids []int) ([]int, error) {
 	return ids, nil
 }
 
-// finish makes a loaded pipeline lazy where it can: a ByteLevel
-// pre-tokenizer that ends the pipeline before a plain BPE model leaves the
-// byte map to the model.
+// finish speeds up a loaded pipeline where that cannot change its ids: a
+// ByteLevel pre-tokenizer that ends the pipeline before a plain BPE model
+// leaves the byte map to the model, and SentencePiece-style words are
+// merged ▁ by ▁ (bpe.splitAt).
 func (t *Tokenizer) finish() {
 	m, ok := t.model.(*bpe)
-	if !ok || m.prefix != "" || m.suffix != "" {
+	if !ok {
+		return
+	}
+	m.initSplit("▁")
+	if m.prefix != "" || m.suffix != "" {
 		return
 	}
 	switch p := t.pre.(type) {
