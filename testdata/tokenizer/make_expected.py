@@ -27,10 +27,12 @@ installed.
 It also trains, on the corpus plus generated text, three small tokenizers
 and writes them with their expected ids (the trained files are committed):
 
-    OUT/trained/unigram/tokenizer.json  HF Unigram (vocab ~1000, NFKC,
-                                        Metaspace, byte fallback)
-    OUT/trained/sp_bpe.model            SentencePiece BPE, byte_fallback
-    OUT/trained/sp_unigram.model        SentencePiece Unigram, no fallback
+    OUT/trained/unigram/tokenizer.json  HF Unigram (vocab 1500 + 256 byte
+                                        pieces, NFKC, Metaspace, byte fallback)
+    OUT/trained/sp_bpe.model            SentencePiece BPE (vocab 1200),
+                                        byte_fallback
+    OUT/trained/sp_unigram.model        SentencePiece Unigram (vocab 1000),
+                                        rare characters become <unk>
     OUT/unigram_hf.json, OUT/sp_bpe.json, OUT/sp_unigram.json
 
 For the .model files the reference is sentencepiece itself (encode, encode
@@ -191,9 +193,16 @@ def do_unigram_hf(args, texts, train_lines, toks):
     tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Replace(Regex(" {2,}"), " ")])
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first")
     tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="first")
-    trainer = trainers.UnigramTrainer(vocab_size=1000, special_tokens=["<unk>", "<s>", "</s>"],
-                                      unk_token="<unk>", show_progress=False)
-    tok.train_from_iterator(train_lines, trainer=trainer)
+    for vocab_size in (1500, 3000):
+        trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>"],
+                                          unk_token="<unk>", show_progress=False)
+        try:
+            tok.train_from_iterator(train_lines, trainer=trainer)
+            break
+        except Exception as e:
+            if vocab_size == 3000:
+                raise
+            log(f"unigram_hf: trainer refused vocab_size={vocab_size} ({e}); trying 3000")
     # Byte fallback: append the 256 byte pieces with the lowest score and
     # switch it on in the serialized model (the trainer has no option).
     doc = json.loads(tok.to_str())
@@ -238,15 +247,29 @@ def do_sentencepiece(args, texts, train_lines, kind):
         f.write("\n".join(train_lines) + "\n")
     name = "sp_" + kind
     prefix = os.path.join(folder, name)
-    opts = dict(input=train_file, model_prefix=prefix, model_type=kind,
+    # The corpus has ~840 distinct characters; covering 98% of character
+    # occurrences keeps ~625 of them, so the rest exercise byte fallback
+    # (BPE) or <unk> (Unigram). Larger settings are tried if the trainer
+    # refuses the first.
+    base = dict(input=train_file, model_prefix=prefix, model_type=kind,
                 normalization_rule_name="identity", num_threads=1, hard_vocab_limit=False,
-                character_coverage=0.9995, minloglevel=2)
-    if kind == "bpe":
-        opts.update(vocab_size=1000, byte_fallback=True)
-    else:
-        opts.update(vocab_size=800, byte_fallback=False)
-    spm.SentencePieceTrainer.train(**opts)
-    os.remove(train_file)
+                minloglevel=2, byte_fallback=(kind == "bpe"))
+    tries = [dict(vocab_size=1200 if kind == "bpe" else 1000, character_coverage=0.98),
+             dict(vocab_size=2000, character_coverage=0.98),
+             dict(vocab_size=2000, character_coverage=0.95)]
+    try:
+        for i, extra in enumerate(tries):
+            try:
+                spm.SentencePieceTrainer.train(**base, **extra)
+                log(f"{name}: trained with {extra}")
+                break
+            except Exception as e:
+                if i == len(tries) - 1:
+                    raise
+                log(f"{name}: trainer refused {extra} ({e}); trying larger")
+    finally:
+        if os.path.exists(train_file):
+            os.remove(train_file)
     if os.path.exists(prefix + ".vocab"):
         os.remove(prefix + ".vocab")
     sp = spm.SentencePieceProcessor(model_file=prefix + ".model")
