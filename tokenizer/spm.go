@@ -268,7 +268,7 @@ func (m *spModel) build() (*Tokenizer, error) {
 		}
 	}
 	t.added = newAddedVocab(matched, nil)
-	t.dec = spDecoder{types: m.typeMap(), unkSurface: m.unkSurface, stripLead: m.dummyPrefix || m.removeExtra}
+	t.dec = spDecoder{types: m.typeMap(), unkSurface: m.unkSurface, dummyPrefix: m.dummyPrefix, removeExtra: m.removeExtra}
 	if t.bos >= 0 {
 		t.post = template{before: []int{t.bos}}
 	}
@@ -383,12 +383,15 @@ func (n spNormalizer) normalize(s string) string {
 
 // spDecoder is SentencePiece's DecodeIds: control pieces vanish, the
 // unknown piece reads as unk_surface, runs of byte pieces become UTF-8
-// (one U+FFFD per invalid byte), ▁ becomes a space, and the first piece
-// loses its leading ▁.
+// (one U+FFFD per invalid byte), ▁ becomes a space, and the dummy-prefix
+// ▁ is dropped: from the first piece, or while the text is still empty;
+// once a piece has given up its ▁ and extra whitespace is kept, the next
+// keeps its own (" a" round-trips to " a").
 type spDecoder struct {
-	types      map[string]pieceType
-	unkSurface string
-	stripLead  bool
+	types       map[string]pieceType
+	unkSurface  string
+	dummyPrefix bool
+	removeExtra bool
 }
 
 func (d spDecoder) decode(toks []string) []string {
@@ -401,26 +404,31 @@ func (d spDecoder) decode(toks []string) []string {
 			run = run[n:]
 		}
 	}
+	bosWS, seen := true, false
 	for _, tok := range toks {
-		switch d.types[tok] {
-		case spControl:
-			continue
-		case spByte:
-			if len(tok) != 6 {
-				break
-			}
+		typ := d.types[tok]
+		if typ == spByte && len(tok) == 6 {
 			if v, ok := parseHexByte(tok[3:5]); ok {
 				run = append(run, byte(v))
 				continue
 			}
 		}
 		flush()
-		if d.types[tok] == spUnknown {
+		if seen || out.Len() > 0 {
+			bosWS = false
+		}
+		seen = false
+		switch typ {
+		case spControl:
+			continue
+		case spUnknown:
 			out.WriteString(d.unkSurface)
 			continue
 		}
-		if out.Len() == 0 && d.stripLead {
-			tok = strings.TrimPrefix(tok, "▁")
+		if bosWS && (d.dummyPrefix || d.removeExtra) {
+			if rest, ok := strings.CutPrefix(tok, "▁"); ok {
+				tok, seen = rest, !d.removeExtra
+			}
 		}
 		out.WriteString(strings.ReplaceAll(tok, "▁", " "))
 	}
