@@ -251,6 +251,11 @@ func (t *Tokenizer) parsePost(o obj) (postProcessor, error) {
 		if err := firstErr(json.Unmarshal(sep[1], &sepID), json.Unmarshal(cls[1], &clsID)); err != nil {
 			return nil, fmt.Errorf("%s: %w", o.path, err)
 		}
+		for _, id := range []int{sepID, clsID} {
+			if id < 0 || id >= len(t.tokens) {
+				return nil, fmt.Errorf("%s: id %d outside the vocabulary", o.path, id)
+			}
+		}
 		return template{before: []int{clsID}, after: []int{sepID}}, nil
 	case "Sequence":
 		subs, err := o.list("processors")

@@ -227,6 +227,9 @@ func (t *Tokenizer) buildVocab(modelVocab []string, added []addedToken) error {
 	}
 	t.special = map[int]bool{}
 	for _, a := range added {
+		if a.content == "" {
+			continue // HF ignores empty added tokens
+		}
 		t.tokens[a.id] = a.content
 		t.ids[a.content] = a.id
 		if a.special {
