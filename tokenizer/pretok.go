@@ -36,7 +36,10 @@ func (sc *scratch) getBuf() []piece {
 	return make([]piece, 0, 64)
 }
 
-func (sc *scratch) putBuf(b []piece) { sc.free = append(sc.free, b) }
+func (sc *scratch) putBuf(b []piece) {
+	clear(b)
+	sc.free = append(sc.free, b)
+}
 
 // preTokenizer splits pieces into words; the model sees each word alone.
 // It appends its output to out, which never aliases in.

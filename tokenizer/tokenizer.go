@@ -38,8 +38,10 @@ type Tokenizer struct {
 
 // Encode returns the token ids of text. With addSpecial the post-processor
 // adds the special tokens the model expects (BOS/EOS). An error is returned
-// only when the work on text exceeds a pre-tokenizer's regex bound or the
-// model cannot represent a piece (no unknown token, no byte fallback).
+// only when a pre-tokenizer regex exceeds its time bound (possible only for
+// regexes other than the GPT-2, Llama-3 and Qwen ones, which are
+// scanned by hand). Characters a model cannot represent (no unknown token,
+// no byte fallback) are dropped, as HF drops them.
 func (t *Tokenizer) Encode(text string, addSpecial bool) ([]int, error) {
 	ids, err := t.encodePieces(text, make([]int, 0, len(text)/3+4))
 	if err != nil {
@@ -56,7 +58,13 @@ func (t *Tokenizer) encodePieces(text string, ids []int) ([]int, error) {
 	if sc == nil {
 		sc = &scratch{}
 	}
-	defer t.pool.Put(sc)
+	defer func() {
+		// Drop the references into text before pooling the buffers.
+		clear(sc.a)
+		clear(sc.b)
+		clear(sc.segs)
+		t.pool.Put(sc)
+	}()
 	sc.segs = t.added.split(text, t.norm, sc.segs[:0])
 	for _, sp := range sc.segs {
 		if sp.id >= 0 {
