@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"unicode/utf8"
 )
 
 // corpusPath is the committed multilingual corpus shared with
@@ -34,7 +35,9 @@ func unescapeLine(l string) string {
 		case 'u':
 			end := strings.IndexByte(l[i:], '}')
 			if i+2 < len(l) && l[i+2] == '{' && end > 0 {
-				if v, err := strconv.ParseUint(l[i+3:i+end], 16, 32); err == nil {
+				// Surrogates and values past U+10FFFF stay literal, as in
+				// make_expected.py.
+				if v, err := strconv.ParseUint(l[i+3:i+end], 16, 32); err == nil && utf8.ValidRune(rune(v)) {
 					b.WriteRune(rune(v))
 					i += end
 					continue

@@ -175,3 +175,16 @@ func TestByteTables(t *testing.T) {
 		}
 	}
 }
+
+// TestUnescapeLine pins the corpus escapes to what make_expected.py's
+// unescape gives for the same strings.
+func TestUnescapeLine(t *testing.T) {
+	for in, want := range map[string]string{
+		`a\nb`: "a\nb", `\\n`: `\n`, `\u{41}\u{1F600}`: "A😀", `\u{D800}`: `\u{D800}`,
+		`\u{110000}`: `\u{110000}`, `\u{zz}`: `\u{zz}`, `\u{41`: `\u{41`, `\`: `\`, `x\q`: `x\q`, `\\\t`: "\\\t",
+	} {
+		if got := unescapeLine(in); got != want {
+			t.Errorf("unescapeLine(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
