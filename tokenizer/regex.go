@@ -48,6 +48,10 @@ type regex struct {
 	fast func(s string, dst [][2]int) [][2]int
 }
 
+// compileRegex uses regexp2's default (.NET) options: there \s, \w, \d and
+// \p{...} are Unicode classes and (?i) folds by Unicode (ſ matches s), as
+// in Oniguruma; the ECMAScript option would narrow \w and \d to ASCII and
+// RE2 mode changes other syntax. The backtracking stack is capped too.
 func compileRegex(src string) (*regex, error) {
 	re, err := regexp2.Compile(src, regexp2.RegexOptions(0), regexp2.OptionMaxBacktrackingStackSize(1<<20))
 	if err != nil {
