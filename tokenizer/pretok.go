@@ -281,9 +281,10 @@ func (t runeClass) preTokenize(in, out []piece, sc *scratch) ([]piece, error) {
 	return out, nil
 }
 
-// isPunct is HF's punctuation test: ASCII punctuation or Unicode P*.
+// isPunct is HF's punctuation test: Rust's is_ascii_punctuation (which
+// counts ASCII symbols such as $ + < = > ^ ` | ~) or Unicode P*.
 func isPunct(r rune) bool {
-	return (r < 128 && unicode.IsPunct(r)) || (r < 128 && unicode.IsSymbol(r)) || unicode.IsPunct(r)
+	return unicode.IsPunct(r) || (r < 128 && unicode.IsSymbol(r))
 }
 
 // whitespace is HF's Whitespace pre-tokenizer, `\w+|[^\w\s]+`, written

@@ -60,7 +60,8 @@ const (
 	clsSpace
 )
 
-// asciiClass is the class of each ASCII byte.
+// asciiClass is the class of each ASCII byte: a table computed once and
+// never written, not state.
 var asciiClass = func() (t [128]class) {
 	for b := range t {
 		t[b] = classOfSlow(rune(b))
