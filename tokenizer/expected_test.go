@@ -97,7 +97,7 @@ func checkCases(t *testing.T, tk *Tokenizer, e *expectedFile) {
 	if len(e.Cases) != len(corpus) {
 		t.Errorf("%s has %d cases, the corpus %d lines: regenerate it", e.Tokenizer, len(e.Cases), len(corpus))
 	}
-	equal, shown := 0, 0
+	equal, shown, roundTrips := 0, 0, 0
 	for _, c := range e.Cases {
 		if c.Line < 1 || c.Line > len(corpus) || corpus[c.Line-1] != c.Text {
 			t.Errorf("%s line %d: text differs from corpus.txt: regenerate the expected files", e.Tokenizer, c.Line)
@@ -116,8 +116,14 @@ func checkCases(t *testing.T, tk *Tokenizer, e *expectedFile) {
 			}
 		}
 		if c.Decoded != nil {
-			if got := tk.Decode(c.IDs, false); got != *c.Decoded {
+			got := tk.Decode(c.IDs, false)
+			if got != *c.Decoded {
 				bad = append(bad, "decoded: got "+jsonStr(got)+" want "+jsonStr(*c.Decoded))
+			}
+			// Where the reference round-trips, ours must too (implied by
+			// the equality above; counted for the log).
+			if *c.Decoded == c.Text && got == c.Text {
+				roundTrips++
 			}
 		}
 		if c.DecodedSkip != nil && c.IDsSpecial != nil {
@@ -134,7 +140,7 @@ func checkCases(t *testing.T, tk *Tokenizer, e *expectedFile) {
 			t.Errorf("line %d %s:\n  %s", c.Line, jsonStr(c.Text), joinLines(bad))
 		}
 	}
-	t.Logf("%s (%s): %d/%d lines equal", e.Tokenizer, e.Generator, equal, len(e.Cases))
+	t.Logf("%s (%s): %d/%d lines equal; %d round-trip through decode", e.Tokenizer, e.Generator, equal, len(e.Cases), roundTrips)
 	if equal != len(e.Cases) {
 		t.Errorf("%s: %d of %d lines differ", e.Tokenizer, len(e.Cases)-equal, len(e.Cases))
 	}

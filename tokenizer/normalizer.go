@@ -19,13 +19,51 @@ func (n unicodeNorm) normalize(s string) string { return n.form.String(s) }
 
 type lowercase struct{}
 
-// normalize lowercases as Rust's str::to_lowercase does; Go's ToLower
-// differs for U+0130 (İ), which Rust maps to "i̇".
+// normalize lowercases as Rust's str::to_lowercase does. Go's ToLower
+// differs in two places Rust special-cases: U+0130 (İ) becomes "i̇", and a
+// capital sigma ending a word becomes final ς.
 func (lowercase) normalize(s string) string {
-	if strings.ContainsRune(s, 'İ') {
-		s = strings.ReplaceAll(s, "İ", "i\u0307")
+	if !strings.ContainsRune(s, 'İ') && !strings.ContainsRune(s, 'Σ') {
+		return strings.ToLower(s)
 	}
-	return strings.ToLower(s)
+	rs := []rune(s)
+	var b strings.Builder
+	for i, r := range rs {
+		switch {
+		case r == 'İ':
+			b.WriteString("i\u0307")
+		case r == 'Σ' && finalSigma(rs, i):
+			b.WriteRune('ς')
+		default:
+			b.WriteRune(unicode.ToLower(r))
+		}
+	}
+	return b.String()
+}
+
+// finalSigma is Unicode's Final_Sigma condition, as Rust applies it: a
+// cased letter before (skipping case-ignorable runes) and none after.
+func finalSigma(rs []rune, i int) bool {
+	ignorable := func(r rune) bool {
+		return unicode.In(r, unicode.Mn, unicode.Me, unicode.Cf, unicode.Lm, unicode.Sk) || r == '\'' || r == '.' || r == ':' || r == '\u2019'
+	}
+	cased := func(r rune) bool { return unicode.IsUpper(r) || unicode.IsLower(r) || unicode.IsTitle(r) }
+	before := false
+	for j := i - 1; j >= 0; j-- {
+		if !ignorable(rs[j]) {
+			before = cased(rs[j])
+			break
+		}
+	}
+	if !before {
+		return false
+	}
+	for j := i + 1; j < len(rs); j++ {
+		if !ignorable(rs[j]) {
+			return !cased(rs[j])
+		}
+	}
+	return true
 }
 
 type strip struct{ left, right bool }

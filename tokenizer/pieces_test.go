@@ -22,6 +22,7 @@ func TestNormalizers(t *testing.T) {
 		{"nfd", unicodeNorm{norm.NFD}, "é", "e\u0301"},
 		{"nfkc", unicodeNorm{norm.NFKC}, "ﬁ ① ｈ", "fi 1 h"},
 		{"lowercase", lowercase{}, "HeLLo İ", "hello i\u0307"},
+		{"final sigma", lowercase{}, "ΟΔΥΣΣΕΥΣ Σ ΑΣ.", "οδυσσευς σ ας."},
 		{"strip", strip{true, true}, " \t a b \n", "a b"},
 		{"strip left", strip{true, false}, "  a ", "a "},
 		{"strip accents", stripAccents{}, "e\u0301a", "ea"},
