@@ -43,4 +43,9 @@
 //
 // Offsets are not computed: loracc needs ids. A Tokenizer is safe for
 // concurrent use; its word cache is bounded and locked.
+//
+// Not supported: WordPiece and WordLevel models, BPE dropout, the
+// Precompiled normalizer (SentencePiece charsmaps such as nmt_nfkc), pair
+// templates. Regexes other than the three scanned ones run with regexp2's
+// .NET semantics standing in for Oniguruma's.
 package tokenizer

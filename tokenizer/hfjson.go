@@ -150,7 +150,9 @@ func parseBPE(o obj) (model, []string, error) {
 	for rank, p := range pairs {
 		a, okA := vmap[p[0]]
 		b, okB := vmap[p[1]]
-		c, okC := vmap[p[0]+p[1]]
+		// With a continuing_subword_prefix ("##"), the right part loses it
+		// in the merged token, as in HF.
+		c, okC := vmap[p[0]+strings.TrimPrefix(p[1], m.prefix)]
 		if !okA || !okB || !okC {
 			return nil, nil, fmt.Errorf("model.merges[%d] %q %q: token not in the vocabulary", rank, p[0], p[1])
 		}
