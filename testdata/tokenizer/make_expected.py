@@ -27,7 +27,7 @@ installed.
 It also trains, on the corpus plus generated text, three small tokenizers
 and writes them with their expected ids (the trained files are committed):
 
-    OUT/trained/unigram/tokenizer.json  HF Unigram (vocab 1500 + 256 byte
+    OUT/trained/unigram/tokenizer.json  HF Unigram (vocab 1000 + 256 byte
                                         pieces, NFKC, Metaspace, byte fallback)
     OUT/trained/sp_bpe.model            SentencePiece BPE (vocab 1200),
                                         byte_fallback
@@ -193,7 +193,7 @@ def do_unigram_hf(args, texts, train_lines, toks):
     tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Replace(Regex(" {2,}"), " ")])
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first")
     tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="first")
-    for vocab_size in (1500, 3000):
+    for vocab_size in (1000, 1500, 3000):
         trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>"],
                                           unk_token="<unk>", show_progress=False)
         try:
@@ -202,7 +202,7 @@ def do_unigram_hf(args, texts, train_lines, toks):
         except Exception as e:
             if vocab_size == 3000:
                 raise
-            log(f"unigram_hf: trainer refused vocab_size={vocab_size} ({e}); trying 3000")
+            log(f"unigram_hf: trainer refused vocab_size={vocab_size} ({e}); trying larger")
     # Byte fallback: append the 256 byte pieces with the lowest score and
     # switch it on in the serialized model (the trainer has no option).
     doc = json.loads(tok.to_str())
