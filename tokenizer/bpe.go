@@ -376,6 +376,9 @@ func (c *wordCache) put(w string, ids []int) {
 		return
 	}
 	cp := append([]int(nil), ids...)
+	// w is usually a slice of the caller's text: cloned, the key does not
+	// keep a whole document alive.
+	w = strings.Clone(w)
 	c.mu.Lock()
 	if len(c.m) >= wordCacheSize {
 		clear(c.m)
