@@ -15,6 +15,7 @@ declare -A allowed=(
 	[graph]="graph/onnxpb"
 	[graph/onnxpb]=""
 	[trainio]=""
+	[tokenizer]=""
 	[adapter]="graph"
 	[branch]="graph adapter"
 	[infer]="graph"
@@ -35,6 +36,11 @@ while read -r pkg imports; do
 	rel=${pkg#"$mod"/}
 	for imp in $imports; do
 		case "$imp" in
+		google.golang.org/protobuf/encoding/protowire)
+			if [ "$rel" != graph ] && [ "$rel" != graph/onnxpb ] && [ "$rel" != tokenizer ]; then
+				echo "$rel imports $imp: only packages graph and tokenizer decode protobuf"
+				fail=1
+			fi ;;
 		"$mod"/graph/onnxpb | google.golang.org/protobuf/*)
 			if [ "$rel" != graph ] && [ "$rel" != graph/onnxpb ]; then
 				echo "$rel imports $imp: only package graph decodes protobuf"

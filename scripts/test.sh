@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 lib=$(bash scripts/fetch-ort.sh)
 export LORACC_ORT_LIB="$lib" LORACC_REQUIRE_ORT=1
 models=$(bash scripts/fetch-real-models.sh); export LORACC_MODELS_DIR="$models" LORACC_REQUIRE_REAL=1
+toks=$(bash scripts/fetch-tokenizers.sh); export LORACC_TOKENIZERS_DIR="$toks"
 echo "== go vet"
 go vet ./...
 echo "== import direction"
