@@ -1,0 +1,467 @@
+package chat
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/ardanlabs/jinja"
+)
+
+// This file holds the functions and filters chat puts into each render's
+// context: transformers' own (tojson, raise_exception, strftime_now), the
+// sandbox's bounded range, a trim with Python's notion of whitespace, and
+// the budget that bounds loops, macro recursion and time. They are made
+// per render, so their state (the budget) belongs to that render alone.
+
+// Budgets for one render. Jinja2 has no unbounded loop, but nested loops
+// over range() and recursive macros can still run for ever or overflow the
+// Go stack, which (unlike a Python RecursionError) kills the process.
+const (
+	maxLoopIterations = 1 << 20
+	maxMacroDepth     = 200
+	maxRange          = 100000 // Jinja2's sandbox: MAX_RANGE
+	renderTimeout     = 10 * time.Second
+)
+
+// RaisedError is the error a template's raise_exception(message) returns.
+type RaisedError struct{ Message string }
+
+func (e *RaisedError) Error() string { return "template raised: " + e.Message }
+
+// errBudget marks renders stopped by a budget.
+var errBudget = errors.New("render budget exceeded")
+
+// budget counts what one render has spent.
+type budget struct {
+	iterations int
+	depth      int
+	deadline   time.Time
+}
+
+func (b *budget) tick() error {
+	b.iterations++
+	if b.iterations > maxLoopIterations {
+		return fmt.Errorf("%w: more than %d loop iterations", errBudget, maxLoopIterations)
+	}
+	if b.iterations%1024 == 0 && time.Now().After(b.deadline) {
+		return fmt.Errorf("%w: render ran past %v", errBudget, renderTimeout)
+	}
+	return nil
+}
+
+// builtins returns the callables for one render.
+func builtins(now func() time.Time) map[string]jinja.Value {
+	b := &budget{deadline: time.Now().Add(renderTimeout)}
+	empty := jinja.NewString("")
+	fn := jinja.NewCallable
+	return map[string]jinja.Value{
+		"raise_exception": fn("raise_exception", func(args []jinja.Value, _ map[string]jinja.Value) (jinja.Value, error) {
+			msg := ""
+			if len(args) > 0 {
+				msg = display(args[0])
+			}
+			return jinja.Undefined(), &RaisedError{Message: msg}
+		}),
+		"strftime_now": fn("strftime_now", func(args []jinja.Value, _ map[string]jinja.Value) (jinja.Value, error) {
+			if len(args) != 1 || !args[0].IsString() {
+				return jinja.Undefined(), fmt.Errorf("strftime_now takes one format string")
+			}
+			return jinja.NewString(strftime(now(), args[0].AsString())), nil
+		}),
+		"range": fn("range", pyRange),
+		fnTick: fn(fnTick, func([]jinja.Value, map[string]jinja.Value) (jinja.Value, error) {
+			return empty, b.tick()
+		}),
+		fnEnter: fn(fnEnter, func([]jinja.Value, map[string]jinja.Value) (jinja.Value, error) {
+			b.depth++
+			if b.depth > maxMacroDepth {
+				return empty, fmt.Errorf("%w: macros nest more than %d deep", errBudget, maxMacroDepth)
+			}
+			return empty, b.tick()
+		}),
+		fnLeave: fn(fnLeave, func([]jinja.Value, map[string]jinja.Value) (jinja.Value, error) {
+			b.depth--
+			return empty, nil
+		}),
+		replacedFilters["tojson"]: fn("tojson", filterToJSON),
+		replacedFilters["trim"]:   fn("trim", filterTrim),
+	}
+}
+
+// display is how a value prints in a template ({{ v }}).
+func display(v jinja.Value) string {
+	switch {
+	case v.IsString():
+		return v.AsString()
+	case v.IsUndefined(), v.IsNone():
+		if v.IsNone() {
+			return "None"
+		}
+		return ""
+	case v.IsFloat():
+		return pyFloat(v.AsFloat())
+	}
+	return v.String()
+}
+
+// pyRange is range() with the sandbox's limit on its length.
+func pyRange(args []jinja.Value, _ map[string]jinja.Value) (jinja.Value, error) {
+	var n [3]int64
+	for i, a := range args {
+		if i >= 3 || !a.IsInt() {
+			return jinja.Undefined(), fmt.Errorf("range takes one to three integers")
+		}
+		n[i] = a.AsInt()
+	}
+	start, stop, step := int64(0), n[0], int64(1)
+	switch len(args) {
+	case 0:
+		return jinja.Undefined(), fmt.Errorf("range takes one to three integers")
+	case 2:
+		start, stop = n[0], n[1]
+	case 3:
+		start, stop, step = n[0], n[1], n[2]
+	}
+	if step == 0 {
+		return jinja.Undefined(), fmt.Errorf("range() arg 3 must not be zero")
+	}
+	var count int64
+	if step > 0 && stop > start {
+		count = (stop - start + step - 1) / step
+	} else if step < 0 && stop < start {
+		count = (start - stop - step - 1) / -step
+	}
+	if count > maxRange || count < 0 {
+		return jinja.Undefined(), fmt.Errorf("range too big: the sandbox blocks ranges larger than %d", maxRange)
+	}
+	items := make([]jinja.Value, count)
+	for i := range items {
+		items[i] = jinja.NewInt(start + int64(i)*step)
+	}
+	return jinja.NewList(items), nil
+}
+
+// filterTrim is Jinja2's trim: Python's str.strip, with optional chars.
+func filterTrim(args []jinja.Value, _ map[string]jinja.Value) (jinja.Value, error) {
+	if len(args) == 0 {
+		return jinja.NewString(""), nil
+	}
+	s := display(args[0])
+	if len(args) > 1 && !args[1].IsNone() {
+		return jinja.NewString(strings.Trim(s, display(args[1]))), nil
+	}
+	return jinja.NewString(strings.TrimFunc(s, pyIsSpace)), nil
+}
+
+// filterToJSON is transformers' tojson: json.dumps(x, ensure_ascii=False,
+// indent=None, separators=None, sort_keys=False) with those arguments
+// passed positionally or by name. Python's json.dumps keeps dict order, does
+// not escape HTML characters and prints floats as repr() does, none of
+// which the engine's built-in filter does when indenting.
+func filterToJSON(args []jinja.Value, kwargs map[string]jinja.Value) (jinja.Value, error) {
+	if len(args) == 0 {
+		return jinja.Undefined(), fmt.Errorf("tojson: no value")
+	}
+	names := []string{"ensure_ascii", "indent", "separators", "sort_keys"}
+	opt := map[string]jinja.Value{}
+	for i, a := range args[1:] {
+		if i >= len(names) {
+			return jinja.Undefined(), fmt.Errorf("tojson: too many arguments")
+		}
+		opt[names[i]] = a
+	}
+	for k, v := range kwargs {
+		if !contains(names, k) {
+			return jinja.Undefined(), fmt.Errorf("tojson: unexpected argument %q", k)
+		}
+		opt[k] = v
+	}
+	e := jsonEncoder{item: ", ", key: ": "}
+	if v, ok := opt["ensure_ascii"]; ok {
+		e.ascii = v.IsTruthy()
+	}
+	if v, ok := opt["sort_keys"]; ok {
+		e.sortKeys = v.IsTruthy()
+	}
+	if v, ok := opt["indent"]; ok && !v.IsNone() {
+		switch {
+		case v.IsInt():
+			e.indent = strings.Repeat(" ", int(max(0, min(v.AsInt(), 64))))
+		case v.IsString():
+			e.indent = v.AsString()
+		default:
+			return jinja.Undefined(), fmt.Errorf("tojson: indent must be an integer or a string")
+		}
+		e.indented = true
+		e.item = ","
+	}
+	if v, ok := opt["separators"]; ok && !v.IsNone() {
+		if !v.IsList() || v.AsList().Len() != 2 || !v.AsList().Items[0].IsString() || !v.AsList().Items[1].IsString() {
+			return jinja.Undefined(), fmt.Errorf("tojson: separators must be two strings")
+		}
+		e.item, e.key = v.AsList().Items[0].AsString(), v.AsList().Items[1].AsString()
+	}
+	var b strings.Builder
+	if err := e.encode(&b, args[0], 0); err != nil {
+		return jinja.Undefined(), fmt.Errorf("tojson: %w", err)
+	}
+	return jinja.NewString(b.String()), nil
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+type jsonEncoder struct {
+	item, key string
+	indent    string
+	indented  bool
+	ascii     bool
+	sortKeys  bool
+}
+
+const maxJSONDepth = 100
+
+func (e *jsonEncoder) newline(b *strings.Builder, level int) {
+	b.WriteByte('\n')
+	for range level {
+		b.WriteString(e.indent)
+	}
+}
+
+func (e *jsonEncoder) encode(b *strings.Builder, v jinja.Value, level int) error {
+	if level > maxJSONDepth {
+		return fmt.Errorf("value nests more than %d deep", maxJSONDepth)
+	}
+	switch {
+	case v.IsNone():
+		b.WriteString("null")
+	case v.IsBool():
+		b.WriteString(map[bool]string{true: "true", false: "false"}[v.AsBool()])
+	case v.IsInt():
+		b.WriteString(strconv.FormatInt(v.AsInt(), 10))
+	case v.IsFloat():
+		f := v.AsFloat()
+		switch {
+		case math.IsNaN(f):
+			b.WriteString("NaN")
+		case math.IsInf(f, 1):
+			b.WriteString("Infinity")
+		case math.IsInf(f, -1):
+			b.WriteString("-Infinity")
+		default:
+			b.WriteString(pyFloat(f))
+		}
+	case v.IsString():
+		e.str(b, v.AsString())
+	case v.IsList():
+		items := v.AsList().Items
+		if len(items) == 0 {
+			b.WriteString("[]")
+			return nil
+		}
+		b.WriteByte('[')
+		for i, it := range items {
+			if i > 0 {
+				b.WriteString(e.item)
+			}
+			if e.indented {
+				e.newline(b, level+1)
+			}
+			if err := e.encode(b, it, level+1); err != nil {
+				return err
+			}
+		}
+		if e.indented {
+			e.newline(b, level)
+		}
+		b.WriteByte(']')
+	case v.IsDict():
+		d := v.AsDict()
+		if d.Len() == 0 {
+			b.WriteString("{}")
+			return nil
+		}
+		keys := d.OrderedKeys()
+		if e.sortKeys {
+			sort.Strings(keys)
+		}
+		b.WriteByte('{')
+		for i, k := range keys {
+			if i > 0 {
+				b.WriteString(e.item)
+			}
+			if e.indented {
+				e.newline(b, level+1)
+			}
+			e.str(b, k)
+			b.WriteString(e.key)
+			if err := e.encode(b, d.Data[k], level+1); err != nil {
+				return err
+			}
+		}
+		if e.indented {
+			e.newline(b, level)
+		}
+		b.WriteByte('}')
+	case v.IsUndefined():
+		return fmt.Errorf("object of type Undefined is not JSON serializable")
+	default:
+		return fmt.Errorf("object %s is not JSON serializable", v.String())
+	}
+	return nil
+}
+
+// str writes s as json.dumps does: \" \\ \n \r \t \b \f, other control
+// characters as \u00XX, and with ensure_ascii non-ASCII as \uXXXX (UTF-16).
+func (e *jsonEncoder) str(b *strings.Builder, s string) {
+	b.WriteByte('"')
+	for _, r := range s {
+		switch r {
+		case '"':
+			b.WriteString(`\"`)
+		case '\\':
+			b.WriteString(`\\`)
+		case '\n':
+			b.WriteString(`\n`)
+		case '\r':
+			b.WriteString(`\r`)
+		case '\t':
+			b.WriteString(`\t`)
+		case '\b':
+			b.WriteString(`\b`)
+		case '\f':
+			b.WriteString(`\f`)
+		default:
+			switch {
+			case r < 0x20 || (e.ascii && r >= 0x7f && r < 0x10000):
+				if r == 0x7f {
+					b.WriteRune(r)
+				} else {
+					fmt.Fprintf(b, `\u%04x`, r)
+				}
+			case e.ascii && r >= 0x10000:
+				r -= 0x10000
+				fmt.Fprintf(b, `\u%04x\u%04x`, 0xd800+(r>>10), 0xdc00+(r&0x3ff))
+			default:
+				b.WriteRune(r)
+			}
+		}
+	}
+	b.WriteByte('"')
+}
+
+// pyFloat is Python's repr(float): the shortest digits that read back,
+// in positional notation when the decimal exponent is in [-4, 16).
+func pyFloat(f float64) string {
+	switch {
+	case math.IsNaN(f):
+		return "nan"
+	case math.IsInf(f, 1):
+		return "inf"
+	case math.IsInf(f, -1):
+		return "-inf"
+	}
+	s := strconv.FormatFloat(f, 'e', -1, 64) // d.ddde±XX
+	mant, expPart, _ := strings.Cut(s, "e")
+	exp, _ := strconv.Atoi(expPart)
+	neg := strings.HasPrefix(mant, "-")
+	mant = strings.TrimPrefix(mant, "-")
+	digits := strings.Replace(mant, ".", "", 1)
+	sign := ""
+	if neg {
+		sign = "-"
+	}
+	if exp < -4 || exp >= 16 {
+		return sign + mant + "e" + fmt.Sprintf("%+03d", exp)
+	}
+	if exp < 0 {
+		return sign + "0." + strings.Repeat("0", -exp-1) + digits
+	}
+	if len(digits) <= exp+1 {
+		return sign + digits + strings.Repeat("0", exp+1-len(digits)) + ".0"
+	}
+	return sign + digits[:exp+1] + "." + digits[exp+1:]
+}
+
+// strftime formats t as Python's (glibc's) strftime does for the
+// directives chat templates use; "%-d" style flags drop the padding.
+func strftime(t time.Time, format string) string {
+	var b strings.Builder
+	for i := 0; i < len(format); i++ {
+		c := format[i]
+		if c != '%' || i+1 >= len(format) {
+			b.WriteByte(c)
+			continue
+		}
+		i++
+		noPad := false
+		if format[i] == '-' && i+1 < len(format) {
+			noPad = true
+			i++
+		}
+		num := func(v, width int) {
+			if noPad {
+				b.WriteString(strconv.Itoa(v))
+			} else {
+				fmt.Fprintf(&b, "%0*d", width, v)
+			}
+		}
+		switch format[i] {
+		case 'Y':
+			b.WriteString(strconv.Itoa(t.Year()))
+		case 'y':
+			num(t.Year()%100, 2)
+		case 'm':
+			num(int(t.Month()), 2)
+		case 'd':
+			num(t.Day(), 2)
+		case 'e':
+			fmt.Fprintf(&b, "%2d", t.Day())
+		case 'H':
+			num(t.Hour(), 2)
+		case 'I':
+			num((t.Hour()+11)%12+1, 2)
+		case 'M':
+			num(t.Minute(), 2)
+		case 'S':
+			num(t.Second(), 2)
+		case 'j':
+			num(t.YearDay(), 3)
+		case 'p':
+			b.WriteString(map[bool]string{true: "PM", false: "AM"}[t.Hour() >= 12])
+		case 'B':
+			b.WriteString(t.Month().String())
+		case 'b', 'h':
+			b.WriteString(t.Month().String()[:3])
+		case 'A':
+			b.WriteString(t.Weekday().String())
+		case 'a':
+			b.WriteString(t.Weekday().String()[:3])
+		case 'Z':
+			name, _ := t.Zone()
+			b.WriteString(name)
+		case 'z':
+			b.WriteString(t.Format("-0700"))
+		case '%':
+			b.WriteByte('%')
+		default:
+			b.WriteByte('%')
+			if noPad {
+				b.WriteByte('-')
+			}
+			b.WriteByte(format[i])
+		}
+	}
+	return b.String()
+}

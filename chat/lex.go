@@ -1,0 +1,569 @@
+package chat
+
+import (
+	"fmt"
+	"strings"
+	"unicode/utf8"
+)
+
+// This file is our own Jinja front end. It reads a template the way Jinja2's
+// lexer does under transformers' settings (trim_blocks, lstrip_blocks,
+// keep_trailing_newline=False) and writes an equivalent template for the
+// engine in which every piece of literal text has become a string
+// expression. The engine then sees no text segments at all, so its own,
+// looser whitespace rules have nothing to act on and the whitespace Jinja2
+// would keep is exactly what we wrote into those strings. The same pass
+// rewrites what the engine cannot be told through its API: string literals
+// with Python escapes, filters whose built-in versions differ from
+// transformers', the {% generation %} tags, and budget checks in loops and
+// macros. See doc.go for why this lives here and not in a fork.
+
+// Sentinels the rewritten {% generation %} and {% endgeneration %} tags
+// print. They are private-use code points from plane 16; input that
+// contains them is refused, so every one in a render came from a tag.
+const (
+	genOpen  = "\U0010FFFC"
+	genClose = "\U0010FFFD"
+)
+
+// Names the rewritten template calls. The leading "__loracc_" keeps them
+// out of the way of names real templates use.
+const (
+	fnTick  = "__loracc_tick"
+	fnEnter = "__loracc_enter"
+	fnLeave = "__loracc_leave"
+)
+
+// replacedFilters maps a built-in filter of the engine to our version,
+// where the engine's disagrees with transformers' (see funcs.go).
+var replacedFilters = map[string]string{
+	"tojson": "__loracc_tojson",
+	"trim":   "__loracc_trim",
+}
+
+// Limits on the template itself, so a hostile template cannot drive the
+// engine's recursive-descent parser into a stack overflow.
+const (
+	maxTemplateBytes = 1 << 20
+	maxBracketDepth  = 64
+	maxBlockDepth    = 64
+)
+
+// lexed is the result of reading a template.
+type lexed struct {
+	src           string // the template for the engine
+	hasGeneration bool   // the template has {% generation %} tags
+}
+
+// lexer walks the source once; out collects the rewritten template.
+type lexer struct {
+	src  string
+	pos  int
+	out  strings.Builder
+	text strings.Builder // literal text not yet written to out
+	// lineStart says the previous tag (or the start of the source) ended
+	// a line, which is how Jinja2 decides lstrip_blocks for text that
+	// holds no newline of its own.
+	lineStart bool
+	// blocks is the stack of open block keywords, for the depth limit and
+	// for knowing which endmacro closes a macro.
+	blocks []string
+	gen    bool
+}
+
+func (l *lexer) errorf(format string, args ...any) error {
+	line := 1 + strings.Count(l.src[:l.pos], "\n")
+	return fmt.Errorf("line %d: %s", line, fmt.Sprintf(format, args...))
+}
+
+// lex rewrites src for the engine.
+func lex(src string) (lexed, error) {
+	if len(src) > maxTemplateBytes {
+		return lexed{}, fmt.Errorf("template is %d bytes, more than the %d allowed", len(src), maxTemplateBytes)
+	}
+	if !utf8.ValidString(src) {
+		return lexed{}, fmt.Errorf("template is not valid UTF-8")
+	}
+	if strings.Contains(src, genOpen) || strings.Contains(src, genClose) {
+		return lexed{}, fmt.Errorf("template contains U+10FFFC or U+10FFFD, which chat reserves for marking generation blocks")
+	}
+	// Jinja2 turns \r\n and \r into \n and drops one trailing newline
+	// before it lexes (keep_trailing_newline=False).
+	src = strings.ReplaceAll(src, "\r\n", "\n")
+	src = strings.ReplaceAll(src, "\r", "\n")
+	src = strings.TrimSuffix(src, "\n")
+
+	l := &lexer{src: src, lineStart: true}
+	if err := l.run(); err != nil {
+		return lexed{}, err
+	}
+	if len(l.blocks) > 0 {
+		return lexed{}, fmt.Errorf("unclosed {%% %s %%} at end of template", l.blocks[len(l.blocks)-1])
+	}
+	return lexed{src: l.out.String(), hasGeneration: l.gen}, nil
+}
+
+func (l *lexer) run() error {
+	for l.pos < len(l.src) {
+		i := strings.IndexByte(l.src[l.pos:], '{')
+		if i < 0 || l.pos+i+1 >= len(l.src) {
+			l.text.WriteString(l.src[l.pos:])
+			l.pos = len(l.src)
+			break
+		}
+		at := l.pos + i
+		kind := l.src[at+1]
+		if kind != '{' && kind != '%' && kind != '#' {
+			l.text.WriteString(l.src[l.pos : at+2])
+			l.pos = at + 2
+			continue
+		}
+		l.text.WriteString(l.src[l.pos:at])
+		l.pos = at
+		var err error
+		switch kind {
+		case '#':
+			err = l.comment()
+		case '{':
+			err = l.tag(false)
+		case '%':
+			err = l.tag(true)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	l.flushText()
+	return nil
+}
+
+// beforeTag applies the left-hand whitespace rules to the pending text: a
+// "-" strips all whitespace, otherwise lstrip_blocks strips the spaces and
+// tabs between the line start and a block or comment tag.
+func (l *lexer) beforeTag(sign byte, block bool) {
+	t := l.text.String()
+	switch {
+	case sign == '-':
+		t = strings.TrimRightFunc(t, pyIsSpace)
+	case sign == '+' || !block:
+	default:
+		ls := strings.LastIndexByte(t, '\n') + 1
+		if (ls > 0 || l.lineStart) && strings.Trim(t[ls:], " \t") == "" {
+			t = t[:ls]
+		}
+	}
+	l.text.Reset()
+	l.text.WriteString(t)
+	l.flushText()
+}
+
+// afterTag applies the right-hand rules: "-" strips all whitespace that
+// follows, otherwise trim_blocks drops one newline after a block tag.
+func (l *lexer) afterTag(sign byte, block bool) {
+	l.lineStart = false
+	switch {
+	case sign == '-':
+		rest := strings.TrimLeftFunc(l.src[l.pos:], pyIsSpace)
+		l.lineStart = strings.HasSuffix(l.src[l.pos:len(l.src)-len(rest)], "\n")
+		l.pos = len(l.src) - len(rest)
+	case sign == '+' || !block:
+	default:
+		if strings.HasPrefix(l.src[l.pos:], "\n") {
+			l.pos++
+			l.lineStart = true
+		}
+	}
+}
+
+// flushText writes the pending text as one string expression.
+func (l *lexer) flushText() {
+	if l.text.Len() == 0 {
+		return
+	}
+	l.out.WriteString("{{ ")
+	l.out.WriteString(engineString(l.text.String()))
+	l.out.WriteString(" }}")
+	l.text.Reset()
+}
+
+func (l *lexer) comment() error {
+	start := l.pos
+	l.pos += 2
+	sign := signAt(l.src, l.pos)
+	end := strings.Index(l.src[l.pos:], "#}")
+	if end < 0 {
+		l.pos = start
+		return l.errorf("unclosed comment")
+	}
+	closeSign := byte(0)
+	if end > 0 {
+		closeSign = signAt(l.src, l.pos+end-1)
+	}
+	l.beforeTag(sign, true)
+	l.pos += end + 2
+	l.afterTag(closeSign, true)
+	return nil
+}
+
+// signAt returns the whitespace-control sign at s[i], or 0.
+func signAt(s string, i int) byte {
+	if i < len(s) && (s[i] == '-' || s[i] == '+') {
+		return s[i]
+	}
+	return 0
+}
+
+// tag handles {{ ... }} (block false) and {% ... %} (block true).
+func (l *lexer) tag(block bool) error {
+	start := l.pos
+	l.pos += 2
+	sign := signAt(l.src, l.pos)
+	if sign != 0 {
+		l.pos++
+	}
+	closer := "}}"
+	if block {
+		closer = "%}"
+	}
+	toks, closeSign, err := l.scanTag(closer)
+	if err != nil {
+		l.pos = start
+		return err
+	}
+	keyword := ""
+	if block && len(toks) > 0 && toks[0].kind == tkName {
+		keyword = toks[0].text
+	}
+	if keyword == "raw" {
+		l.beforeTag(sign, true)
+		l.afterTag(closeSign, true)
+		return l.raw()
+	}
+	l.beforeTag(sign, block)
+	body := rebuild(toks)
+	switch {
+	case !block:
+		l.out.WriteString("{{" + body + "}}")
+	case keyword == "generation" || keyword == "endgeneration":
+		if len(toks) != 1 {
+			return l.errorf("{%% %s %%} takes no arguments", keyword)
+		}
+		l.gen = true
+		if err := l.nest(keyword); err != nil {
+			return err
+		}
+		lit := genOpen
+		if keyword == "endgeneration" {
+			lit = genClose
+		}
+		l.out.WriteString("{{ " + engineString(lit) + " }}")
+	default:
+		if err := l.nest(keyword); err != nil {
+			return err
+		}
+		if keyword == "endmacro" {
+			l.out.WriteString("{{ " + fnLeave + "() }}")
+		}
+		l.out.WriteString("{%" + body + "%}")
+		switch keyword {
+		case "for":
+			l.out.WriteString("{{ " + fnTick + "() }}")
+		case "macro":
+			l.out.WriteString("{{ " + fnEnter + "() }}")
+		}
+	}
+	l.afterTag(closeSign, block)
+	return nil
+}
+
+// blockEnds pairs each block keyword with the one that closes it.
+var blockEnds = map[string]string{
+	"if": "endif", "for": "endfor", "macro": "endmacro", "call": "endcall",
+	"filter": "endfilter", "generation": "endgeneration",
+}
+
+// nest keeps the stack of open blocks: it bounds nesting and checks that
+// each end tag closes the innermost open block. {% set x %}...{% endset %}
+// is the one block whose opener is also a one-line statement.
+func (l *lexer) nest(keyword string) error {
+	if _, ok := blockEnds[keyword]; ok {
+		if len(l.blocks) >= maxBlockDepth {
+			return l.errorf("blocks nest more than %d deep", maxBlockDepth)
+		}
+		l.blocks = append(l.blocks, keyword)
+		return nil
+	}
+	if !strings.HasPrefix(keyword, "end") || keyword == "endset" {
+		return nil
+	}
+	if len(l.blocks) == 0 || blockEnds[l.blocks[len(l.blocks)-1]] != keyword {
+		return l.errorf("{%% %s %%} closes no open block", keyword)
+	}
+	l.blocks = l.blocks[:len(l.blocks)-1]
+	return nil
+}
+
+// raw copies the text up to {% endraw %} verbatim.
+func (l *lexer) raw() error {
+	for i := l.pos; i < len(l.src); {
+		j := strings.Index(l.src[i:], "{%")
+		if j < 0 {
+			break
+		}
+		j += i
+		k := j + 2
+		sign := signAt(l.src, k)
+		if sign != 0 {
+			k++
+		}
+		rest := strings.TrimLeft(l.src[k:], " \t\n")
+		if !strings.HasPrefix(rest, "endraw") {
+			i = j + 2
+			continue
+		}
+		rest = strings.TrimLeft(rest[len("endraw"):], " \t\n")
+		closeSign := signAt(rest, 0)
+		if closeSign != 0 {
+			rest = rest[1:]
+		}
+		if !strings.HasPrefix(rest, "%}") {
+			i = j + 2
+			continue
+		}
+		l.text.WriteString(l.src[l.pos:j])
+		l.pos = len(l.src) - len(rest) + 2
+		l.beforeTag(sign, true)
+		l.afterTag(closeSign, true)
+		return nil
+	}
+	return l.errorf("unclosed {%% raw %%}")
+}
+
+// Token kinds inside a tag.
+const (
+	tkName = iota
+	tkString
+	tkOther
+	tkSpace
+)
+
+type token struct {
+	kind int
+	text string // the source text, or for strings the decoded value
+}
+
+// scanTag reads tokens up to the closer at bracket depth zero (as Jinja2
+// does, so "}}" closing a dict literal inside {{ }} is not the end). It
+// returns the tokens, without the closer and its sign, and the sign.
+func (l *lexer) scanTag(closer string) ([]token, byte, error) {
+	var toks []token
+	depth := 0
+	for l.pos < len(l.src) {
+		c := l.src[l.pos]
+		if depth == 0 {
+			if c == '-' && strings.HasPrefix(l.src[l.pos+1:], closer) {
+				l.pos += 3
+				return toks, '-', nil
+			}
+			if c == '+' && closer == "%}" && strings.HasPrefix(l.src[l.pos+1:], closer) {
+				l.pos += 3
+				return toks, '+', nil
+			}
+			if strings.HasPrefix(l.src[l.pos:], closer) {
+				l.pos += 2
+				return toks, 0, nil
+			}
+		}
+		switch {
+		case c == '\'' || c == '"':
+			s, n, err := pyString(l.src[l.pos:])
+			if err != nil {
+				return nil, 0, l.errorf("%v", err)
+			}
+			toks = append(toks, token{tkString, s})
+			l.pos += n
+		case c == '_' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z':
+			n := 1
+			for l.pos+n < len(l.src) && isNameByte(l.src[l.pos+n]) {
+				n++
+			}
+			toks = append(toks, token{tkName, l.src[l.pos : l.pos+n]})
+			l.pos += n
+		case c == ' ' || c == '\t' || c == '\n':
+			toks = append(toks, token{tkSpace, " "})
+			l.pos++
+		default:
+			switch c {
+			case '(', '[', '{':
+				depth++
+				if depth > maxBracketDepth {
+					return nil, 0, l.errorf("brackets nest more than %d deep", maxBracketDepth)
+				}
+			case ')', ']', '}':
+				if depth > 0 {
+					depth--
+				}
+			}
+			_, n := utf8.DecodeRuneInString(l.src[l.pos:])
+			toks = append(toks, token{tkOther, l.src[l.pos : l.pos+n]})
+			l.pos += n
+		}
+	}
+	return nil, 0, l.errorf("unclosed tag, expected %q", closer)
+}
+
+func isNameByte(c byte) bool {
+	return c == '_' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9'
+}
+
+// rebuild writes tag tokens back for the engine: strings re-quoted in the
+// escapes it understands, replaced filters renamed.
+func rebuild(toks []token) string {
+	var b strings.Builder
+	b.WriteByte(' ')
+	for i, t := range toks {
+		switch t.kind {
+		case tkString:
+			b.WriteString(engineString(t.text))
+		case tkName:
+			if to, ok := replacedFilters[t.text]; ok && afterPipe(toks, i) {
+				b.WriteString(to)
+			} else {
+				b.WriteString(t.text)
+			}
+		default:
+			b.WriteString(t.text)
+		}
+	}
+	b.WriteByte(' ')
+	return b.String()
+}
+
+// afterPipe says toks[i] is a filter name: the token before it, spaces
+// aside, is "|" (or it follows "filter" in a {% filter %} tag).
+func afterPipe(toks []token, i int) bool {
+	for j := i - 1; j >= 0; j-- {
+		if toks[j].kind == tkSpace {
+			continue
+		}
+		return toks[j].text == "|" || (j == 0 && toks[j].text == "filter")
+	}
+	return false
+}
+
+// engineString quotes s for the engine's string literals, which know only
+// the escapes \\ \" \' \n and \t; every other byte stands for itself.
+func engineString(s string) string {
+	var b strings.Builder
+	b.Grow(len(s) + 2)
+	b.WriteByte('"')
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; c {
+		case '\\':
+			b.WriteString(`\\`)
+		case '"':
+			b.WriteString(`\"`)
+		case '\n':
+			b.WriteString(`\n`)
+		case '\t':
+			b.WriteString(`\t`)
+		default:
+			b.WriteByte(c)
+		}
+	}
+	b.WriteByte('"')
+	return b.String()
+}
+
+// pyString decodes the quoted literal at the start of s the way Jinja2
+// does (Python's unicode-escape rules) and returns it and its length.
+func pyString(s string) (string, int, error) {
+	q := s[0]
+	var b strings.Builder
+	for i := 1; i < len(s); {
+		c := s[i]
+		if c == q {
+			return b.String(), i + 1, nil
+		}
+		if c != '\\' || i+1 >= len(s) {
+			b.WriteByte(c)
+			i++
+			continue
+		}
+		e := s[i+1]
+		i += 2
+		switch e {
+		case '\n':
+		case '\\', '\'', '"':
+			b.WriteByte(e)
+		case 'a':
+			b.WriteByte('\a')
+		case 'b':
+			b.WriteByte('\b')
+		case 'f':
+			b.WriteByte('\f')
+		case 'n':
+			b.WriteByte('\n')
+		case 'r':
+			b.WriteByte('\r')
+		case 't':
+			b.WriteByte('\t')
+		case 'v':
+			b.WriteByte('\v')
+		case 'x', 'u', 'U':
+			n := map[byte]int{'x': 2, 'u': 4, 'U': 8}[e]
+			if i+n > len(s) {
+				return "", 0, fmt.Errorf("truncated \\%c escape in string literal", e)
+			}
+			r, ok := parseHex(s[i : i+n])
+			if !ok || r > utf8.MaxRune {
+				return "", 0, fmt.Errorf("bad \\%c escape %q in string literal", e, s[i:i+n])
+			}
+			b.WriteRune(rune(r))
+			i += n
+		case '0', '1', '2', '3', '4', '5', '6', '7':
+			r := int(e - '0')
+			for k := 0; k < 2 && i < len(s) && s[i] >= '0' && s[i] <= '7'; k++ {
+				r = r*8 + int(s[i]-'0')
+				i++
+			}
+			b.WriteRune(rune(r))
+		default:
+			b.WriteByte('\\')
+			b.WriteByte(e)
+		}
+	}
+	return "", 0, fmt.Errorf("unterminated string literal")
+}
+
+func parseHex(s string) (int, bool) {
+	v := 0
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		var d int
+		switch {
+		case c >= '0' && c <= '9':
+			d = int(c - '0')
+		case c >= 'a' && c <= 'f':
+			d = int(c-'a') + 10
+		case c >= 'A' && c <= 'F':
+			d = int(c-'A') + 10
+		default:
+			return 0, false
+		}
+		v = v*16 + d
+	}
+	return v, true
+}
+
+// pyIsSpace is Python's str.isspace for one code point, which is what
+// Jinja2's strip rules and str.strip() use; it differs from Go's
+// unicode.IsSpace in counting U+001C..U+001F.
+func pyIsSpace(r rune) bool {
+	switch r {
+	case ' ', '\t', '\n', '\v', '\f', '\r', 0x1c, 0x1d, 0x1e, 0x1f, 0x85, 0xa0,
+		0x1680, 0x2028, 0x2029, 0x202f, 0x205f, 0x3000:
+		return true
+	}
+	return r >= 0x2000 && r <= 0x200a
+}

@@ -1,0 +1,134 @@
+package chat
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/ardanlabs/jinja"
+)
+
+// cutSentinels removes the generation sentinels from a render and returns
+// the text and the spans they enclosed. Like transformers' AssistantTracker
+// it records every block, nested ones included, and drops none that are
+// empty; spans come out ordered by start (then by end), not in the order
+// the blocks closed.
+func cutSentinels(s string) (string, []Span, error) {
+	var b strings.Builder
+	var spans []Span
+	var open []int
+	for len(s) > 0 {
+		i := strings.IndexAny(s, genOpen+genClose)
+		if i < 0 {
+			b.WriteString(s)
+			break
+		}
+		b.WriteString(s[:i])
+		if strings.HasPrefix(s[i:], genOpen) {
+			open = append(open, b.Len())
+			s = s[i+len(genOpen):]
+			continue
+		}
+		if len(open) == 0 {
+			return "", nil, fmt.Errorf("generation block closed twice (a sentinel was moved by a filter?)")
+		}
+		spans = append(spans, Span{open[len(open)-1], b.Len()})
+		open = open[:len(open)-1]
+		s = s[i+len(genClose):]
+	}
+	if len(open) > 0 {
+		return "", nil, fmt.Errorf("generation block never closed in the output (its end was captured or filtered away)")
+	}
+	sortSpans(spans)
+	return b.String(), spans, nil
+}
+
+func sortSpans(spans []Span) {
+	for i := 1; i < len(spans); i++ {
+		for j := i; j > 0 && (spans[j].Start < spans[j-1].Start ||
+			spans[j].Start == spans[j-1].Start && spans[j].End < spans[j-1].End); j-- {
+			spans[j], spans[j-1] = spans[j-1], spans[j]
+		}
+	}
+}
+
+// prefixSpans finds the assistant spans of a template without generation
+// tags by rendering prefixes of the conversation, the way training
+// pipelines mask assistant turns without markers. For the assistant
+// message i, with F the full render:
+//
+//   - start: the end of messages[:i] rendered with add_generation_prompt,
+//     when that is a prefix of F. Some templates put more in the prompt
+//     than in a finished turn (Qwen3 with enable_thinking=false adds an
+//     empty think block); then, provided messages[:i] rendered without the
+//     prompt is a prefix of F, the turn starts where the prompt and F part.
+//   - end: the end of messages[:i+1] rendered without the prompt, less the
+//     trailer some templates print whatever add_generation_prompt says (the
+//     original Llama-3 template prints the assistant header after every
+//     conversation). The trailer is the render of an empty conversation, if
+//     that renders. What is left must be a prefix of F.
+//   - then whitespace at the end of the span is dropped: it follows the
+//     end-of-turn token (Qwen3's "<|im_end|>\n") and no model generates it.
+//
+// So a span is the assistant content as the template prints it plus the
+// end-of-turn token, which is what a model learns to generate. When a
+// prefix is not a prefix of F the template renders a turn differently once
+// later turns follow (Qwen3 wraps the last turn in a think block and drops
+// the reasoning of earlier ones), no span would be right, and this returns
+// an error: use a template with {% generation %} tags for such data.
+func (t *Template) prefixSpans(ctx map[string]jinja.Value, msgs []jinja.Value, messages []Message, full string) ([]Span, error) {
+	var spans []Span
+	trailer, err := t.exec(ctx, nil, false)
+	if err != nil {
+		trailer = ""
+	}
+	for i, m := range messages {
+		if role(m) != "assistant" {
+			continue
+		}
+		prompt, err := t.exec(ctx, msgs[:i], true)
+		if err != nil {
+			return nil, fmt.Errorf("assistant span of message %d: rendering the messages before it: %w", i, err)
+		}
+		start := len(prompt)
+		if !strings.HasPrefix(full, prompt) {
+			bare, err := t.exec(ctx, msgs[:i], false)
+			if err != nil || !strings.HasPrefix(full, bare) {
+				return nil, fmt.Errorf("assistant span of message %d: the render of the messages before it is not a prefix of the whole render", i)
+			}
+			start = commonPrefix(prompt, full)
+		}
+		turn, err := t.exec(ctx, msgs[:i+1], false)
+		if err != nil {
+			return nil, fmt.Errorf("assistant span of message %d: rendering up to it: %w", i, err)
+		}
+		if trailer != "" && len(turn)-len(trailer) >= start {
+			turn = strings.TrimSuffix(turn, trailer)
+		}
+		if !strings.HasPrefix(full, turn) {
+			return nil, fmt.Errorf("assistant span of message %d: the render up to it is not a prefix of the whole render (the template prints this turn differently when more messages follow); use a template with {%% generation %%} tags", i)
+		}
+		end := len(strings.TrimRight(turn, " \t\n\r"))
+		if end < start {
+			end = start
+		}
+		spans = append(spans, Span{start, end})
+	}
+	return spans, nil
+}
+
+func role(m Message) string {
+	if r, ok := m.Fields["role"].(string); ok {
+		return r
+	}
+	return m.Role
+}
+
+func commonPrefix(a, b string) int {
+	n := min(len(a), len(b))
+	for i := 0; i < n; i++ {
+		if a[i] != b[i] {
+			return i
+		}
+	}
+	return n
+}
