@@ -90,23 +90,198 @@ func builtins(now func() time.Time) map[string]jinja.Value {
 		}),
 		replacedFilters["tojson"]: fn("tojson", filterToJSON),
 		replacedFilters["trim"]:   fn("trim", filterTrim),
+		replacedFilters["selectattr"]: fn("selectattr", func(args []jinja.Value, kw map[string]jinja.Value) (jinja.Value, error) {
+			return filterAttr(args, true)
+		}),
+		replacedFilters["rejectattr"]: fn("rejectattr", func(args []jinja.Value, kw map[string]jinja.Value) (jinja.Value, error) {
+			return filterAttr(args, false)
+		}),
+		fnPrint: fn("print", func(args []jinja.Value, _ map[string]jinja.Value) (jinja.Value, error) {
+			if len(args) != 1 {
+				return jinja.Undefined(), fmt.Errorf("print takes one value")
+			}
+			return jinja.NewString(display(args[0])), nil
+		}),
 	}
 }
 
-// display is how a value prints in a template ({{ v }}).
+// display is how a value prints in a template ({{ v }}): Python's str().
 func display(v jinja.Value) string {
 	switch {
+	case v.IsUndefined():
+		return ""
 	case v.IsString():
 		return v.AsString()
-	case v.IsUndefined(), v.IsNone():
-		if v.IsNone() {
-			return "None"
-		}
-		return ""
-	case v.IsFloat():
-		return pyFloat(v.AsFloat())
 	}
-	return v.String()
+	var b strings.Builder
+	repr(&b, v, 0)
+	return b.String()
+}
+
+// repr writes Python's repr() of v.
+func repr(b *strings.Builder, v jinja.Value, depth int) {
+	if depth > maxJSONDepth {
+		b.WriteString("...")
+		return
+	}
+	switch {
+	case v.IsUndefined():
+	case v.IsNone():
+		b.WriteString("None")
+	case v.IsBool():
+		b.WriteString(map[bool]string{true: "True", false: "False"}[v.AsBool()])
+	case v.IsInt():
+		b.WriteString(strconv.FormatInt(v.AsInt(), 10))
+	case v.IsFloat():
+		b.WriteString(pyFloat(v.AsFloat()))
+	case v.IsString():
+		reprString(b, v.AsString())
+	case v.IsList():
+		b.WriteByte('[')
+		for i, it := range v.AsList().Items {
+			if i > 0 {
+				b.WriteString(", ")
+			}
+			repr(b, it, depth+1)
+		}
+		b.WriteByte(']')
+	case v.IsDict():
+		d := v.AsDict()
+		b.WriteByte('{')
+		for i, k := range d.Keys {
+			if i > 0 {
+				b.WriteString(", ")
+			}
+			reprString(b, k)
+			b.WriteString(": ")
+			repr(b, d.Data[k], depth+1)
+		}
+		b.WriteByte('}')
+	default:
+		b.WriteString(v.String())
+	}
+}
+
+// reprString is Python's repr of a str: single quotes unless the text has
+// a single quote and no double one.
+func reprString(b *strings.Builder, s string) {
+	q := byte('\'')
+	if strings.ContainsRune(s, '\'') && !strings.ContainsRune(s, '"') {
+		q = '"'
+	}
+	b.WriteByte(q)
+	for _, r := range s {
+		switch {
+		case r == '\\' || r == rune(q):
+			b.WriteByte('\\')
+			b.WriteRune(r)
+		case r == '\n':
+			b.WriteString(`\n`)
+		case r == '\r':
+			b.WriteString(`\r`)
+		case r == '\t':
+			b.WriteString(`\t`)
+		case r < 0x20 || r == 0x7f:
+			fmt.Fprintf(b, `\x%02x`, r)
+		default:
+			b.WriteRune(r)
+		}
+	}
+	b.WriteByte(q)
+}
+
+// filterAttr is Jinja2's selectattr (keep) and rejectattr: items whose
+// attribute (a dotted path) passes a test, truthiness by default. The
+// engine's own versions fail on the one-argument form.
+func filterAttr(args []jinja.Value, keep bool) (jinja.Value, error) {
+	if len(args) < 2 {
+		return jinja.Undefined(), fmt.Errorf("selectattr/rejectattr need an attribute name")
+	}
+	if !args[0].IsList() {
+		return jinja.NewList(nil), nil
+	}
+	test, testArgs := "truthy", []jinja.Value(nil)
+	if len(args) > 2 {
+		test, testArgs = display(args[2]), args[3:]
+	}
+	var out []jinja.Value
+	for _, it := range args[0].AsList().Items {
+		attr := it
+		for _, part := range strings.Split(display(args[1]), ".") {
+			next := jinja.Undefined()
+			if attr.IsDict() {
+				if v, ok := attr.AsDict().Get(part); ok {
+					next = v
+				}
+			}
+			attr = next
+		}
+		ok, err := valueTest(test, attr, testArgs)
+		if err != nil {
+			return jinja.Undefined(), err
+		}
+		if ok == keep {
+			out = append(out, it)
+		}
+	}
+	return jinja.NewList(out), nil
+}
+
+// valueTest evaluates the Jinja2 tests selectattr is used with.
+func valueTest(name string, v jinja.Value, args []jinja.Value) (bool, error) {
+	arg := func() (jinja.Value, error) {
+		if len(args) == 0 {
+			return jinja.Undefined(), fmt.Errorf("test %q needs an argument", name)
+		}
+		return args[0], nil
+	}
+	switch name {
+	case "truthy":
+		return v.IsTruthy(), nil
+	case "defined":
+		return !v.IsUndefined(), nil
+	case "undefined":
+		return v.IsUndefined(), nil
+	case "none":
+		return v.IsNone(), nil
+	case "true":
+		return v.IsBool() && v.AsBool(), nil
+	case "false":
+		return v.IsBool() && !v.AsBool(), nil
+	case "string":
+		return v.IsString(), nil
+	case "number":
+		return v.IsNumber() && !v.IsBool(), nil
+	case "mapping":
+		return v.IsDict(), nil
+	case "sequence", "iterable":
+		return v.IsList() || v.IsString() || v.IsDict(), nil
+	case "eq", "equalto", "==", "sameas":
+		a, err := arg()
+		return err == nil && v.Equals(a), err
+	case "ne", "!=":
+		a, err := arg()
+		return err == nil && !v.Equals(a), err
+	case "in":
+		a, err := arg()
+		if err != nil {
+			return false, err
+		}
+		switch {
+		case a.IsList():
+			for _, x := range a.AsList().Items {
+				if x.Equals(v) {
+					return true, nil
+				}
+			}
+		case a.IsDict() && v.IsString():
+			return a.AsDict().Has(v.AsString()), nil
+		case a.IsString() && v.IsString():
+			return strings.Contains(a.AsString(), v.AsString()), nil
+		}
+		return false, nil
+	}
+	return false, fmt.Errorf("selectattr/rejectattr: test %q is not supported", name)
 }
 
 // pyRange is range() with the sandbox's limit on its length.

@@ -32,13 +32,16 @@ const (
 	fnTick  = "__loracc_tick"
 	fnEnter = "__loracc_enter"
 	fnLeave = "__loracc_leave"
+	fnPrint = "__loracc_print"
 )
 
 // replacedFilters maps a built-in filter of the engine to our version,
 // where the engine's disagrees with transformers' (see funcs.go).
 var replacedFilters = map[string]string{
-	"tojson": "__loracc_tojson",
-	"trim":   "__loracc_trim",
+	"tojson":     "__loracc_tojson",
+	"trim":       "__loracc_trim",
+	"selectattr": "__loracc_selectattr",
+	"rejectattr": "__loracc_rejectattr",
 }
 
 // Limits on the template itself, so a hostile template cannot drive the
@@ -230,9 +233,16 @@ func (l *lexer) tag(block bool) error {
 		l.pos = start
 		return err
 	}
-	keyword := ""
-	if block && len(toks) > 0 && toks[0].kind == tkName {
-		keyword = toks[0].text
+	keyword, args := "", 0
+	for _, tk := range toks {
+		if tk.kind == tkSpace {
+			continue
+		}
+		if keyword == "" && args == 0 && block && tk.kind == tkName {
+			keyword = tk.text
+		} else {
+			args++
+		}
 	}
 	if keyword == "raw" {
 		l.beforeTag(sign, true)
@@ -243,9 +253,11 @@ func (l *lexer) tag(block bool) error {
 	body := rebuild(toks)
 	switch {
 	case !block:
-		l.out.WriteString("{{" + body + "}}")
+		// Printing goes through our function, which writes values as
+		// Python's str() does (None, 1.0, lists and dicts in repr).
+		l.out.WriteString("{{ " + fnPrint + "(" + body + ") }}")
 	case keyword == "generation" || keyword == "endgeneration":
-		if len(toks) != 1 {
+		if args != 0 {
 			return l.errorf("{%% %s %%} takes no arguments", keyword)
 		}
 		l.gen = true
@@ -432,6 +444,11 @@ func rebuild(toks []token) string {
 				b.WriteString(t.text)
 			}
 		default:
+			// The engine finds the end of a tag by its closer alone, so
+			// the braces closing nested dict literals must not touch.
+			if t.text == "}" && strings.HasSuffix(b.String(), "}") {
+				b.WriteByte(' ')
+			}
 			b.WriteString(t.text)
 		}
 	}
@@ -440,13 +457,13 @@ func rebuild(toks []token) string {
 }
 
 // afterPipe says toks[i] is a filter name: the token before it, spaces
-// aside, is "|" (or it follows "filter" in a {% filter %} tag).
+// aside, is "|". ({% filter name %} blocks keep the engine's filters: the
+// engine looks those up among its built-ins only.)
 func afterPipe(toks []token, i int) bool {
 	for j := i - 1; j >= 0; j-- {
-		if toks[j].kind == tkSpace {
-			continue
+		if toks[j].kind != tkSpace {
+			return toks[j].text == "|"
 		}
-		return toks[j].text == "|" || (j == 0 && toks[j].text == "filter")
 	}
 	return false
 }

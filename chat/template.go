@@ -297,3 +297,25 @@ func (t *Template) renderSafe(vars map[string]jinja.Value) (out string, err erro
 	}()
 	return t.eng.RenderValues(vars)
 }
+
+// renderVars renders with the given variables and nothing else but the
+// functions chat provides; generation sentinels are cut out. It backs the
+// feature probes in the tests.
+func (t *Template) renderVars(vars map[string]any) (string, error) {
+	vals := builtins(t.now)
+	for k, v := range vars {
+		val, err := toValue(v, 0)
+		if err != nil {
+			return "", fmt.Errorf("%s: %w", k, err)
+		}
+		vals[k] = val
+	}
+	out, err := t.renderSafe(vals)
+	if err != nil {
+		return "", err
+	}
+	if t.generation {
+		out, _, err = cutSentinels(out)
+	}
+	return out, err
+}
