@@ -238,8 +238,8 @@ func TestSnippetsMatchJinja2(t *testing.T) {
 	}
 	var f struct {
 		Snippets []struct {
-			Name     string         `json:"name"`
-			Template string         `json:"template"`
+			Name     string                     `json:"name"`
+			Template string                     `json:"template"`
 			Context  map[string]json.RawMessage `json:"context"`
 		} `json:"snippets"`
 	}
@@ -288,4 +288,57 @@ func renderSnippet(src string, ctx map[string]json.RawMessage) (string, error) {
 		vars[k] = v
 	}
 	return tmpl.renderVars(vars)
+}
+
+// TestPrefixSpansOnRealTemplates checks the prefix rule's spans on the real
+// templates against what they should hold, independently of any expected
+// file: each span ends with the template's end-of-turn token and holds the
+// assistant's words (trimmed, since these templates trim content, and
+// after any think block).
+func TestPrefixSpansOnRealTemplates(t *testing.T) {
+	dir := tokenizersDir(t)
+	endOfTurn := map[string]string{"llama3": "<|eot_id|>", "llama3_2": "<|eot_id|>", "qwen3": "<|im_end|>", "gemma3": "<end_of_turn>"}
+	convs := loadConversations(t)
+	for name, eot := range endOfTurn {
+		tmpl, err := FromConfig(filepath.Join(dir, name, "tokenizer_config.json"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		spans := 0
+		for cname, c := range convs {
+			msgs := c.messages(t)
+			r, err := tmpl.Render(msgs, c.options("26 Jul 2024"))
+			if err != nil {
+				continue // refusals are checked against the expected file
+			}
+			var words []string
+			for _, m := range msgs {
+				if role(m) == "assistant" {
+					_, after, found := strings.Cut(m.Content, "</think>")
+					if !found {
+						after = m.Content
+					}
+					if _, calls := m.Fields["tool_calls"]; calls {
+						after = "" // a template may print the call instead
+					}
+					words = append(words, strings.TrimSpace(after))
+				}
+			}
+			if len(words) != len(r.Assistant) {
+				t.Errorf("%s/%s: %d assistant messages, %d spans", name, cname, len(words), len(r.Assistant))
+				continue
+			}
+			for i, s := range r.Assistant {
+				got := r.Text[s.Start:s.End]
+				if !strings.HasSuffix(got, eot) || !strings.Contains(got, words[i]) {
+					t.Errorf("%s/%s: span %d is %q; want %q then %s", name, cname, i, got, words[i], eot)
+				}
+				if strings.Contains(got, "<|start_header_id|>") || strings.Contains(got, "<start_of_turn>") || strings.Contains(got, "<|im_start|>") {
+					t.Errorf("%s/%s: span %d %q holds a turn header", name, cname, i, got)
+				}
+				spans++
+			}
+		}
+		t.Logf("%s: %d spans checked", name, spans)
+	}
 }

@@ -3,6 +3,7 @@ package chat
 import (
 	"fmt"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/ardanlabs/jinja"
 )
@@ -77,7 +78,7 @@ func sortSpans(spans []Span) {
 // an error: use a template with {% generation %} tags for such data.
 func (t *Template) prefixSpans(ctx map[string]jinja.Value, msgs []jinja.Value, messages []Message, full string) ([]Span, error) {
 	var spans []Span
-	trailer, err := t.exec(ctx, nil, false)
+	trailer, err := t.text(ctx, nil, false)
 	if err != nil {
 		trailer = ""
 	}
@@ -85,19 +86,22 @@ func (t *Template) prefixSpans(ctx map[string]jinja.Value, msgs []jinja.Value, m
 		if role(m) != "assistant" {
 			continue
 		}
-		prompt, err := t.exec(ctx, msgs[:i], true)
+		prompt, err := t.text(ctx, msgs[:i], true)
 		if err != nil {
 			return nil, fmt.Errorf("assistant span of message %d: rendering the messages before it: %w", i, err)
 		}
 		start := len(prompt)
 		if !strings.HasPrefix(full, prompt) {
-			bare, err := t.exec(ctx, msgs[:i], false)
+			bare, err := t.text(ctx, msgs[:i], false)
 			if err != nil || !strings.HasPrefix(full, bare) {
 				return nil, fmt.Errorf("assistant span of message %d: the render of the messages before it is not a prefix of the whole render", i)
 			}
 			start = commonPrefix(prompt, full)
+			for start > 0 && start < len(full) && !utf8.RuneStart(full[start]) {
+				start--
+			}
 		}
-		turn, err := t.exec(ctx, msgs[:i+1], false)
+		turn, err := t.text(ctx, msgs[:i+1], false)
 		if err != nil {
 			return nil, fmt.Errorf("assistant span of message %d: rendering up to it: %w", i, err)
 		}
@@ -114,6 +118,25 @@ func (t *Template) prefixSpans(ctx map[string]jinja.Value, msgs []jinja.Value, m
 		spans = append(spans, Span{start, end})
 	}
 	return spans, nil
+}
+
+// prefixSpansOf runs the prefix rule for messages rendered as full.
+func (t *Template) prefixSpansOf(messages []Message, opts Options, full string) ([]Span, error) {
+	ctx, msgs, err := t.context(messages, opts)
+	if err != nil {
+		return nil, err
+	}
+	return t.prefixSpans(ctx, msgs, messages, full)
+}
+
+// text renders like exec, with any generation sentinels cut out.
+func (t *Template) text(ctx map[string]jinja.Value, msgs []jinja.Value, agp bool) (string, error) {
+	out, err := t.exec(ctx, msgs, agp)
+	if err != nil || !t.generation {
+		return out, err
+	}
+	out, _, err = cutSentinels(out)
+	return out, err
 }
 
 func role(m Message) string {
