@@ -81,7 +81,7 @@ func FuzzRender(f *testing.F) {
 // genTemplate builds a random template from the constructs chat templates
 // use, so that random tests reach the engine rather than its parser's
 // error paths.
-func genTemplate(rng *rand.Rand, depth int) string {
+func genTemplate(rng *rand.Rand, depth int, inLoop bool) string {
 	exprs := []string{"m.content", "m.role", "messages | length", "loop.index", "'x' ~ m.role", "m.content | trim",
 		"m.content.split(' ')[::-1] | join(',')", "ns.n", "m | tojson", "range(3) | list", "none", "1.5", "m.missing | default('d')",
 		"messages[0].content[1:]", "m.content | upper", "(messages | selectattr('role', 'equalto', 'user') | list | length)"}
@@ -98,21 +98,26 @@ func genTemplate(rng *rand.Rand, depth int) string {
 		case k == 0 || depth > 3:
 			fmt.Fprintf(&b, "{{%s %s %s}}", []string{"", "-"}[rng.Intn(2)], exprs[rng.Intn(len(exprs))], wsEnd())
 		case k == 1:
-			fmt.Fprintf(&b, "{%%%s if %s %s%%}%s{%%%s endif %s%%}", ws(), conds[rng.Intn(len(conds))], wsEnd(), genTemplate(rng, depth+1), ws(), wsEnd())
+			fmt.Fprintf(&b, "{%%%s if %s %s%%}%s{%%%s endif %s%%}", ws(), conds[rng.Intn(len(conds))], wsEnd(), genTemplate(rng, depth+1, inLoop), ws(), wsEnd())
 		case k == 2:
-			fmt.Fprintf(&b, "{%%%s for m in messages %s%%}%s{%%%s endfor %s%%}", ws(), wsEnd(), genTemplate(rng, depth+1), ws(), wsEnd())
+			fmt.Fprintf(&b, "{%%%s for m in messages %s%%}%s{%%%s endfor %s%%}", ws(), wsEnd(), genTemplate(rng, depth+1, true), ws(), wsEnd())
 		case k == 3:
-			fmt.Fprintf(&b, "{%%%s generation %s%%}%s{%%%s endgeneration %s%%}", ws(), wsEnd(), genTemplate(rng, depth+1), ws(), wsEnd())
+			fmt.Fprintf(&b, "{%%%s generation %s%%}%s{%%%s endgeneration %s%%}", ws(), wsEnd(), genTemplate(rng, depth+1, false), ws(), wsEnd())
 		case k == 4:
 			fmt.Fprintf(&b, "{%% set ns.n = ns.n + 1 %%}{#%s note %s#}", ws(), wsEnd())
+		case k == 5 && inLoop:
+			fmt.Fprintf(&b, "{%%%s if loop.index > 2 %%}{%% %s %%}{%% endif %s%%}", ws(), []string{"break", "continue"}[rng.Intn(2)], wsEnd())
 		case k == 5:
-			fmt.Fprintf(&b, "{%% if loop is defined %%}{%% if loop.index > 2 %%}{%% break %%}{%% endif %%}{%% endif %%}")
+			fmt.Fprintf(&b, "{%%%s set m = messages[%d] %s%%}", ws(), rng.Intn(3), wsEnd())
 		default:
-			fmt.Fprintf(&b, "{%% macro mac(m) %%}%s{%% endmacro %%}{{ mac(messages[-1]) }}", genTemplate(rng, depth+1))
+			fmt.Fprintf(&b, "{%% macro mac(m) %%}%s{%% endmacro %%}{{ mac(messages[-1]) }}", genTemplate(rng, depth+1, false))
 		}
 	}
 	return b.String()
 }
+
+// genPrelude defines what generated templates refer to outside loops.
+const genPrelude = "{% set ns = namespace(n=0) %}{% set m = messages[0] %}"
 
 // TestRandomTemplates renders a few thousand generated templates: none may
 // panic or run long.
@@ -125,7 +130,7 @@ func TestRandomTemplates(t *testing.T) {
 	}
 	rendered := 0
 	for range count {
-		src := "{% set ns = namespace(n=0) %}" + genTemplate(rng, 0)
+		src := genPrelude + genTemplate(rng, 0, false)
 		tmpl, err := Parse(src)
 		if err != nil {
 			t.Fatalf("generated template refused: %v\n%s", err, src)

@@ -33,6 +33,9 @@ const (
 	fnEnter = "__loracc_enter"
 	fnLeave = "__loracc_leave"
 	fnPrint = "__loracc_print"
+
+	varOuterLoop = "__loracc_outer_loop"
+	varGen       = "__loracc_gen"
 )
 
 // replacedFilters maps a built-in filter of the engine to our version,
@@ -264,11 +267,16 @@ func (l *lexer) tag(block bool) error {
 		if err := l.nest(keyword); err != nil {
 			return err
 		}
-		lit := genOpen
-		if keyword == "endgeneration" {
-			lit = genClose
+		// Jinja2 runs a generation block's body as a call block, in a
+		// scope of its own: what it sets stays inside. A loop of one
+		// iteration gives the engine's equivalent, with the outer loop
+		// variable passed through.
+		if keyword == "generation" {
+			l.out.WriteString("{{ " + engineString(genOpen) + " }}{% set " + varOuterLoop + " = loop %}" +
+				"{% for " + varGen + " in [0] %}{% set loop = " + varOuterLoop + " %}")
+		} else {
+			l.out.WriteString("{% endfor %}{{ " + engineString(genClose) + " }}")
 		}
-		l.out.WriteString("{{ " + engineString(lit) + " }}")
 	default:
 		if err := l.nest(keyword); err != nil {
 			return err
