@@ -14,6 +14,9 @@ Engines, tried in order with --engine auto (the one used is printed and
 written into the output):
   render_jinja_template   transformers.utils.chat_template_utils.render_jinja_template
   compile_jinja_template  transformers' _compile_jinja_template (older releases)
+  apply_chat_template     a tokenizer loaded from one of the folders (needs its
+                          tokenizer files, not only tokenizer_config.json);
+                          gives no generation spans
   jinja2                  plain jinja2 set up as transformers sets it up; only
                           for interim files (expected-jinja2.json), never the
                           reference
@@ -155,14 +158,47 @@ def transformers_engines():
     return "transformers %s _compile_jinja_template" % version, render_chat, lambda s, c: compile_fn(s).render(**c)
 
 
-def pick_engine(name):
+def tokenizer_engine(tokenizers):
+    from transformers import AutoTokenizer
+    import transformers
+
+    last = None
+    for d in TEMPLATE_DIRS:
+        try:
+            tok = AutoTokenizer.from_pretrained(os.path.join(tokenizers, d))
+            break
+        except Exception as e:  # a folder without tokenizer files
+            last = e
+    else:
+        raise ImportError("no tokenizer loads from %s: %s" % (tokenizers, last))
+
+    def render_chat(src, messages, agp, tools, documents, kwargs, want_spans):
+        if want_spans:
+            raise RuntimeError("apply_chat_template gives token masks, not character spans")
+        text = tok.apply_chat_template(
+            messages, tools=tools, documents=documents, chat_template=src,
+            add_generation_prompt=agp, tokenize=False, **kwargs,
+        )
+        return text, None
+
+    def render_snippet(src, ctx):
+        raise NotImplementedError("apply_chat_template cannot render a bare snippet")
+
+    return "transformers %s apply_chat_template (%s)" % (transformers.__version__, d), render_chat, render_snippet
+
+
+def pick_engine(name, tokenizers):
     if name in ("auto", "transformers"):
         try:
             return transformers_engines()
         except ImportError as e:
-            if name == "transformers":
-                sys.exit("make_expected: transformers not usable: %s" % e)
-            print("make_expected: transformers not usable (%s); falling back to jinja2" % e, file=sys.stderr)
+            print("make_expected: %s" % e, file=sys.stderr)
+            try:
+                return tokenizer_engine(tokenizers)
+            except ImportError as e2:
+                if name == "transformers":
+                    sys.exit("make_expected: transformers not usable: %s; %s" % (e, e2))
+                print("make_expected: transformers not usable (%s); falling back to jinja2" % e2, file=sys.stderr)
     return jinja2_engine()
 
 
@@ -232,7 +268,7 @@ def main():
     ap.add_argument("--engine", default="auto", choices=["auto", "transformers", "jinja2"])
     args = ap.parse_args()
 
-    engine, render_chat, render_snippet = pick_engine(args.engine)
+    engine, render_chat, render_snippet = pick_engine(args.engine, args.tokenizers)
     print("make_expected: engine: %s" % engine, file=sys.stderr)
     with open(args.conversations, encoding="utf-8") as f:
         conversations = json.load(f)["conversations"]
@@ -256,14 +292,20 @@ def main():
                 return render_chat(src, msgs, agp, tools, documents, kwargs, want)
 
             try:
-                text, spans = render(messages, conv["add_generation_prompt"], generation)
+                text, _ = render(messages, conv["add_generation_prompt"])
             except Exception as e:
                 case["error"] = "%s: %s" % (type(e).__name__, e)
                 cases.append(case)
                 continue
             case["text"] = text
             if generation:
-                case["generation_spans"] = to_bytes(text, sorted(tuple(s) for s in spans))
+                try:
+                    again, spans = render(messages, conv["add_generation_prompt"], True)
+                    if again != text:
+                        raise RuntimeError("the render with generation tracking differs from the plain one")
+                    case["generation_spans"] = to_bytes(text, sorted(tuple(s) for s in spans))
+                except Exception as e:
+                    case["generation_error"] = "%s: %s" % (type(e).__name__, e)
             else:
                 try:
                     ps = prefix_spans(lambda m, a: render(m, a)[0], messages, text)
@@ -277,6 +319,8 @@ def main():
         p = {"name": sn["name"]}
         try:
             p["text"] = render_snippet(sn["template"], sn.get("context", {}))
+        except NotImplementedError as e:
+            p["skipped"] = str(e)
         except Exception as e:
             p["error"] = "%s: %s" % (type(e).__name__, e)
         probes.append(p)
