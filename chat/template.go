@@ -271,8 +271,8 @@ func (t *Template) exec(ctx map[string]jinja.Value, msgs []jinja.Value, agp bool
 	for k, v := range builtins(t.now) {
 		vars[k] = v
 	}
-	// The engine's namespace() copies nothing of the list, so hand each
-	// render its own list: a template's set on it stays in that render.
+	// Each render gets its own list, so that the prefix renders, which
+	// slice one list of values, cannot change each other's list.
 	vars["messages"] = jinja.NewList(append([]jinja.Value(nil), msgs...))
 	vars["add_generation_prompt"] = jinja.NewBool(agp)
 	out, err := t.renderSafe(vars)

@@ -15,6 +15,7 @@ declare -A allowed=(
 	[graph]="graph/onnxpb"
 	[graph/onnxpb]=""
 	[trainio]=""
+	[chat]=""
 	[adapter]="graph"
 	[branch]="graph adapter"
 	[infer]="graph"
