@@ -428,4 +428,3 @@ func pyFloat(f float64) string {
 	}
 	return sign + digits[:exp+1] + "." + digits[exp+1:]
 }
-
