@@ -131,8 +131,8 @@ func (c conversation) options(defaultDate string) Options {
 
 func loadTemplate(t *testing.T, name string) *Template {
 	t.Helper()
-	if name == "chatml-generation" {
-		src, err := os.ReadFile(filepath.Join("testdata", "chatml-generation.jinja"))
+	if name == "chatml-generation" || name == "context-probe" {
+		src, err := os.ReadFile(filepath.Join("testdata", name+".jinja"))
 		if err != nil {
 			t.Fatal(err)
 		}

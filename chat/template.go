@@ -17,9 +17,9 @@ type Template struct {
 	name       string // where it came from, for errors
 	eng        *jinja.Template
 	generation bool // has {% generation %} tags: spans come from them
-	// special holds bos_token and eos_token from tokenizer_config.json;
-	// transformers passes every special token to the template.
-	special map[string]any
+	// special holds the special tokens of tokenizer_config.json, which
+	// apply_chat_template passes to the template.
+	special map[string]string
 	now     func() time.Time
 }
 
@@ -73,7 +73,7 @@ func parse(name, src string) (*Template, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
-	return &Template{name: name, eng: eng, generation: lx.hasGeneration, special: map[string]any{}, now: time.Now}, nil
+	return &Template{name: name, eng: eng, generation: lx.hasGeneration, special: map[string]string{}, now: time.Now}, nil
 }
 
 // ConfigOption adjusts FromConfig.
@@ -89,8 +89,10 @@ func TemplateName(name string) ConfigOption {
 
 // FromConfig reads a tokenizer_config.json: its chat_template (a string,
 // or a list of {name, template}; when absent, a chat_template.jinja beside
-// the file, where newer Hugging Face repositories keep it) and its
-// bos_token and eos_token (strings or {"content": ...} objects).
+// the file, where newer Hugging Face repositories keep it) and its special
+// tokens bos_token, eos_token, unk_token, sep_token, pad_token, cls_token
+// and mask_token (strings or {"content": ...} objects; null ones are left
+// undefined, as apply_chat_template leaves them).
 func FromConfig(path string, opts ...ConfigOption) (*Template, error) {
 	o := configOptions{name: "default"}
 	for _, opt := range opts {
@@ -100,15 +102,11 @@ func FromConfig(path string, opts ...ConfigOption) (*Template, error) {
 	if err != nil {
 		return nil, fmt.Errorf("chat template: %w", err)
 	}
-	var cfg struct {
-		ChatTemplate json.RawMessage `json:"chat_template"`
-		Bos          json.RawMessage `json:"bos_token"`
-		Eos          json.RawMessage `json:"eos_token"`
-	}
+	var cfg map[string]json.RawMessage
 	if err := json.Unmarshal(data, &cfg); err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
-	src, err := pickTemplate(path, cfg.ChatTemplate, o.name)
+	src, err := pickTemplate(path, cfg["chat_template"], o.name)
 	if err != nil {
 		return nil, err
 	}
@@ -116,8 +114,8 @@ func FromConfig(path string, opts ...ConfigOption) (*Template, error) {
 	if err != nil {
 		return nil, err
 	}
-	for key, raw := range map[string]json.RawMessage{"bos_token": cfg.Bos, "eos_token": cfg.Eos} {
-		tok, ok, err := specialToken(raw)
+	for _, key := range specialTokens {
+		tok, ok, err := specialToken(cfg[key])
 		if err != nil {
 			return nil, fmt.Errorf("%s: %s: %w", path, key, err)
 		}
@@ -158,26 +156,31 @@ func pickTemplate(path string, raw json.RawMessage, name string) (string, error)
 	return "", fmt.Errorf("%s: no chat template named %q (have %s)", path, name, strings.Join(names, ", "))
 }
 
-// specialToken reads a token that is a string, {"content": ...} or null.
-func specialToken(raw json.RawMessage) (any, bool, error) {
+// specialTokens are the tokens apply_chat_template passes to a template
+// (its special_tokens_map, less the list of additional tokens).
+var specialTokens = []string{"bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token"}
+
+// specialToken reads a token that is a string or {"content": ...}. A null
+// or empty one is not passed, as special_tokens_map leaves it out.
+func specialToken(raw json.RawMessage) (string, bool, error) {
 	if len(raw) == 0 {
-		return nil, false, nil
+		return "", false, nil
 	}
 	var v any
 	if err := json.Unmarshal(raw, &v); err != nil {
-		return nil, false, err
+		return "", false, err
 	}
 	switch x := v.(type) {
 	case nil:
-		return nil, true, nil
+		return "", false, nil
 	case string:
-		return x, true, nil
+		return x, x != "", nil
 	case map[string]any:
 		if s, ok := x["content"].(string); ok {
-			return s, true, nil
+			return s, s != "", nil
 		}
 	}
-	return nil, false, fmt.Errorf("neither a string nor an object with a string content")
+	return "", false, fmt.Errorf("neither a string nor an object with a string content")
 }
 
 // Render renders messages as transformers' apply_chat_template(messages,

@@ -2,8 +2,8 @@
 """make_expected.py writes the renders loracc's Go chat tests compare against.
 
 For each chat template (the tokenizer_config.json of llama3/, llama3_2/,
-qwen3/ and gemma3/ under --tokenizers, plus chatml-generation.jinja beside
-this script) and each conversation of --conversations it records the text
+qwen3/ and gemma3/ under --tokenizers, plus chatml-generation.jinja and
+context-probe.jinja beside this script) and each conversation of --conversations it records the text
 transformers renders (apply_chat_template(..., tokenize=False)), or the
 error it raises; for the template with {% generation %} tags the generation
 spans transformers reports; and for the others the assistant spans of the
@@ -36,6 +36,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 TEMPLATE_DIRS = ["llama3", "llama3_2", "qwen3", "gemma3"]
 GENERATION_TEMPLATE = "chatml-generation"
+CONTEXT_PROBE = "context-probe"  # prints what the template context holds
 DEFAULT_DATE = "26 Jul 2024"
 
 
@@ -202,6 +203,9 @@ def pick_engine(name, tokenizers):
     return jinja2_engine()
 
 
+SPECIAL_TOKENS = ["bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token"]
+
+
 def special_token(v):
     if isinstance(v, dict):
         return v.get("content")
@@ -217,10 +221,12 @@ def load_templates(tokenizers):
         tmpl = cfg["chat_template"]
         if isinstance(tmpl, list):
             tmpl = next(t["template"] for t in tmpl if t["name"] == "default")
-        special = {k: special_token(cfg[k]) for k in ("bos_token", "eos_token") if k in cfg}
+        # What apply_chat_template passes: the set special tokens.
+        special = {k: special_token(cfg[k]) for k in SPECIAL_TOKENS if special_token(cfg.get(k))}
         out.append((d, tmpl, special))
-    with open(os.path.join(HERE, GENERATION_TEMPLATE + ".jinja"), encoding="utf-8") as f:
-        out.append((GENERATION_TEMPLATE, f.read(), {}))
+    for name in (GENERATION_TEMPLATE, CONTEXT_PROBE):
+        with open(os.path.join(HERE, name + ".jinja"), encoding="utf-8") as f:
+            out.append((name, f.read(), {}))
     return out
 
 
