@@ -196,6 +196,9 @@ func (l *lexer) comment() error {
 	start := l.pos
 	l.pos += 2
 	sign := signAt(l.src, l.pos)
+	if sign != 0 {
+		l.pos++
+	}
 	end := strings.Index(l.src[l.pos:], "#}")
 	if end < 0 {
 		l.pos = start
