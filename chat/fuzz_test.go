@@ -1,8 +1,11 @@
 package chat
 
 import (
+	"encoding/json"
 	"fmt"
 	"math/rand"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -146,4 +149,98 @@ func TestRandomTemplates(t *testing.T) {
 		}
 	}
 	t.Logf("%d of %d generated templates rendered (the rest were refused, e.g. by the prefix rule)", rendered, count)
+}
+
+// lexGen builds a random template that stresses the lexer: whitespace of
+// every kind around tags with every whitespace sign, raw blocks, comments,
+// string literals with escapes and closers inside them.
+func lexGen(rng *rand.Rand, depth int) string {
+	frag := []string{" ", "\t", "\n", "x", "  \n", "\n\n", " y ", "\r\n", "\u00a0", "é"}
+	sg := func() string { return []string{"", "-", "+", ""}[rng.Intn(4)] }
+	se := func() string { return []string{"", "-", ""}[rng.Intn(3)] }
+	var b strings.Builder
+	for range 1 + rng.Intn(5) {
+		for range rng.Intn(3) {
+			b.WriteString(frag[rng.Intn(len(frag))])
+		}
+		switch k := rng.Intn(8); {
+		case k == 0:
+			fmt.Fprintf(&b, "{{%s %s %s}}", []string{"", "-"}[rng.Intn(2)], []string{"'a'", "\"b\\n\"", "'\\t\\u00e9\\x41'", "1.0", "none", "[1, 'z']", "{'k': {'v': 1}}['k']"}[rng.Intn(7)], se())
+		case k == 1 && depth < 3:
+			fmt.Fprintf(&b, "{%%%s if %s %s%%}%s{%%%s else %s%%}%s{%%%s endif %s%%}", sg(), []string{"true", "false"}[rng.Intn(2)], se(), lexGen(rng, depth+1), sg(), se(), lexGen(rng, depth+1), sg(), se())
+		case k == 2:
+			fmt.Fprintf(&b, "{#%s c %s#}", sg(), []string{"", "-", "+"}[rng.Intn(3)])
+		case k == 3:
+			fmt.Fprintf(&b, "{%%%s raw %s%%} {{ r }}\n {%%%s endraw %s%%}", sg(), se(), sg(), se())
+		case k == 4:
+			fmt.Fprintf(&b, "{%%%s set v = '%s' %s%%}{{ v }}", sg(), []string{"a%}b", "q\\nq", "}}"}[rng.Intn(3)], se())
+		case k == 5 && depth < 3:
+			fmt.Fprintf(&b, "{%%%s for i in [1, 2] %s%%}%s{%%%s endfor %s%%}", sg(), se(), lexGen(rng, depth+1), sg(), se())
+		default:
+			b.WriteString(frag[rng.Intn(len(frag))])
+		}
+	}
+	return b.String()
+}
+
+// corpusFile holds lexGen templates; make_expected.py renders them.
+var corpusFile = filepath.Join("testdata", "lexer-corpus.json")
+
+// TestWriteLexerCorpus regenerates the corpus when LORACC_WRITE_CORPUS=1
+// (then rerun make_expected.py).
+func TestWriteLexerCorpus(t *testing.T) {
+	if os.Getenv("LORACC_WRITE_CORPUS") != "1" {
+		t.Skip("set LORACC_WRITE_CORPUS=1 to rewrite " + corpusFile)
+	}
+	rng := rand.New(rand.NewSource(3))
+	var srcs []string
+	for range 400 {
+		srcs = append(srcs, lexGen(rng, 0))
+	}
+	data, err := json.MarshalIndent(map[string]any{
+		"about":     "Random templates from fuzz_test.go's lexGen that stress Jinja2's whitespace rules; make_expected.py renders them.",
+		"templates": srcs,
+	}, "", " ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(corpusFile, append(data, '\n'), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestLexerCorpus wants every corpus template rendered as the reference
+// rendered it.
+func TestLexerCorpus(t *testing.T) {
+	exp := loadExpected(t)
+	data, err := os.ReadFile(corpusFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var f struct{ Templates []string }
+	if err := json.Unmarshal(data, &f); err != nil {
+		t.Fatalf("%s: %v", corpusFile, err)
+	}
+	if len(exp.Corpus) != len(f.Templates) {
+		t.Fatalf("%d corpus renders for %d templates: rerun make_expected.py", len(exp.Corpus), len(f.Templates))
+	}
+	bad := 0
+	for i, src := range f.Templates {
+		got, err := renderSnippet(src, nil)
+		want := exp.Corpus[i]
+		switch {
+		case want.Error != "":
+			if err == nil {
+				t.Logf("template %d: the reference fails (%s), we render %q", i, want.Error, got)
+			}
+		case err != nil || got != *want.Text:
+			bad++
+			if bad <= 5 {
+				t.Errorf("template %d %q:\n got %q %v\nwant %q", i, src, got, err, *want.Text)
+			}
+		}
+	}
+	if bad > 0 {
+		t.Errorf("%d of %d corpus templates differ", bad, len(f.Templates))
+	}
 }

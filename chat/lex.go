@@ -144,8 +144,9 @@ func (l *lexer) run() error {
 }
 
 // beforeTag applies the left-hand whitespace rules to the pending text: a
-// "-" strips all whitespace, otherwise lstrip_blocks strips the spaces and
-// tabs between the line start and a block or comment tag.
+// "-" strips all whitespace, otherwise lstrip_blocks strips the whitespace
+// between the line start and a block or comment tag (Jinja2 3.1 tests it
+// with \s, so a no-break space counts).
 func (l *lexer) beforeTag(sign byte, block bool) {
 	t := l.text.String()
 	switch {
@@ -154,7 +155,7 @@ func (l *lexer) beforeTag(sign byte, block bool) {
 	case sign == '+' || !block:
 	default:
 		ls := strings.LastIndexByte(t, '\n') + 1
-		if (ls > 0 || l.lineStart) && strings.Trim(t[ls:], " \t") == "" {
+		if (ls > 0 || l.lineStart) && strings.TrimFunc(t[ls:], pyIsSpace) == "" {
 			t = t[:ls]
 		}
 	}

@@ -28,6 +28,10 @@ type expectedFile struct {
 		PrefixError     string   `json:"prefix_error"`
 		GenerationError string   `json:"generation_error"`
 	} `json:"cases"`
+	Corpus []struct {
+		Text  *string `json:"text"`
+		Error string  `json:"error"`
+	} `json:"corpus"`
 	Snippets []struct {
 		Name    string  `json:"name"`
 		Text    *string `json:"text"`

@@ -8,7 +8,8 @@ transformers renders (apply_chat_template(..., tokenize=False)), or the
 error it raises; for the template with {% generation %} tags the generation
 spans transformers reports; and for the others the assistant spans of the
 prefix rule that chat/spans.go implements, computed here from transformers'
-own renders. It also renders the feature probes of snippets.json.
+own renders. It also renders the feature probes of snippets.json and the random
+templates of lexer-corpus.json.
 
 Engines, tried in order with --engine auto (the one used is printed and
 written into the output):
@@ -270,6 +271,7 @@ def main():
     ap.add_argument("--tokenizers", required=True, help="folder fetch-tokenizers.sh printed")
     ap.add_argument("--conversations", default=os.path.join(HERE, "conversations.json"))
     ap.add_argument("--snippets", default=os.path.join(HERE, "snippets.json"))
+    ap.add_argument("--corpus", default=os.path.join(HERE, "lexer-corpus.json"))
     ap.add_argument("--out", required=True)
     ap.add_argument("--engine", default="auto", choices=["auto", "transformers", "jinja2"])
     args = ap.parse_args()
@@ -331,12 +333,23 @@ def main():
             p["error"] = "%s: %s" % (type(e).__name__, e)
         probes.append(p)
 
+    with open(args.corpus, encoding="utf-8") as f:
+        corpus = []
+        for src in json.load(f)["templates"]:
+            try:
+                corpus.append({"text": render_snippet(src, {})})
+            except NotImplementedError as e:
+                corpus.append({"skipped": str(e)})
+            except Exception as e:
+                corpus.append({"error": "%s: %s" % (type(e).__name__, e)})
+
     out = {
         "engine": engine,
         "generated": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "default_date_string": DEFAULT_DATE,
         "cases": cases,
         "snippets": probes,
+        "corpus": corpus,
     }
     with open(args.out, "w", encoding="utf-8") as f:
         json.dump(out, f, ensure_ascii=False, indent=1)
