@@ -33,7 +33,8 @@
 //     floats print as Go's %g (1.0 as 1) and U+2028/U+2029 are escaped.
 //   - printing None gives "" (Python: None), floats print as %g.
 //   - trim and .strip() use Go's whitespace, not Python's.
-//   - selectattr/rejectattr with one argument panic.
+//   - selectattr/rejectattr with one argument panic; join and string print
+//     items the engine's way, and join does not iterate a string.
 //   - nothing bounds loops, recursion (a recursive macro overflows the Go
 //     stack, which kills the process) or range().
 //   - undefined values are lenient (x.y of undefined is undefined, not an
@@ -52,7 +53,7 @@
 //     expression. The engine then sees no text to trim, so its whitespace
 //     rules cannot act, and its narrow literal syntax is all we use.
 //   - the same pass renames the filters whose built-in versions are wrong
-//     (tojson, trim, selectattr, rejectattr) to our functions, passed in as
+//     (tojson, trim, selectattr, rejectattr, join, string) to our functions, passed in as
 //     variables (funcs.go); sends every {{ }} through a printer that writes
 //     values as Python's str() does; replaces the generation tags (below);
 //     and puts a budget call at the top of every loop body and around every

@@ -94,6 +94,13 @@ func builtins(now func() time.Time) map[string]jinja.Value {
 		replacedFilters["rejectattr"]: fn("rejectattr", func(args []jinja.Value, kw map[string]jinja.Value) (jinja.Value, error) {
 			return filterAttr(args, false)
 		}),
+		replacedFilters["string"]: fn("string", func(args []jinja.Value, _ map[string]jinja.Value) (jinja.Value, error) {
+			if len(args) == 0 {
+				return jinja.NewString(""), nil
+			}
+			return jinja.NewString(display(args[0])), nil
+		}),
+		replacedFilters["join"]: fn("join", filterJoin),
 		fnPrint: fn("print", func(args []jinja.Value, _ map[string]jinja.Value) (jinja.Value, error) {
 			if len(args) != 1 {
 				return jinja.Undefined(), fmt.Errorf("print takes one value")
@@ -150,6 +157,145 @@ func filterTrim(args []jinja.Value, _ map[string]jinja.Value) (jinja.Value, erro
 		return jinja.NewString(strings.Trim(s, display(args[1]))), nil
 	}
 	return jinja.NewString(strings.TrimFunc(s, pyIsSpace)), nil
+}
+
+// filterJoin is Jinja2's join(value, d="", attribute=None): the str() of
+// each item (a string's characters, a dict's keys) with d between.
+func filterJoin(args []jinja.Value, kwargs map[string]jinja.Value) (jinja.Value, error) {
+	if len(args) == 0 {
+		return jinja.Undefined(), fmt.Errorf("join: no value")
+	}
+	sep := ""
+	if len(args) > 1 {
+		sep = display(args[1])
+	}
+	if d, ok := kwargs["d"]; ok {
+		sep = display(d)
+	}
+	var items []jinja.Value
+	switch v := args[0]; {
+	case v.IsList():
+		items = v.AsList().Items
+	case v.IsDict():
+		for _, k := range v.AsDict().Keys {
+			items = append(items, jinja.NewString(k))
+		}
+	case v.IsString():
+		for _, r := range v.AsString() {
+			items = append(items, jinja.NewString(string(r)))
+		}
+	default:
+		return jinja.Undefined(), fmt.Errorf("join: %s is not iterable", v.String())
+	}
+	attr, hasAttr := kwargs["attribute"]
+	parts := make([]string, len(items))
+	for i, it := range items {
+		if hasAttr {
+			next := jinja.Undefined()
+			if it.IsDict() {
+				if v, ok := it.AsDict().Get(display(attr)); ok {
+					next = v
+				}
+			}
+			it = next
+		}
+		parts[i] = display(it)
+	}
+	return jinja.NewString(strings.Join(parts, sep)), nil
+}
+
+// filterAttr is Jinja2's selectattr (keep) and rejectattr: items whose
+// attribute (a dotted path) passes a test, truthiness by default. The
+// engine's own versions fail on the one-argument form.
+func filterAttr(args []jinja.Value, keep bool) (jinja.Value, error) {
+	if len(args) < 2 {
+		return jinja.Undefined(), fmt.Errorf("selectattr/rejectattr need an attribute name")
+	}
+	if !args[0].IsList() {
+		return jinja.NewList(nil), nil
+	}
+	test, testArgs := "truthy", []jinja.Value(nil)
+	if len(args) > 2 {
+		test, testArgs = display(args[2]), args[3:]
+	}
+	var out []jinja.Value
+	for _, it := range args[0].AsList().Items {
+		attr := it
+		for _, part := range strings.Split(display(args[1]), ".") {
+			next := jinja.Undefined()
+			if attr.IsDict() {
+				if v, ok := attr.AsDict().Get(part); ok {
+					next = v
+				}
+			}
+			attr = next
+		}
+		ok, err := valueTest(test, attr, testArgs)
+		if err != nil {
+			return jinja.Undefined(), err
+		}
+		if ok == keep {
+			out = append(out, it)
+		}
+	}
+	return jinja.NewList(out), nil
+}
+
+// valueTest evaluates the Jinja2 tests selectattr is used with.
+func valueTest(name string, v jinja.Value, args []jinja.Value) (bool, error) {
+	arg := func() (jinja.Value, error) {
+		if len(args) == 0 {
+			return jinja.Undefined(), fmt.Errorf("test %q needs an argument", name)
+		}
+		return args[0], nil
+	}
+	switch name {
+	case "truthy":
+		return v.IsTruthy(), nil
+	case "defined":
+		return !v.IsUndefined(), nil
+	case "undefined":
+		return v.IsUndefined(), nil
+	case "none":
+		return v.IsNone(), nil
+	case "true":
+		return v.IsBool() && v.AsBool(), nil
+	case "false":
+		return v.IsBool() && !v.AsBool(), nil
+	case "string":
+		return v.IsString(), nil
+	case "number":
+		return v.IsNumber() && !v.IsBool(), nil
+	case "mapping":
+		return v.IsDict(), nil
+	case "sequence", "iterable":
+		return v.IsList() || v.IsString() || v.IsDict(), nil
+	case "eq", "equalto", "==", "sameas":
+		a, err := arg()
+		return err == nil && v.Equals(a), err
+	case "ne", "!=":
+		a, err := arg()
+		return err == nil && !v.Equals(a), err
+	case "in":
+		a, err := arg()
+		if err != nil {
+			return false, err
+		}
+		switch {
+		case a.IsList():
+			for _, x := range a.AsList().Items {
+				if x.Equals(v) {
+					return true, nil
+				}
+			}
+		case a.IsDict() && v.IsString():
+			return a.AsDict().Has(v.AsString()), nil
+		case a.IsString() && v.IsString():
+			return strings.Contains(a.AsString(), v.AsString()), nil
+		}
+		return false, nil
+	}
+	return false, fmt.Errorf("selectattr/rejectattr: test %q is not supported", name)
 }
 
 // strftime formats t as Python's (glibc's) strftime does for the

@@ -45,6 +45,8 @@ var replacedFilters = map[string]string{
 	"trim":       "__loracc_trim",
 	"selectattr": "__loracc_selectattr",
 	"rejectattr": "__loracc_rejectattr",
+	"string":     "__loracc_string",
+	"join":       "__loracc_join",
 }
 
 // Limits on the template itself, so a hostile template cannot drive the
