@@ -99,6 +99,24 @@ func TestPrefixRuleRefusesTurnsRenderedDifferently(t *testing.T) {
 	}
 }
 
+// When a turn renders differently once more turns follow, the end comes
+// from a mark after the content, then the eos_token.
+func TestPrefixRuleEndsByMark(t *testing.T) {
+	tmpl := mustParse(t, "{% for m in messages %}[{{ m.role }}]{% if m.role == 'assistant' and loop.last %}<last>{% endif %}{{ m.content | trim }}{{ eos_token }}{% endfor %}{% if add_generation_prompt %}[assistant]{% endif %}")
+	msgs := []Message{{Role: "user", Content: "a"}, {Role: "assistant", Content: " b \n"}, {Role: "user", Content: "c"}, {Role: "assistant", Content: "d"}}
+	r, err := tmpl.Render(msgs, Options{Extra: map[string]any{"eos_token": "</s>"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, s := range r.Assistant {
+		got = append(got, r.Text[s.Start:s.End])
+	}
+	if want := "b</s>|<last>d</s>"; strings.Join(got, "|") != want {
+		t.Fatalf("spans %q, want %s", got, want)
+	}
+}
+
 func TestRaiseExceptionSurfaces(t *testing.T) {
 	tmpl := mustParse(t, "{% if messages[0].role != 'user' %}{{ raise_exception('first message must be from the user, got ' + messages[0].role) }}{% endif %}ok")
 	_, err := tmpl.Render([]Message{{Role: "assistant", Content: "x"}}, Options{})

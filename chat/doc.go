@@ -33,8 +33,8 @@
 //     floats print as Go's %g (1.0 as 1) and U+2028/U+2029 are escaped.
 //   - printing None gives "" (Python: None), floats print as %g.
 //   - trim and .strip() use Go's whitespace, not Python's.
-//   - selectattr/rejectattr with one argument panic; join and string print
-//     items the engine's way, and join does not iterate a string.
+//   - selectattr/rejectattr with one argument panic; join and string
+//     print items the engine's way, and join does not iterate a string.
 //   - nothing bounds loops, recursion (a recursive macro overflows the Go
 //     stack, which kills the process) or range().
 //   - undefined values are lenient (x.y of undefined is undefined, not an
@@ -53,8 +53,8 @@
 //     expression. The engine then sees no text to trim, so its whitespace
 //     rules cannot act, and its narrow literal syntax is all we use.
 //   - the same pass renames the filters whose built-in versions are wrong
-//     (tojson, trim, selectattr, rejectattr, join, string) to our functions, passed in as
-//     variables (funcs.go); sends every {{ }} through a printer that writes
+//     (tojson, trim, selectattr, rejectattr, join, string) to our
+//     functions, passed in as variables (funcs.go, python.go); sends every {{ }} through a printer that writes
 //     values as Python's str() does; replaces the generation tags (below);
 //     and puts a budget call at the top of every loop body and around every
 //     macro body: at most 2^20 loop iterations, macros 200 deep, 10 s per
@@ -72,7 +72,8 @@
 //
 // transformers marks assistant output with {% generation %} ...
 // {% endgeneration %}, its AssistantTracker extension. chat rewrites those
-// tags to print two private-use code points (U+10FFFC, U+10FFFD) around a
+// tags to print two private-use code points (U+10FFFC, U+10FFFD; U+10FFFB
+// is the prefix rule's mark, below) around a
 // one-pass loop, which gives the body its own scope as Jinja2's call block
 // does; after the render it cuts the sentinels out and records the spans.
 // Input containing either code point is refused, so every sentinel in the
@@ -86,7 +87,11 @@
 // spans.go: render the messages before each assistant turn with the
 // generation prompt, render up to and including it without, and take the
 // difference — the assistant's content as the template prints it plus its
-// end-of-turn token, trailing whitespace dropped. A template that prints a
-// turn differently once later turns follow (Qwen3's think blocks) makes
-// this an error rather than a wrong mask.
+// end-of-turn token, trailing whitespace dropped. Where a template prints a
+// turn differently once later turns follow (Qwen3 drops earlier reasoning
+// and wraps only the last turn in a think block), the end is found in the
+// full render instead, from a mark placed after the content, and the span
+// runs on through the eos_token that must follow. Where neither works (a
+// Qwen3 tool call in an earlier turn) Render returns an error rather than a
+// wrong mask.
 package chat

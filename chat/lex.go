@@ -24,6 +24,9 @@ import (
 const (
 	genOpen  = "\U0010FFFC"
 	genClose = "\U0010FFFD"
+	// contentMark marks the end of a message's content for the prefix
+	// rule's second way (spans.go).
+	contentMark = "\U0010FFFB"
 )
 
 // Names the rewritten template calls. The leading "__loracc_" keeps them
@@ -92,8 +95,8 @@ func lex(src string) (lexed, error) {
 	if !utf8.ValidString(src) {
 		return lexed{}, fmt.Errorf("template is not valid UTF-8")
 	}
-	if strings.Contains(src, genOpen) || strings.Contains(src, genClose) {
-		return lexed{}, fmt.Errorf("template contains U+10FFFC or U+10FFFD, which chat reserves for marking generation blocks")
+	if reserved(src) {
+		return lexed{}, fmt.Errorf("template contains U+10FFFB, U+10FFFC or U+10FFFD, which chat reserves for its marks")
 	}
 	// Jinja2 turns \r\n and \r into \n and drops one trailing newline
 	// before it lexes (keep_trailing_newline=False).
@@ -585,6 +588,11 @@ func parseHex(s string) (int, bool) {
 		v = v*16 + d
 	}
 	return v, true
+}
+
+// reserved says s holds one of the code points chat marks renders with.
+func reserved(s string) bool {
+	return strings.Contains(s, genOpen) || strings.Contains(s, genClose) || strings.Contains(s, contentMark)
 }
 
 // pyIsSpace is Python's str.isspace for one code point, which is what

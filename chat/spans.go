@@ -69,14 +69,20 @@ func sortSpans(spans []Span) {
 //     that renders. What is left must be a prefix of F.
 //   - then whitespace at the end of the span is dropped: it follows the
 //     end-of-turn token (Qwen3's "<|im_end|>\n") and no model generates it.
+//   - when messages[:i+1] does not render as a prefix of F because the
+//     template prints a turn differently once later turns follow (Qwen3
+//     wraps the last turn in a think block and drops the reasoning of
+//     earlier ones), the end comes from F itself: endByMark renders the
+//     conversation with a mark after message i's content and ends the
+//     span after the eos_token, which must follow the content directly.
 //
 // So a span is the assistant content as the template prints it plus the
-// end-of-turn token, which is what a model learns to generate. When a
-// prefix is not a prefix of F the template renders a turn differently once
-// later turns follow (Qwen3 wraps the last turn in a think block and drops
-// the reasoning of earlier ones), no span would be right, and this returns
-// an error: use a template with {% generation %} tags for such data.
-func (t *Template) prefixSpans(ctx map[string]jinja.Value, msgs []jinja.Value, messages []Message, full string) ([]Span, error) {
+// end-of-turn token, which is what a model learns to generate. Where
+// neither way finds the turn (a Qwen3 tool call in an earlier turn prints
+// more than the content before its end-of-turn token) this returns an
+// error rather than a wrong mask: use a template with {% generation %}
+// tags for such data.
+func (t *Template) prefixSpans(ctx map[string]jinja.Value, msgs []jinja.Value, messages []Message, full string, agp bool) ([]Span, error) {
 	var spans []Span
 	trailer, err := t.text(ctx, nil, false)
 	if err != nil {
@@ -108,10 +114,13 @@ func (t *Template) prefixSpans(ctx map[string]jinja.Value, msgs []jinja.Value, m
 		if trailer != "" && len(turn)-len(trailer) >= start {
 			turn = strings.TrimSuffix(turn, trailer)
 		}
-		if !strings.HasPrefix(full, turn) {
-			return nil, fmt.Errorf("assistant span of message %d: the render up to it is not a prefix of the whole render (the template prints this turn differently when more messages follow); use a template with {%% generation %%} tags", i)
-		}
 		end := len(strings.TrimRight(turn, " \t\n\r"))
+		if !strings.HasPrefix(full, turn) {
+			end, err = t.endByMark(ctx, msgs, i, full, agp)
+			if err != nil {
+				return nil, fmt.Errorf("assistant span of message %d: the render up to it is not a prefix of the whole render (the template prints this turn differently when more messages follow), and %w; use a template with {%% generation %%} tags", i, err)
+			}
+		}
 		if end < start {
 			end = start
 		}
@@ -120,13 +129,59 @@ func (t *Template) prefixSpans(ctx map[string]jinja.Value, msgs []jinja.Value, m
 	return spans, nil
 }
 
+// endByMark finds where assistant message i ends in full (rendered with
+// add_generation_prompt agp) when the prefix rule cannot: it renders the
+// whole conversation again, as full was, with a mark after
+// that message's content (or after the content less trailing whitespace,
+// for templates that trim it), checks that the render less the mark is
+// full, and ends the span after the end-of-turn token — the eos_token —
+// that must follow the content directly.
+func (t *Template) endByMark(ctx map[string]jinja.Value, msgs []jinja.Value, i int, full string, agp bool) (int, error) {
+	eos, ok := ctx["eos_token"]
+	if !ok || !eos.IsString() || eos.AsString() == "" {
+		return 0, fmt.Errorf("no eos_token to end the turn with")
+	}
+	if !msgs[i].IsDict() {
+		return 0, fmt.Errorf("the message is not a dict")
+	}
+	content, ok := msgs[i].AsDict().Get("content")
+	if !ok || !content.IsString() {
+		return 0, fmt.Errorf("its content is not a string")
+	}
+	c := content.AsString()
+	for _, marked := range []string{c + contentMark, strings.TrimRightFunc(c, pyIsSpace) + contentMark} {
+		d := jinja.NewDict()
+		src := msgs[i].AsDict()
+		for _, k := range src.Keys {
+			d.AsDict().Set(k, src.Data[k])
+		}
+		d.AsDict().Set("content", jinja.NewString(marked))
+		alt := append([]jinja.Value(nil), msgs...)
+		alt[i] = d
+		out, err := t.text(ctx, alt, agp)
+		if err != nil {
+			return 0, err
+		}
+		at := strings.Index(out, contentMark)
+		if strings.Count(out, contentMark) != 1 || strings.Replace(out, contentMark, "", 1) != full {
+			continue
+		}
+		rest := full[at:]
+		if !strings.HasPrefix(rest, eos.AsString()) {
+			return 0, fmt.Errorf("the content is not followed by the eos_token %q", eos.AsString())
+		}
+		return at + len(eos.AsString()), nil
+	}
+	return 0, fmt.Errorf("a mark after its content does not come back once in place")
+}
+
 // prefixSpansOf runs the prefix rule for messages rendered as full.
 func (t *Template) prefixSpansOf(messages []Message, opts Options, full string) ([]Span, error) {
 	ctx, msgs, err := t.context(messages, opts)
 	if err != nil {
 		return nil, err
 	}
-	return t.prefixSpans(ctx, msgs, messages, full)
+	return t.prefixSpans(ctx, msgs, messages, full, opts.AddGenerationPrompt)
 }
 
 // text renders like exec, with any generation sentinels cut out.

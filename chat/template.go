@@ -198,7 +198,7 @@ func (t *Template) Render(messages []Message, opts Options) (Rendered, error) {
 		if opts.TextOnly {
 			return Rendered{Text: text}, nil
 		}
-		spans, err := t.prefixSpans(ctx, msgs, messages, text)
+		spans, err := t.prefixSpans(ctx, msgs, messages, text, opts.AddGenerationPrompt)
 		if err != nil {
 			return Rendered{}, fmt.Errorf("%s: %w", t.name, err)
 		}

@@ -96,8 +96,8 @@ func checkString(s string) error {
 	if !utf8.ValidString(s) {
 		return fmt.Errorf("string %q is not valid UTF-8", s)
 	}
-	if strings.Contains(s, genOpen) || strings.Contains(s, genClose) {
-		return fmt.Errorf("string contains U+10FFFC or U+10FFFD, which chat reserves for marking generation blocks")
+	if reserved(s) {
+		return fmt.Errorf("string contains U+10FFFB, U+10FFFC or U+10FFFD, which chat reserves for its marks")
 	}
 	return nil
 }

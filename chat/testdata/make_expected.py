@@ -236,7 +236,31 @@ def to_bytes(text, spans):
     return [[len(text[:s].encode("utf-8")), len(text[:e].encode("utf-8"))] for s, e in spans]
 
 
-def prefix_spans(render, messages, full):
+CONTENT_MARK = "\U0010FFFB"
+PY_SPACE = "".join(chr(c) for c in range(0x110000) if chr(c).isspace())
+
+
+def end_by_mark(render, messages, i, full, eos, agp):
+    """chat/spans.go's endByMark: where message i's content ends in full."""
+    if not eos:
+        raise ValueError("no eos_token to end the turn with")
+    content = messages[i].get("content")
+    if not isinstance(content, str):
+        raise ValueError("its content is not a string")
+    for marked in (content + CONTENT_MARK, content.rstrip(PY_SPACE) + CONTENT_MARK):
+        alt = list(messages)
+        alt[i] = dict(messages[i], content=marked)
+        out = render(alt, agp)
+        if out.count(CONTENT_MARK) != 1 or out.replace(CONTENT_MARK, "", 1) != full:
+            continue
+        at = out.index(CONTENT_MARK)
+        if not full[at:].startswith(eos):
+            raise ValueError("the content is not followed by the eos_token %r" % eos)
+        return at + len(eos)
+    raise ValueError("a mark after its content does not come back once in place")
+
+
+def prefix_spans(render, messages, full, eos, agp):
     """The prefix rule of chat/spans.go, on the engine's renders."""
     try:
         trailer = render([], False)
@@ -259,10 +283,13 @@ def prefix_spans(render, messages, full):
         turn = render(messages[: i + 1], False)
         if trailer and len(turn) - len(trailer) >= start and turn.endswith(trailer):
             turn = turn[: len(turn) - len(trailer)]
+        end = len(turn.rstrip(" \t\n\r"))
         if not full.startswith(turn):
-            raise ValueError("assistant span of message %d: the render up to it is not a prefix of the whole render" % i)
-        end = max(start, len(turn.rstrip(" \t\n\r")))
-        spans.append((start, end))
+            try:
+                end = end_by_mark(render, messages, i, full, eos, agp)
+            except ValueError as e:
+                raise ValueError("assistant span of message %d: the render up to it is not a prefix of the whole render, and %s" % (i, e))
+        spans.append((start, max(start, end)))
     return spans
 
 
@@ -316,7 +343,7 @@ def main():
                     case["generation_error"] = "%s: %s" % (type(e).__name__, e)
             else:
                 try:
-                    ps = prefix_spans(lambda m, a: render(m, a)[0], messages, text)
+                    ps = prefix_spans(lambda m, a: render(m, a)[0], messages, text, kwargs.get("eos_token"), conv["add_generation_prompt"])
                     case["prefix_spans"] = to_bytes(text, ps)
                 except Exception as e:
                     case["prefix_error"] = str(e)
