@@ -141,6 +141,15 @@ func TestSyntaxErrorsNameTheConfig(t *testing.T) {
 	}
 }
 
+// The engine's parse errors give the template's own line numbers, though
+// the template it parses is our rewrite.
+func TestEngineErrorsKeepLineNumbers(t *testing.T) {
+	_, err := Parse("a\nb\n{% if x %}\n\n  {{ 1 + }}{% endif %}")
+	if err == nil || !strings.Contains(err.Error(), "line 5") {
+		t.Fatalf("want an error at line 5, got %v", err)
+	}
+}
+
 func writeConfig(t *testing.T, cfg map[string]any) string {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "tokenizer_config.json")

@@ -68,10 +68,14 @@ type lexed struct {
 
 // lexer walks the source once; out collects the rewritten template.
 type lexer struct {
-	src  string
-	pos  int
-	out  strings.Builder
-	text strings.Builder // literal text not yet written to out
+	src string
+	pos int
+	out []byte
+	// outLine is the line of out's end, seenPos and seenLine a position
+	// of src and its line: sync keeps tags on the lines they came from,
+	// so that the engine's errors give the template's line numbers.
+	outLine, seenPos, seenLine int
+	text                       strings.Builder // literal text not yet written to out
 	// lineStart says the previous tag (or the start of the source) ended
 	// a line, which is how Jinja2 decides lstrip_blocks for text that
 	// holds no newline of its own.
@@ -104,14 +108,14 @@ func lex(src string) (lexed, error) {
 	src = strings.ReplaceAll(src, "\r", "\n")
 	src = strings.TrimSuffix(src, "\n")
 
-	l := &lexer{src: src, lineStart: true}
+	l := &lexer{src: src, lineStart: true, outLine: 1, seenLine: 1}
 	if err := l.run(); err != nil {
 		return lexed{}, err
 	}
 	if len(l.blocks) > 0 {
 		return lexed{}, fmt.Errorf("unclosed {%% %s %%} at end of template", l.blocks[len(l.blocks)-1])
 	}
-	return lexed{src: l.out.String(), hasGeneration: l.gen}, nil
+	return lexed{src: string(l.out), hasGeneration: l.gen}, nil
 }
 
 func (l *lexer) run() error {
@@ -192,14 +196,35 @@ func (l *lexer) flushText() {
 	if l.text.Len() == 0 {
 		return
 	}
-	l.out.WriteString("{{ ")
-	l.out.WriteString(engineString(l.text.String()))
-	l.out.WriteString(" }}")
+	l.emit("{{ " + engineString(l.text.String()) + " }}")
 	l.text.Reset()
+}
+
+// emit appends rewritten tags to the output.
+func (l *lexer) emit(s string) { l.out = append(l.out, s...) }
+
+// sync moves the output to the source line of pos by putting newlines
+// inside the last tag written (every piece of output is a tag, and inside
+// one a newline is only space).
+func (l *lexer) sync(pos int) {
+	l.seenLine += strings.Count(l.src[l.seenPos:pos], "\n")
+	l.seenPos = pos
+	need := l.seenLine - l.outLine
+	if need <= 0 {
+		return
+	}
+	if len(l.out) == 0 {
+		l.emit(`{{ ""  }}`)
+	}
+	closer := append([]byte(nil), l.out[len(l.out)-2:]...)
+	l.out = append(l.out[:len(l.out)-2], strings.Repeat("\n", need)...)
+	l.out = append(l.out, closer...)
+	l.outLine += need
 }
 
 func (l *lexer) comment() error {
 	start := l.pos
+	l.sync(start)
 	l.pos += 2
 	sign := signAt(l.src, l.pos)
 	if sign != 0 {
@@ -231,6 +256,7 @@ func signAt(s string, i int) byte {
 // tag handles {{ ... }} (block false) and {% ... %} (block true).
 func (l *lexer) tag(block bool) error {
 	start := l.pos
+	l.sync(start)
 	l.pos += 2
 	sign := signAt(l.src, l.pos)
 	if sign != 0 {
@@ -267,7 +293,7 @@ func (l *lexer) tag(block bool) error {
 	case !block:
 		// Printing goes through our function, which writes values as
 		// Python's str() does (None, 1.0, lists and dicts in repr).
-		l.out.WriteString("{{ " + fnPrint + "(" + body + ") }}")
+		l.emit("{{ " + fnPrint + "(" + body + ") }}")
 	case keyword == "generation" || keyword == "endgeneration":
 		if args != 0 {
 			return l.errorf("{%% %s %%} takes no arguments", keyword)
@@ -281,24 +307,24 @@ func (l *lexer) tag(block bool) error {
 		// iteration gives the engine's equivalent, with the outer loop
 		// variable passed through.
 		if keyword == "generation" {
-			l.out.WriteString("{{ " + engineString(genOpen) + " }}{% set " + varOuterLoop + " = loop %}" +
+			l.emit("{{ " + engineString(genOpen) + " }}{% set " + varOuterLoop + " = loop %}" +
 				"{% for " + varGen + " in [0] %}{% set loop = " + varOuterLoop + " %}")
 		} else {
-			l.out.WriteString("{% endfor %}{{ " + engineString(genClose) + " }}")
+			l.emit("{% endfor %}{{ " + engineString(genClose) + " }}")
 		}
 	default:
 		if err := l.nest(keyword); err != nil {
 			return err
 		}
 		if keyword == "endmacro" {
-			l.out.WriteString("{{ " + fnLeave + "() }}")
+			l.emit("{{ " + fnLeave + "() }}")
 		}
-		l.out.WriteString("{%" + body + "%}")
+		l.emit("{%" + body + "%}")
 		switch keyword {
 		case "for":
-			l.out.WriteString("{{ " + fnTick + "() }}")
+			l.emit("{{ " + fnTick + "() }}")
 		case "macro":
-			l.out.WriteString("{{ " + fnEnter + "() }}")
+			l.emit("{{ " + fnEnter + "() }}")
 		}
 	}
 	l.afterTag(closeSign, block)
