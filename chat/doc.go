@@ -72,8 +72,8 @@
 //
 // transformers marks assistant output with {% generation %} ...
 // {% endgeneration %}, its AssistantTracker extension. chat rewrites those
-// tags to print two private-use code points (U+10FFFC, U+10FFFD; U+10FFFB
-// is the prefix rule's mark, below) around a
+// tags to print two private-use code points (U+10FFFC, U+10FFFD; U+10FFFA
+// and U+10FFFB are the prefix rule's marks, below) around a
 // one-pass loop, which gives the body its own scope as Jinja2's call block
 // does; after the render it cuts the sentinels out and records the spans.
 // Input containing either code point is refused, so every sentinel in the
@@ -90,8 +90,8 @@
 // end-of-turn token, trailing whitespace dropped. Where a template prints a
 // turn differently once later turns follow (Qwen3 drops earlier reasoning
 // and wraps only the last turn in a think block), the end is found in the
-// full render instead, from a mark placed after the content, and the span
-// runs on through the eos_token that must follow. Where neither works (a
-// Qwen3 tool call in an earlier turn) Render returns an error rather than a
-// wrong mask.
+// full render instead, from marks placed after the content and before the
+// next message's, and the span runs on (over a tool call, say) through the
+// first eos_token between them. Where neither works Render returns an
+// error rather than a wrong mask.
 package chat

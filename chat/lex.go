@@ -24,9 +24,11 @@ import (
 const (
 	genOpen  = "\U0010FFFC"
 	genClose = "\U0010FFFD"
-	// contentMark marks the end of a message's content for the prefix
-	// rule's second way (spans.go).
+	// contentMark and nextMark mark the end of a message's content and
+	// the start of the next one's for the prefix rule's second way
+	// (spans.go).
 	contentMark = "\U0010FFFB"
+	nextMark    = "\U0010FFFA"
 )
 
 // Names the rewritten template calls. The leading "__loracc_" keeps them
@@ -100,7 +102,7 @@ func lex(src string) (lexed, error) {
 		return lexed{}, fmt.Errorf("template is not valid UTF-8")
 	}
 	if reserved(src) {
-		return lexed{}, fmt.Errorf("template contains U+10FFFB, U+10FFFC or U+10FFFD, which chat reserves for its marks")
+		return lexed{}, fmt.Errorf("template contains U+10FFFA to U+10FFFD, which chat reserves for its marks")
 	}
 	// Jinja2 turns \r\n and \r into \n and drops one trailing newline
 	// before it lexes (keep_trailing_newline=False).

@@ -116,7 +116,12 @@ func parseHex(s string) (int, bool) {
 
 // reserved says s holds one of the code points chat marks renders with.
 func reserved(s string) bool {
-	return strings.Contains(s, genOpen) || strings.Contains(s, genClose) || strings.Contains(s, contentMark)
+	for _, m := range []string{genOpen, genClose, contentMark, nextMark} {
+		if strings.Contains(s, m) {
+			return true
+		}
+	}
+	return false
 }
 
 // pyIsSpace is Python's str.isspace for one code point, which is what

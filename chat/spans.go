@@ -73,15 +73,13 @@ func sortSpans(spans []Span) {
 //     template prints a turn differently once later turns follow (Qwen3
 //     wraps the last turn in a think block and drops the reasoning of
 //     earlier ones), the end comes from F itself: endByMark renders the
-//     conversation with a mark after message i's content and ends the
-//     span after the eos_token, which must follow the content directly.
+//     conversation with marks after message i's content and before the
+//     next message's, and ends the span after the first eos_token between.
 //
 // So a span is the assistant content as the template prints it plus the
 // end-of-turn token, which is what a model learns to generate. Where
-// neither way finds the turn (a Qwen3 tool call in an earlier turn prints
-// more than the content before its end-of-turn token) this returns an
-// error rather than a wrong mask: use a template with {% generation %}
-// tags for such data.
+// neither way finds the turn this returns an error rather than a wrong
+// mask: use a template with {% generation %} tags for such data.
 func (t *Template) prefixSpans(ctx map[string]jinja.Value, msgs []jinja.Value, messages []Message, full string, agp bool) ([]Span, error) {
 	var spans []Span
 	trailer, err := t.text(ctx, nil, false)
@@ -116,7 +114,7 @@ func (t *Template) prefixSpans(ctx map[string]jinja.Value, msgs []jinja.Value, m
 		}
 		end := len(strings.TrimRight(turn, " \t\n\r"))
 		if !strings.HasPrefix(full, turn) {
-			end, err = t.endByMark(ctx, msgs, i, full, agp)
+			end, err = t.endByMark(ctx, msgs, i, full, agp, start)
 			if err != nil {
 				return nil, fmt.Errorf("assistant span of message %d: the render up to it is not a prefix of the whole render (the template prints this turn differently when more messages follow), and %w; use a template with {%% generation %%} tags", i, err)
 			}
@@ -130,49 +128,90 @@ func (t *Template) prefixSpans(ctx map[string]jinja.Value, msgs []jinja.Value, m
 }
 
 // endByMark finds where assistant message i ends in full (rendered with
-// add_generation_prompt agp) when the prefix rule cannot: it renders the
-// whole conversation again, as full was, with a mark after
-// that message's content (or after the content less trailing whitespace,
-// for templates that trim it), checks that the render less the mark is
-// full, and ends the span after the end-of-turn token — the eos_token —
-// that must follow the content directly.
-func (t *Template) endByMark(ctx map[string]jinja.Value, msgs []jinja.Value, i int, full string, agp bool) (int, error) {
+// add_generation_prompt agp) when the prefix rule cannot. It renders the
+// whole conversation again, as full was, with a mark after that message's
+// content and another before the next message's content (each also tried
+// with the content's whitespace on that side removed, for templates that
+// trim), checks that the render less the marks is full, and ends the span
+// after the first eos_token between the two marks: what the template
+// prints there before it (a tool call) belongs to the assistant turn.
+func (t *Template) endByMark(ctx map[string]jinja.Value, msgs []jinja.Value, i int, full string, agp bool, start int) (int, error) {
 	eos, ok := ctx["eos_token"]
 	if !ok || !eos.IsString() || eos.AsString() == "" {
 		return 0, fmt.Errorf("no eos_token to end the turn with")
 	}
-	if !msgs[i].IsDict() {
-		return 0, fmt.Errorf("the message is not a dict")
-	}
-	content, ok := msgs[i].AsDict().Get("content")
-	if !ok || !content.IsString() {
+	c, ok := stringContent(msgs[i])
+	if !ok {
 		return 0, fmt.Errorf("its content is not a string")
 	}
-	c := content.AsString()
-	for _, marked := range []string{c + contentMark, strings.TrimRightFunc(c, pyIsSpace) + contentMark} {
-		d := jinja.NewDict()
-		src := msgs[i].AsDict()
-		for _, k := range src.Keys {
-			d.AsDict().Set(k, src.Data[k])
-		}
-		d.AsDict().Set("content", jinja.NewString(marked))
-		alt := append([]jinja.Value(nil), msgs...)
-		alt[i] = d
-		out, err := t.text(ctx, alt, agp)
-		if err != nil {
-			return 0, err
-		}
-		at := strings.Index(out, contentMark)
-		if strings.Count(out, contentMark) != 1 || strings.Replace(out, contentMark, "", 1) != full {
-			continue
-		}
-		rest := full[at:]
-		if !strings.HasPrefix(rest, eos.AsString()) {
-			return 0, fmt.Errorf("the content is not followed by the eos_token %q", eos.AsString())
-		}
-		return at + len(eos.AsString()), nil
+	afters := []string{c + contentMark, strings.TrimRightFunc(c, pyIsSpace) + contentMark}
+	if c == "" {
+		// A mark would make the content true (Qwen3 then prints a
+		// newline before the tool call); the turn starts at start.
+		afters = []string{""}
 	}
-	return 0, fmt.Errorf("a mark after its content does not come back once in place")
+	befores := []string{""}
+	if i+1 < len(msgs) {
+		if n, ok := stringContent(msgs[i+1]); ok {
+			befores = []string{nextMark + n, nextMark + strings.TrimLeftFunc(n, pyIsSpace)}
+		}
+	}
+	for _, after := range afters {
+		for _, before := range befores {
+			alt := append([]jinja.Value(nil), msgs...)
+			if after != "" {
+				alt[i] = withContent(msgs[i], after)
+			}
+			if before != "" {
+				alt[i+1] = withContent(msgs[i+1], before)
+			}
+			out, err := t.text(ctx, alt, agp)
+			if err != nil {
+				return 0, err
+			}
+			at, next := strings.Index(out, contentMark), strings.Index(out, nextMark)
+			bare := strings.Replace(strings.Replace(out, contentMark, "", 1), nextMark, "", 1)
+			marks := 1
+			if after == "" {
+				at, marks = start, 0
+			}
+			if strings.Count(out, contentMark) != marks || strings.Count(out, nextMark) > 1 || bare != full {
+				continue
+			}
+			if next < 0 {
+				next = len(full)
+			} else if next -= len(contentMark) * marks; next < at {
+				continue
+			}
+			k := strings.Index(full[at:next], eos.AsString())
+			if k < 0 {
+				return 0, fmt.Errorf("no eos_token %q follows its content before the next message", eos.AsString())
+			}
+			return at + k + len(eos.AsString()), nil
+		}
+	}
+	return 0, fmt.Errorf("marks around its content do not come back in place")
+}
+
+func stringContent(m jinja.Value) (string, bool) {
+	if !m.IsDict() {
+		return "", false
+	}
+	c, ok := m.AsDict().Get("content")
+	if !ok || !c.IsString() {
+		return "", false
+	}
+	return c.AsString(), true
+}
+
+// withContent copies a message with another content.
+func withContent(m jinja.Value, content string) jinja.Value {
+	d := jinja.NewDict()
+	for _, k := range m.AsDict().Keys {
+		d.AsDict().Set(k, m.AsDict().Data[k])
+	}
+	d.AsDict().Set("content", jinja.NewString(content))
+	return d
 }
 
 // prefixSpansOf runs the prefix rule for messages rendered as full.

@@ -186,9 +186,17 @@ func specialToken(raw json.RawMessage) (string, bool, error) {
 // Render renders messages as transformers' apply_chat_template(messages,
 // tokenize=False, ...) does, and finds the assistant spans.
 func (t *Template) Render(messages []Message, opts Options) (Rendered, error) {
-	ctx, msgs, err := t.context(messages, opts)
+	r, err := t.render(messages, opts)
 	if err != nil {
 		return Rendered{}, fmt.Errorf("%s: %w", t.name, err)
+	}
+	return r, nil
+}
+
+func (t *Template) render(messages []Message, opts Options) (Rendered, error) {
+	ctx, msgs, err := t.context(messages, opts)
+	if err != nil {
+		return Rendered{}, err
 	}
 	text, err := t.exec(ctx, msgs, opts.AddGenerationPrompt)
 	if err != nil {
@@ -200,13 +208,13 @@ func (t *Template) Render(messages []Message, opts Options) (Rendered, error) {
 		}
 		spans, err := t.prefixSpans(ctx, msgs, messages, text, opts.AddGenerationPrompt)
 		if err != nil {
-			return Rendered{}, fmt.Errorf("%s: %w", t.name, err)
+			return Rendered{}, err
 		}
 		return Rendered{Text: text, Assistant: spans}, nil
 	}
 	out, spans, err := cutSentinels(text)
 	if err != nil {
-		return Rendered{}, fmt.Errorf("%s: %w", t.name, err)
+		return Rendered{}, err
 	}
 	if opts.TextOnly {
 		spans = nil
@@ -282,9 +290,9 @@ func (t *Template) exec(ctx map[string]jinja.Value, msgs []jinja.Value, agp bool
 	if err != nil {
 		var raised *RaisedError
 		if errors.As(err, &raised) {
-			return "", fmt.Errorf("%s: %w", t.name, raised)
+			return "", raised
 		}
-		return "", fmt.Errorf("%s: render: %w", t.name, err)
+		return "", fmt.Errorf("render: %w", err)
 	}
 	return out, nil
 }

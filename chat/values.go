@@ -97,7 +97,7 @@ func checkString(s string) error {
 		return fmt.Errorf("string %q is not valid UTF-8", s)
 	}
 	if reserved(s) {
-		return fmt.Errorf("string contains U+10FFFB, U+10FFFC or U+10FFFD, which chat reserves for its marks")
+		return fmt.Errorf("string contains U+10FFFA to U+10FFFD, which chat reserves for its marks")
 	}
 	return nil
 }

@@ -237,27 +237,49 @@ def to_bytes(text, spans):
 
 
 CONTENT_MARK = "\U0010FFFB"
+NEXT_MARK = "\U0010FFFA"
 PY_SPACE = "".join(chr(c) for c in range(0x110000) if chr(c).isspace())
 
 
-def end_by_mark(render, messages, i, full, eos, agp):
-    """chat/spans.go's endByMark: where message i's content ends in full."""
+def end_by_mark(render, messages, i, full, eos, agp, start):
+    """chat/spans.go's endByMark: where message i's turn ends in full."""
     if not eos:
         raise ValueError("no eos_token to end the turn with")
     content = messages[i].get("content")
     if not isinstance(content, str):
         raise ValueError("its content is not a string")
-    for marked in (content + CONTENT_MARK, content.rstrip(PY_SPACE) + CONTENT_MARK):
-        alt = list(messages)
-        alt[i] = dict(messages[i], content=marked)
-        out = render(alt, agp)
-        if out.count(CONTENT_MARK) != 1 or out.replace(CONTENT_MARK, "", 1) != full:
-            continue
-        at = out.index(CONTENT_MARK)
-        if not full[at:].startswith(eos):
-            raise ValueError("the content is not followed by the eos_token %r" % eos)
-        return at + len(eos)
-    raise ValueError("a mark after its content does not come back once in place")
+    afters = [content + CONTENT_MARK, content.rstrip(PY_SPACE) + CONTENT_MARK]
+    if content == "":
+        afters = [None]  # a mark would make the content true; start at start
+    befores = [None]
+    if i + 1 < len(messages) and isinstance(messages[i + 1].get("content"), str):
+        n = messages[i + 1]["content"]
+        befores = [NEXT_MARK + n, NEXT_MARK + n.lstrip(PY_SPACE)]
+    for after in afters:
+        for before in befores:
+            alt = list(messages)
+            if after is not None:
+                alt[i] = dict(messages[i], content=after)
+            if before is not None:
+                alt[i + 1] = dict(messages[i + 1], content=before)
+            out = render(alt, agp)
+            bare = out.replace(CONTENT_MARK, "", 1).replace(NEXT_MARK, "", 1)
+            marks = 0 if after is None else 1
+            if out.count(CONTENT_MARK) != marks or out.count(NEXT_MARK) > 1 or bare != full:
+                continue
+            at = start if after is None else out.index(CONTENT_MARK)
+            nxt = out.find(NEXT_MARK)
+            if nxt < 0:
+                nxt = len(full)
+            else:
+                nxt -= len(CONTENT_MARK) * marks
+                if nxt < at:
+                    continue
+            k = full.find(eos, at, nxt)
+            if k < 0:
+                raise ValueError("no eos_token %r follows its content before the next message" % eos)
+            return k + len(eos)
+    raise ValueError("marks around its content do not come back in place")
 
 
 def prefix_spans(render, messages, full, eos, agp):
@@ -286,7 +308,7 @@ def prefix_spans(render, messages, full, eos, agp):
         end = len(turn.rstrip(" \t\n\r"))
         if not full.startswith(turn):
             try:
-                end = end_by_mark(render, messages, i, full, eos, agp)
+                end = end_by_mark(render, messages, i, full, eos, agp, start)
             except ValueError as e:
                 raise ValueError("assistant span of message %d: the render up to it is not a prefix of the whole render, and %s" % (i, e))
         spans.append((start, max(start, end)))
