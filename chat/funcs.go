@@ -11,10 +11,12 @@ import (
 )
 
 // This file holds the functions and filters chat puts into each render's
-// context: transformers' own (tojson, raise_exception, strftime_now), the
-// sandbox's bounded range, a trim with Python's notion of whitespace, and
-// the budget that bounds loops, macro recursion and time. They are made
-// per render, so their state (the budget) belongs to that render alone.
+// context: transformers' own (raise_exception, strftime_now; tojson is in
+// python.go), the sandbox's bounded range, Jinja2's trim, join, string,
+// selectattr and rejectattr where the engine's differ, the printer every
+// {{ }} goes through, and the budget that bounds loops, macro recursion and
+// time. They are made per engine render, so their state (the budget)
+// belongs to that render alone.
 
 // Budgets for one render. Jinja2 has no unbounded loop, but nested loops
 // over range() and recursive macros can still run for ever or overflow the

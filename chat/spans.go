@@ -1,7 +1,9 @@
 package chat
 
 import (
+	"cmp"
 	"fmt"
+	"slices"
 	"strings"
 	"unicode/utf8"
 
@@ -44,12 +46,9 @@ func cutSentinels(s string) (string, []Span, error) {
 }
 
 func sortSpans(spans []Span) {
-	for i := 1; i < len(spans); i++ {
-		for j := i; j > 0 && (spans[j].Start < spans[j-1].Start ||
-			spans[j].Start == spans[j-1].Start && spans[j].End < spans[j-1].End); j-- {
-			spans[j], spans[j-1] = spans[j-1], spans[j]
-		}
-	}
+	slices.SortFunc(spans, func(a, b Span) int {
+		return cmp.Or(cmp.Compare(a.Start, b.Start), cmp.Compare(a.End, b.End))
+	})
 }
 
 // prefixSpans finds the assistant spans of a template without generation
