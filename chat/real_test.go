@@ -175,9 +175,11 @@ func TestRenderMatchesTransformers(t *testing.T) {
 			}
 			r, err := tmpl.Render(conv.messages(t), conv.options(exp.DefaultDate))
 			if c.Error != "" {
-				msg := c.Error[strings.Index(c.Error, ": ")+2:]
-				if err == nil || !strings.Contains(err.Error(), msg) {
-					t.Fatalf("want an error containing %q, got %v", msg, err)
+				// A raise_exception message must come through; other
+				// errors are worded by each engine in its own way.
+				msg, raised := strings.CutPrefix(c.Error, "TemplateError: ")
+				if err == nil || raised && !strings.Contains(err.Error(), msg) {
+					t.Fatalf("want an error like %q, got %v", c.Error, err)
 				}
 				return
 			}
