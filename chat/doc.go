@@ -19,8 +19,9 @@
 // templates need: {%- -%} control, namespace(), the loop variables,
 // break/continue, macros, slicing, the tests and filters they use, and the
 // str methods strip/lstrip/rstrip/split/startswith/endswith/replace/upper.
-// It falls short in these ways, each found by a probe in
-// testdata/snippets.json:
+// It falls short in these ways, each seen by rendering a small template
+// with the engine alone (testdata/snippets.json keeps such probes, and the
+// tests run them through chat); "(remains)" marks the few chat leaves:
 //
 //   - trim_blocks/lstrip_blocks are approximated: "-" strips the nearest
 //     text even across an intervening {{ }}, indentation before a block tag
@@ -32,13 +33,17 @@
 //   - tojson with indent sorts keys and escapes < > &; without indent
 //     floats print as Go's %g (1.0 as 1) and U+2028/U+2029 are escaped.
 //   - printing None gives "" (Python: None), floats print as %g.
-//   - trim and .strip() use Go's whitespace, not Python's.
+//   - trim and .strip() use Go's whitespace, not Python's; .lstrip() and
+//     .rstrip() strip only space, tab, CR and LF (remains, for the
+//     methods).
 //   - selectattr/rejectattr with one argument panic; join and string
 //     print items the engine's way, and join does not iterate a string.
 //   - nothing bounds loops, recursion (a recursive macro overflows the Go
 //     stack, which kills the process) or range().
 //   - undefined values are lenient (x.y of undefined is undefined, not an
-//     error) and some Python errors are not errors (1/0 is 0).
+//     error) and some Python errors are not errors (1/0 is 0) (remains).
+//   - ~ prints none and floats its own way, ** on ints gives a float,
+//     upper/lower use Go's case mapping (remains).
 //
 // The engine's API offers one extension point: variables, which may be
 // callables, and which are also where it looks up a filter it does not
@@ -54,8 +59,9 @@
 //     rules cannot act, and its narrow literal syntax is all we use.
 //   - the same pass renames the filters whose built-in versions are wrong
 //     (tojson, trim, selectattr, rejectattr, join, string) to our
-//     functions, passed in as variables (funcs.go, python.go); sends every {{ }} through a printer that writes
-//     values as Python's str() does; replaces the generation tags (below);
+//     functions, passed in as variables (funcs.go, python.go); sends every
+//     {{ }} through a printer that writes values as Python's str() does;
+//     replaces the generation tags (below);
 //     and puts a budget call at the top of every loop body and around every
 //     macro body: at most 2^20 loop iterations, macros 200 deep, 10 s per
 //     render, range() of at most 100000 items (Jinja2's sandbox limit).
@@ -64,20 +70,19 @@
 //   - a panic inside the engine is recovered and returned as an error.
 //
 // What remains different is listed in README-section.md; it is confined to
-// error cases and operators real chat templates do not use on odd values
-// (~ with none, ** on ints, string * huge counts, which can exhaust memory
-// before any budget check runs).
+// error cases and to operations real chat templates do not apply to odd
+// values. A template can still exhaust memory in one expression ('a' times
+// a huge count) before any budget check runs.
 //
 // # Assistant spans
 //
 // transformers marks assistant output with {% generation %} ...
 // {% endgeneration %}, its AssistantTracker extension. chat rewrites those
 // tags to print two private-use code points (U+10FFFC, U+10FFFD; U+10FFFA
-// and U+10FFFB are the prefix rule's marks, below) around a
-// one-pass loop, which gives the body its own scope as Jinja2's call block
-// does; after the render it cuts the sentinels out and records the spans.
-// Input containing either code point is refused, so every sentinel in the
-// output came from a tag. For flat generation blocks in the template's main
+// and U+10FFFB are the prefix rule's marks, below) around a one-pass loop,
+// which gives the body its own scope as Jinja2's call block does; after the render it cuts the sentinels out and records the spans.
+// Input containing any of these code points is refused, so every sentinel
+// in the output came from a tag. For flat generation blocks in the template's main
 // flow (how real templates use them) the spans equal transformers'
 // generation indices; for blocks inside macros or nested blocks,
 // transformers reports positions relative to the output streamed so far,
