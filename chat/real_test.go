@@ -239,9 +239,9 @@ var knownGaps = map[string]string{
 	"arith":        "the engine's ** always gives a float; Python's int ** int is an int",
 }
 
-// TestSnippetsMatchJinja2 renders the one-feature probes of
+// TestSnippetsMatchReference renders the one-feature probes of
 // snippets.json.
-func TestSnippetsMatchJinja2(t *testing.T) {
+func TestSnippetsMatchReference(t *testing.T) {
 	exp := loadExpected(t)
 	data, err := os.ReadFile(filepath.Join("testdata", "snippets.json"))
 	if err != nil {
