@@ -63,7 +63,7 @@
 //     {{ }} through a printer that writes values as Python's str() does;
 //     replaces the generation tags (below);
 //     and puts a budget call at the top of every loop body and around every
-//     macro body: at most 2^20 loop iterations, macros 200 deep, 10 s per
+//     macro body: at most 2^18 loop iterations, macros 200 deep, 10 s per
 //     render, range() of at most 100000 items (Jinja2's sandbox limit).
 //     Templates themselves are bounded to 1 MiB and 64 levels of block or
 //     bracket nesting, so the engine's recursive parser stays shallow.

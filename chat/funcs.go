@@ -22,7 +22,7 @@ import (
 // over range() and recursive macros can still run for ever or overflow the
 // Go stack, which (unlike a Python RecursionError) kills the process.
 const (
-	maxLoopIterations = 1 << 20
+	maxLoopIterations = 1 << 18
 	maxMacroDepth     = 200
 	maxRange          = 100000 // Jinja2's sandbox: MAX_RANGE
 	renderTimeout     = 10 * time.Second

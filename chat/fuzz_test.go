@@ -74,7 +74,7 @@ func FuzzRender(f *testing.F) {
 			return
 		}
 		msgs := []Message{{Role: "system", Content: "s"}, {Role: "user", Content: content}, {Role: "assistant", Content: content}}
-		r, err := renderWithin(t, tmpl, msgs, Options{AddGenerationPrompt: agp}, 30*time.Second)
+		r, err := renderWithin(t, tmpl, msgs, Options{AddGenerationPrompt: agp}, 60*time.Second)
 		if err == nil {
 			checkRendered(t, src, r)
 		}
@@ -139,8 +139,8 @@ func TestRandomTemplates(t *testing.T) {
 			t.Fatalf("generated template refused: %v\n%s", err, src)
 		}
 		start := time.Now()
-		r, err := renderWithin(t, tmpl, msgs, Options{AddGenerationPrompt: rng.Intn(2) == 0}, 10*time.Second)
-		if d := time.Since(start); d > 2*time.Second {
+		r, err := renderWithin(t, tmpl, msgs, Options{AddGenerationPrompt: rng.Intn(2) == 0}, 60*time.Second)
+		if d := time.Since(start); d > 5*time.Second {
 			t.Errorf("render took %v:\n%s", d, src)
 		}
 		if err == nil {
