@@ -16,6 +16,7 @@ declare -A allowed=(
 	[graph/onnxpb]=""
 	[trainio]=""
 	[tokenizer]=""
+	[chat]=""
 	[adapter]="graph"
 	[branch]="graph adapter"
 	[infer]="graph"
