@@ -69,7 +69,7 @@
 //     bracket nesting, so the engine's recursive parser stays shallow.
 //   - a panic inside the engine is recovered and returned as an error.
 //
-// What remains different is listed in README-section.md; it is confined to
+// What remains different is listed in README.md; it is confined to
 // error cases and to operations real chat templates do not apply to odd
 // values. A template can still exhaust memory in one expression ('a' times
 // a huge count) before any budget check runs.
