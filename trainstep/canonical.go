@@ -67,6 +67,14 @@ import (
 // Canonicalize is pass "canonicalize".
 func (st *Compiler) Canonicalize(m *graph.Model) error {
 	g := m.Graph
+	if k, err := Decompose(m); err != nil {
+		return err
+	} else if k > 0 {
+		st.logf("canonicalize: %d contrib attention nodes decomposed into standard ops (gqa.go)", k)
+		if err := g.SortTopo(); err != nil {
+			return err
+		}
+	}
 	if err := padWideOutputs(m); err != nil {
 		return err
 	}

@@ -1,0 +1,72 @@
+package gradcheck
+
+import (
+	"encoding/binary"
+	"math"
+	"testing"
+
+	"github.com/loracc/loracc/graph"
+	"github.com/loracc/loracc/trainstep"
+)
+
+// gqaCases differentiate com.microsoft GroupQueryAttention through its
+// decomposition (trainstep.Decompose, which canonicalize runs before
+// autodiff; trainstep's TestGQADecompositionMatchesORT shows it computes
+// ORT's kernel): grouped heads with rotary, interleaved rotary with a
+// softcap, packed QKV with a local window. float32 (the kernel has no
+// float64): tolerance 2e-3, step 1e-2.
+func gqaCases() []Case {
+	const head = 16
+	build := func(heads, kvHeads, seq int64, packed bool, attrs ...*graph.Attr) func(*graph.Builder, map[string]*graph.Value) (*graph.Value, error) {
+		return func(b *graph.Builder, in map[string]*graph.Value) (*graph.Value, error) {
+			i32 := func(name string, dims []int64, vals ...int32) *graph.Value {
+				raw := make([]byte, 4*len(vals))
+				for i, v := range vals {
+					binary.LittleEndian.PutUint32(raw[4*i:], uint32(v))
+				}
+				return b.Const(graph.NewTensor(name, graph.Int32, dims, raw))
+			}
+			const half, maxLen = head / 2, 8
+			cos, sin := make([]float32, maxLen*half), make([]float32, maxLen*half)
+			for p := range maxLen {
+				for i := range half {
+					theta := float64(p) * math.Pow(10000, -float64(2*i)/head)
+					cos[p*half+i], sin[p*half+i] = float32(math.Cos(theta)), float32(math.Sin(theta))
+				}
+			}
+			ct, err := graph.NewFloatTensor("cos_cache", graph.Float, []int64{maxLen, half}, cos)
+			if err != nil {
+				return nil, err
+			}
+			st, err := graph.NewFloatTensor("sin_cache", graph.Float, []int64{maxLen, half}, sin)
+			if err != nil {
+				return nil, err
+			}
+			ins := []*graph.Value{in["q"], in["k"], in["v"]}
+			if packed {
+				ins = []*graph.Value{in["qkv"], nil, nil}
+			}
+			ins = append(ins, nil, nil, i32("seqlens_k", []int64{2}, int32(seq-1), int32(seq-1)), i32("total", nil, int32(seq)), b.Const(ct), b.Const(st))
+			nb := &graph.Builder{G: b.G, Prefix: "a", Domain: "com.microsoft"}
+			nb.Op("GroupQueryAttention", "att", ins, append([]*graph.Attr{graph.AttrI("num_heads", heads), graph.AttrI("kv_num_heads", kvHeads), graph.AttrI("do_rotary", 1)}, attrs...)...)
+			if _, err := trainstep.Decompose(b.G.Model); err != nil {
+				return nil, err
+			}
+			return b.G.Lookup("att"), nil
+		}
+	}
+	ms := []string{"com.microsoft"}
+	return []Case{
+		{Name: "GroupQueryAttention grouped, rotary", DType: graph.Float, Domains: ms,
+			Inputs: []Input{p("q", 2, 4, 4*head), p("k", 2, 4, 2*head), p("v", 2, 4, 2*head)}, Build: build(4, 2, 4, false)},
+		{Name: "GroupQueryAttention interleaved rotary, softcap", DType: graph.Float, Domains: ms,
+			Inputs: []Input{p("q", 2, 3, 2*head), p("k", 2, 3, head), p("v", 2, 3, head)}, Build: build(2, 1, 3, false, graph.AttrI("rotary_interleaved", 1), graph.AttrF("softcap", 2))},
+		{Name: "GroupQueryAttention packed, local window", DType: graph.Float, Domains: ms,
+			Inputs: []Input{p("qkv", 2, 5, 4*head)}, Build: build(2, 1, 5, true, graph.AttrI("local_window_size", 2))},
+	}
+}
+
+// TestGQAGradient checks gqaCases against finite differences.
+func TestGQAGradient(t *testing.T) {
+	runCases(t, gqaCases())
+}

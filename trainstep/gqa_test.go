@@ -1,0 +1,211 @@
+package trainstep
+
+import (
+	"encoding/binary"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"path/filepath"
+	"testing"
+
+	"github.com/loracc/loracc/graph"
+	"github.com/loracc/loracc/internal/ortest"
+	"github.com/loracc/loracc/runtime"
+)
+
+// gqaCase is one GroupQueryAttention configuration.
+type gqaCase struct {
+	name                 string
+	batch, seq, past     int64
+	heads, kvHeads, head int64
+	rotaryHalf           int64 // cos/sin cache width (r/2); 0: no rotary
+	interleaved, packed  bool
+	softcap              float32
+	window               int64 // local_window_size; -1 none
+	lens                 []int64
+}
+
+// TestGQADecompositionMatchesORT: the decomposition of GroupQueryAttention
+// gives ORT's own CPU kernel's output and present key/value (‖Δ‖/‖ref‖ ≤
+// 1e-5) for grouped and ungrouped heads, rotary by halves and
+// interleaved, partial rotary, softcap, a local window, packed QKV, a
+// past, and right-padded rows (compared up to each row's length: see
+// gqa.go for why rows past it do not matter).
+func TestGQADecompositionMatchesORT(t *testing.T) {
+	e := ortest.Env(t)
+	for _, c := range []gqaCase{
+		{name: "grouped, rotary halves", batch: 2, seq: 5, heads: 4, kvHeads: 2, head: 16, rotaryHalf: 8, window: -1},
+		{name: "ungrouped, no rotary", batch: 1, seq: 6, heads: 2, kvHeads: 2, head: 8, window: -1},
+		{name: "multi-query, interleaved rotary", batch: 2, seq: 4, heads: 4, kvHeads: 1, head: 16, rotaryHalf: 8, interleaved: true, window: -1},
+		{name: "partial rotary", batch: 1, seq: 5, heads: 2, kvHeads: 1, head: 32, rotaryHalf: 8, window: -1},
+		{name: "softcap", batch: 1, seq: 5, heads: 2, kvHeads: 1, head: 8, softcap: 0.5, window: -1},
+		{name: "local window", batch: 1, seq: 7, heads: 2, kvHeads: 1, head: 16, rotaryHalf: 8, window: 2},
+		{name: "local window 4, with past", batch: 1, seq: 6, past: 3, heads: 4, kvHeads: 2, head: 8, window: 4},
+		{name: "packed qkv", batch: 2, seq: 3, heads: 4, kvHeads: 2, head: 16, rotaryHalf: 8, packed: true, window: -1},
+		{name: "right padding", batch: 2, seq: 6, heads: 2, kvHeads: 1, head: 16, rotaryHalf: 8, window: -1, lens: []int64{6, 3}},
+		{name: "with past", batch: 1, seq: 3, past: 4, heads: 2, kvHeads: 1, head: 16, rotaryHalf: 8, window: -1},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			dir := t.TempDir()
+			m, feeds := gqaModel(t, c)
+			ref := filepath.Join(dir, "ref.onnx")
+			if err := graph.Save(m, ref, graph.SaveOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			if k, err := Decompose(m); err != nil || k != 1 {
+				t.Fatalf("Decompose: %d, %v", k, err)
+			}
+			m.Graph.Walk(func(n *graph.Node) {
+				if n.Domain != "" {
+					t.Errorf("node %q keeps domain %s", n.Name, n.Domain)
+				}
+			})
+			dec := filepath.Join(dir, "dec.onnx")
+			if err := graph.Save(m, dec, graph.SaveOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			want, got := runAll(t, e, ref, feeds), runAll(t, e, dec, feeds)
+			valid := func(b, s int64) bool { return c.lens == nil || s < c.lens[b] }
+			for _, name := range []string{"output", "present_key", "present_value"} {
+				w, _ := want[name].Floats()
+				g, _ := got[name].Floats()
+				if len(w) != len(g) {
+					t.Fatalf("%s: %d values, ORT %d", name, len(g), len(w))
+				}
+				shape := want[name].Shape
+				var num, den float64
+				for i := range w {
+					var b, s int64
+					if name == "output" { // [B, S, H·D]
+						b, s = int64(i)/(shape[1]*shape[2]), int64(i)/shape[2]%shape[1]
+					} else { // [B, Hkv, P+S, D]
+						b, s = int64(i)/(shape[1]*shape[2]*shape[3]), int64(i)/shape[3]%shape[2]-c.past
+					}
+					if s >= 0 && !valid(b, s) {
+						continue
+					}
+					d := float64(g[i] - w[i])
+					num, den = num+d*d, den+float64(w[i])*float64(w[i])
+				}
+				if rel := math.Sqrt(num / den); !(rel <= 1e-5) {
+					t.Errorf("%s: ‖Δ‖/‖ref‖ = %.3g", name, rel)
+				}
+			}
+		})
+	}
+}
+
+// gqaModel builds one GroupQueryAttention node over random inputs (graph
+// inputs, with feeds) and its rotary caches (initializers).
+func gqaModel(t *testing.T, c gqaCase) (*graph.Model, map[string]runtime.Tensor) {
+	t.Helper()
+	rng := rand.New(rand.NewPCG(uint64(c.seq*131+c.heads*7+c.head), 3))
+	m := graph.NewModel(17)
+	m.Opsets = append(m.Opsets, graph.Opset{Domain: "com.microsoft", Version: 1})
+	g := m.Graph
+	feeds := map[string]runtime.Tensor{}
+	randIn := func(name string, dims ...int64) *graph.Value {
+		n := int64(1)
+		shape := make([]graph.Dim, len(dims))
+		for i, d := range dims {
+			n *= d
+			shape[i] = graph.Dim{Value: d}
+		}
+		x := make([]float32, n)
+		for i := range x {
+			x[i] = float32(2*rng.Float64() - 1)
+		}
+		feeds[name] = runtime.FloatTensor(dims, x)
+		return g.AddInput(name, &graph.TensorType{DType: graph.Float, Shape: shape})
+	}
+	int32In := func(name string, dims []int64, vals []int32) *graph.Value {
+		raw := make([]byte, 4*len(vals))
+		for i, v := range vals {
+			binary.LittleEndian.PutUint32(raw[4*i:], uint32(v))
+		}
+		shape := make([]graph.Dim, len(dims))
+		for i, d := range dims {
+			shape[i] = graph.Dim{Value: d}
+		}
+		feeds[name] = runtime.Tensor{DType: graph.Int32, Shape: dims, Data: raw}
+		return g.AddInput(name, &graph.TensorType{DType: graph.Int32, Shape: shape})
+	}
+	var ins []*graph.Value
+	if c.packed {
+		ins = []*graph.Value{randIn("query", c.batch, c.seq, (c.heads+2*c.kvHeads)*c.head), nil, nil}
+	} else {
+		ins = []*graph.Value{randIn("query", c.batch, c.seq, c.heads*c.head), randIn("key", c.batch, c.seq, c.kvHeads*c.head), randIn("value", c.batch, c.seq, c.kvHeads*c.head)}
+	}
+	if c.past > 0 {
+		ins = append(ins, randIn("past_key", c.batch, c.kvHeads, c.past, c.head), randIn("past_value", c.batch, c.kvHeads, c.past, c.head))
+	} else {
+		ins = append(ins, nil, nil)
+	}
+	lens := make([]int32, c.batch)
+	for i := range lens {
+		lens[i] = int32(c.past + c.seq - 1)
+		if c.lens != nil {
+			lens[i] = int32(c.past + c.lens[i] - 1)
+		}
+	}
+	ins = append(ins, int32In("seqlens_k", []int64{c.batch}, lens), int32In("total_sequence_length", nil, []int32{int32(c.past + c.seq)}))
+	b := &graph.Builder{G: g, Prefix: "t"}
+	attrs := []*graph.Attr{graph.AttrI("num_heads", c.heads), graph.AttrI("kv_num_heads", c.kvHeads), graph.AttrI("local_window_size", c.window)}
+	if c.rotaryHalf > 0 {
+		const maxLen = 16
+		cos, sin := make([]float32, maxLen*c.rotaryHalf), make([]float32, maxLen*c.rotaryHalf)
+		for p := range int64(maxLen) {
+			for i := range c.rotaryHalf {
+				theta := float64(p) * math.Pow(10000, -float64(2*i)/float64(2*c.rotaryHalf))
+				cos[p*c.rotaryHalf+i], sin[p*c.rotaryHalf+i] = float32(math.Cos(theta)), float32(math.Sin(theta))
+			}
+		}
+		ct, err := graph.NewFloatTensor("cos_cache", graph.Float, []int64{maxLen, c.rotaryHalf}, cos)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, err := graph.NewFloatTensor("sin_cache", graph.Float, []int64{maxLen, c.rotaryHalf}, sin)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ins = append(ins, b.Const(ct), b.Const(st))
+		attrs = append(attrs, graph.AttrI("do_rotary", 1), graph.AttrI("rotary_interleaved", boolInt(c.interleaved)))
+	}
+	if c.softcap > 0 {
+		attrs = append(attrs, graph.AttrF("softcap", c.softcap))
+	}
+	nb := &graph.Builder{G: g, Prefix: "t", Domain: "com.microsoft"}
+	outs := nb.OpN("GroupQueryAttention", []string{"output", "present_key", "present_value"}, ins, attrs...)
+	for _, o := range outs {
+		o.Type = &graph.TensorType{DType: graph.Float}
+		g.AddOutput(o)
+	}
+	return m, feeds
+}
+
+// runAll runs the model at path on the CPU and returns every output.
+func runAll(t *testing.T, e *runtime.Env, path string, feeds map[string]runtime.Tensor) map[string]runtime.Tensor {
+	t.Helper()
+	s, err := e.NewSession(path, runtime.SessionOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	var names []string
+	for _, o := range s.Outputs() {
+		names = append(names, o.Name)
+	}
+	in := map[string]runtime.Tensor{}
+	for _, i := range s.Inputs() {
+		v, ok := feeds[i.Name]
+		if !ok {
+			t.Fatalf("no feed for %q", i.Name)
+		}
+		in[i.Name] = v
+	}
+	out, err := s.Run(in, names)
+	if err != nil {
+		t.Fatal(fmt.Errorf("%s: %w", path, err))
+	}
+	return out
+}
