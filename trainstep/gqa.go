@@ -204,7 +204,7 @@ func decomposeGQA(m *graph.Model, n *graph.Node) error {
 		scores = b.Mul(b.Op("Tanh", []*graph.Value{b.Mul(scores, b.K(1/c, scores))}), b.K(c, scores))
 	}
 	if causal {
-		i := b.Unsqueeze(qpos, 1)          // [S, 1]
+		i := b.Unsqueeze(qpos, 1)           // [S, 1]
 		j := b.Range(b.Int0(0), total, one) // [T]
 		allowed := b.Op("LessOrEqual", []*graph.Value{j, i})
 		if window >= 0 {
