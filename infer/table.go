@@ -76,6 +76,8 @@ func inferRules() map[string]opInfer {
 
 		// contractions (matmul.go)
 		"MatMul": {rank: matMulRank, dims: matMulDims},
+		// com.microsoft MatMulNBits: A [..., K] times the packed [K, N] weight.
+		"com.microsoft::MatMulNBits": {dtype: typeOf(0), rank: rankOf(0), dims: nbitsDims},
 		"Gemm":   {rank: rank2, dims: gemmDims},
 
 		// convolution and pooling (conv.go)
@@ -140,4 +142,16 @@ func fixedType(dt graph.DataType) func(s *Inferer, n *graph.Node, idx int) graph
 // indices, ...).
 func rankOf(i int) func(s *Inferer, n *graph.Node, idx int) int {
 	return func(s *Inferer, n *graph.Node, _ int) int { return s.Rank(n.Input(i)) }
+}
+
+// nbitsDims are A's dims with the last one N (MatMulNBits' attribute).
+func nbitsDims(s *Inferer, n *graph.Node, rank int) []graph.Dim {
+	in := s.Info(n.Input(0)).Dims
+	nOut := n.AttrInt("N", 0)
+	if len(in) != rank || rank == 0 || nOut <= 0 {
+		return nil
+	}
+	out := append([]graph.Dim(nil), in...)
+	out[rank-1] = graph.Dim{Value: nOut}
+	return out
 }

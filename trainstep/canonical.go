@@ -67,6 +67,9 @@ import (
 // Canonicalize is pass "canonicalize".
 func (st *Compiler) Canonicalize(m *graph.Model) error {
 	g := m.Graph
+	if _, err := st.dropKVCache(m); err != nil {
+		return err
+	}
 	if k, err := Decompose(m); err != nil {
 		return err
 	} else if k > 0 {

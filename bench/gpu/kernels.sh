@@ -7,7 +7,7 @@
 # size it profiles that model. Batch and sequence: BATCH, SEQ (8, 512).
 # Run on the GPU machine after staging ORT (source /root/ort/env.sh), with
 # .gpu/bin/loracc and .gpu/bin/latency built here. The step is compiled as
-# train --static compiles it for CUDA (--target cuda), less the rewrites
+# train --static compiles it for CUDA (--provider cuda), less the rewrites
 # named in DISABLE (--disable-rewrite). Results: $OUT/kernels.txt.
 set -uo pipefail
 ROOT=$(pwd)
@@ -27,7 +27,7 @@ else
 fi
 mkdir -p "$OUT"
 "$BIN"/loracc export-train "$W"/model.lora.onnx --loss lm --logits logits --labels labels --weight-decay 0 --clip-norm 0 --static batch=$BATCH,seq=$SEQ \
-	--target cuda ${DISABLE:+--disable-rewrite "$DISABLE"} -o "$W"/g | tail -1
+	--provider cuda ${DISABLE:+--disable-rewrite "$DISABLE"} -o "$W"/g | tail -1
 ncu=$(command -v ncu || ls /usr/local/cuda*/bin/ncu 2>/dev/null | head -1)
 echo "ncu: $ncu"
 # warm-up 1 (not profiled: ncu skips the first launches of it with -s), then one step

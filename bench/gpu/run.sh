@@ -285,7 +285,7 @@ round() {
 	fi
 	if [ -n "${DIAG_MEMCPY:-}" ]; then # which values ORT copies between host and device in the default static step
 		"$BIN"/loracc export-train "$W"/model.lora.onnx --loss lm --logits logits --labels labels --weight-decay 0 --clip-norm 0 \
-			--static batch=$BATCH,seq=$SEQ --target cuda -o "$W"/g_diag | tail -1
+			--static batch=$BATCH,seq=$SEQ --provider cuda -o "$W"/g_diag | tail -1
 		LORACC_ORT_LOG=verbose timeout 200 "$BIN"/latency -model "$W"/g_diag/train.onnx -device cuda -batch "$BATCH" -seq "$SEQ" \
 			-vocab 32000 -n 1 -warmup 0 -outputs loss 2>&1 | grep -i "memcpy" | grep -v "^$" | head -40 | cut -c1-400 | tee "$W"/diag_memcpy.txt
 	fi

@@ -10,10 +10,10 @@ import (
 	"github.com/loracc/loracc/runtime"
 )
 
-// TestCUDATargetFusions: export-train --static --target cuda rewrites the
+// TestCUDATargetFusions: export-train --static --provider cuda rewrites the
 // tiny GPT-2's two attention patterns — every mask addition fused into
 // its Softmax (com.microsoft BiasSoftmax), every softmax gradient's row
-// subtraction folded into its GEMM — and only with --target cuda. With
+// subtraction folded into its GEMM — and only with --provider cuda. With
 // BiasSoftmax left out (the CPU provider has no kernel for it), the
 // folded step runs on the CPU and gives the portable graph's loss,
 // gradient norm and params to float32 rounding over five steps.
@@ -34,14 +34,14 @@ func TestCUDATargetFusions(t *testing.T) {
 		return dir, ops
 	}
 	_, portable := export("portable")
-	_, cuda := export("cuda", "--target", "cuda")
-	foldDir, fold := export("fold", "--target", "cuda", "--disable-rewrite", "bias-softmax")
+	_, cuda := export("cuda", "--provider", "cuda")
+	foldDir, fold := export("fold", "--provider", "cuda", "--disable-rewrite", "bias-softmax")
 	const layers = 2 // the tiny GPT-2's blocks
 	switch {
 	case portable["BiasSoftmax"] != 0:
 		t.Errorf("portable graph has %d BiasSoftmax nodes", portable["BiasSoftmax"])
 	case cuda["BiasSoftmax"] != layers || cuda["Softmax"] != portable["Softmax"]-layers:
-		t.Errorf("--target cuda: %d BiasSoftmax and %d Softmax nodes (portable %d Softmax), want every attention's fused", cuda["BiasSoftmax"], cuda["Softmax"], portable["Softmax"])
+		t.Errorf("--provider cuda: %d BiasSoftmax and %d Softmax nodes (portable %d Softmax), want every attention's fused", cuda["BiasSoftmax"], cuda["Softmax"], portable["Softmax"])
 	case fold["BiasSoftmax"] != 0:
 		t.Errorf("bias-softmax disabled but %d BiasSoftmax nodes", fold["BiasSoftmax"])
 	case fold["Sub"] != portable["Sub"]-layers || fold["Concat"] < portable["Concat"]+2*layers:
@@ -74,7 +74,7 @@ func TestCUDATargetFusions(t *testing.T) {
 	if _, err := loracc(t, "export-train", lora, "--loss", "lm", "--logits", "logits", "--disable-rewrite", "nonesuch", "-o", filepath.Join(base, "x")); err == nil || !strings.Contains(err.Error(), `unknown rewrite "nonesuch"`) {
 		t.Errorf("unknown rewrite: %v", err)
 	}
-	if _, err := loracc(t, "export-train", lora, "--loss", "lm", "--logits", "logits", "--target", "cuda", "-o", filepath.Join(base, "y")); err == nil || !strings.Contains(err.Error(), "needs --static") {
+	if _, err := loracc(t, "export-train", lora, "--loss", "lm", "--logits", "logits", "--provider", "cuda", "-o", filepath.Join(base, "y")); err == nil || !strings.Contains(err.Error(), "needs --static") {
 		t.Errorf("--target without --static: %v", err)
 	}
 }

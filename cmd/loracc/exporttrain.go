@@ -121,12 +121,12 @@ func exportTrainCommand() *cli.Command {
 			"[--weight-decay W] [--beta1 B1] [--beta2 B2] [--eps E] [--momentum M] [--clip-norm C] [--dump] [-o DIR]",
 		Flags: append(trainFlags(trainstep.DefaultOptions()),
 			&cli.StringFlag{Name: "static", Usage: "compile for fixed input dims, e.g. batch=8,seq=512: shape arithmetic is folded at compile time"},
-			&cli.StringFlag{Name: "target", Usage: "with --static: cuda uses kernels only ONNX Runtime's CUDA provider has (BiasSoftmax); default: a graph any provider runs"},
+			&cli.StringFlag{Name: "provider", Usage: "with --static: cuda uses kernels only ONNX Runtime's CUDA provider has (BiasSoftmax); default: a graph any provider runs"},
 			&cli.BoolFlag{Name: "dump", Usage: "print the graph after each pass"},
 			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Usage: "output folder (default: LORA without .onnx plus .train)"},
 		),
 		Action: func(c *cli.Context) error {
-			in, err := onePositional(c, "LORA.onnx")
+			in, err := modelArg(c, "LORA.onnx")
 			if err != nil {
 				return err
 			}
@@ -145,12 +145,12 @@ func exportTrainCommand() *cli.Command {
 					return fmt.Errorf("--static: %w", err)
 				}
 			}
-			target := c.String("target")
+			target := c.String("provider")
 			switch {
 			case target != "" && target != "cuda":
-				return fmt.Errorf("--target %q: want cuda (or leave it out for any provider)", target)
+				return fmt.Errorf("--provider %q: want cuda (or leave it out for any provider)", target)
 			case target != "" && static == nil:
-				return fmt.Errorf("--target cuda needs --static (its fusions match concrete dims)")
+				return fmt.Errorf("--provider cuda needs --static (its fusions match concrete dims)")
 			}
 			io, err := exportTrain(in, dir, c, static, target, dump, logger(c))
 			if err != nil {

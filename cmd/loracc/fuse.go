@@ -34,7 +34,7 @@ func fuseCommand() *cli.Command {
 }
 
 func fuseAction(c *cli.Context) error {
-	in, err := onePositional(c, "MODEL.onnx")
+	in, err := modelArg(c, "MODEL.onnx")
 	if err != nil {
 		return err
 	}

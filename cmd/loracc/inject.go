@@ -117,7 +117,7 @@ func injectConfig(c *cli.Context) (adapter.Config, error) {
 }
 
 func injectAction(c *cli.Context) error {
-	in, err := onePositional(c, "MODEL.onnx")
+	in, err := modelArg(c, "MODEL.onnx")
 	if err != nil {
 		return err
 	}

@@ -71,7 +71,7 @@ func inspectCommand() *cli.Command {
 			&cli.BoolFlag{Name: "json", Usage: "print one JSON object"},
 		),
 		Action: func(c *cli.Context) error {
-			path, err := onePositional(c, "MODEL.onnx")
+			path, err := modelArg(c, "MODEL.onnx")
 			if err != nil {
 				return err
 			}

@@ -68,7 +68,7 @@ func trainCommand() *cli.Command {
 }
 
 func trainAction(c *cli.Context) error {
-	in, err := onePositional(c, "LORA.onnx")
+	in, err := modelArg(c, "LORA.onnx")
 	if err != nil {
 		return err
 	}

@@ -1,0 +1,99 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/loracc/loracc/graph"
+	"github.com/loracc/loracc/internal/testmodels"
+)
+
+// writeGenaiFolder writes the tiny genai-form Llama as onnxruntime-genai's
+// model builder lays out a folder: model.onnx with every tensor in
+// model.onnx.data, and genai_config.json.
+func writeGenaiFolder(t *testing.T, dir string, o testmodels.GenaiOptions) {
+	t.Helper()
+	m, err := testmodels.GenaiLlama(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := graph.Save(m, filepath.Join(dir, "model.onnx"), graph.SaveOptions{Externalize: true, MinExternal: 1}); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := testmodels.GenaiConfig(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "genai_config.json"), cfg, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestGenaiFolderTrainsLikeTwin: a genai-builder folder (GroupQueryAttention
+// with rotary, SkipSimplifiedLayerNormalization, KV-cache I/O, external
+// data) is injected and trained given as a folder, and 30 AdamW steps
+// give the loss curve of its standard-ops twin (same weights, same
+// adapter init, same data) to 1e-4 relative — float32 and int4
+// (MatMulNBits) weights.
+func TestGenaiFolderTrainsLikeTwin(t *testing.T) {
+	env(t)
+	for _, int4 := range []bool{false, true} {
+		t.Run(fmt.Sprintf("int4=%v", int4), func(t *testing.T) {
+			dir := t.TempDir()
+			o := testmodels.TinyGenai()
+			o.Int4 = int4
+			folder := filepath.Join(dir, "genai")
+			writeGenaiFolder(t, folder, o)
+			twin, err := testmodels.GenaiLlamaStandard(o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			twinPath := filepath.Join(dir, "twin.onnx")
+			if err := graph.Save(twin, twinPath, graph.SaveOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			var lines []string
+			for i := range 8 {
+				ids := make([]int64, 12)
+				for j := range ids {
+					ids[j] = int64(i*31+j*17+3) % o.Vocab
+				}
+				b, _ := json.Marshal(map[string][]int64{"input_ids": ids, "labels": ids})
+				lines = append(lines, string(b))
+			}
+			data := filepath.Join(dir, "data.jsonl")
+			if err := os.WriteFile(data, []byte(strings.Join(lines, "\n")+"\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			losses := map[string][]float64{}
+			for name, model := range map[string]string{"genai": folder, "twin": twinPath} {
+				lora := filepath.Join(dir, name+".lora.onnx")
+				mustLoracc(t, "inject", model, "--rank", "4", "--target", `attn\.[qkvo]_proj$`, "--init", "gaussian", "--seed", "3", "-o", lora)
+				run := filepath.Join(dir, "run_"+name)
+				mustLoracc(t, "train", lora, "--data", data, "--loss", "lm", "--logits", "logits", "--max-steps", "30", "--batch-size", "4",
+					"--lr", "1e-2", "--device", "cpu", "--save-every", "0", "--out", run)
+				losses[name] = lossValues(t, run)
+			}
+			a, b := losses["twin"], losses["genai"]
+			if len(a) != 30 || len(b) != 30 {
+				t.Fatalf("%d and %d loss rows", len(a), len(b))
+			}
+			for i := range a {
+				if math.Abs(a[i]-b[i]) > 1e-4*math.Abs(a[i]) {
+					t.Fatalf("step %d: genai loss %v, twin %v", i+1, b[i], a[i])
+				}
+			}
+			if a[29] >= a[0] {
+				t.Errorf("the loss did not fall: %v → %v", a[0], a[29])
+			}
+		})
+	}
+}

@@ -1,0 +1,90 @@
+package trainstep
+
+// Part of pass "canonicalize": a decoder's KV cache, left out of the
+// training graph.
+//
+// onnxruntime-genai and Optimum export decoders with the cache as I/O:
+// inputs past_key_values.N.key/value [batch, kv_heads, past, head] and
+// outputs present.N.key/value [batch, kv_heads, past + seq, head].
+// Training runs whole sequences, so the past is empty: each past input
+// becomes a zero-length constant of its shape (built from the batch size
+// of the input that shares its batch dim, folded to an initializer by
+// specialize), and pass prune then drops the present outputs with the
+// rest of what the loss does not read. The dim the presents call the
+// total length (past + seq) is then the sequence length itself: inputs
+// declared with it (attention_mask) are renamed to the sequence dim, so
+// the data's one length fills both and --static fixes both.
+
+import (
+	"fmt"
+	"regexp"
+
+	"github.com/loracc/loracc/graph"
+	"github.com/loracc/loracc/internal/opb"
+)
+
+var pastName = regexp.MustCompile(`^past_key_values\.\d+\.(key|value)$`)
+
+// dropKVCache replaces the past inputs by empty tensors and returns how
+// many it replaced.
+func (st *Compiler) dropKVCache(m *graph.Model) (int, error) {
+	g := m.Graph
+	var pasts []*graph.Value
+	for _, v := range g.Inputs {
+		if pastName.MatchString(v.Name) {
+			pasts = append(pasts, v)
+		}
+	}
+	if len(pasts) == 0 {
+		return 0, nil
+	}
+	// seqDim is the sequence dim of the token input (rank 2, same batch
+	// dim as the past), the batch source is its Shape[0].
+	var tokens *graph.Value
+	for _, v := range g.Inputs {
+		if v.Type != nil && len(v.Type.Shape) == 2 && v.DType() == graph.Int64 && !pastName.MatchString(v.Name) &&
+			len(pasts[0].Type.Shape) == 4 && v.Type.Shape[0] == pasts[0].Type.Shape[0] && (tokens == nil || v.Name == "input_ids") {
+			tokens = v
+		}
+	}
+	if tokens == nil {
+		return 0, fmt.Errorf("input %q: no int64 [batch, seq] input shares its batch dim, so the empty past cannot be sized", pasts[0].Name)
+	}
+	b := opb.New(m, "canonical/kvcache", "canonical/kvcache", st.inf)
+	batch := b.Slice(b.Shape(tokens), 0, 1, 0)
+	for _, p := range pasts {
+		d := p.Type.Shape
+		if len(d) != 4 || !d[1].Known() || !d[3].Known() {
+			return 0, fmt.Errorf("input %q: want [batch, kv_heads, past, head] with kv_heads and head known, got %v", p.Name, d)
+		}
+		zero, err := graph.NewFloatTensor("zero", p.DType(), []int64{1}, []float32{0})
+		if err != nil {
+			return 0, fmt.Errorf("input %q: %w", p.Name, err)
+		}
+		empty := b.Op("ConstantOfShape", []*graph.Value{b.Concat(0, batch, b.Ints(d[1].Value, 0, d[3].Value))}, graph.AttrT("value", zero))
+		p.ReplaceAllUsesWith(empty)
+	}
+	if err := b.Err(); err != nil {
+		return 0, err
+	}
+	// The presents' length dim is the sequence dim now.
+	seqDim := tokens.Type.Shape[1]
+	total := map[string]bool{}
+	for _, o := range g.Outputs {
+		if o.Type != nil && len(o.Type.Shape) == 4 && o.Type.Shape[2].Param != "" && o.Type.Shape[2] != seqDim {
+			total[o.Type.Shape[2].Param] = true
+		}
+	}
+	for _, v := range g.Inputs {
+		if v.Type == nil {
+			continue
+		}
+		for i, d := range v.Type.Shape {
+			if total[d.Param] {
+				v.Type.Shape[i] = seqDim
+			}
+		}
+	}
+	st.logf("canonicalize: %d KV-cache inputs left out (an empty past; the present outputs are not trained)", len(pasts))
+	return len(pasts), nil
+}
