@@ -78,7 +78,7 @@ func inferRules() map[string]opInfer {
 		"MatMul": {rank: matMulRank, dims: matMulDims},
 		// com.microsoft MatMulNBits: A [..., K] times the packed [K, N] weight.
 		"com.microsoft::MatMulNBits": {dtype: typeOf(0), rank: rankOf(0), dims: nbitsDims},
-		"Gemm":   {rank: rank2, dims: gemmDims},
+		"Gemm":                       {rank: rank2, dims: gemmDims},
 
 		// convolution and pooling (conv.go)
 		"Conv": window, "AveragePool": window, "LpPool": window,
