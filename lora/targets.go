@@ -3,6 +3,7 @@ package lora
 import (
 	"fmt"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 
@@ -139,7 +140,34 @@ func targetName(n *graph.Node, w *graph.Value, wrapper string) string {
 			return quantName(q.DQ.Input(0))
 		}
 	}
-	return strings.TrimSuffix(w.Name, ".weight")
+	if strings.HasPrefix(w.Name, "onnx::") { // the TorchScript exporter's anonymous weight name
+		if path := torchScriptPath(n.Name); path != "" {
+			if wrapper != "" && strings.HasPrefix(path, wrapper+".") {
+				path = strings.TrimPrefix(path, wrapper+".")
+			}
+			return path
+		}
+	}
+	name := strings.TrimSuffix(w.Name, ".weight")
+	if wrapper != "" && strings.HasPrefix(name, wrapper+".") { // a parameter named through the wrapper module
+		name = strings.TrimPrefix(name, wrapper+".")
+	}
+	return name
+}
+
+// torchScriptPath reads the module path from a node name as torch.onnx's
+// TorchScript exporter writes it, the scopes joined by "/" and the op
+// last ("/m/model/layers.0/self_attn/q_proj/MatMul" →
+// "m.model.layers.0.self_attn.q_proj"); "" for other names.
+func torchScriptPath(name string) string {
+	if !strings.HasPrefix(name, "/") {
+		return ""
+	}
+	parts := strings.Split(name[1:], "/")
+	if len(parts) < 2 || slices.Contains(parts, "") {
+		return ""
+	}
+	return strings.Join(parts[:len(parts)-1], ".")
 }
 
 // modulePath reads a name_scopes list such as
@@ -195,6 +223,9 @@ func exportWrapper(g *graph.Graph) string {
 	var count int
 	g.Walk(func(n *graph.Node) {
 		path := modulePath(n.MetadataValue(torchScopesKey))
+		if path == "" {
+			path = torchScriptPath(n.Name)
+		}
 		if path == "" || !same {
 			return
 		}

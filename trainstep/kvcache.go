@@ -13,7 +13,8 @@ package trainstep
 // rest of what the loss does not read. The dim the presents call the
 // total length (past + seq) is then the sequence length itself: inputs
 // declared with it (attention_mask) are renamed to the sequence dim, so
-// the data's one length fills both and --static fixes both.
+// the data's one length fills both and --static fixes both. An Optimum
+// decoder's position_ids input is computed in the graph (0..S−1).
 
 import (
 	"fmt"
@@ -63,6 +64,22 @@ func (st *Compiler) dropKVCache(m *graph.Model) (int, error) {
 		}
 		empty := b.Op("ConstantOfShape", []*graph.Value{b.Concat(0, batch, b.Ints(d[1].Value, 0, d[3].Value))}, graph.AttrT("value", zero))
 		p.ReplaceAllUsesWith(empty)
+	}
+	// position_ids [batch, seq]: 0..S−1 on every row, what Hugging Face
+	// models compute when they are not given (the training batches are
+	// right-padded, so positions count from each row's start).
+	for _, v := range g.Inputs {
+		if v.Name != "position_ids" || v.Type == nil || len(v.Type.Shape) != 2 || v.NumUses() == 0 {
+			continue
+		}
+		shape := b.Shape(tokens)
+		seq := b.Squeeze(b.Slice(shape, 1, 2, 0), 0)
+		pos := b.Range(b.Int0(0), seq, b.Int0(1))
+		ids := b.Expand(b.Unsqueeze(pos, 0), shape)
+		if v.DType() != graph.Int64 {
+			ids = b.Cast(ids, v.DType())
+		}
+		v.ReplaceAllUsesWith(ids)
 	}
 	if err := b.Err(); err != nil {
 		return 0, err

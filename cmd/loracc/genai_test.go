@@ -97,3 +97,55 @@ func TestGenaiFolderTrainsLikeTwin(t *testing.T) {
 		})
 	}
 }
+
+// TestOptimumExportsMatchPEFT: Optimum-style decoders with the KV cache
+// as I/O (testdata/models/optimum_{gpt2,llama}: past_key_values.N inputs,
+// present.N outputs, Llama's position_ids; torch.onnx exports made by
+// testdata/torch/make_optimum.py) train through loracc from PEFT's initial
+// adapter and give PEFT's loss curve on the same batch, 20 AdamW steps,
+// to 1e-4 relative.
+func TestOptimumExportsMatchPEFT(t *testing.T) {
+	env(t)
+	for _, name := range []string{"gpt2", "llama"} {
+		t.Run(name, func(t *testing.T) {
+			dir := t.TempDir()
+			refDir := filepath.Join("../../testdata/ref", "optimum_"+name)
+			var ref struct {
+				InputIDs [][]int64 `json:"input_ids"`
+				Losses   []float64 `json:"losses"`
+				LR       float64   `json:"lr"`
+			}
+			raw, err := os.ReadFile(filepath.Join(refDir, "ref.json"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := json.Unmarshal(raw, &ref); err != nil {
+				t.Fatal(err)
+			}
+			var lines []string
+			for _, ids := range ref.InputIDs {
+				b, _ := json.Marshal(map[string][]int64{"input_ids": ids, "labels": ids})
+				lines = append(lines, string(b))
+			}
+			data := filepath.Join(dir, "data.jsonl")
+			if err := os.WriteFile(data, []byte(strings.Join(lines, "\n")+"\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			lora := filepath.Join(dir, "m.lora.onnx")
+			mustLoracc(t, "inject", filepath.Join("../../testdata/models", "optimum_"+name), "--from-adapter", filepath.Join(refDir, "lora_init"), "-o", lora)
+			run := filepath.Join(dir, "run")
+			mustLoracc(t, "train", lora, "--data", data, "--loss", "lm", "--logits", "logits", "--max-steps", fmt.Sprint(len(ref.Losses)),
+				"--batch-size", fmt.Sprint(len(ref.InputIDs)), "--lr", fmt.Sprint(ref.LR), "--weight-decay", "0", "--clip-norm", "0",
+				"--device", "cpu", "--save-every", "0", "--out", run)
+			got := lossValues(t, run)
+			if len(got) != len(ref.Losses) {
+				t.Fatalf("%d loss rows, PEFT %d", len(got), len(ref.Losses))
+			}
+			for i, w := range ref.Losses {
+				if math.Abs(got[i]-w) > 1e-4*math.Abs(w) {
+					t.Fatalf("step %d: loracc %v, PEFT %v", i+1, got[i], w)
+				}
+			}
+		})
+	}
+}
