@@ -24,8 +24,11 @@ type LlamaConfig struct {
 
 // DefaultLlama is the tiny Llama the generate tests use: its vocabulary is
 // that of the trained Unigram tokenizer under testdata/tokenizer (1256
-// pieces), so every id that tokenizer makes is a valid input.
-var DefaultLlama = LlamaConfig{Vocab: 1256, Hidden: 32, Layers: 2, Heads: 4, KVHeads: 2, Intermediate: 64}
+// pieces), so every id that tokenizer makes is a valid input. A function,
+// not a variable, so no caller can change another's defaults.
+func DefaultLlama() LlamaConfig {
+	return LlamaConfig{Vocab: 1256, Hidden: 32, Layers: 2, Heads: 4, KVHeads: 2, Intermediate: 64}
+}
 
 // Fixed numerics of the Llama builder (Llama-2/3's values).
 const (
@@ -35,7 +38,7 @@ const (
 )
 
 func (c LlamaConfig) withDefaults() LlamaConfig {
-	d := DefaultLlama
+	d := DefaultLlama()
 	set := func(v *int, def int) {
 		if *v == 0 {
 			*v = def

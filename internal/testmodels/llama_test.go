@@ -106,10 +106,10 @@ func maxDiff(a, b []float32) float64 {
 // cache concatenation would differ by far more than 1e-5.
 func TestLlamaCacheMatchesFullRun(t *testing.T) {
 	env := openEnv(t)
-	cfg := DefaultLlama
+	cfg := DefaultLlama()
 	cfg.Cache = true
 	cached := saveLlama(t, env, cfg)
-	plain := saveLlama(t, env, DefaultLlama)
+	plain := saveLlama(t, env, DefaultLlama())
 	prompt := []int64{187, 5, 900, 42, 1255, 17, 3}
 
 	full, _ := llamaStep(t, cached, cfg, prompt, nil, 0)
@@ -146,7 +146,7 @@ func TestLlamaCacheMatchesFullRun(t *testing.T) {
 // the unpadded prompt's last logits.
 func TestLlamaPaddingMask(t *testing.T) {
 	env := openEnv(t)
-	cfg := DefaultLlama
+	cfg := DefaultLlama()
 	s := saveLlama(t, env, cfg)
 	run := func(ids, mask, pos []int64) []float32 {
 		n := int64(len(ids))
