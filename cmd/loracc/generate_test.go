@@ -329,3 +329,58 @@ func TestGenerateBadFlags(t *testing.T) {
 		t.Errorf("--messages without tokenizer_config.json: %v", err)
 	}
 }
+
+// TestGenerateRealChatTemplate: Qwen3's real tokenizer and chat template
+// (LORACC_TOKENIZERS_DIR) on a tiny Llama sized to its vocabulary: the
+// prompt is the template's render with the generation prompt, encoded
+// without added specials, and the stop ids hold the config's <|im_end|>.
+func TestGenerateRealChatTemplate(t *testing.T) {
+	env(t)
+	root := os.Getenv("LORACC_TOKENIZERS_DIR")
+	if root == "" {
+		if os.Getenv("LORACC_REQUIRE_REAL") == "1" {
+			t.Fatal("LORACC_TOKENIZERS_DIR is not set (scripts/fetch-tokenizers.sh prints it)")
+		}
+		t.Skip("LORACC_TOKENIZERS_DIR is not set; run scripts/fetch-tokenizers.sh")
+	}
+	tokDir := filepath.Join(root, "qwen3")
+	tok := loadTok(t, tokDir)
+	// A narrow model keeps the 151k-row embedding small.
+	m, err := testmodels.Llama(testmodels.LlamaConfig{Vocab: tok.VocabSize(), Hidden: 8, Heads: 2, KVHeads: 1, Intermediate: 16, Layers: 1, Cache: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	model := filepath.Join(t.TempDir(), "qwen_tiny.onnx")
+	if err := graph.Save(m, model, graph.SaveOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	msgs := filepath.Join(filepath.Dir(model), "chat.json")
+	writeFile(t, msgs, `[{"role": "user", "content": "Wie geht's? 🙂"}]`)
+	_, prompt, gen := genRun(t, model, "--tokenizer", tokDir, "--messages", msgs, "--max-new-tokens", "4")
+	tmpl, err := chat.FromConfig(filepath.Join(tokDir, "tokenizer_config.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := tmpl.Render([]chat.Message{{Role: "user", Content: "Wie geht's? 🙂"}}, chat.Options{AddGenerationPrompt: true, TextOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasSuffix(r.Text, "<|im_start|>assistant\n") {
+		t.Fatalf("Qwen3 render %q lacks the generation prompt", r.Text)
+	}
+	want, err := tok.Encode(r.Text, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := idList(t, prompt); !equalInts(got, want) {
+		t.Errorf("prompt ids %v, want %v", got, want)
+	}
+	if n := len(idList(t, gen)); n == 0 || n > 4 {
+		t.Errorf("generated %d tokens", n)
+	}
+	imEnd, ok := tok.TokenID("<|im_end|>")
+	stop, err := stopIDs(tok, filepath.Dir(model))
+	if err != nil || !ok || !slices.Contains(stop, imEnd) {
+		t.Errorf("stop ids %v (%v), want <|im_end|> = %d among them", stop, err, imEnd)
+	}
+}
