@@ -271,6 +271,32 @@ func TestGenerateAdapter(t *testing.T) {
 	if inj != mem || fu != mem || over != mem {
 		t.Errorf("--adapter %s, injected %s, fused %s, re-adapted injected %s", mem, inj, fu, over)
 	}
+	// A base with external data (in its own folder, not the working
+	// directory): the in-memory model must carry the data itself.
+	m, err := graph.Load(base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ext := filepath.Join(t.TempDir(), "external.onnx")
+	if err := graph.Save(m, ext, graph.SaveOptions{Externalize: true}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(ext + ".data"); err != nil {
+		t.Fatalf("no external data written: %v", err)
+	}
+	writeFile(t, filepath.Join(filepath.Dir(ext), "tokenizer.json"), readText(t, unigramTokenizer))
+	if _, _, got := genRun(t, append([]string{ext, "--adapter", ad}, args...)...); got != mem {
+		t.Errorf("external-data base with --adapter: %s, want %s", got, mem)
+	}
+}
+
+func readText(t *testing.T, path string) string {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(data)
 }
 
 // TestGenerateGPT2Tiny: a model with input_ids only and no cache (the
