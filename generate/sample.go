@@ -46,6 +46,7 @@ type Sampler struct {
 	// scratch, reused between calls
 	probs []float64
 	order []int
+	heap  []float32
 }
 
 // NewSampler checks cfg and seeds the stream.
@@ -84,23 +85,29 @@ func (s *Sampler) Next(logits []float32) (int, error) {
 	if s.cfg.Temperature == 0 || math.IsInf(float64(logits[best]), 1) {
 		return best, nil
 	}
-	// order: candidate ids, most probable first (stable by id on ties, so
-	// the draw does not depend on sort internals).
+	// order: the candidate ids. Top-k keeps the ids at or above the K-th
+	// largest logit (found with a K-element heap, so a 150k vocabulary is
+	// not sorted for K = 50); top-p needs them most probable first, sorted
+	// stably by id on ties so the draw does not depend on sort internals.
 	s.order = s.order[:0]
-	for i := range logits {
-		s.order = append(s.order, i)
-	}
-	sort.SliceStable(s.order, func(a, b int) bool { return logits[s.order[a]] > logits[s.order[b]] })
-	keep := len(s.order)
-	if k := s.cfg.TopK; k > 0 && k < keep {
-		kth := logits[s.order[k-1]]
-		for keep = k; keep < len(s.order) && logits[s.order[keep]] == kth; keep++ {
+	if k := s.cfg.TopK; k > 0 && k < len(logits) {
+		kth := kthLargest(logits, k, &s.heap)
+		for i, x := range logits {
+			if x >= kth {
+				s.order = append(s.order, i)
+			}
+		}
+	} else {
+		for i := range logits {
+			s.order = append(s.order, i)
 		}
 	}
-	s.order = s.order[:keep]
+	if s.cfg.TopP < 1 {
+		sort.SliceStable(s.order, func(a, b int) bool { return logits[s.order[a]] > logits[s.order[b]] })
+	}
 	// Softmax of logits/T over the kept ids, in float64.
 	s.probs = s.probs[:0]
-	top := float64(logits[s.order[0]]) / s.cfg.Temperature
+	top := float64(logits[best]) / s.cfg.Temperature
 	sum := 0.0
 	for _, id := range s.order {
 		p := math.Exp(float64(logits[id])/s.cfg.Temperature - top)
@@ -128,4 +135,37 @@ func (s *Sampler) Next(logits []float32) (int, error) {
 		u -= p
 	}
 	return s.order[len(s.order)-1], nil // rounding left u just past the end
+}
+
+// kthLargest returns the k-th largest of xs (1 ≤ k < len(xs)) with a
+// min-heap of the k largest seen so far.
+func kthLargest(xs []float32, k int, h *[]float32) float32 {
+	heap := append((*h)[:0], xs[:k]...)
+	down := func(i int) {
+		for {
+			l, small := 2*i+1, i
+			if l < k && heap[l] < heap[small] {
+				small = l
+			}
+			if r := l + 1; r < k && heap[r] < heap[small] {
+				small = r
+			}
+			if small == i {
+				return
+			}
+			heap[i], heap[small] = heap[small], heap[i]
+			i = small
+		}
+	}
+	for i := k/2 - 1; i >= 0; i-- {
+		down(i)
+	}
+	for _, x := range xs[k:] {
+		if x > heap[0] {
+			heap[0] = x
+			down(0)
+		}
+	}
+	*h = heap
+	return heap[0]
 }

@@ -2,6 +2,8 @@ package generate
 
 import (
 	"math"
+	"math/rand/v2"
+	"slices"
 	"testing"
 )
 
@@ -128,5 +130,23 @@ func TestSamplingBadInput(t *testing.T) {
 	}
 	if id := next(t, s, []float32{0, float32(math.Inf(1)), 1}); id != 1 {
 		t.Errorf("a +Inf logit: drew %d, want 1", id)
+	}
+}
+
+func TestKthLargest(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	var h []float32
+	for trial := range 200 {
+		n := 2 + rng.IntN(300)
+		xs := make([]float32, n)
+		for i := range xs {
+			xs[i] = float32(rng.IntN(40)) // repeats, to exercise ties
+		}
+		k := 1 + rng.IntN(n-1)
+		sorted := slices.Clone(xs)
+		slices.Sort(sorted)
+		if got, want := kthLargest(xs, k, &h), sorted[n-k]; got != want {
+			t.Fatalf("trial %d: kthLargest(k=%d) = %v, want %v", trial, k, got, want)
+		}
 	}
 }
