@@ -29,6 +29,7 @@ declare -A allowed=(
 	[rewrite]="graph adapter lora trainstep trainio"
 	[dataset]="graph infer trainio"
 	[runtime]="graph runtime/internal/ort"
+	[generate]="graph runtime"
 	[runtime/internal/ort]="graph"
 	[runtime/train]="graph adapter branch dataset runtime trainio internal/plot internal/progress"
 )

@@ -28,7 +28,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 func newApp(stdout, stderr io.Writer) *cli.App {
 	app := &cli.App{
 		Name:      "loracc",
-		Usage:     "LoRA for ONNX models: inject, train, fuse",
+		Usage:     "LoRA for ONNX models: inject, train, fuse, generate",
 		Writer:    stdout,
 		ErrWriter: stderr,
 		// Repeatable flags take their value whole: a regexp like a{1,3}
@@ -46,6 +46,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			trainCommand(),
 			doctorCommand(),
 			exportAdapterCommand(),
+			generateCommand(),
 			demoCommand(),
 			reverseCommand(),
 		},
