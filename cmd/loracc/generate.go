@@ -72,7 +72,7 @@ func samplingFlags(c *cli.Context) (generate.Sampling, error) {
 }
 
 func generateAction(c *cli.Context) error {
-	in, err := onePositional(c, "MODEL.onnx")
+	in, err := modelArg(c, "MODEL.onnx")
 	if err != nil {
 		return err
 	}
