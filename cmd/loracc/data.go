@@ -201,44 +201,46 @@ func writeExampleJSON(w io.Writer, b map[string]dataset.Tensor) error {
 	return err
 }
 
-// printExample prints one example's ids and its text with the tokens the
-// loss counts marked: in brackets, or bold green on a terminal. A token
-// counts when its label is not the ignore index, from position 1 on (the
-// lm loss predicts labels[1:]).
+// printExample prints one example's ids and, with a tokenizer, its text,
+// the tokens the loss counts marked in both: in brackets, or bold green
+// on a terminal. A token counts when its label is not the ignore index,
+// from position 1 on (the lm loss predicts labels[1:]).
 func printExample(w io.Writer, i, counted int, b map[string]dataset.Tensor, ignore int64, tk *dataset.Tokenizer, terminal bool) {
 	ids, labels := ints(b["input_ids"]), ints(b["labels"])
 	fmt.Fprintf(w, "example %d: %d tokens, %d counted\n", i, len(ids), counted)
-	strs := make([]string, len(ids))
-	for j, id := range ids {
-		strs[j] = strconv.FormatInt(id, 10)
-	}
-	fmt.Fprintf(w, "  ids:  %s\n", strings.Join(strs, " "))
-	if tk == nil {
-		return
-	}
 	open, close := "[", "]"
 	if terminal {
 		open, close = "\x1b[1;32m", "\x1b[0m"
 	}
-	var sb strings.Builder
+	var idText, text strings.Builder
 	for lo := 0; lo < len(ids); {
 		on := lo > 0 && labels[lo] != ignore
 		hi := lo + 1
 		for hi < len(ids) && (labels[hi] != ignore) == on {
 			hi++
 		}
-		run := make([]int, hi-lo)
+		run, strs := make([]int, hi-lo), make([]string, hi-lo)
 		for j := range run {
-			run[j] = int(ids[lo+j])
+			run[j], strs[j] = int(ids[lo+j]), strconv.FormatInt(ids[lo+j], 10)
 		}
-		text := tk.Tok.Decode(run, false)
+		if lo > 0 {
+			idText.WriteByte(' ')
+		}
+		piece, idPiece := "", strings.Join(strs, " ")
+		if tk != nil {
+			piece = tk.Tok.Decode(run, false)
+		}
 		if on {
-			text = open + text + close
+			piece, idPiece = open+piece+close, open+idPiece+close
 		}
-		sb.WriteString(text)
+		idText.WriteString(idPiece)
+		text.WriteString(piece)
 		lo = hi
 	}
-	fmt.Fprintf(w, "  text: %s\n", sb.String())
+	fmt.Fprintf(w, "  ids:  %s\n", idText.String())
+	if tk != nil {
+		fmt.Fprintf(w, "  text: %s\n", text.String())
+	}
 }
 
 // codec is data --text and --decode.

@@ -73,7 +73,7 @@ func textRun(t *testing.T, dir string) func(run, data string, extra ...string) [
 	}
 }
 
-// trainErr runs train and returns stdout+stderr and the error.
+// trainOut runs train and returns stdout+stderr and the error.
 func trainOut(t *testing.T, args []string) (string, error) {
 	t.Helper()
 	var out, errb strings.Builder
@@ -198,7 +198,7 @@ func TestDataCommand(t *testing.T) {
 		t.Fatal(err)
 	}
 	if !strings.Contains(errb.String(), "d.jsonl: prompt/completion, 2 records → 1 examples; 1 truncated, 1 skipped (max length 6)") ||
-		!strings.Contains(out.String(), "example 0: 6 tokens, 4 counted\n  ids:  5 6 4 7 8 0\n  text: ab[ cd<eos>]\n") {
+		!strings.Contains(out.String(), "example 0: 6 tokens, 4 counted\n  ids:  5 6 [4 7 8 0]\n  text: ab[ cd<eos>]\n") {
 		t.Errorf("truncated and skipped:\n%s%s", errb.String(), out.String())
 	}
 	// Packed: 16 + 6 tokens in chunks of 5; the first two chunks hold
@@ -214,6 +214,14 @@ func TestDataCommand(t *testing.T) {
 	}
 	if _, err := loracc(t, "data", data, "--tokenizer", t.TempDir()); err == nil || !strings.Contains(err.Error(), "d.jsonl: prompt/completion records need a tokenizer: no tokenizer.json, tokenizer.model or encoder.json in") {
 		t.Errorf("no tokenizer: %v", err)
+	}
+	// train looks in the model's folder by default and says so.
+	bare := t.TempDir()
+	lora := filepath.Join(bare, "g.lora.onnx")
+	mustLoracc(t, "inject", "../../testdata/models/gpt2_tiny.onnx", "--rank", "2", "-o", lora)
+	if _, err := loracc(t, "train", lora, "--data", data, "--loss", "lm", "--logits", "logits", "--labels", "labels", "--device", "cpu", "--out", filepath.Join(bare, "run")); err == nil ||
+		!strings.Contains(err.Error(), "prompt/completion records need a tokenizer: no tokenizer.json, tokenizer.model or encoder.json in "+bare+" (the model's folder; pass --tokenizer DIR for another)") {
+		t.Errorf("train without a tokenizer: %v", err)
 	}
 	if err := os.WriteFile(data, []byte(`{"prompt": "a", "completion": " b"}`+"\n"+`{"prompt": "a", "completion": 2}`+"\n"), 0o644); err != nil {
 		t.Fatal(err)
