@@ -234,7 +234,13 @@ func (tk *Tokenizer) encodeMessages(rec map[string]json.RawMessage) (document, e
 	if err != nil {
 		return document{}, err
 	}
-	r, err := tmpl.Render(msgs, chat.Options{})
+	// A record's "tools" (TRL's tools column) reach the template as
+	// apply_chat_template's tools argument.
+	var opts chat.Options
+	if tools := rec["tools"]; tools != nil {
+		opts.Extra = map[string]any{"tools": tools}
+	}
+	r, err := tmpl.Render(msgs, opts)
 	if err != nil {
 		return document{}, fmt.Errorf("field %q: %w", "messages", err)
 	}

@@ -239,6 +239,27 @@ func TestTextRecords(t *testing.T) {
 	}
 }
 
+// TestMessagesTools: a record's "tools" reach the template, which prints
+// them in the system turn (not counted).
+func TestMessagesTools(t *testing.T) {
+	tk := realTokenizer(t, "qwen3")
+	s, err := load(t, textSpec(t, tk), `{"messages": [{"role": "user", "content": "Weather?"}, {"role": "assistant", "content": "Sunny."}], "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {}}}]}`+"\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids, labels, _ := example(t, s, 0)
+	var all, counted []int
+	for j, id := range ids {
+		all = append(all, int(id))
+		if labels[j] != -100 {
+			counted = append(counted, int(id))
+		}
+	}
+	if text := tk.Tok.Decode(all, false); !strings.Contains(text, "get_weather") || strings.Contains(tk.Tok.Decode(counted, false), "get_weather") {
+		t.Errorf("tools: rendered %q, counted %q", text, tk.Tok.Decode(counted, false))
+	}
+}
+
 // TestTextEOSRules: a tokenizer whose config adds BOS and not EOS
 // (Llama-2) gets BOS from the config and EOS from loracc; GPT-2, which
 // adds neither, gets only the EOS.
