@@ -47,7 +47,8 @@ type Set struct {
 }
 
 // Load reads and checks a JSONL file against spec. The first bad line
-// fails it, with an error starting "path:line:".
+// fails it, with an error starting "path:line:". A file whose first
+// record is text (Format) is tokenised first, with spec.Text.
 func Load(path string, spec Spec) (*Set, error) {
 	s, err := compile(spec)
 	if err != nil {

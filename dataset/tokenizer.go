@@ -17,7 +17,7 @@ import (
 // its chat template when the folder has one, and a hash of its files, so
 // that tokens cached for one tokenizer are never reused for another.
 type Tokenizer struct {
-	Dir string
+	Dir string // the folder it was loaded from, for messages
 	Tok *tokenizer.Tokenizer
 	// Key is a SHA-256 over the names and bytes of the tokenizer files
 	// in Dir.
