@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -154,7 +155,9 @@ func dataAction(c *cli.Context) error {
 
 // dataSpec is the Spec of an lm graph taking input_ids, labels and an
 // attention_mask, what train's spec is for a decoder exported by torch
-// or Optimum; with --model the model's embedding bounds the ids.
+// or Optimum. With --model the model decides: the mask is built only if
+// it takes one (train's --mask-input default), and its embedding bounds
+// the ids.
 func dataSpec(c *cli.Context, model string) (dataset.Spec, error) {
 	seq := []trainio.Dim{{Name: "batch"}, {Name: "sequence"}}
 	spec := dataset.Spec{
@@ -175,6 +178,10 @@ func dataSpec(c *cli.Context, model string) (dataset.Spec, error) {
 		if r, ok := ranges["input_ids"]; ok {
 			spec.Ranges = map[string]dataset.Range{"input_ids": r}
 		}
+		if m.Graph.Lookup("attention_mask") == nil || !m.Graph.Lookup("attention_mask").IsGraphInput() {
+			spec.Inputs = slices.DeleteFunc(spec.Inputs, func(e trainio.Entry) bool { return e.Name == "attention_mask" })
+			spec.MaskInput = ""
+		}
 	}
 	return spec, nil
 }
@@ -190,8 +197,8 @@ func ints(t dataset.Tensor) []int64 {
 
 func writeExampleJSON(w io.Writer, b map[string]dataset.Tensor) error {
 	out := map[string][]int64{}
-	for _, name := range []string{"input_ids", "labels", "attention_mask"} {
-		out[name] = ints(b[name])
+	for name, t := range b {
+		out[name] = ints(t)
 	}
 	js, err := json.Marshal(out)
 	if err != nil {

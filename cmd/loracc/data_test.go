@@ -8,6 +8,9 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/loracc/loracc/dataset"
+	"github.com/loracc/loracc/trainio"
 )
 
 // tinyTokenizer writes into dir a character-level tokenizer small enough
@@ -139,26 +142,42 @@ func TestTrainMessagesData(t *testing.T) {
 		if len(caches) != 1 {
 			t.Fatalf("caches %v", caches)
 		}
-		fed, err := os.ReadFile(caches[0])
+		// What train fed: its cached tokens read as the train graph's
+		// inputs (train.json), batched one example at a time.
+		spec := dataset.Spec{Loss: "lm", Labels: "labels", IgnoreIndex: -100}
+		for _, e := range readTrainIO(t, filepath.Join(rundir, "graphs")).Train.Inputs {
+			if e.Role == trainio.RoleBatch || e.Role == trainio.RoleLabel {
+				spec.Inputs = append(spec.Inputs, e)
+				if e.Name == "attention_mask" {
+					spec.MaskInput = e.Name
+				}
+			}
+		}
+		set, err := dataset.Load(caches[0], spec)
 		if err != nil {
 			t.Fatal(err)
 		}
 		shown := mustLoracc(t, "data", filepath.Join(dir, data), "--model", filepath.Join(dir, "g.lora.onnx"), "--json")
-		fedLines, shownLines := strings.Split(strings.TrimSpace(string(fed)), "\n"), strings.Split(strings.TrimSpace(shown), "\n")
-		if len(fedLines) != 24 || len(shownLines) != 24 {
-			t.Fatalf("%s: %d lines fed, %d shown", data, len(fedLines), len(shownLines))
+		shownLines := strings.Split(strings.TrimSpace(shown), "\n")
+		if set.Len() != 24 || len(shownLines) != 24 {
+			t.Fatalf("%s: %d examples fed, %d shown", data, set.Len(), len(shownLines))
 		}
-		for i := range fedLines {
-			var f, s map[string][]int64
-			if err := json.Unmarshal([]byte(fedLines[i]), &f); err != nil {
-				t.Fatal(err)
-			}
+		for i := range shownLines {
+			var s map[string][]int64
 			if err := json.Unmarshal([]byte(shownLines[i]), &s); err != nil {
 				t.Fatal(err)
 			}
-			ones := slices.Repeat([]int64{1}, len(f["input_ids"]))
-			if !slices.Equal(f["input_ids"], s["input_ids"]) || !slices.Equal(f["labels"], s["labels"]) || !slices.Equal(s["attention_mask"], ones) {
-				t.Errorf("%s: example %d: train fed %v, data shows %v", data, i, f, s)
+			b, err := set.Batch([]int{i})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(b) != len(s) {
+				t.Errorf("%s: train feeds %d inputs, data shows %d", data, len(b), len(s))
+			}
+			for name, tn := range b {
+				if got := ints(tn); !slices.Equal(got, s[name]) {
+					t.Errorf("%s: example %d: train feeds %s = %v, data shows %v", data, i, name, got, s[name])
+				}
 			}
 		}
 	}
