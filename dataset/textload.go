@@ -156,8 +156,10 @@ func (s *Set) tokenise(path string, data []byte, tk *Tokenizer, format Format, m
 			}
 			return nil, fmt.Errorf("%s:%d: %w", path, lineNo, err)
 		}
-		if f := formatOfKeys(rec, func(k string) bool { return s.byName[k] != nil }); f == FormatIDs {
-			return nil, fmt.Errorf("%s:%d: a %s record in a file of %s records (the first record sets the format)", path, lineNo, f, format)
+		for _, f := range s.fields { // in order, so the message is always the same
+			if rec[f.name] != nil {
+				return nil, fmt.Errorf("%s:%d: field %q: a %s record in a file of %s records (the first record sets the format)", path, lineNo, f.name, FormatIDs, format)
+			}
 		}
 		d, err := encodeRecord(tk, format, rec, s.spec.Text.PromptLoss)
 		if err != nil {
