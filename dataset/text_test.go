@@ -355,11 +355,12 @@ func TestTextBadRecords(t *testing.T) {
 		{`{"prompt": "a", "completion": "b"}` + "\n" + `{"prompt": "a"}`, `train.jsonl:2: field "completion": missing`},
 		{`{"text": "a"}` + "\n" + `{"input_ids": [1, 2], "labels": [1, 2]}`, `train.jsonl:2: field "input_ids": a token ids record in a file of text records`},
 		{`{"text": "a"}` + "\n" + `{"txt": "a"}`, `train.jsonl:2: field "text": missing`},
-		{`{"text": "a"}` + "\n" + `{"text": "a"`, `train.jsonl:2: unexpected end of JSON input`},
+		{`{"text": "a"}` + "\n" + `{"text": "a"`, `train.jsonl:2: not JSON: unexpected end of JSON input`},
 		{`{"messages": [{"role": "user", "content": "a"}, {"content": "b"}]}`, `train.jsonl:1: field "messages[1].role": missing`},
 		{`{"messages": [{"role": 1, "content": "a"}]}`, `train.jsonl:1: field "messages[0].role": expected a string, got a number`},
 		{`{"messages": {"role": "user"}}`, `train.jsonl:1: field "messages": expected an array of messages, got an object`},
-		{`{"text": "a"}` + "\n" + `[1]`, `train.jsonl:2: json: cannot unmarshal array`},
+		{`{"text": "a"}` + "\n" + `[1]`, `train.jsonl:2: expected a JSON object, got an array`},
+		{`{"text": "a"}` + "\n" + `null`, `train.jsonl:2: expected a JSON object, got null`},
 	} {
 		if _, err := load(t, textSpec(t, tk), c.data); err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%q: got %v, want %q", c.data, err, c.want)

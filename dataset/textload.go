@@ -150,11 +150,11 @@ func (s *Set) tokenise(path string, data []byte, tk *Tokenizer, format Format, m
 		}
 		s.stats.Records++
 		var rec map[string]json.RawMessage
-		if err := json.Unmarshal(line, &rec); err != nil || rec == nil {
-			if err == nil {
-				err = fmt.Errorf("expected a JSON object, got null")
-			}
-			return nil, fmt.Errorf("%s:%d: %w", path, lineNo, err)
+		if c := bytes.TrimSpace(line)[0]; c != '{' && what(c) != "" {
+			return nil, fmt.Errorf("%s:%d: expected a JSON object, got %s", path, lineNo, what(c))
+		}
+		if err := json.Unmarshal(line, &rec); err != nil {
+			return nil, fmt.Errorf("%s:%d: not JSON: %w", path, lineNo, err)
 		}
 		for _, f := range s.fields { // in order, so the message is always the same
 			if rec[f.name] != nil {
