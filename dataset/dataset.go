@@ -5,6 +5,12 @@
 // shapes, so a bad example fails before the first step, naming its line;
 // Batch stacks examples into the tensors a step feeds, padding lm sequences
 // and building the attention mask.
+//
+// For the lm loss a file may instead hold text records — {"text": ...},
+// {"prompt": ..., "completion": ...} or {"messages": [...]} — which Load
+// tokenises with the model's tokenizer (and chat template) into token-id
+// examples whose labels hide what the loss must not count; text.go and
+// textload.go say how.
 package dataset
 
 import (
@@ -37,14 +43,26 @@ type Set struct {
 	lines      []int // per example: its line in the file
 	n          int
 	sum        hash.Hash // over the examples' lines, for Fingerprint
+	stats      Stats
 }
 
 // Load reads and checks a JSONL file against spec. The first bad line
-// fails it, with an error starting "path:line:".
+// fails it, with an error starting "path:line:". A file whose first
+// record is text (Format) is tokenised first, with spec.Text.
 func Load(path string, spec Spec) (*Set, error) {
 	s, err := compile(spec)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	format, err := s.sniff(path)
+	if err != nil {
+		return nil, err
+	}
+	if format != FormatIDs {
+		if err := s.loadText(path, format); err != nil {
+			return nil, err
+		}
+		return s, nil
 	}
 	f, _, err := graph.OpenRegular(path)
 	if err != nil {
@@ -54,8 +72,14 @@ func Load(path string, spec Spec) (*Set, error) {
 	if err := s.read(f, path, maxLine); err != nil {
 		return nil, err
 	}
+	s.stats = Stats{Format: FormatIDs, Records: s.n, Examples: s.n}
 	return s, nil
 }
+
+// Stats says how the file's records became examples: its format and, for
+// text records, how many were truncated or skipped and where the tokens
+// are cached.
+func (s *Set) Stats() Stats { return s.stats }
 
 // read fills s from r; name is the file name for errors.
 func (s *Set) read(r io.Reader, name string, limit int) error {
@@ -225,6 +249,11 @@ func count(shape []int64) int {
 // one example have one length, a mask has the ids' shape, and dims the
 // graph gives the same name have the same size.
 func (s *Set) checkExample(i int) error {
+	if s.ids != nil && s.ids.seq && s.spec.MaxLength > 0 {
+		if n := s.shape(s.ids, i)[0]; n > int64(s.spec.MaxLength) {
+			return fmt.Errorf("field %q: %d tokens, more than the maximum length %d; token data is not truncated", s.ids.name, n, s.spec.MaxLength)
+		}
+	}
 	var first *field
 	for _, f := range s.fields {
 		if !f.seq || f.start[i] < 0 {

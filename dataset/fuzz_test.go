@@ -98,3 +98,67 @@ func checkBounds(t *testing.T, s *Set) {
 		}
 	}
 }
+
+// FuzzTextRecords feeds arbitrary files of text records to Load with the
+// committed Unigram tokenizer and a small chat template, truncating or
+// packing to 8 tokens: an error or a Set whose every example batches and
+// counts at least one token, never a panic.
+func FuzzTextRecords(f *testing.F) {
+	for _, seed := range []string{
+		`{"text": "Hello world"}` + "\n" + `{"text": ""}`,
+		`{"prompt": "a", "completion": "b"}` + "\n" + `{"prompt": "a long prompt here", "completion": " x"}`,
+		`{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}`,
+		`{"messages": [{"role": "user", "content": null}, {"role": "assistant", "content": [{"type": "text", "text": "x"}]}]}`,
+		`{"messages": [{"role": "assistant", "content": "\udbff\udffc"}]}`,
+		`{"text": "a"}` + "\n" + `{"prompt": "b", "completion": "c"}`,
+		`{"messages": [1, {"role": 2}]}`,
+		`{"text": "a", "input_ids": [1]}`,
+	} {
+		f.Add([]byte(seed))
+	}
+	dir := f.TempDir()
+	tokDir := filepath.Join(dir, "tok")
+	if err := os.MkdirAll(tokDir, 0o755); err != nil {
+		f.Fatal(err)
+	}
+	src, err := os.ReadFile(filepath.Join("..", "testdata", "tokenizer", "expected", "trained", "unigram", "tokenizer.json"))
+	if err != nil {
+		f.Fatal(err)
+	}
+	cfg := `{"chat_template": "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}"}`
+	if os.WriteFile(filepath.Join(tokDir, "tokenizer.json"), src, 0o644) != nil || os.WriteFile(filepath.Join(tokDir, "tokenizer_config.json"), []byte(cfg), 0o644) != nil {
+		f.Fatal("writing the tokenizer")
+	}
+	tk, err := LoadTokenizer(tokDir)
+	if err != nil {
+		f.Fatal(err)
+	}
+	var specs []Spec
+	for _, packing := range []bool{false, true} {
+		spec := lmSpec(f)
+		spec.MaxLength = 8
+		spec.Text = TextOptions{Tokenizer: func() (*Tokenizer, error) { return tk, nil }, Packing: packing}
+		specs = append(specs, spec)
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		path := filepath.Join(dir, "train.jsonl")
+		if err := os.WriteFile(path, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		for _, spec := range specs {
+			s, err := Load(path, spec)
+			if err != nil {
+				continue
+			}
+			if st := s.Stats(); st.Format != FormatIDs && st.Examples != s.Len() {
+				t.Fatalf("stats %+v for %d examples", st, s.Len())
+			}
+			for i := range s.Len() {
+				if s.SeqLen(i) > 8 || (s.Stats().Format != FormatIDs && s.Tokens(i) < 1) {
+					t.Fatalf("example %d: %d tokens, %d counted", i, s.SeqLen(i), s.Tokens(i))
+				}
+				checkBatch(t, s, []int{i})
+			}
+		}
+	})
+}

@@ -40,6 +40,13 @@ type Spec struct {
 	// an id past the table fails inside ORT naming a node, not the data.
 	Ranges  map[string]Range
 	Classes Range
+	// MaxLength is the longest lm sequence, 0 for no limit: text records
+	// are truncated to it (by default to the tokenizer's model_max_length,
+	// at most DefaultMaxLength), token data longer than it is refused,
+	// since its ids were chosen by hand.
+	MaxLength int
+	// Text says how files of text records are tokenised.
+	Text TextOptions
 }
 
 // Range is the half-open interval [0, Size) a field's values must lie in;

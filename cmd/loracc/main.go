@@ -44,6 +44,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			fuseCommand(),
 			exportTrainCommand(),
 			trainCommand(),
+			dataCommand(),
 			doctorCommand(),
 			exportAdapterCommand(),
 			generateCommand(),

@@ -114,8 +114,10 @@ func TestTrainStatic(t *testing.T) {
 	if ls[19] >= ls[0] {
 		t.Errorf("static loss did not fall: %v → %v", ls[0], ls[19])
 	}
-	// An example over --max-length stops the run naming the limit.
-	if _, err := loracc(t, args(filepath.Join(dir, "short"), "--static", "--max-length", "16")...); err == nil || !strings.Contains(err.Error(), "more than --max-length 16") {
+	// A token-id example over --max-length stops the run at load, naming
+	// its line and the limit (token data is never truncated).
+	if _, err := loracc(t, args(filepath.Join(dir, "short"), "--static", "--max-length", "16")...); err == nil ||
+		!strings.Contains(err.Error(), "data.jsonl:3: field \"input_ids\": 24 tokens, more than the maximum length 16") {
 		t.Errorf("over --max-length: %v", err)
 	}
 }

@@ -32,12 +32,13 @@ func trainCommand() *cli.Command {
 		Name:  "train",
 		Usage: "train the adapter of an injected model on JSONL data with ONNX Runtime",
 		UsageText: "train LORA.onnx --data TRAIN.jsonl [--eval EVAL.jsonl] --loss lm|ce|mse --logits OUTPUT --labels NAME " +
+			"[--tokenizer DIR] [--max-length N] [--packing] [--loss-on-prompt] " +
 			"[--epochs N | --max-steps N] [--batch-size B] [--grad-accum K] [--lr LR] [--schedule constant|linear|cosine] [--warmup N] " +
 			"[--optimizer adamw|sgd] [--weight-decay W] [--clip-norm C] [--seed S] [--device cpu|cuda|auto] [--eval-every N] " +
 			"[--save-every N] [--resume] [--fuse] --out RUNDIR",
-		Flags: append(trainFlags(d),
-			&cli.StringFlag{Name: "data", Required: true, Usage: "training examples, JSONL: one object per line mapping input names (and the labels name) to arrays for one example"},
-			&cli.StringFlag{Name: "eval", Usage: "evaluation examples, same format"},
+		Flags: append(append(trainFlags(d), textFlags()...),
+			&cli.StringFlag{Name: "data", Required: true, Usage: "training examples, JSONL: one object per line mapping input names (and the labels name) to arrays for one example, or text records (lm): {\"text\"}, {\"prompt\", \"completion\"} or {\"messages\"}"},
+			&cli.StringFlag{Name: "eval", Usage: "evaluation examples, any of the same formats"},
 			&cli.StringFlag{Name: "out", Required: true, Usage: "run folder: checkpoints, metrics.csv, loss.png, adapter/"},
 			&cli.StringFlag{Name: "adapter", Usage: "starting adapter (default: the injected model's own, from MODEL.adapter/ or its initializers)"},
 			&cli.IntFlag{Name: "epochs", Value: 1, Usage: "passes over the data (ignored with --max-steps)"},
@@ -60,7 +61,7 @@ func trainCommand() *cli.Command {
 			&cli.StringFlag{Name: "device-state", Value: "auto", Usage: "keep the adapter and optimizer state in device memory between steps: on, off, or auto (on with cuda)"},
 			&cli.BoolFlag{Name: "static", Usage: "run every step on a graph compiled for its shapes (no shape work per step; the epoch's short last batch is dropped)"},
 			&cli.IntFlag{Name: "pad-to-multiple-of", Value: 64, Usage: "with --static: lm sequences are padded up to a multiple of this, one compiled graph per length"},
-			&cli.IntFlag{Name: "max-length", Usage: "with --static: the longest sequence length (default: the longest example's, rounded up); longer examples are an error"},
+			&cli.IntFlag{Name: "max-length", Usage: "the maximum lm sequence length: text records are truncated to it (default: the tokenizer's model_max_length, at most 4096), longer token-id examples are an error; with --static also the longest bucket (default: the longest example's, rounded up)"},
 			&cli.StringFlag{Name: "mask-input", Value: "attention_mask", Usage: "model input built as the attention mask for padded lm batches, if the model has it"},
 		),
 		Action: trainAction,
@@ -80,7 +81,7 @@ func trainAction(c *cli.Context) error {
 		intRule{"batch-size", 1, "must be ≥ 1"}, intRule{"grad-accum", 1, "must be ≥ 1"},
 		intRule{"steps-per-run", 1, "must be ≥ 1"}, intRule{"warmup", 0, "must be ≥ 0"},
 		intRule{"eval-every", 0, "must be ≥ 0 (0: only at the end)"}, intRule{"save-every", 0, "must be ≥ 0 (0: no periodic checkpoint)"},
-		intRule{"max-length", 0, "must be ≥ 0 (0: the longest example)"}); err != nil {
+		intRule{"max-length", 0, "must be ≥ 0 (0: the tokenizer's for text data, else none)"}); err != nil {
 		return err
 	}
 	run := c.String("out")
@@ -111,7 +112,8 @@ func trainAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	spec := dataset.Spec{Loss: c.String("loss"), Labels: c.String("labels"), PadID: c.Int64("pad-id"), IgnoreIndex: c.Int64("ignore-index")}
+	spec := dataset.Spec{Loss: c.String("loss"), Labels: c.String("labels"), PadID: c.Int64("pad-id"), IgnoreIndex: c.Int64("ignore-index"),
+		MaxLength: c.Int("max-length"), Text: textOptions(c, in, filepath.Join(run, "data"))}
 	spec.Ranges, spec.Classes = dataset.ModelRanges(m.Graph, c.String("logits"))
 	for _, e := range io.Train.Inputs {
 		if e.Role == trainio.RoleBatch || e.Role == trainio.RoleLabel {
@@ -125,10 +127,16 @@ func trainAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	if st := data.Stats(); st.Format != dataset.FormatIDs {
+		logf("%s", describeStats(c.String("data"), st))
+	}
 	var evalSet *dataset.Set
 	if p := c.String("eval"); p != "" {
 		if evalSet, err = dataset.Load(p, spec); err != nil {
 			return err
+		}
+		if st := evalSet.Stats(); st.Format != dataset.FormatIDs {
+			logf("%s", describeStats(p, st))
 		}
 	}
 	env, err := openRuntime(c)
