@@ -7,6 +7,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 
 	"github.com/loracc/loracc/graph/onnxpb"
@@ -128,6 +129,13 @@ func (l *loader) graph(pg *onnxpb.GraphProto, parent *Graph, owner *Node, m *Mod
 		}
 		return "graph"
 	}
+	// aliases are values of this subgraph named like an output of its
+	// owner: Optimum's merged decoder names each branch's outputs like the
+	// If's own, which nothing in the branch can read (they exist only once
+	// the If has run), so ONNX Runtime accepts it. Names are unique across
+	// a model here, so such a value gets a fresh name, and the original
+	// name resolves to it while this graph loads.
+	aliases := map[string]*Value{}
 	define := func(name string) (*Value, error) {
 		if name == "" {
 			return nil, errors.New("a value without a name")
@@ -136,7 +144,13 @@ func (l *loader) graph(pg *onnxpb.GraphProto, parent *Graph, owner *Node, m *Mod
 			return v, nil
 		}
 		if names.used[name] && g.Lookup(name) != nil {
-			return nil, fmt.Errorf("value %q is defined twice", name)
+			if owner == nil || !slices.ContainsFunc(owner.outputs, func(o *Value) bool { return o != nil && o.Name == name }) {
+				return nil, fmt.Errorf("value %q is defined twice", name)
+			}
+			v := &Value{Name: fresh(names.used, names.next, name+"."+g.Name), graph: g}
+			g.values[name] = v
+			aliases[name] = v
+			return v, nil
 		}
 		names.used[name] = true
 		v := &Value{Name: name, graph: g}
@@ -235,6 +249,10 @@ func (l *loader) graph(pg *onnxpb.GraphProto, parent *Graph, owner *Node, m *Mod
 			return nil, fmt.Errorf("%s: value_info %q: %w", where(), v.Name, err)
 		}
 		g.ValueInfo = append(g.ValueInfo, v)
+	}
+	for name, v := range aliases { // from here on the value answers to its own name only
+		delete(g.values, name)
+		g.values[v.Name] = v
 	}
 	pg.Node, pg.Name, pg.Initializer, pg.DocString, pg.Input, pg.Output, pg.ValueInfo, pg.MetadataProps = nil, nil, nil, nil, nil, nil, nil, nil
 	var err error

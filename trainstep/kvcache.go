@@ -30,6 +30,9 @@ var pastName = regexp.MustCompile(`^past_key_values\.\d+\.(key|value)$`)
 // many it replaced.
 func (st *Compiler) dropKVCache(m *graph.Model) (int, error) {
 	g := m.Graph
+	if err := st.inlineNoPastBranch(m); err != nil {
+		return 0, err
+	}
 	var pasts []*graph.Value
 	for _, v := range g.Inputs {
 		if pastName.MatchString(v.Name) {
@@ -104,4 +107,80 @@ func (st *Compiler) dropKVCache(m *graph.Model) (int, error) {
 	}
 	st.logf("canonicalize: %d KV-cache inputs left out (an empty past; the present outputs are not trained)", len(pasts))
 	return len(pasts), nil
+}
+
+// inlineNoPastBranch takes the no-past branch of a merged decoder (the
+// legacy Optimum decoder_model_merged.onnx: an If on the bool input
+// use_cache_branch whose else branch runs without the cache): training
+// runs whole sequences, so the If is replaced by that branch's nodes, and
+// the cache inputs, then unread, are pruned with use_cache_branch.
+func (st *Compiler) inlineNoPastBranch(m *graph.Model) error {
+	g := m.Graph
+	cond := g.Lookup("use_cache_branch")
+	if cond == nil || !cond.IsGraphInput() {
+		return nil
+	}
+	for _, u := range cond.Uses() {
+		n := u.Node
+		if n.Op != "If" || n.Domain != "" || u.Index != 0 {
+			continue
+		}
+		els := n.Attr("else_branch")
+		if els == nil || els.G == nil {
+			return fmt.Errorf("node %q (If on use_cache_branch): no else_branch", n.Name)
+		}
+		if err := inlineBranch(g, n, els.G); err != nil {
+			return fmt.Errorf("node %q (If on use_cache_branch): %w", n.Name, err)
+		}
+		st.logf("canonicalize: the merged decoder's no-past branch inlined (If on use_cache_branch)")
+	}
+	return nil
+}
+
+// inlineBranch replaces If node n by the nodes of its branch b: the
+// branch's initializers become main-graph ones, its values are cloned, and
+// its outputs take over n's.
+func inlineBranch(g *graph.Graph, n *graph.Node, b *graph.Graph) error {
+	mapped := map[*graph.Value]*graph.Value{}
+	for _, init := range b.Initializers {
+		t := graph.ConstTensor(init)
+		if t == nil {
+			return fmt.Errorf("branch initializer %q has no data", init.Name)
+		}
+		mapped[init] = g.AddInitializer(t.Clone())
+	}
+	for _, bn := range b.Nodes {
+		if len(bn.Subgraphs()) > 0 {
+			return fmt.Errorf("branch node %q (%s) holds a subgraph; only flat branches are inlined", bn.Name, bn.Op)
+		}
+		ins := make([]*graph.Value, bn.NumInputs())
+		for i, in := range bn.Inputs() {
+			if w, ok := mapped[in]; ok {
+				ins[i] = w
+			} else {
+				ins[i] = in // an outer-scope value (or an omitted input)
+			}
+		}
+		c, err := g.CloneNode(bn, ins, ".no_past")
+		if err != nil {
+			return err
+		}
+		for i, o := range bn.Outputs() {
+			if o != nil {
+				mapped[o] = c.Output(i)
+			}
+		}
+	}
+	outs := make([]*graph.Value, len(b.Outputs))
+	for i, o := range b.Outputs {
+		w, ok := mapped[o]
+		if !ok {
+			w = o // the branch passes an outer value through
+		}
+		outs[i] = w
+	}
+	if err := replaceOutputs(g, n, outs...); err != nil {
+		return err
+	}
+	return g.SortTopo()
 }

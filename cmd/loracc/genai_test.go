@@ -101,13 +101,18 @@ func TestGenaiFolderTrainsLikeTwin(t *testing.T) {
 // TestOptimumExportsMatchPEFT: Optimum-style decoders with the KV cache
 // as I/O (testdata/models/optimum_{gpt2,llama}: past_key_values.N inputs,
 // present.N outputs, Llama's position_ids; torch.onnx exports made by
-// testdata/torch/make_optimum.py) train through loracc from PEFT's initial
-// adapter and give PEFT's loss curve on the same batch, 20 AdamW steps,
-// to 1e-4 relative.
+// testdata/torch/make_optimum.py), and the Llama's merged decoder (an If
+// on use_cache_branch), train through loracc from PEFT's initial adapter
+// and give PEFT's loss curve on the same batch, 20 AdamW steps, to 1e-4
+// relative.
 func TestOptimumExportsMatchPEFT(t *testing.T) {
 	env(t)
-	for _, name := range []string{"gpt2", "llama"} {
-		t.Run(name, func(t *testing.T) {
+	for _, tc := range []struct{ name, ref, file string }{
+		{"gpt2", "gpt2", "model.onnx"}, {"llama", "llama", "model.onnx"},
+		{"llama merged decoder", "llama", "decoder_model_merged.onnx"}, // the If on use_cache_branch: its no-past branch trains
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			name := tc.ref
 			dir := t.TempDir()
 			refDir := filepath.Join("../../testdata/ref", "optimum_"+name)
 			var ref struct {
@@ -132,7 +137,7 @@ func TestOptimumExportsMatchPEFT(t *testing.T) {
 				t.Fatal(err)
 			}
 			lora := filepath.Join(dir, "m.lora.onnx")
-			mustLoracc(t, "inject", filepath.Join("../../testdata/models", "optimum_"+name), "--from-adapter", filepath.Join(refDir, "lora_init"), "-o", lora)
+			mustLoracc(t, "inject", filepath.Join("../../testdata/models", "optimum_"+name, tc.file), "--from-adapter", filepath.Join(refDir, "lora_init"), "-o", lora)
 			run := filepath.Join(dir, "run")
 			mustLoracc(t, "train", lora, "--data", data, "--loss", "lm", "--logits", "logits", "--max-steps", fmt.Sprint(len(ref.Losses)),
 				"--batch-size", fmt.Sprint(len(ref.InputIDs)), "--lr", fmt.Sprint(ref.LR), "--weight-decay", "0", "--clip-norm", "0",
