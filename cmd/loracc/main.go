@@ -50,6 +50,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			generateCommand(),
 			demoCommand(),
 			reverseCommand(),
+			chatDemoCommand(),
 		},
 		// No command: the embedded seed example, so `loracc` alone shows
 		// what the tool does.
