@@ -3,6 +3,8 @@ package main
 import (
 	"errors"
 	"fmt"
+	"io"
+	"os"
 	"path/filepath"
 	"strings"
 
@@ -26,7 +28,7 @@ func fuseCommand() *cli.Command {
 			&cli.StringFlag{Name: "check-data", Usage: "with --check: take inputs from the first line of this JSONL file (input name → numbers or nested arrays, as train's data)"},
 			&cli.StringSliceFlag{Name: "check-input", Usage: "with --check: NAME=V1,V2,... gives an input's values (shaped as declared, or 1-D), NAME=D1xD2 (1-D: Dx) random data of those dims; repeatable"},
 			&cli.StringFlag{Name: "device", Value: "cpu", Usage: "device for --check: cpu or cuda"},
-			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Usage: "output model (default: MODEL.fused.onnx)"},
+			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Usage: "output model (default: MODEL.fused.onnx); for a model folder, the output folder (default: FOLDER-fused), a copy of the folder with the fused model"},
 			&cli.BoolFlag{Name: "dump", Usage: "print the graph after each pass"},
 		},
 		Action: fuseAction,
@@ -34,12 +36,30 @@ func fuseCommand() *cli.Command {
 }
 
 func fuseAction(c *cli.Context) error {
-	in, err := modelArg(c, "MODEL.onnx")
+	arg, err := onePositional(c, "MODEL.onnx")
+	if err != nil {
+		return err
+	}
+	in, err := resolveModel(arg)
 	if err != nil {
 		return err
 	}
 	out := c.String("output")
-	if out == "" {
+	folder := ""
+	if in != arg { // a model folder: the output is a copy of the folder
+		folder = arg
+		outDir := out
+		if outDir == "" {
+			outDir = filepath.Clean(arg) + "-fused"
+		}
+		if filepath.Clean(outDir) == filepath.Clean(arg) {
+			return fmt.Errorf("fuse: the output folder %s is the input folder; name another with -o", outDir)
+		}
+		if err := os.MkdirAll(outDir, 0o755); err != nil {
+			return fmt.Errorf("fuse: %w", err)
+		}
+		out = filepath.Join(outDir, filepath.Base(in))
+	} else if out == "" {
 		out = outputPath(in, "fused")
 	}
 	if err := checkOutputs(out); err != nil {
@@ -80,8 +100,17 @@ func fuseAction(c *cli.Context) error {
 	if err := rewrite.Run(m, ctx, "strip", "fuse"); err != nil {
 		return adapterErr(in, c.String("adapter"), err)
 	}
-	if err := o.Save(m, out, graph.SaveOptions{Notef: logf}); err != nil {
+	saveOpts := graph.SaveOptions{Notef: logf}
+	if folder != "" { // every weight in one data file named as the input's, as the model builder writes it
+		saveOpts.Externalize, saveOpts.DataFile = true, filepath.Base(in)+".data"
+	}
+	if err := o.Save(m, out, saveOpts); err != nil {
 		return outputErr(sig, "fuse", err)
+	}
+	if folder != "" {
+		if err := copyFolderFiles(o, folder, filepath.Dir(out), m, in); err != nil {
+			return outputErr(sig, "fuse", err)
+		}
 	}
 	// --check runs the staged output: a model that fails it is never
 	// committed, and the previous output stays.
@@ -156,6 +185,39 @@ func fuseCheck(c *cli.Context, o *graph.Outputs, in, out string, fctx *rewrite.C
 	fmt.Fprintf(c.App.Writer, "check: %s\n", res)
 	if !res.OK() {
 		return fmt.Errorf("check failed: fused and unfused outputs differ beyond tolerance (%s); %s not written", res, out)
+	}
+	return nil
+}
+
+// copyFolderFiles copies a model folder's other files (genai_config.json,
+// the tokenizer files, ...) into the output folder: everything but the
+// model file and the external data files it reads, which the fused model
+// replaces.
+func copyFolderFiles(o *graph.Outputs, from, to string, m *graph.Model, model string) error {
+	skip := map[string]bool{filepath.Base(model): true, filepath.Base(model) + ".data": true}
+	for _, v := range m.Graph.Initializers {
+		if t := graph.ConstTensor(v); t != nil && t.IsExternal() {
+			skip[filepath.Base(t.External().Location)] = true
+		}
+	}
+	entries, err := os.ReadDir(from)
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		if skip[e.Name()] || !e.Type().IsRegular() {
+			continue
+		}
+		data, err := graph.ReadRegular(filepath.Join(from, e.Name()), 1<<30, "a model folder's file")
+		if err != nil {
+			return err
+		}
+		if err := o.Create(filepath.Join(to, e.Name()), func(w io.Writer) error {
+			_, err := w.Write(data)
+			return err
+		}); err != nil {
+			return err
+		}
 	}
 	return nil
 }
