@@ -66,6 +66,61 @@ func gqaCases() []Case {
 	}
 }
 
+// rotaryCases differentiate com.microsoft RotaryEmbedding through its
+// decomposition: BSNH by halves with position ids, BNSH interleaved with
+// an offset.
+func rotaryCases() []Case {
+	build := func(interleaved bool, offset bool) func(*graph.Builder, map[string]*graph.Value) (*graph.Value, error) {
+		return func(b *graph.Builder, in map[string]*graph.Value) (*graph.Value, error) {
+			const half, maxLen = 4, 8
+			cos, sin := make([]float32, maxLen*half), make([]float32, maxLen*half)
+			for p := range maxLen {
+				for i := range half {
+					theta := float64(p) * math.Pow(10000, -float64(2*i)/(2*half))
+					cos[p*half+i], sin[p*half+i] = float32(math.Cos(theta)), float32(math.Sin(theta))
+				}
+			}
+			ct, err := graph.NewFloatTensor("cos_cache", graph.Float, []int64{maxLen, half}, cos)
+			if err != nil {
+				return nil, err
+			}
+			st, err := graph.NewFloatTensor("sin_cache", graph.Float, []int64{maxLen, half}, sin)
+			if err != nil {
+				return nil, err
+			}
+			pos := b.Int64s("pos", []int64{0, 1, 2, 1, 2, 3})
+			if offset {
+				pos = b.Int64s("pos", []int64{2})
+			} else {
+				pos = b.Op("Reshape", "pos2", []*graph.Value{pos, b.Int64s("pshape", []int64{2, 3})})
+			}
+			nb := &graph.Builder{G: b.G, Prefix: "r", Domain: "com.microsoft"}
+			nb.Op("RotaryEmbedding", "rot", []*graph.Value{in["x"], pos, b.Const(ct), b.Const(st)}, graph.AttrI("interleaved", boolInt(interleaved)))
+			if _, err := trainstep.Decompose(b.G.Model); err != nil {
+				return nil, err
+			}
+			return b.G.Lookup("rot"), nil
+		}
+	}
+	ms := []string{"com.microsoft"}
+	return []Case{
+		{Name: "RotaryEmbedding BSNH", DType: graph.Float, Domains: ms, Inputs: []Input{p("x", 2, 3, 16)}, Build: build(false, false)},
+		{Name: "RotaryEmbedding BNSH interleaved, offset", DType: graph.Float, Domains: ms, Inputs: []Input{p("x", 1, 2, 3, 8)}, Build: build(true, true)},
+	}
+}
+
+func boolInt(b bool) int64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// TestRotaryGradient checks rotaryCases against finite differences.
+func TestRotaryGradient(t *testing.T) {
+	runCases(t, rotaryCases())
+}
+
 // TestGQAGradient checks gqaCases against finite differences.
 func TestGQAGradient(t *testing.T) {
 	runCases(t, gqaCases())

@@ -14,7 +14,7 @@ import (
 // SkipSimplifiedLayerNormalization, zero-length past) and its
 // standard-ops twin give the same logits on a right-padded batch, for
 // float32 and int4 weights (positions past a row's length excepted: the
-// genai form's attention does not define them, see trainstep/gqa.go).
+// genai form's attention does not define them, see trainstep/contrib.go).
 func TestGenaiTwinUnderORT(t *testing.T) {
 	env := openEnv(t)
 	for _, int4 := range []bool{false, true} {

@@ -30,7 +30,7 @@ type gqaCase struct {
 // 1e-5) for grouped and ungrouped heads, rotary by halves and
 // interleaved, partial rotary, softcap, a local window, packed QKV, a
 // past, and right-padded rows (compared up to each row's length: see
-// gqa.go for why rows past it do not matter).
+// contrib.go for why rows past it do not matter).
 func TestGQADecompositionMatchesORT(t *testing.T) {
 	e := ortest.Env(t)
 	for _, c := range []gqaCase{
@@ -208,4 +208,100 @@ func runAll(t *testing.T, e *runtime.Env, path string, feeds map[string]runtime.
 		t.Fatal(fmt.Errorf("%s: %w", path, err))
 	}
 	return out
+}
+
+// TestRotaryDecompositionMatchesORT: the decomposition of com.microsoft
+// RotaryEmbedding gives ORT's CPU kernel's output (‖Δ‖/‖ref‖ ≤ 1e-5) for
+// BSNH and BNSH inputs, halves and interleaved pairs, a partial rotary and
+// both forms of position_ids.
+func TestRotaryDecompositionMatchesORT(t *testing.T) {
+	e := ortest.Env(t)
+	for _, c := range []struct {
+		name                   string
+		dims                   []int64
+		half, rotDim, numHeads int64
+		interleaved, offset    bool
+	}{
+		{name: "BSNH, whole head", dims: []int64{2, 5, 32}, half: 8},
+		{name: "BSNH, partial, num_heads", dims: []int64{2, 5, 64}, half: 4, rotDim: 8, numHeads: 4},
+		{name: "BNSH, interleaved", dims: []int64{2, 3, 5, 16}, half: 8, interleaved: true},
+		{name: "BNSH, offset positions", dims: []int64{1, 2, 4, 16}, half: 8, offset: true},
+		{name: "BSNH, interleaved, offset", dims: []int64{1, 6, 32}, half: 8, interleaved: true, offset: true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			rng := rand.New(rand.NewPCG(uint64(len(c.name)), 9))
+			m := graph.NewModel(17)
+			m.Opsets = append(m.Opsets, graph.Opset{Domain: "com.microsoft", Version: 1})
+			g := m.Graph
+			n := int64(1)
+			shape := make([]graph.Dim, len(c.dims))
+			for i, d := range c.dims {
+				n *= d
+				shape[i] = graph.Dim{Value: d}
+			}
+			xs := make([]float32, n)
+			for i := range xs {
+				xs[i] = float32(2*rng.Float64() - 1)
+			}
+			feeds := map[string]runtime.Tensor{"x": runtime.FloatTensor(c.dims, xs)}
+			x := g.AddInput("x", &graph.TensorType{DType: graph.Float, Shape: shape})
+			seq := c.dims[1]
+			if len(c.dims) == 4 {
+				seq = c.dims[2]
+			}
+			var pos *graph.Value
+			if c.offset {
+				feeds["pos"] = runtime.Int64Tensor([]int64{1}, []int64{3})
+				pos = g.AddInput("pos", &graph.TensorType{DType: graph.Int64, Shape: []graph.Dim{{Value: 1}}})
+			} else {
+				ids := make([]int64, c.dims[0]*seq)
+				for i := range ids {
+					ids[i] = int64(i%int(seq)) + int64(i/int(seq))*2
+				}
+				feeds["pos"] = runtime.Int64Tensor([]int64{c.dims[0], seq}, ids)
+				pos = g.AddInput("pos", &graph.TensorType{DType: graph.Int64, Shape: []graph.Dim{{Value: c.dims[0]}, {Value: seq}}})
+			}
+			const maxLen = 16
+			cos, sin := make([]float32, maxLen*c.half), make([]float32, maxLen*c.half)
+			for p := range int64(maxLen) {
+				for i := range c.half {
+					theta := float64(p) * math.Pow(10000, -float64(2*i)/float64(2*c.half))
+					cos[p*c.half+i], sin[p*c.half+i] = float32(math.Cos(theta)), float32(math.Sin(theta))
+				}
+			}
+			b := &graph.Builder{G: g, Prefix: "t"}
+			ct, _ := graph.NewFloatTensor("cos_cache", graph.Float, []int64{maxLen, c.half}, cos)
+			st, _ := graph.NewFloatTensor("sin_cache", graph.Float, []int64{maxLen, c.half}, sin)
+			attrs := []*graph.Attr{graph.AttrI("interleaved", boolInt(c.interleaved))}
+			if c.rotDim > 0 {
+				attrs = append(attrs, graph.AttrI("rotary_embedding_dim", c.rotDim), graph.AttrI("num_heads", c.numHeads))
+			}
+			nb := &graph.Builder{G: g, Prefix: "t", Domain: "com.microsoft"}
+			y := nb.Op("RotaryEmbedding", "output", []*graph.Value{x, pos, b.Const(ct), b.Const(st)}, attrs...)
+			y.Type = &graph.TensorType{DType: graph.Float}
+			g.AddOutput(y)
+			dir := t.TempDir()
+			ref := filepath.Join(dir, "ref.onnx")
+			if err := graph.Save(m, ref, graph.SaveOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			if k, err := Decompose(m); err != nil || k != 1 {
+				t.Fatalf("Decompose: %d, %v", k, err)
+			}
+			dec := filepath.Join(dir, "dec.onnx")
+			if err := graph.Save(m, dec, graph.SaveOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			w, _ := runAll(t, e, ref, feeds)["output"].Floats()
+			got, _ := runAll(t, e, dec, feeds)["output"].Floats()
+			var num, den float64
+			for i := range w {
+				d := float64(got[i] - w[i])
+				num, den = num+d*d, den+float64(w[i])*float64(w[i])
+			}
+			if rel := math.Sqrt(num / den); !(rel <= 1e-5) || len(got) != len(w) {
+				t.Errorf("‖Δ‖/‖ref‖ = %.3g (%d values, ORT %d)", rel, len(got), len(w))
+			}
+		})
+	}
 }

@@ -1,9 +1,10 @@
 package trainstep
 
 // Part of pass "canonicalize": com.microsoft GroupQueryAttention, the
-// attention of onnxruntime-genai's model builder, decomposed into
-// standard ONNX ops, which autodiff differentiates (ORT has no gradient
-// for the contrib op, and its kernels exist for inference only).
+// attention of onnxruntime-genai's model builder, and com.microsoft
+// RotaryEmbedding (its DML graphs' rotary), decomposed into standard ONNX
+// ops, which autodiff differentiates (ORT has no gradient for the contrib
+// ops, and their kernels exist for inference only).
 //
 // Semantics (ORT's ContribOperators documentation and CPU kernel, facts
 // only): query [B, S, H·D] (or packed [B, S, (H + 2·Hkv)·D] with key and
@@ -66,7 +67,101 @@ const (
 // standard ops computing the same (com.microsoft GroupQueryAttention), and
 // returns how many it replaced. Pass canonicalize runs it first; it is
 // exported for the finite-difference tests of the decompositions.
-func Decompose(m *graph.Model) (int, error) { return decomposeGQAs(m) }
+func Decompose(m *graph.Model) (int, error) {
+	k, err := decomposeGQAs(m)
+	if err != nil {
+		return k, err
+	}
+	r, err := decomposeRotaries(m)
+	return k + r, err
+}
+
+// decomposeRotaries replaces every com.microsoft RotaryEmbedding (the
+// rotary of the model builder's DML graphs) by standard ops.
+func decomposeRotaries(m *graph.Model) (int, error) {
+	count := 0
+	for _, n := range append([]*graph.Node(nil), m.Graph.Nodes...) {
+		if n.Op != "RotaryEmbedding" || n.Domain != "com.microsoft" || n.Graph() == nil {
+			continue
+		}
+		if err := decomposeRotary(m, n); err != nil {
+			return count, fmt.Errorf("node %q (com.microsoft RotaryEmbedding): %w", n.Name, err)
+		}
+		count++
+	}
+	return count, nil
+}
+
+// decomposeRotary: input [B, S, N·H] or [B, N, S, H], position_ids [B, S]
+// (or [1], an offset: positions offset..offset+S−1), cos_cache and
+// sin_cache [max_len, r/2]; the first r dims of each head rotated by
+// halves (or interleaved pairs), the rest passed through.
+func decomposeRotary(m *graph.Model, n *graph.Node) error {
+	if m.OpsetVersion("") < 13 {
+		return fmt.Errorf("the decomposition needs opset 13 (the model has %d)", m.OpsetVersion(""))
+	}
+	if s := n.AttrFloat("scale", 1); s != 1 {
+		return fmt.Errorf("attribute scale=%g is not supported for training", s)
+	}
+	if n.AttrInt("is_packed_batching", 0) != 0 {
+		return fmt.Errorf("attribute is_packed_batching=1 is not supported for training")
+	}
+	inf := infer.New()
+	b := opb.New(m, n.Name+"/decomposed", n.Name+"/decomposed", inf)
+	x, pos, cosCache, sinCache := input(n, 0), input(n, 1), input(n, 2), input(n, 3)
+	if x == nil || pos == nil || cosCache == nil || sinCache == nil {
+		return fmt.Errorf("input, position_ids, cos_cache and sin_cache are all required")
+	}
+	half := lastDim(inf, cosCache)
+	r := n.AttrInt("rotary_embedding_dim", 0)
+	if r == 0 {
+		r = 2 * half
+	}
+	rank, width := inf.Rank(x), lastDim(inf, x)
+	head := width
+	if rank == 3 {
+		head = 2 * half
+		if nh := n.AttrInt("num_heads", 0); nh > 0 && width > 0 {
+			head = width / nh
+		}
+	}
+	if half <= 0 || r != 2*half || head <= 0 || r > head || (rank == 3 && width%head != 0) || (rank != 3 && rank != 4) {
+		return fmt.Errorf("input of rank %d and last dim %d, cos_cache's last dim %d, rotary_embedding_dim %d: not a rotary this decomposition knows", rank, width, half, n.AttrInt("rotary_embedding_dim", 0))
+	}
+	// cos, sin: [.., S, r/2] aligned with the sequence axis of the heads.
+	var cos, sin *graph.Value
+	if inf.Rank(pos) == 2 {
+		cos, sin = b.Gather(cosCache, pos, 0), b.Gather(sinCache, pos, 0) // [B, S, r/2]
+		axis := int64(1)                                                // [B, 1, S, r/2] for BNSH
+		if rank == 3 {
+			axis = 2 // [B, S, 1, r/2] for BSNH
+		}
+		cos, sin = b.Unsqueeze(cos, axis), b.Unsqueeze(sin, axis)
+	} else {
+		seqAxis := int64(2)
+		if rank == 3 {
+			seqAxis = 1
+		}
+		start := b.Squeeze(b.Slice(pos, 0, 1, 0), 0)
+		idx := b.Range(start, b.Add(start, b.Gather(b.Shape(x), b.Int0(seqAxis), 0)), b.Int0(1))
+		cos, sin = b.Gather(cosCache, idx, 0), b.Gather(sinCache, idx, 0) // [S, r/2]
+		if rank == 3 {
+			cos, sin = b.Unsqueeze(cos, 1), b.Unsqueeze(sin, 1) // [S, 1, r/2]
+		}
+	}
+	xh := x
+	if rank == 3 {
+		xh = b.Reshape(x, b.Ints(0, 0, -1, head))
+	}
+	out := rotate(b, xh, cos, sin, head, r, n.AttrInt("interleaved", 0) != 0)
+	if rank == 3 {
+		out = b.Reshape(out, b.Ints(0, 0, width))
+	}
+	if err := b.Err(); err != nil {
+		return err
+	}
+	return replaceOutputs(m.Graph, n, out)
+}
 
 // decomposeGQAs replaces every GroupQueryAttention node of g by standard
 // ops and returns how many it replaced.
