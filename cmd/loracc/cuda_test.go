@@ -1,12 +1,16 @@
 package main
 
 import (
+	"bytes"
 	"math"
+	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
 
+	"github.com/loracc/loracc/internal/testmodels"
 	"github.com/loracc/loracc/runtime"
 )
 
@@ -87,6 +91,41 @@ func TestCUDATrainModes(t *testing.T) {
 				t.Errorf("%s step %d: loss %v, %s %v", name, i+1, b[i], ref, a[i])
 				break
 			}
+		}
+	}
+}
+
+// TestGenerateCUDAMatchesCPU: loracc generate on the GPU (the tiny Llama
+// through its KV cache, and a genai-builder folder through
+// GroupQueryAttention's) gives the CPU's greedy tokens.
+func TestGenerateCUDAMatchesCPU(t *testing.T) {
+	e := env(t)
+	cudaOrSkip(t, e)
+	genai := filepath.Join(t.TempDir(), "genai")
+	o := testmodels.TinyGenai()
+	o.Vocab = 1256
+	writeGenaiFolder(t, genai, o)
+	tok, err := os.ReadFile(unigramTokenizer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, filepath.Join(genai, "tokenizer.json"), string(tok))
+	for _, model := range []string{llamaDir(t, true), genai} {
+		ids := map[string]string{}
+		for _, device := range []string{"cpu", "cuda"} {
+			var out, errb bytes.Buffer
+			args := []string{"loracc", "generate", model, "--device", device, "--verbose", "--prompt", "the cat sat", "--max-new-tokens", "8"}
+			if err := run(args, &out, &errb); err != nil {
+				t.Fatalf("%v: %v\n%s", args, err, errb.String())
+			}
+			m := regexp.MustCompile(`generated ids: \[([0-9 ]*)\]`).FindStringSubmatch(errb.String())
+			if m == nil {
+				t.Fatalf("no generated ids:\n%s", errb.String())
+			}
+			ids[device] = m[1]
+		}
+		if ids["cpu"] != ids["cuda"] {
+			t.Errorf("%s: cpu %s, cuda %s", model, ids["cpu"], ids["cuda"])
 		}
 	}
 }
