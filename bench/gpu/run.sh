@@ -290,7 +290,7 @@ round() {
 			-vocab 32000 -n 1 -warmup 0 -outputs loss 2>&1 | grep -i "memcpy" | grep -v "^$" | head -40 | cut -c1-400 | tee "$W"/diag_memcpy.txt
 	fi
 	grep -h "cuda graph" "$W"/train_*.log
-	(cd "$WORK" && tar czf "$OUT"/round_$M.tgz round_$M/*.log round_$M/*.txt round_$M/torch_*.json round_$M/run_*/metrics.csv 2>/dev/null)
+	(cd "$WORK" && tar czf "$OUT"/round_$M.tgz round_$M/*.log round_$M/*.txt round_$M/torch_*.json round_$M/run_*/metrics.csv round_$M/run_*/memory.json 2>/dev/null)
 	[ "${PROFILE:-0}" = 1 ] && cp "$W"/profsum_static.txt "$OUT"/profsum_$M.txt
 	cp "$W"/kernels.txt "$OUT"/kernels_$M.txt 2>/dev/null
 	cat "$W"/train_wall.txt
@@ -316,7 +316,7 @@ c = collections.Counter(n.op_type for n in m.graph.node)
 print(sys.argv[1].split("/")[-4], sum(c.values()), "nodes;", ", ".join(f"{k} {c[k]}" for k in ["BiasSoftmax", "Softmax", "Sub", "Concat", "Split", "Mul", "Add", "MatMul"]))
 PY
 	done | tee "$W"/variants_ops.txt
-	(cd "$WORK" && tar czf "$OUT"/variants_$M.tgz round_$M/*.log round_$M/*.txt round_$M/torch_*.json round_$M/run_*/metrics.csv 2>/dev/null)
+	(cd "$WORK" && tar czf "$OUT"/variants_$M.tgz round_$M/*.log round_$M/*.txt round_$M/torch_*.json round_$M/run_*/metrics.csv round_$M/run_*/memory.json 2>/dev/null)
 	cat "$W"/train_wall.txt
 }
 
