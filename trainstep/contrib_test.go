@@ -10,6 +10,7 @@ import (
 
 	"github.com/loracc/loracc/graph"
 	"github.com/loracc/loracc/internal/ortest"
+	"github.com/loracc/loracc/internal/testmodels"
 	"github.com/loracc/loracc/runtime"
 )
 
@@ -153,13 +154,7 @@ func gqaModel(t *testing.T, c gqaCase) (*graph.Model, map[string]runtime.Tensor)
 	attrs := []*graph.Attr{graph.AttrI("num_heads", c.heads), graph.AttrI("kv_num_heads", c.kvHeads), graph.AttrI("local_window_size", c.window)}
 	if c.rotaryHalf > 0 {
 		const maxLen = 16
-		cos, sin := make([]float32, maxLen*c.rotaryHalf), make([]float32, maxLen*c.rotaryHalf)
-		for p := range int64(maxLen) {
-			for i := range c.rotaryHalf {
-				theta := float64(p) * math.Pow(10000, -float64(2*i)/float64(2*c.rotaryHalf))
-				cos[p*c.rotaryHalf+i], sin[p*c.rotaryHalf+i] = float32(math.Cos(theta)), float32(math.Sin(theta))
-			}
-		}
+		cos, sin := testmodels.RotaryCaches(maxLen, c.rotaryHalf)
 		ct, err := graph.NewFloatTensor("cos_cache", graph.Float, []int64{maxLen, c.rotaryHalf}, cos)
 		if err != nil {
 			t.Fatal(err)
@@ -262,13 +257,7 @@ func TestRotaryDecompositionMatchesORT(t *testing.T) {
 				pos = g.AddInput("pos", &graph.TensorType{DType: graph.Int64, Shape: []graph.Dim{{Value: c.dims[0]}, {Value: seq}}})
 			}
 			const maxLen = 16
-			cos, sin := make([]float32, maxLen*c.half), make([]float32, maxLen*c.half)
-			for p := range int64(maxLen) {
-				for i := range c.half {
-					theta := float64(p) * math.Pow(10000, -float64(2*i)/float64(2*c.half))
-					cos[p*c.half+i], sin[p*c.half+i] = float32(math.Cos(theta)), float32(math.Sin(theta))
-				}
-			}
+			cos, sin := testmodels.RotaryCaches(maxLen, c.half)
 			b := &graph.Builder{G: g, Prefix: "t"}
 			ct, _ := graph.NewFloatTensor("cos_cache", graph.Float, []int64{maxLen, c.half}, cos)
 			st, _ := graph.NewFloatTensor("sin_cache", graph.Float, []int64{maxLen, c.half}, sin)

@@ -2,10 +2,10 @@ package gradcheck
 
 import (
 	"encoding/binary"
-	"math"
 	"testing"
 
 	"github.com/loracc/loracc/graph"
+	"github.com/loracc/loracc/internal/testmodels"
 	"github.com/loracc/loracc/trainstep"
 )
 
@@ -27,13 +27,7 @@ func gqaCases() []Case {
 				return b.Const(graph.NewTensor(name, graph.Int32, dims, raw))
 			}
 			const half, maxLen = head / 2, 8
-			cos, sin := make([]float32, maxLen*half), make([]float32, maxLen*half)
-			for p := range maxLen {
-				for i := range half {
-					theta := float64(p) * math.Pow(10000, -float64(2*i)/head)
-					cos[p*half+i], sin[p*half+i] = float32(math.Cos(theta)), float32(math.Sin(theta))
-				}
-			}
+			cos, sin := testmodels.RotaryCaches(maxLen, half)
 			ct, err := graph.NewFloatTensor("cos_cache", graph.Float, []int64{maxLen, half}, cos)
 			if err != nil {
 				return nil, err
@@ -73,13 +67,7 @@ func rotaryCases() []Case {
 	build := func(interleaved bool, offset bool) func(*graph.Builder, map[string]*graph.Value) (*graph.Value, error) {
 		return func(b *graph.Builder, in map[string]*graph.Value) (*graph.Value, error) {
 			const half, maxLen = 4, 8
-			cos, sin := make([]float32, maxLen*half), make([]float32, maxLen*half)
-			for p := range maxLen {
-				for i := range half {
-					theta := float64(p) * math.Pow(10000, -float64(2*i)/(2*half))
-					cos[p*half+i], sin[p*half+i] = float32(math.Cos(theta)), float32(math.Sin(theta))
-				}
-			}
+			cos, sin := testmodels.RotaryCaches(maxLen, half)
 			ct, err := graph.NewFloatTensor("cos_cache", graph.Float, []int64{maxLen, half}, cos)
 			if err != nil {
 				return nil, err

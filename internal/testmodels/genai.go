@@ -59,6 +59,20 @@ func (o GenaiOptions) check() error {
 	return nil
 }
 
+// RotaryCaches are the cos and sin caches [maxLen, half] of a rotary
+// embedding over 2·half dims (base 10000), as the model builder stores
+// them for GroupQueryAttention and RotaryEmbedding.
+func RotaryCaches(maxLen, half int64) (cos, sin []float32) {
+	cos, sin = make([]float32, maxLen*half), make([]float32, maxLen*half)
+	for p := range maxLen {
+		for i := range half {
+			theta := float64(p) * math.Pow(10000, -float64(2*i)/float64(2*half))
+			cos[p*half+i], sin[p*half+i] = float32(math.Cos(theta)), float32(math.Sin(theta))
+		}
+	}
+	return cos, sin
+}
+
 // GenaiConfig is the genai_config.json of a folder holding the genai
 // form as model.onnx: the fields onnxruntime-genai reads for a decoder.
 func GenaiConfig(o GenaiOptions) ([]byte, error) {
@@ -103,13 +117,7 @@ func newLlamaNet(name string, o GenaiOptions) (*llamaNet, error) {
 	n := &llamaNet{o: o, m: m, b: &graph.Builder{G: m.Graph, Prefix: "model"}, ms: &graph.Builder{G: m.Graph, Prefix: "model", Domain: "com.microsoft"}}
 	n.c = consts{b: n.b}
 	half := o.head() / 2
-	cos, sin := make([]float32, o.MaxLen*half), make([]float32, o.MaxLen*half)
-	for p := range o.MaxLen {
-		for i := range half {
-			theta := float64(p) * math.Pow(10000, -float64(2*i)/float64(o.head()))
-			cos[p*half+i], sin[p*half+i] = float32(math.Cos(theta)), float32(math.Sin(theta))
-		}
-	}
+	cos, sin := RotaryCaches(o.MaxLen, half)
 	n.cos = n.c.add(graph.NewFloatTensor("cos_cache", graph.Float, []int64{o.MaxLen, half}, cos))
 	n.sin = n.c.add(graph.NewFloatTensor("sin_cache", graph.Float, []int64{o.MaxLen, half}, sin))
 	return n, n.c.err
