@@ -21,7 +21,8 @@ type LayerMatch struct {
 // different root module) or only by weight. A layer matches, in order:
 // the target of the same name; the single target whose name and the
 // layer's end in each other at a dot; the target whose weight is named
-// "<layer>.weight". The shapes must agree ([in, out] of the module, in the
+// "<layer>.weight"; and, for onnxruntime-genai's models, the same with the
+// layer's "self_attn" read as "attn". The shapes must agree ([in, out] of the module, in the
 // target's orientation). Layers that match nothing, several targets, or a
 // target of another shape are errors, listed together.
 func MatchAdapter(targets []*Target, a *adapter.Adapter) ([]LayerMatch, error) {
@@ -32,32 +33,47 @@ func MatchAdapter(targets []*Target, a *adapter.Adapter) ([]LayerMatch, error) {
 	var out []LayerMatch
 	var problems []string
 	used := map[*Target]string{}
-	for _, l := range a.Layers {
-		t, how := byName[l.Name], "name"
-		if t == nil {
-			var cands []*Target
+	// find applies the first three rules to name; ambiguous names a
+	// problem.
+	find := func(name string) (t *Target, how, ambiguous string) {
+		if t := byName[name]; t != nil {
+			return t, "name", ""
+		}
+		var cands []*Target
+		for _, c := range targets {
+			if strings.HasSuffix(c.Name, "."+name) || strings.HasSuffix(name, "."+c.Name) {
+				cands = append(cands, c)
+			}
+		}
+		switch len(cands) {
+		case 1:
+			return cands[0], "suffix", ""
+		case 0:
 			for _, c := range targets {
-				if strings.HasSuffix(c.Name, "."+l.Name) || strings.HasSuffix(l.Name, "."+c.Name) {
-					cands = append(cands, c)
+				if c.Weight.Name == name+".weight" {
+					return c, "weight name", ""
 				}
 			}
-			switch len(cands) {
-			case 1:
-				t, how = cands[0], "suffix"
-			case 0:
-				for _, c := range targets {
-					if c.Weight.Name == l.Name+".weight" {
-						t, how = c, "weight name"
-					}
-				}
-			default:
-				var names []string
-				for _, c := range cands {
-					names = append(names, c.Name)
-				}
-				problems = append(problems, fmt.Sprintf("%q matches several targets (%s)", l.Name, strings.Join(names, ", ")))
-				continue
+			return nil, "", ""
+		}
+		var names []string
+		for _, c := range cands {
+			names = append(names, c.Name)
+		}
+		return nil, "", fmt.Sprintf("%q matches several targets (%s)", name, strings.Join(names, ", "))
+	}
+	for _, l := range a.Layers {
+		t, how, ambiguous := find(l.Name)
+		// onnxruntime-genai's model builder names a layer's attention
+		// "attn" where Hugging Face (and so PEFT) names it "self_attn".
+		if alias := strings.ReplaceAll(l.Name, ".self_attn.", ".attn."); t == nil && ambiguous == "" && alias != l.Name {
+			if t, _, ambiguous = find(alias); t != nil {
+				how = "genai name (self_attn as attn)"
 			}
+		}
+		if ambiguous != "" {
+			problems = append(problems, ambiguous)
+			continue
 		}
 		if t == nil {
 			problems = append(problems, fmt.Sprintf("%q matches no target", l.Name))

@@ -6,9 +6,11 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"testing"
 
+	"github.com/loracc/loracc/adapter"
 	"github.com/loracc/loracc/graph"
 	"github.com/loracc/loracc/internal/testmodels"
 )
@@ -219,5 +221,37 @@ func TestFuseGenaiFolder(t *testing.T) {
 				t.Logf("note: the adapter did not change the greedy tokens (%s)", base)
 			}
 		})
+	}
+}
+
+// TestPEFTNamesOnGenai: an adapter named as PEFT names a Hugging Face
+// Llama's modules (model.layers.N.self_attn.q_proj) applies to a genai
+// folder, whose builder names them model.layers.N.attn.q_proj, and gives
+// the same model as the adapter named after the genai targets.
+func TestPEFTNamesOnGenai(t *testing.T) {
+	env(t)
+	dir := t.TempDir()
+	folder := filepath.Join(dir, "genai")
+	writeGenaiFolder(t, folder, testmodels.TinyGenai())
+	lora := filepath.Join(dir, "g.lora.onnx")
+	mustLoracc(t, "inject", folder, "--rank", "4", "--target", `attn\.[qkvo]_proj$`, "--init", "gaussian", "--seed", "2", "-o", lora)
+	a, err := adapter.Load(filepath.Join(dir, "g.lora.adapter"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range a.Layers {
+		a.Layers[i].Name = strings.ReplaceAll(a.Layers[i].Name, ".attn.", ".self_attn.")
+		for j := range a.Layers[i].B { // nonzero B, so the fused weights show the adapter
+			a.Layers[i].B[j] = float32(j%7) * 0.01
+		}
+	}
+	sort.Slice(a.Layers, func(i, j int) bool { return a.Layers[i].Name < a.Layers[j].Name })
+	hf := filepath.Join(dir, "hf_adapter")
+	if err := a.Save(hf); err != nil {
+		t.Fatal(err)
+	}
+	out := mustLoracc(t, "inject", folder, "--from-adapter", hf, "-o", filepath.Join(dir, "hf.lora.onnx"))
+	if !strings.Contains(out, "injected 8 LoRA branches") {
+		t.Errorf("inject --from-adapter with Hugging Face names:\n%s", out)
 	}
 }
