@@ -31,6 +31,7 @@ declare -A allowed=(
 	[runtime]="graph runtime/internal/ort"
 	[generate]="graph runtime"
 	[runtime/internal/ort]="graph"
+	[memplan]="graph infer"
 	[runtime/train]="graph adapter branch dataset runtime trainio internal/plot internal/progress"
 )
 fail=0

@@ -123,6 +123,7 @@ func exportTrainCommand() *cli.Command {
 			&cli.StringFlag{Name: "static", Usage: "compile for fixed input dims, e.g. batch=8,seq=512: shape arithmetic is folded at compile time"},
 			&cli.StringFlag{Name: "provider", Usage: "with --static: cuda uses kernels only ONNX Runtime's CUDA provider has (BiasSoftmax); default: a graph any provider runs"},
 			&cli.BoolFlag{Name: "dump", Usage: "print the graph after each pass"},
+			&cli.BoolFlag{Name: "memory-report", Usage: "with --static: print the planned peak of live activation bytes of the training step and what holds it"},
 			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Usage: "output folder (default: LORA without .onnx plus .train)"},
 		),
 		Action: func(c *cli.Context) error {
@@ -152,9 +153,17 @@ func exportTrainCommand() *cli.Command {
 			case target != "" && static == nil:
 				return fmt.Errorf("--provider cuda needs --static (its fusions match concrete dims)")
 			}
+			if c.Bool("memory-report") && static == nil {
+				return fmt.Errorf("--memory-report needs --static (a plan needs every size)")
+			}
 			io, err := exportTrain(in, dir, c, static, target, dump, logger(c))
 			if err != nil {
 				return err
+			}
+			if c.Bool("memory-report") {
+				if err := memoryReport(c.App.Writer, filepath.Join(dir, "train.onnx"), c.String("static")); err != nil {
+					return err
+				}
 			}
 			fmt.Fprintf(c.App.Writer, "wrote %s/train.onnx (%d inputs, %d outputs), %s/eval.onnx and %s/train.json\n",
 				dir, len(io.Train.Inputs), len(io.Train.Outputs), dir, dir)
