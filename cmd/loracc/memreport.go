@@ -44,7 +44,9 @@ func memoryReport(w io.Writer, path, dims string) error {
 	for op := range byOp {
 		ops = append(ops, op)
 	}
-	sort.Slice(ops, func(i, j int) bool { return byOp[ops[i]] > byOp[ops[j]] || (byOp[ops[i]] == byOp[ops[j]] && ops[i] < ops[j]) })
+	sort.Slice(ops, func(i, j int) bool {
+		return byOp[ops[i]] > byOp[ops[j]] || (byOp[ops[i]] == byOp[ops[j]] && ops[i] < ops[j])
+	})
 	fmt.Fprintf(w, "by op at the peak:")
 	for i, op := range ops {
 		if i == 10 {
