@@ -13,6 +13,7 @@ package runtime
 
 import (
 	"fmt"
+	"slices"
 	"sort"
 
 	"github.com/loracc/loracc/runtime/internal/ort"
@@ -37,6 +38,34 @@ type CapturedStep struct {
 	fetch map[string]*ort.Value    // by output
 	bind  *ort.FixedBinding
 	specs map[string]tensorSpec
+}
+
+// CanCapture says whether the model at path can be recorded as a CUDA
+// graph: nil, or why not — a symbolic dim, or ONNX Runtime refusing the
+// capture when it opens the model (a node off the CUDA provider, a host
+// copy). It opens the model on CUDA with graph capture on and closes it.
+func (e *Env) CanCapture(path string, opts SessionOptions) error {
+	mio, err := readModelFile(path)
+	if err != nil {
+		return fmt.Errorf("runtime: %s: %w", path, err)
+	}
+	for _, info := range append(append([]IOInfo(nil), mio.inputs...), mio.outputs...) {
+		if info.Shape == nil || slices.Contains(info.Shape, -1) {
+			return fmt.Errorf("%q has no static shape (compile the step with --static)", info.Name)
+		}
+	}
+	opts.Device = "cuda"
+	o, err := opts.ort()
+	if err != nil {
+		return err
+	}
+	o.CUDAGraph = true
+	b, err := e.newBound(path, o, "cuda")
+	if err != nil {
+		return err
+	}
+	b.Close()
+	return nil
 }
 
 // NewCapturedStep opens the model at path for captured runs (with

@@ -129,3 +129,38 @@ func TestGenerateCUDAMatchesCPU(t *testing.T) {
 		}
 	}
 }
+
+// TestDoctorCUDAGraph: loracc doctor TRAIN.onnx says whether the step can
+// be recorded as a CUDA graph: on a machine with the CUDA provider, a
+// static step can and a dynamic one cannot (its symbolic dims named);
+// without the provider, that it cannot be checked.
+func TestDoctorCUDAGraph(t *testing.T) {
+	e := env(t)
+	dir := t.TempDir()
+	lora := filepath.Join(dir, "g.lora.onnx")
+	mustLoracc(t, "inject", "../../testdata/models/gpt2_tiny.onnx", "--rank", "4", "-o", lora)
+	static, dynamic := filepath.Join(dir, "s"), filepath.Join(dir, "d")
+	mustLoracc(t, "export-train", lora, "--loss", "lm", "--logits", "logits", "--static", "batch=2,seq=16", "-o", static)
+	mustLoracc(t, "export-train", lora, "--loss", "lm", "--logits", "logits", "-o", dynamic)
+	if _, err := loracc(t, "doctor", "a", "b"); err == nil {
+		t.Error("doctor took two models")
+	}
+	model, err := probeModel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := mustLoracc(t, "doctor", filepath.Join(static, "train.onnx"))
+	d := mustLoracc(t, "doctor", filepath.Join(dynamic, "train.onnx"))
+	if providerStatus(e, model, "cuda", "") != "ok" {
+		if !strings.Contains(s, "cannot be checked without the CUDA provider") {
+			t.Errorf("without CUDA:\n%s", s)
+		}
+		return
+	}
+	if !strings.Contains(s, "can be recorded") || strings.Contains(s, "cannot") {
+		t.Errorf("static step:\n%s", s)
+	}
+	if !strings.Contains(d, "cannot be recorded") || !strings.Contains(d, "no static shape") {
+		t.Errorf("dynamic step:\n%s", d)
+	}
+}

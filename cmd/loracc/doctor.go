@@ -14,9 +14,12 @@ import (
 func doctorCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "doctor",
-		Usage:     "report the ONNX Runtime library, the execution providers it can use and the GPU",
-		UsageText: "doctor",
+		Usage:     "report the ONNX Runtime library, the execution providers it can use and the GPU; with a compiled step, whether CUDA can record it as a graph",
+		UsageText: "doctor [TRAIN.onnx]",
 		Action: func(c *cli.Context) error {
+			if c.Args().Len() > 1 {
+				return fmt.Errorf("doctor: at most one model, got %q", strings.Join(c.Args().Slice(), " "))
+			}
 			w := c.App.Writer
 			lib, err := runtime.FindLibrary(c.String("ort-lib"))
 			if err != nil {
@@ -39,6 +42,18 @@ func doctorCommand() *cli.Command {
 			cuda := providerStatus(env, model, "cuda", filepath.Dir(lib))
 			fmt.Fprintf(w, "  cuda: %s\n", cuda)
 			fmt.Fprintf(w, "gpu: %s\n", gpuName())
+			if model := c.Args().First(); model != "" {
+				switch {
+				case cuda != "ok":
+					fmt.Fprintf(w, "cuda graph for %s: cannot be checked without the CUDA provider\n", model)
+				default:
+					if err := env.CanCapture(model, runtime.SessionOptions{}); err != nil {
+						fmt.Fprintf(w, "cuda graph for %s: cannot be recorded (%s); train runs it unrecorded\n", model, firstLine(err.Error()))
+					} else {
+						fmt.Fprintf(w, "cuda graph for %s: can be recorded\n", model)
+					}
+				}
+			}
 			return nil
 		},
 	}
