@@ -64,7 +64,8 @@ const (
 )
 
 // Decompose replaces the contrib ops that have no gradient rule by
-// standard ops computing the same (com.microsoft GroupQueryAttention), and
+// standard ops computing the same (com.microsoft GroupQueryAttention,
+// RotaryEmbedding and MultiHeadAttention), and
 // returns how many it replaced. Pass canonicalize runs it first; it is
 // exported for the finite-difference tests of the decompositions.
 func Decompose(m *graph.Model) (int, error) {
@@ -73,7 +74,11 @@ func Decompose(m *graph.Model) (int, error) {
 		return k, err
 	}
 	r, err := decomposeRotaries(m)
-	return k + r, err
+	if err != nil {
+		return k + r, err
+	}
+	h, err := decomposeMHAs(m)
+	return k + r + h, err
 }
 
 // decomposeRotaries replaces every com.microsoft RotaryEmbedding (the
@@ -132,7 +137,7 @@ func decomposeRotary(m *graph.Model, n *graph.Node) error {
 	var cos, sin *graph.Value
 	if inf.Rank(pos) == 2 {
 		cos, sin = b.Gather(cosCache, pos, 0), b.Gather(sinCache, pos, 0) // [B, S, r/2]
-		axis := int64(1)                                                // [B, 1, S, r/2] for BNSH
+		axis := int64(1)                                                  // [B, 1, S, r/2] for BNSH
 		if rank == 3 {
 			axis = 2 // [B, S, 1, r/2] for BSNH
 		}
@@ -290,25 +295,10 @@ func decomposeGQA(m *graph.Model, n *graph.Node) error {
 		}
 		kh, vh = rep(kh), rep(vh)
 	}
-	scale := float64(n.AttrFloat("scale", 0))
-	if scale == 0 {
-		scale = 1 / math.Sqrt(float64(head))
-	}
-	scores := b.MatMul(b.Mul(qh, b.K(scale, qh)), b.Transpose(kh, 0, 1, 3, 2)) // [B, H, S, T]
-	if c := float64(n.AttrFloat("softcap", 0)); c > 0 {
-		scores = b.Mul(b.Op("Tanh", []*graph.Value{b.Mul(scores, b.K(1/c, scores))}), b.K(c, scores))
-	}
-	if causal {
-		i := b.Unsqueeze(qpos, 1)           // [S, 1]
-		j := b.Range(b.Int0(0), total, one) // [T]
-		allowed := b.Op("LessOrEqual", []*graph.Value{j, i})
-		if window >= 0 {
-			allowed = b.And(allowed, b.Op("Greater", []*graph.Value{j, b.Sub(i, b.Int0(window))}))
-		}
-		scores = b.Add(scores, b.Where(allowed, b.K(0, scores), b.K(-math.MaxFloat32, scores)))
-	}
-	probs := b.Op("Softmax", []*graph.Value{scores}, graph.AttrI("axis", -1))
-	out := b.Reshape(b.Transpose(b.MatMul(probs, vh), 0, 2, 1, 3), b.Ints(0, 0, heads*head))
+	out := attend(b, qh, kh, vh, attention{
+		heads: heads, head: head, scale: float64(n.AttrFloat("scale", 0)), softcap: float64(n.AttrFloat("softcap", 0)),
+		causal: causal, window: window, qpos: qpos, total: total,
+	})
 	if err := b.Err(); err != nil {
 		return err
 	}
@@ -349,6 +339,47 @@ func replaceOutputs(g *graph.Graph, n *graph.Node, ws ...*graph.Value) error {
 		}
 	}
 	return nil
+}
+
+// attention describes the core both attention decompositions share.
+type attention struct {
+	heads, head    int64
+	scale, softcap float64 // scale 0: 1/√head; softcap 0: none
+	// causal masks key j > qpos[i] (and, with window ≥ 0, keys j ≤
+	// qpos[i] − window); qpos are the queries' positions [S] among the
+	// total keys.
+	causal      bool
+	window      int64
+	qpos, total *graph.Value
+	// bias is added to the scores ([.., S, T], broadcasting), or nil.
+	bias *graph.Value
+}
+
+// attend is softmax(scale·Q·Kᵀ, softcapped, masked, + bias)·V for heads
+// [B, N, S, D] (K and V with as many heads as Q), as [B, S, N·D].
+func attend(b *opb.Builder, qh, kh, vh *graph.Value, a attention) *graph.Value {
+	scale := a.scale
+	if scale == 0 {
+		scale = 1 / math.Sqrt(float64(a.head))
+	}
+	scores := b.MatMul(b.Mul(qh, b.K(scale, qh)), b.Transpose(kh, 0, 1, 3, 2)) // [B, N, S, T]
+	if c := a.softcap; c > 0 {
+		scores = b.Mul(b.Op("Tanh", []*graph.Value{b.Mul(scores, b.K(1/c, scores))}), b.K(c, scores))
+	}
+	if a.causal {
+		i := b.Unsqueeze(a.qpos, 1)                 // [S, 1]
+		j := b.Range(b.Int0(0), a.total, b.Int0(1)) // [T]
+		allowed := b.Op("LessOrEqual", []*graph.Value{j, i})
+		if a.window >= 0 {
+			allowed = b.And(allowed, b.Op("Greater", []*graph.Value{j, b.Sub(i, b.Int0(a.window))}))
+		}
+		scores = b.Add(scores, b.Where(allowed, b.K(0, scores), b.K(-math.MaxFloat32, scores)))
+	}
+	if a.bias != nil {
+		scores = b.Add(scores, a.bias)
+	}
+	probs := b.Op("Softmax", []*graph.Value{scores}, graph.AttrI("axis", -1))
+	return b.Reshape(b.Transpose(b.MatMul(probs, vh), 0, 2, 1, 3), b.Ints(0, 0, a.heads*a.head))
 }
 
 // lastDim is v's last dim when known, else 0.

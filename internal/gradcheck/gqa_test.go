@@ -109,6 +109,37 @@ func TestRotaryGradient(t *testing.T) {
 	runCases(t, rotaryCases())
 }
 
+// mhaCases differentiate com.microsoft MultiHeadAttention through its
+// decomposition: self-attention with bias, unidirectional; cross-attention.
+func mhaCases() []Case {
+	build := func(bias, uni bool) func(*graph.Builder, map[string]*graph.Value) (*graph.Value, error) {
+		return func(b *graph.Builder, in map[string]*graph.Value) (*graph.Value, error) {
+			ins := []*graph.Value{in["q"], in["k"], in["v"]}
+			if bias {
+				ins = append(ins, in["bias"])
+			}
+			nb := &graph.Builder{G: b.G, Prefix: "m", Domain: "com.microsoft"}
+			nb.Op("MultiHeadAttention", "mha", ins, graph.AttrI("num_heads", 2), graph.AttrI("unidirectional", boolInt(uni)))
+			if _, err := trainstep.Decompose(b.G.Model); err != nil {
+				return nil, err
+			}
+			return b.G.Lookup("mha"), nil
+		}
+	}
+	ms := []string{"com.microsoft"}
+	return []Case{
+		{Name: "MultiHeadAttention self, bias, unidirectional", DType: graph.Float, Domains: ms,
+			Inputs: []Input{p("q", 2, 4, 16), p("k", 2, 4, 16), p("v", 2, 4, 16), p("bias", 48)}, Build: build(true, true)},
+		{Name: "MultiHeadAttention cross", DType: graph.Float, Domains: ms,
+			Inputs: []Input{p("q", 2, 3, 16), p("k", 2, 5, 16), p("v", 2, 5, 16)}, Build: build(false, false)},
+	}
+}
+
+// TestMHAGradient checks mhaCases against finite differences.
+func TestMHAGradient(t *testing.T) {
+	runCases(t, mhaCases())
+}
+
 // TestGQAGradient checks gqaCases against finite differences.
 func TestGQAGradient(t *testing.T) {
 	runCases(t, gqaCases())
