@@ -28,6 +28,43 @@ func AName(target string) string     { return target + ".lora_A" }
 func BName(target string) string     { return target + ".lora_B" }
 func ScaleName(target string) string { return target + ".lora_scale" }
 
+// Deployment names of target t's A and B as onnxruntime-genai's model
+// builder writes a LoRA MatMul's weight (after the node
+// "/model/layers.0/attn/q_proj/lora_A/MatMul"), the names Olive's adapters
+// and the Adapters API feed. Under these names B carries the scale
+// (scale·lora_Bᵀ) and the graph's scale is 1, as the builder does.
+func GenaiAName(target string) string { return target + ".lora_A.MatMul.weight" }
+func GenaiBName(target string) string { return target + ".lora_B.MatMul.weight" }
+
+// IsGenaiNamed says whether a branch takes its tensors under the
+// deployment names (B scaled, scale 1).
+func (b *Branch) IsGenaiNamed() bool {
+	return b.A != nil && b.B != nil && b.A.Name == GenaiAName(b.Target) && b.B.Name == GenaiBName(b.Target)
+}
+
+// ErrDeploymentNames is returned for training a graph whose branches take
+// their adapter under onnxruntime-genai's names: such a graph multiplies by
+// 1 and takes scale·B, so training it would learn under another scale than
+// the adapter's alpha/r.
+func ErrDeploymentNames(b *Branch) error {
+	return fmt.Errorf("branch %q takes its adapter under onnxruntime-genai's names (%q, scale folded into lora_B), a model for deployment: train the model injected without --adapter-inputs, then write the adapter for this one with loracc export-adapter --model", b.Target, b.A.Name)
+}
+
+// Trainable fails with ErrDeploymentNames on the first branch of g that
+// takes onnxruntime-genai's names.
+func Trainable(g *graph.Graph) error {
+	bs, err := Find(g)
+	if err != nil {
+		return err
+	}
+	for _, b := range bs {
+		if b.IsGenaiNamed() {
+			return ErrDeploymentNames(b)
+		}
+	}
+	return nil
+}
+
 // Branch is one branch inject added beside a target:
 // y = base(x) + scale·((x·A)·B), possibly with Casts around it.
 type Branch struct {

@@ -8,7 +8,9 @@ package lora
 //       and under its own name, by y + scale·((x·A)·B), where A = lora_Aᵀ
 //       [in, r] and B = lora_Bᵀ [r, out] are initializers (or graph
 //       inputs) named "<target>.lora_A" / ".lora_B" holding exactly the
-//       adapter's values, and scale is a separate scalar "<target>.lora_scale".
+//       adapter's values, and scale is a separate scalar "<target>.lora_scale"
+//       (with GenaiNames, inputs named as onnxruntime-genai does, B holding
+//       scale·B and the scalar 1).
 //       The base output is renamed "<y>.base". Branch nodes carry the
 //       metadata key branch.Key so strip, fuse and FindTargets know them.
 //       c.Adapter holds the adapter (new or given), c.Injected the targets.
@@ -55,8 +57,16 @@ func Inject(m *graph.Model, c *Options) error {
 		// its own module names, so it fuses back where it came from.
 		for i, mt := range matches {
 			targets = append(targets, mt.Target)
+			if c.AdapterInputs && c.GenaiNames {
+				// Deployment names follow the graph's modules (the
+				// builder's attn, not Hugging Face's self_attn), and the
+				// adapter written beside takes them too.
+				c.Adapter.Layers[i].Name = mt.Target.Name
+				continue
+			}
 			mt.Target.Name = c.Adapter.Layers[i].Name
 		}
+		c.Adapter.SortLayers()
 	} else {
 		targets, _ = c.Selector.Select(all)
 		if len(targets) == 0 {
@@ -86,7 +96,7 @@ func Inject(m *graph.Model, c *Options) error {
 		if place[t.Node.Graph()] == nil {
 			place[t.Node.Graph()] = map[*graph.Node][]*graph.Node{}
 		}
-		if err := addBranch(t, l, scale, c.AdapterInputs, c.BranchFP32, place[t.Node.Graph()]); err != nil {
+		if err := addBranch(t, l, scale, c, place[t.Node.Graph()]); err != nil {
 			return fmt.Errorf("node %q (%s): %w", t.Node.Name, t.Node.Op, err)
 		}
 	}
@@ -155,7 +165,8 @@ func newAdapter(ts []*Target, cfg adapter.Config, init Init) (*adapter.Adapter, 
 // addBranch inserts the LoRA branch for one target.
 // Its nodes are appended to the graph and recorded in place, to be moved
 // right after the target by the caller.
-func addBranch(t *Target, l *adapter.Layer, scale float64, asInputs, fp32 bool, place map[*graph.Node][]*graph.Node) error {
+func addBranch(t *Target, l *adapter.Layer, scale float64, c *Options, place map[*graph.Node][]*graph.Node) error {
+	asInputs, fp32 := c.AdapterInputs, c.BranchFP32
 	g := t.Node.Graph()
 	x := t.Node.Input(0)
 	y := t.Node.Output(0)
@@ -167,6 +178,15 @@ func addBranch(t *Target, l *adapter.Layer, scale float64, asInputs, fp32 bool, 
 		dt = graph.Float
 	}
 	ps := branch.Params(*l) // A [in, r], B [r, out]
+	if asInputs && c.GenaiNames {
+		// The deployment's contract: B carries the scale, the graph
+		// multiplies by 1 (branch.GenaiAName).
+		ps[0].Name, ps[1].Name = branch.GenaiAName(t.Name), branch.GenaiBName(t.Name)
+		for i := range ps[1].Data {
+			ps[1].Data[i] *= float32(scale)
+		}
+		scale = 1
+	}
 	b := &graph.Builder{G: g, Prefix: "lora/" + t.Name, Metadata: append(keepScopes(t.Node), graph.KV{Key: branch.Key, Value: t.Name})}
 	// Adapter tensors live in the main graph so that they can be graph
 	// inputs and so that one place holds them all; subgraphs see them.

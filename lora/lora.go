@@ -25,6 +25,11 @@ type Options struct {
 	AllowLargeRank bool
 	// AdapterInputs makes A and B graph inputs instead of initializers.
 	AdapterInputs bool
+	// GenaiNames names adapter inputs as onnxruntime-genai's model builder
+	// and Olive do (branch.GenaiAName), with the scale folded into B and
+	// the graph's scale 1, so their adapters and the Adapters API feed
+	// them (inject with AdapterInputs).
+	GenaiNames bool
 	// BranchFP32 computes the branch of an fp16/bf16 target in float32
 	// (x cast up, the delta cast down before the sum) instead of in the
 	// base's type.

@@ -14,10 +14,7 @@ import (
 
 // quantName names a quantized target after its data without the usual
 // suffixes (".weight", "_quantized").
-func quantName(v *graph.Value) string {
-	n := strings.TrimSuffix(v.Name, "_quantized")
-	return strings.TrimSuffix(n, ".weight")
-}
+func quantName(v *graph.Value) string { return weightModule(v.Name) }
 
 // fuseQuantized folds s·ΔW into a DequantizeLinear weight: re-quantized in
 // place, or (toFloat) as a float initializer replacing the dequantization.

@@ -59,7 +59,7 @@ func FindTargets(m *graph.Model) ([]*Target, []Skip) {
 			}
 			name := modulePath(n.MetadataValue(torchScopesKey))
 			if name == "" {
-				name = strings.TrimSuffix(strings.TrimSuffix(n.Input(1).Name, "_Q4"), ".weight")
+				name = weightModule(n.Input(1).Name)
 			}
 			targets = append(targets, &Target{Name: name, Node: n, Weight: n.Input(1), DType: q.Scales.DType, In: q.K, Out: q.N, NBits: q})
 			return
@@ -148,11 +148,28 @@ func targetName(n *graph.Node, w *graph.Value, wrapper string) string {
 			return path
 		}
 	}
-	name := strings.TrimSuffix(w.Name, ".weight")
+	name := weightModule(w.Name)
 	if wrapper != "" && strings.HasPrefix(name, wrapper+".") { // a parameter named through the wrapper module
 		name = strings.TrimPrefix(name, wrapper+".")
 	}
 	return name
+}
+
+// weightModule is the module a weight tensor's name belongs to: the name
+// without ".weight" and what follows it in quantized names ("_Q4",
+// "_Q4G32", "_quantized"), and without the op the onnxruntime-genai
+// builder puts before it ("model.layers.0.attn.q_proj.MatMul.weight_Q4" →
+// "model.layers.0.attn.q_proj"), so targets are named as the modules
+// adapters are trained for.
+func weightModule(name string) string {
+	name = strings.TrimSuffix(name, "_quantized")
+	if i := strings.LastIndex(name, ".weight"); i > 0 {
+		rest := name[i+len(".weight"):]
+		if rest == "" || strings.HasPrefix(rest, "_Q") {
+			name = name[:i]
+		}
+	}
+	return strings.TrimSuffix(name, ".MatMul")
 }
 
 // torchScriptPath reads the module path from a node name as torch.onnx's

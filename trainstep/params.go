@@ -153,6 +153,11 @@ func (st *Compiler) Params(m *graph.Model) error {
 	if len(branches) == 0 {
 		return fmt.Errorf("the model has no LoRA branches: run loracc inject first")
 	}
+	for _, br := range branches {
+		if br.IsGenaiNamed() {
+			return branch.ErrDeploymentNames(br)
+		}
+	}
 	// Initializer params become inputs in one pass (PromoteToInputs).
 	var promote []*graph.Value
 	promoted := map[*graph.Value]bool{}

@@ -21,6 +21,7 @@ func exportAdapterCommand() *cli.Command {
 			"so one loaded model switches adapters per run without reloading.",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "model", Usage: "the model injected with --adapter-inputs: checks names and shapes, takes its dtype and folds any difference between the adapter's scale and the model's into B"},
+			&cli.StringFlag{Name: "names", Value: "peft", Usage: "without --model: peft (<target>.lora_A, B unscaled, for models loracc injected) or genai (<target>.lora_A.MatMul.weight, scale folded into B, as onnxruntime-genai and Olive name them); with --model, the names the model takes"},
 			&cli.IntFlag{Name: "adapter-version", Value: 1, Usage: "adapter_version recorded in the file"},
 			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Usage: "output file (default: ADAPTER_DIR without a trailing .adapter, plus .onnx_adapter)"},
 		},
@@ -48,7 +49,15 @@ func exportAdapterCommand() *cli.Command {
 				return err
 			}
 			defer done()
-			params, err := ortAdapterParams(a, m)
+			var genai bool
+			switch n := c.String("names"); n {
+			case "peft":
+			case "genai":
+				genai = true
+			default:
+				return fmt.Errorf("--names %q: want peft or genai", n)
+			}
+			params, err := ortAdapterParams(a, m, genai)
 			if err != nil {
 				return fmt.Errorf("%s: %w", dir, err)
 			}
@@ -73,12 +82,40 @@ func exportAdapterCommand() *cli.Command {
 
 // ortAdapterParams lays the adapter out as the injected model's inputs
 // (branch.Params: lora_Aᵀ [in, r], lora_Bᵀ [r, out]), with B scaled by
-// adapter scale / model scale when a model is given.
-func ortAdapterParams(a *adapter.Adapter, m *graph.Model) ([]adapter.NamedTensor, error) {
+// adapter scale / model scale when a model is given. Under
+// onnxruntime-genai's names (genai, or a model that takes them) B carries
+// the adapter's scale, divided by any scale the model multiplies by, and a
+// layer named as Hugging Face names it (self_attn) finds the genai
+// builder's module (attn).
+func ortAdapterParams(a *adapter.Adapter, m *graph.Model, genai bool) ([]adapter.NamedTensor, error) {
 	var out []adapter.NamedTensor
 	for _, l := range a.Layers {
 		ps := branch.Params(l)
 		dt := graph.Float
+		scale := a.Config.Scale(l.Name)
+		if m != nil {
+			genai = false
+			for _, name := range []string{l.Name, strings.ReplaceAll(l.Name, ".self_attn.", ".attn.")} {
+				if m.Graph.Lookup(branch.GenaiAName(name)) != nil && m.Graph.Lookup(ps[0].Name) == nil {
+					genai = true
+					l.Name = name
+					break
+				}
+			}
+		}
+		if genai && m == nil {
+			// The builder names every attention module attn.
+			l.Name = strings.ReplaceAll(l.Name, ".self_attn.", ".attn.")
+		}
+		if genai {
+			// onnxruntime-genai's contract: B carries the whole scale
+			// unless the model multiplies by a scale of its own (below).
+			ps[0].Name, ps[1].Name = branch.GenaiAName(l.Name), branch.GenaiBName(l.Name)
+			s := float32(scale)
+			for i := range ps[1].Data {
+				ps[1].Data[i] *= s
+			}
+		}
 		if m != nil {
 			for _, p := range ps {
 				v := m.Graph.Lookup(p.Name)
@@ -95,7 +132,10 @@ func ortAdapterParams(a *adapter.Adapter, m *graph.Model) ([]adapter.NamedTensor
 				if err != nil || len(vals) != 1 || vals[0] == 0 {
 					return nil, fmt.Errorf("bad scale %q in the model", s.Name)
 				}
-				ratio := float32(a.Config.Scale(l.Name) / float64(vals[0]))
+				ratio := float32(scale / float64(vals[0]))
+				if genai {
+					ratio = 1 / vals[0] // B holds scale·B already
+				}
 				for i := range ps[1].Data {
 					ps[1].Data[i] *= ratio
 				}

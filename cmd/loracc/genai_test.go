@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"math"
@@ -253,5 +254,114 @@ func TestPEFTNamesOnGenai(t *testing.T) {
 	out := mustLoracc(t, "inject", folder, "--from-adapter", hf, "-o", filepath.Join(dir, "hf.lora.onnx"))
 	if !strings.Contains(out, "injected 8 LoRA branches") {
 		t.Errorf("inject --from-adapter with Hugging Face names:\n%s", out)
+	}
+}
+
+// TestGenaiAdapterInputs: inject --adapter-inputs on a genai folder names
+// the adapter inputs as onnxruntime-genai's builder and Olive do
+// (model.layers.N.attn.q_proj.lora_A.MatMul.weight, [in, r] and [r, out],
+// the scale folded into B, the graph's scale 1), also for an adapter named
+// after the Hugging Face modules (self_attn); export-adapter --model
+// writes exactly the tensors the model defaults to; the served model
+// generates what the base with the adapter generates; and training it is
+// refused with the way to do it.
+func TestGenaiAdapterInputs(t *testing.T) {
+	env(t)
+	dir := t.TempDir()
+	folder := filepath.Join(dir, "genai")
+	o := testmodels.TinyGenai()
+	o.Vocab = 1256
+	writeGenaiFolder(t, folder, o)
+	tok, err := os.ReadFile(unigramTokenizer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, filepath.Join(folder, "tokenizer.json"), string(tok))
+	mustLoracc(t, "inject", folder, "--rank", "4", "--alpha", "8", "--target", `attn\.[qkvo]_proj$`, "--init", "gaussian", "--seed", "3", "-o", filepath.Join(dir, "a.lora.onnx"))
+	a, err := adapter.Load(filepath.Join(dir, "a.lora.adapter"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range a.Layers {
+		a.Layers[i].Name = strings.ReplaceAll(a.Layers[i].Name, ".attn.", ".self_attn.")
+		for j := range a.Layers[i].B {
+			a.Layers[i].B[j] = float32(j%5-2) * 0.05
+		}
+	}
+	a.SortLayers()
+	hf := filepath.Join(dir, "hf_adapter")
+	if err := a.Save(hf); err != nil {
+		t.Fatal(err)
+	}
+	served := filepath.Join(folder, "served.onnx")
+	if out := mustLoracc(t, "inject", folder, "--from-adapter", hf, "--adapter-inputs", "-o", served); !strings.Contains(out, "lora_A.MatMul.weight") {
+		t.Errorf("inject --adapter-inputs on a genai folder does not say the names:\n%s", out)
+	}
+	m, err := graph.Load(served)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range a.Layers {
+		target := strings.ReplaceAll(l.Name, ".self_attn.", ".attn.")
+		av, bv := m.Graph.Lookup(target+".lora_A.MatMul.weight"), m.Graph.Lookup(target+".lora_B.MatMul.weight")
+		if av == nil || bv == nil || !av.IsGraphInput() || !bv.IsGraphInput() || av.Const == nil || bv.Const == nil {
+			t.Fatalf("%s: no genai-named adapter inputs with defaults", target)
+		}
+		if d := av.Const.Dims; len(d) != 2 || d[0] != int64(l.In) || d[1] != int64(l.Rank) {
+			t.Errorf("%s: lora_A input is %v, want [%d, %d]", target, d, l.In, l.Rank)
+		}
+		bs, err := bv.Const.Floats()
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := adapter.Transpose(l.B, l.Out, l.Rank)
+		for i := range want {
+			if math.Abs(float64(bs[i]-2*want[i])) > 1e-6 { // alpha 8 / r 4
+				t.Fatalf("%s: lora_B input holds %v at %d, want scale·B = %v", target, bs[i], i, 2*want[i])
+			}
+		}
+		if s := m.Graph.Lookup(target + ".lora_scale"); s == nil || s.Const == nil {
+			t.Errorf("%s: no scale", target)
+		} else if v, _ := s.Const.Floats(); len(v) != 1 || v[0] != 1 {
+			t.Errorf("%s: the graph's scale is %v, want 1 (folded into B)", target, v)
+		}
+	}
+	// export-adapter writes the model's defaults, by name, with or without the model.
+	withModel, byName := filepath.Join(dir, "m.onnx_adapter"), filepath.Join(dir, "n.onnx_adapter")
+	mustLoracc(t, "export-adapter", hf, "--model", served, "-o", withModel)
+	mustLoracc(t, "export-adapter", hf, "--names", "genai", "-o", byName)
+	b1, err := os.ReadFile(withModel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, params, err := adapter.DecodeORTAdapter(b1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(params) != 2*len(a.Layers) {
+		t.Errorf("%d tensors in the .onnx_adapter, want %d", len(params), 2*len(a.Layers))
+	}
+	for _, p := range params {
+		v := m.Graph.Lookup(p.Name)
+		if v == nil || v.Const == nil {
+			t.Fatalf("the .onnx_adapter holds %q, which the model does not take", p.Name)
+		}
+		if raw, err := v.Const.Bytes(); err != nil || !bytes.Equal(raw, p.Data) {
+			t.Errorf("%q: the .onnx_adapter's values differ from the model's default", p.Name)
+		}
+	}
+	if b2, err := os.ReadFile(byName); err != nil || !bytes.Equal(b1, b2) {
+		t.Errorf("export-adapter --names genai differs from export-adapter --model (%v)", err)
+	}
+	args := []string{"--prompt", "the cat", "--max-new-tokens", "8"}
+	_, _, gotIDs := genRun(t, append([]string{served}, args...)...)
+	_, _, wantIDs := genRun(t, append([]string{folder, "--adapter", hf}, args...)...)
+	if gotIDs != wantIDs {
+		t.Errorf("the served model generates %s, the base with the adapter %s", gotIDs, wantIDs)
+	}
+	writeFile(t, filepath.Join(dir, "data.jsonl"), `{"text": "the cat sat"}`+"\n")
+	_, err = loracc(t, "train", served, "--adapter", hf, "--data", filepath.Join(dir, "data.jsonl"), "--tokenizer", folder, "--loss", "lm", "--logits", "logits", "--max-steps", "1", "--device", "cpu", "--out", filepath.Join(dir, "run"))
+	if err == nil || !strings.Contains(err.Error(), "export-adapter --model") {
+		t.Errorf("training the deployment model: %v, want a refusal naming export-adapter --model", err)
 	}
 }

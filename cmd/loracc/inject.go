@@ -33,6 +33,7 @@ func injectCommand() *cli.Command {
 			&cli.StringFlag{Name: "init", Value: "kaiming", Usage: "kaiming (PEFT's default: A uniform ±1/√in, B=0), gaussian (A ~ N(0, (1/r)²), B=0) or zeros"},
 			&cli.Uint64Flag{Name: "seed", Value: 0, Usage: "random seed for the initial adapter"},
 			&cli.BoolFlag{Name: "adapter-inputs", Usage: "make lora_A/lora_B graph inputs, so one loaded model serves any adapter"},
+			&cli.StringFlag{Name: "adapter-names", Value: "auto", Usage: "with --adapter-inputs: peft (<target>.lora_A, .lora_B and a graph scale alpha/r) or genai (<target>.lora_A.MatMul.weight, .lora_B.MatMul.weight with the scale folded into B, as onnxruntime-genai's Adapters API and Olive feed them); auto: genai for a model in an onnxruntime-genai folder"},
 			&cli.StringFlag{Name: "branch-dtype", Value: "base", Usage: "for fp16/bf16 targets: compute the branch in the base's type (base) or in float32 (float32)"},
 			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Usage: "output model (default: MODEL.lora.onnx)"},
 			&cli.StringFlag{Name: "adapter", Usage: "adapter directory to write (default: OUT without .onnx plus .adapter)"},
@@ -164,12 +165,17 @@ func injectAction(c *cli.Context) error {
 		return err
 	}
 	defer done()
+	genaiNames, err := adapterNames(c, in)
+	if err != nil {
+		return err
+	}
 	logf := logger(c)
 	ctx := &rewrite.Context{
 		Lora: lora.Options{
 			Selector: sel, Config: cfg, AdapterInputs: c.Bool("adapter-inputs"), AllowLargeRank: c.Bool("allow-large-rank"),
-			Init:    lora.Init{Method: c.String("init"), Seed: c.Uint64("seed")},
-			Adapter: from,
+			Init:       lora.Init{Method: c.String("init"), Seed: c.Uint64("seed")},
+			Adapter:    from,
+			GenaiNames: genaiNames,
 		},
 		Logf: logf,
 	}
@@ -202,7 +208,9 @@ func injectAction(c *cli.Context) error {
 		params += int64(l.Rank * (l.In + l.Out))
 	}
 	fmt.Fprintf(c.App.Writer, "injected %d LoRA branches (%d trainable parameters)\nmodel:   %s\nadapter: %s\n", len(ctx.Lora.Injected), params, out, dir)
-	if ctx.Lora.AdapterInputs {
+	if ctx.Lora.AdapterInputs && genaiNames {
+		fmt.Fprintf(c.App.Writer, "adapter tensors are optional graph inputs named as onnxruntime-genai names them: <target>.lora_A.MatMul.weight [in, r] and <target>.lora_B.MatMul.weight [r, out] (the scale folded into B); write .onnx_adapter files for them with loracc export-adapter --model %s\n", out)
+	} else if ctx.Lora.AdapterInputs {
 		fmt.Fprintf(c.App.Writer, "adapter tensors are optional graph inputs (defaulting to this adapter): feed <target>.lora_A [in, r] and <target>.lora_B [r, out] (the adapter's lora_A/lora_B transposed), or activate an .onnx_adapter from loracc export-adapter, per run\n")
 	}
 	return nil

@@ -57,3 +57,26 @@ func resolveModel(p string) (string, error) {
 	}
 	return "", fmt.Errorf("%s is a folder with neither genai_config.json nor model.onnx", p)
 }
+
+// inGenaiFolder says whether a model file sits in an onnxruntime-genai
+// folder (beside a genai_config.json), whose runtime feeds adapters under
+// the builder's names.
+func inGenaiFolder(model string) bool {
+	st, err := os.Stat(filepath.Join(filepath.Dir(model), "genai_config.json"))
+	return err == nil && st.Mode().IsRegular()
+}
+
+// adapterNames reads --adapter-names: whether adapter inputs take
+// onnxruntime-genai's names (auto: when the model is in a genai folder).
+func adapterNames(c *cli.Context, model string) (genai bool, err error) {
+	switch n := c.String("adapter-names"); n {
+	case "auto":
+		return inGenaiFolder(model), nil
+	case "peft":
+		return false, nil
+	case "genai":
+		return true, nil
+	default:
+		return false, fmt.Errorf("--adapter-names %q: want auto, peft or genai", n)
+	}
+}

@@ -291,6 +291,9 @@ func saveRunOutputs(c *cli.Context, in string, m *graph.Model, stage func(*graph
 // startingAdapter is --adapter, else the adapter directory inject wrote
 // beside the model, else the values the model's branches hold.
 func startingAdapter(c *cli.Context, in string, m *graph.Model) (*adapter.Adapter, error) {
+	if err := branch.Trainable(m.Graph); err != nil {
+		return nil, fmt.Errorf("%s: %w", in, err)
+	}
 	dir := c.String("adapter")
 	if dir == "" {
 		if st, err := os.Stat(adapterDir(in)); err == nil && st.IsDir() {

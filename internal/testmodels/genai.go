@@ -134,11 +134,18 @@ func (n *llamaNet) normWeight(name string) *graph.Value {
 	return n.c.add(uniform(name, graph.Float, []int64{n.o.Hidden}, 0.8, 1.2))
 }
 
-// proj is x·W for W [in, out] named name+".weight" (MatMulNBits with
-// name+".weight_Q4" in int4 models).
+// proj is x·W for W [in, out], named as the onnxruntime-genai builder
+// names it: name+".MatMul.weight" (MatMulNBits with name+".MatMul.weight_Q4"
+// and ".MatMul.weight_scales" in int4 models).
 func (n *llamaNet) proj(name string, x *graph.Value, in, out int64) *graph.Value {
 	if !n.o.Int4 {
-		w := n.c.add(uniform(name+".weight", graph.Float, []int64{in, out}, -0.2, 0.2))
+		// Seeded by name+".weight", so the values do not depend on the
+		// builder's naming.
+		t, err := uniform(name+".weight", graph.Float, []int64{in, out}, -0.2, 0.2)
+		if t != nil {
+			t.Name = name + ".MatMul.weight"
+		}
+		w := n.c.add(t, err)
 		return n.op("MatMul", name+".out", x, w)
 	}
 	const block = 32
@@ -152,8 +159,8 @@ func (n *llamaNet) proj(name string, x *graph.Value, in, out int64) *graph.Value
 	for i := range scales {
 		scales[i] = r.between(0.005, 0.02)
 	}
-	st := n.c.add(graph.NewFloatTensor(name+".scales", graph.Float, []int64{out * blocks}, scales))
-	q := n.c.add(graph.NewTensor(name+".weight_Q4", graph.Uint8, []int64{out, blocks, block / 2}, packed), nil)
+	st := n.c.add(graph.NewFloatTensor(name+".MatMul.weight_scales", graph.Float, []int64{out * blocks}, scales))
+	q := n.c.add(graph.NewTensor(name+".MatMul.weight_Q4", graph.Uint8, []int64{out, blocks, block / 2}, packed), nil)
 	return n.ms.Op("MatMulNBits", name+".out", []*graph.Value{x, q, st},
 		graph.AttrI("K", in), graph.AttrI("N", out), graph.AttrI("bits", 4), graph.AttrI("block_size", block))
 }
