@@ -115,6 +115,10 @@ func ByteSize(dt DataType, dims []int64) (int64, error) {
 // External returns where the data lives on disk, nil when in memory.
 func (t *Tensor) External() *External { return t.ext }
 
+// InMemory reports whether the data is held in memory (neither in an
+// external file nor produced at save time).
+func (t *Tensor) InMemory() bool { return t.ext == nil && t.stream == nil }
+
 // IsExternal reports whether the data is in an external file.
 func (t *Tensor) IsExternal() bool { return t.ext != nil }
 

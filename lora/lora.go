@@ -25,6 +25,9 @@ type Options struct {
 	AllowLargeRank bool
 	// AdapterInputs makes A and B graph inputs instead of initializers.
 	AdapterInputs bool
+	// KeepPacked leaves packed q/k/v projections whole (one qkv_proj
+	// target, as PEFT trains Phi-3's) instead of pass unpack's split.
+	KeepPacked bool
 	// GenaiNames names adapter inputs as onnxruntime-genai's model builder
 	// and Olive do (branch.GenaiAName), with the scale folded into B and
 	// the graph's scale 1, so their adapters and the Adapters API feed

@@ -77,12 +77,16 @@ func trainPass(step func(*trainstep.Compiler, *graph.Model) error) func(*graph.M
 // Passes returns the pass table, in the order pipelines run them.
 func Passes() []Pass {
 	return []Pass{
+		{Name: "unpack", Why: "split each packed q/k/v projection (onnxruntime-genai's qkv_proj) into q_proj, k_proj and v_proj, so each is a LoRA target as PEFT trains them",
+			Run: func(m *graph.Model, c *Context) error { _, err := lora.Unpack(m, c.surgery()); return err }},
 		{Name: "inject", Why: "add y += scale·(x·A)·B beside each selected MatMul/Gemm with a constant weight",
 			Run: func(m *graph.Model, c *Context) error { return lora.Inject(m, c.surgery()) }},
 		{Name: "strip", Why: "remove LoRA branches added by inject, restoring the base graph's names",
 			Run: func(m *graph.Model, c *Context) error { return lora.Strip(m, c.surgery()) }},
 		{Name: "fuse", Why: "fold W += scale·A·B into the base weights, streaming external data",
 			Run: func(m *graph.Model, c *Context) error { return lora.Fuse(m, c.surgery()) }},
+		{Name: "repack", Why: "join the projections unpack split, with their fused weights, so the fused model is the base graph",
+			Run: func(m *graph.Model, c *Context) error { _, err := lora.Repack(m, c.surgery()); return err }},
 		{Name: "canonicalize", Why: "replace op patterns exporters spell out (tanh-GELU) by the standard op, so the forward is one kernel and the backward one rule", Run: trainPass((*trainstep.Compiler).Canonicalize)},
 		{Name: "params", Why: "make every branch's lora_A/lora_B a graph input the host feeds", Run: trainPass((*trainstep.Compiler).Params)},
 		{Name: "loss", Why: "add the scalar training loss (lm, ce or mse) and the labels input", Run: trainPass((*trainstep.Compiler).Loss)},
@@ -107,6 +111,10 @@ type orderRule struct {
 // passOrder is the one table of ordering constraints, checked by Run.
 var passOrder = [...]orderRule{
 	{"strip", "fuse", false, "fuse folds the adapter into the base weights and expects no branch in the graph"},
+	{"unpack", "inject", false, "inject targets the projections unpack splits out of a packed one"},
+	{"unpack", "fuse", false, "fuse folds adapters of q_proj, k_proj and v_proj into the projections unpack splits"},
+	{"strip", "repack", false, "repack joins bare projections, not ones carrying a branch"},
+	{"fuse", "repack", false, "repack joins the projections fuse changed"},
 	{"inject", "params", false, "params turns the branches inject adds into graph inputs"},
 	{"params", "loss", true, "the compiled graphs take the adapter as inputs, which params makes"},
 	{"canonicalize", "autodiff", false, "autodiff should differentiate the canonical ops, not the patterns they replace"},

@@ -97,7 +97,7 @@ func fuseAction(c *cli.Context) error {
 	if c.Bool("dump") {
 		ctx.Dump = dumper(c)
 	}
-	if err := rewrite.Run(m, ctx, "strip", "fuse"); err != nil {
+	if err := rewrite.Run(m, ctx, "unpack", "strip", "fuse", "repack"); err != nil {
 		return adapterErr(in, c.String("adapter"), err)
 	}
 	saveOpts := graph.SaveOptions{Notef: logf}
@@ -148,7 +148,7 @@ func fuseCheck(c *cli.Context, o *graph.Outputs, in, out string, fctx *rewrite.C
 		return err
 	}
 	ctx := &rewrite.Context{Lora: lora.Options{Adapter: fctx.Lora.Adapter, Scale: fctx.Lora.Scale}}
-	if err := rewrite.Run(m, ctx, "strip", "inject"); err != nil {
+	if err := rewrite.Run(m, ctx, "unpack", "strip", "inject"); err != nil {
 		return fmt.Errorf("%s: building the unfused model: %w", in, err)
 	}
 	ref, err := o.SaveTemp(m, filepath.Dir(out))

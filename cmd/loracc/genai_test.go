@@ -45,14 +45,15 @@ func writeGenaiFolder(t *testing.T, dir string, o testmodels.GenaiOptions) {
 // data) is injected and trained given as a folder, and 30 AdamW steps
 // give the loss curve of its standard-ops twin (same weights, same
 // adapter init, same data) to 1e-4 relative — float32 and int4
-// (MatMulNBits) weights.
+// (MatMulNBits) weights, and with the builder's packed qkv_proj, which
+// inject splits into the q_proj, k_proj and v_proj targets the twin has.
 func TestGenaiFolderTrainsLikeTwin(t *testing.T) {
 	env(t)
-	for _, int4 := range []bool{false, true} {
-		t.Run(fmt.Sprintf("int4=%v", int4), func(t *testing.T) {
+	for _, v := range []struct{ int4, packed bool }{{false, false}, {true, false}, {false, true}, {true, true}} {
+		t.Run(fmt.Sprintf("int4=%v,packed=%v", v.int4, v.packed), func(t *testing.T) {
 			dir := t.TempDir()
 			o := testmodels.TinyGenai()
-			o.Int4 = int4
+			o.Int4, o.Packed = v.int4, v.packed
 			folder := filepath.Join(dir, "genai")
 			writeGenaiFolder(t, folder, o)
 			twin, err := testmodels.GenaiLlamaStandard(o)
@@ -186,12 +187,13 @@ func TestGenerateGenaiFolder(t *testing.T) {
 // float32 and int4 (MatMulNBits re-quantised on its grid).
 func TestFuseGenaiFolder(t *testing.T) {
 	env(t)
-	for _, int4 := range []bool{false, true} {
-		t.Run(fmt.Sprintf("int4=%v", int4), func(t *testing.T) {
+	for _, v := range []struct{ int4, packed bool }{{false, false}, {true, false}, {false, true}, {true, true}} {
+		int4 := v.int4
+		t.Run(fmt.Sprintf("int4=%v,packed=%v", v.int4, v.packed), func(t *testing.T) {
 			dir := t.TempDir()
 			folder := filepath.Join(dir, "genai")
 			o := testmodels.TinyGenai()
-			o.Vocab, o.Int4 = 1256, int4
+			o.Vocab, o.Int4, o.Packed = 1256, v.int4, v.packed
 			writeGenaiFolder(t, folder, o)
 			tok, err := os.ReadFile(unigramTokenizer)
 			if err != nil {
@@ -210,6 +212,9 @@ func TestFuseGenaiFolder(t *testing.T) {
 				if _, err := os.Stat(filepath.Join(out, f)); err != nil {
 					t.Errorf("fused folder: %v", err)
 				}
+			}
+			if got, want := graphShape(t, filepath.Join(out, "model.onnx")), graphShape(t, filepath.Join(folder, "model.onnx")); got != want {
+				t.Errorf("the fused graph is not the base graph:\n%s\nbase:\n%s", got, want)
 			}
 			args := []string{"--prompt", "the cat", "--max-new-tokens", "6"}
 			_, _, fused := genRun(t, append([]string{out}, args...)...)
@@ -364,4 +369,24 @@ func TestGenaiAdapterInputs(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "export-adapter --model") {
 		t.Errorf("training the deployment model: %v, want a refusal naming export-adapter --model", err)
 	}
+}
+
+// graphShape lists a model's nodes (op and name, in order) and its
+// initializers (name, type and dims, sorted): what fuse must keep.
+func graphShape(t *testing.T, path string) string {
+	t.Helper()
+	m, err := graph.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	for _, n := range m.Graph.Nodes {
+		fmt.Fprintf(&b, "%s %s\n", n.Op, n.Name)
+	}
+	var inits []string
+	for _, v := range m.Graph.Initializers {
+		inits = append(inits, fmt.Sprintf("%s %s%v", v.Name, v.Const.DType, v.Const.Dims))
+	}
+	sort.Strings(inits)
+	return b.String() + strings.Join(inits, "\n")
 }

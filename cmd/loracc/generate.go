@@ -331,7 +331,7 @@ func generationSession(c *cli.Context, env *runtime.Env, in string) (*runtime.Se
 			return nil, "", err
 		}
 		ctx := &rewrite.Context{Lora: lora.Options{Adapter: a}}
-		if err := rewrite.Run(m, ctx, "strip", "inject"); err != nil {
+		if err := rewrite.Run(m, ctx, "unpack", "strip", "inject"); err != nil {
 			return nil, "", adapterErr(in, dir, err)
 		}
 		if err := inlineExternal(m); err != nil {

@@ -173,6 +173,7 @@ func injectAction(c *cli.Context) error {
 	ctx := &rewrite.Context{
 		Lora: lora.Options{
 			Selector: sel, Config: cfg, AdapterInputs: c.Bool("adapter-inputs"), AllowLargeRank: c.Bool("allow-large-rank"),
+			KeepPacked: c.Bool("keep-packed"),
 			Init:       lora.Init{Method: c.String("init"), Seed: c.Uint64("seed")},
 			Adapter:    from,
 			GenaiNames: genaiNames,
@@ -189,7 +190,7 @@ func injectAction(c *cli.Context) error {
 	if c.Bool("dump") {
 		ctx.Dump = dumper(c)
 	}
-	if err := rewrite.Run(m, ctx, "inject"); err != nil {
+	if err := rewrite.Run(m, ctx, "unpack", "inject"); err != nil {
 		return adapterErr(in, c.String("from-adapter"), err)
 	}
 	// The model and the adapter are one output set: a failure in either

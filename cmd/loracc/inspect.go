@@ -18,6 +18,7 @@ func selectorFlags() []cli.Flag {
 	return []cli.Flag{
 		&cli.StringSliceFlag{Name: "target", Usage: "Go regexp searched in target and node names; only matches are adapted (repeatable)"},
 		&cli.StringSliceFlag{Name: "exclude", Usage: "Go regexp; matching targets are left alone (repeatable)"},
+		&cli.BoolFlag{Name: "keep-packed", Usage: "adapt a packed qkv_proj (onnxruntime-genai's builder packs q, k and v) as one target instead of splitting it into q_proj, k_proj and v_proj targets"},
 	}
 }
 
@@ -88,7 +89,10 @@ func inspectCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			rep := inspect(m, sel, rank)
+			rep, err := inspect(m, sel, rank, c.Bool("keep-packed"))
+			if err != nil {
+				return fmt.Errorf("%s: %w", path, err)
+			}
 			rep.Model = path
 			if c.Bool("json") {
 				enc := json.NewEncoder(c.App.Writer)
@@ -101,7 +105,11 @@ func inspectCommand() *cli.Command {
 	}
 }
 
-func inspect(m *graph.Model, sel lora.Selector, rank int) inspectJSON {
+func inspect(m *graph.Model, sel lora.Selector, rank int, keepPacked bool) (inspectJSON, error) {
+	// The targets inject would see (it splits packed q/k/v projections).
+	if _, err := lora.Unpack(m, &lora.Options{KeepPacked: keepPacked}); err != nil {
+		return inspectJSON{}, err
+	}
 	all, skips := lora.FindTargets(m)
 	chosen, unselected := sel.Select(all)
 	rep := inspectJSON{Rank: rank, Targets: []targetJSON{}, Skipped: append(skips, unselected...)}
@@ -116,7 +124,7 @@ func inspect(m *graph.Model, sel lora.Selector, rank int) inspectJSON {
 	if rep.BaseParams > 0 {
 		rep.TrainablePercent = 100 * float64(rep.LoraParams) / float64(rep.BaseParams)
 	}
-	return rep
+	return rep, nil
 }
 
 // shown is a name from the model as the table prints it: one with a

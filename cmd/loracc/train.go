@@ -220,7 +220,7 @@ func trainAction(c *cli.Context) error {
 		if err != nil {
 			return err
 		}
-		if err := rewrite.Run(fm, &rewrite.Context{Lora: lora.Options{Adapter: res.Adapter}, Logf: logf}, "strip", "fuse"); err != nil {
+		if err := rewrite.Run(fm, &rewrite.Context{Lora: lora.Options{Adapter: res.Adapter}, Logf: logf}, "unpack", "strip", "fuse", "repack"); err != nil {
 			return fmt.Errorf("%s: %w", in, err)
 		}
 		if err := saveRunOutputs(c, in, m, func(o *graph.Outputs) error { return o.Save(fm, fused, graph.SaveOptions{Notef: logf}) }); err != nil {

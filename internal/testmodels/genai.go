@@ -25,6 +25,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
+	"strings"
 
 	"github.com/loracc/loracc/graph"
 )
@@ -33,7 +34,7 @@ import (
 type GenaiOptions struct {
 	Vocab, Hidden, Layers, Heads, KVHeads, Intermediate, MaxLen int64
 	// Packed writes one qkv_proj MatMul instead of q/k/v_proj (the genai
-	// form only; the twin always has three).
+	// form only; the twin always has three, on the same weights).
 	Packed bool
 	// Int4 stores every projection as MatMulNBits (block 32).
 	Int4 bool
@@ -138,6 +139,59 @@ func (n *llamaNet) normWeight(name string) *graph.Value {
 // names it: name+".MatMul.weight" (MatMulNBits with name+".MatMul.weight_Q4"
 // and ".MatMul.weight_scales" in int4 models).
 func (n *llamaNet) proj(name string, x *graph.Value, in, out int64) *graph.Value {
+	ts, err := n.projTensors(name, in, out)
+	return n.projOp(name, x, in, out, ts, err)
+}
+
+// packedProj is the builder's packed projection (qkv_proj): one x·W whose
+// W holds, column after column, the weights proj would make for each of
+// names, so the packed model computes what the unpacked one does.
+func (n *llamaNet) packedProj(name string, parts []string, x *graph.Value, in int64, outs []int64) *graph.Value {
+	var total int64
+	var pieces [][]*graph.Tensor
+	for i, p := range parts {
+		ts, err := n.projTensors(p, in, outs[i])
+		if err != nil {
+			return n.projOp(name, x, in, 0, nil, err)
+		}
+		pieces = append(pieces, ts)
+		total += outs[i]
+	}
+	joined := make([]*graph.Tensor, len(pieces[0]))
+	for k := range joined {
+		first := pieces[0][k]
+		var raw []byte
+		if n.o.Int4 {
+			// MatMulNBits stores W by output column: the parts' rows follow
+			// each other.
+			for _, ts := range pieces {
+				b, _ := ts[k].Bytes()
+				raw = append(raw, b...)
+			}
+		} else {
+			// W [in, out]: each row is the parts' rows side by side.
+			es := first.DType.ByteSize(1)
+			for r := range in {
+				for i, ts := range pieces {
+					b, _ := ts[k].Bytes()
+					raw = append(raw, b[r*outs[i]*es:(r+1)*outs[i]*es]...)
+				}
+			}
+		}
+		dims := append([]int64(nil), first.Dims...)
+		if n.o.Int4 {
+			dims[0] = dims[0] / outs[0] * total
+		} else {
+			dims[1] = total
+		}
+		joined[k] = graph.NewTensor(strings.Replace(first.Name, parts[0], name, 1), first.DType, dims, raw)
+	}
+	return n.projOp(name, x, in, total, joined, nil)
+}
+
+// projTensors makes the weight constants of proj: W [in, out], or the
+// MatMulNBits data and scales.
+func (n *llamaNet) projTensors(name string, in, out int64) ([]*graph.Tensor, error) {
 	if !n.o.Int4 {
 		// Seeded by name+".weight", so the values do not depend on the
 		// builder's naming.
@@ -145,8 +199,7 @@ func (n *llamaNet) proj(name string, x *graph.Value, in, out int64) *graph.Value
 		if t != nil {
 			t.Name = name + ".MatMul.weight"
 		}
-		w := n.c.add(t, err)
-		return n.op("MatMul", name+".out", x, w)
+		return []*graph.Tensor{t}, err
 	}
 	const block = 32
 	blocks := in / block
@@ -159,10 +212,20 @@ func (n *llamaNet) proj(name string, x *graph.Value, in, out int64) *graph.Value
 	for i := range scales {
 		scales[i] = r.between(0.005, 0.02)
 	}
-	st := n.c.add(graph.NewFloatTensor(name+".MatMul.weight_scales", graph.Float, []int64{out * blocks}, scales))
-	q := n.c.add(graph.NewTensor(name+".MatMul.weight_Q4", graph.Uint8, []int64{out, blocks, block / 2}, packed), nil)
-	return n.ms.Op("MatMulNBits", name+".out", []*graph.Value{x, q, st},
-		graph.AttrI("K", in), graph.AttrI("N", out), graph.AttrI("bits", 4), graph.AttrI("block_size", block))
+	st, err := graph.NewFloatTensor(name+".MatMul.weight_scales", graph.Float, []int64{out * blocks}, scales)
+	return []*graph.Tensor{graph.NewTensor(name+".MatMul.weight_Q4", graph.Uint8, []int64{out, blocks, block / 2}, packed), st}, err
+}
+
+// projOp reads the constants projTensors made.
+func (n *llamaNet) projOp(name string, x *graph.Value, in, out int64, ts []*graph.Tensor, err error) *graph.Value {
+	if err != nil {
+		return n.c.add(nil, err)
+	}
+	if !n.o.Int4 {
+		return n.op("MatMul", name+".out", x, n.c.add(ts[0], nil))
+	}
+	return n.ms.Op("MatMulNBits", name+".out", []*graph.Value{x, n.c.add(ts[0], nil), n.c.add(ts[1], nil)},
+		graph.AttrI("K", in), graph.AttrI("N", out), graph.AttrI("bits", 4), graph.AttrI("block_size", 32))
 }
 
 // mlp is down(silu(gate(x))·up(x)).
@@ -228,7 +291,8 @@ func GenaiLlama(o GenaiOptions) (*graph.Model, error) {
 		}
 		var q, k, v *graph.Value
 		if o.Packed {
-			q = n.proj(p+".attn.qkv_proj", normed, o.Hidden, (o.Heads+2*o.KVHeads)*head)
+			q = n.packedProj(p+".attn.qkv_proj", []string{p + ".attn.q_proj", p + ".attn.k_proj", p + ".attn.v_proj"}, normed, o.Hidden,
+				[]int64{o.Heads * head, o.KVHeads * head, o.KVHeads * head})
 		} else {
 			q = n.proj(p+".attn.q_proj", normed, o.Hidden, o.Heads*head)
 			k = n.proj(p+".attn.k_proj", normed, o.Hidden, o.KVHeads*head)
@@ -253,9 +317,8 @@ func GenaiLlama(o GenaiOptions) (*graph.Model, error) {
 }
 
 // GenaiLlamaStandard is the standard-ops twin of GenaiLlama(o) (without a
-// KV cache; o.Packed is ignored: three projections, which the packed
-// form's qkv_proj weights do not match — build the twin of an unpacked
-// model).
+// KV cache; o.Packed is ignored: three projections, whose weights the
+// packed form's qkv_proj holds side by side).
 func GenaiLlamaStandard(o GenaiOptions) (*graph.Model, error) {
 	n, err := newLlamaNet("genai_llama_standard", o)
 	if err != nil {
