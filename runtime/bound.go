@@ -106,6 +106,52 @@ func (b *BoundSession) Run(host map[string]Tensor, dev map[string]*DeviceValue, 
 	return fromHost(hout), wrap(dout), nil
 }
 
+// LoraAdapter is an .onnx_adapter as ONNX Runtime loads it, to activate
+// per run: the Adapters API of multi-LoRA serving.
+type LoraAdapter struct{ a *ort.LoraAdapter }
+
+// LoadAdapter parses an .onnx_adapter file's bytes with ONNX Runtime's
+// own loader.
+func (b *BoundSession) LoadAdapter(data []byte) (*LoraAdapter, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.s == nil {
+		return nil, fmt.Errorf("runtime: %s: session is closed", b.name)
+	}
+	a, err := b.s.LoadAdapter(data)
+	if err != nil {
+		return nil, fmt.Errorf("runtime: %s: %w", b.name, err)
+	}
+	return &LoraAdapter{a: a}, nil
+}
+
+// Close releases the adapter.
+func (l *LoraAdapter) Close() { l.a.Close() }
+
+// RunActive runs on host inputs with the given adapters active (ONNX
+// Runtime feeds their tensors to the inputs of the same names) and
+// returns the outputs named in toHost, which must be all of them.
+func (b *BoundSession) RunActive(host map[string]Tensor, toHost []string, active ...*LoraAdapter) (map[string]Tensor, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.s == nil {
+		return nil, fmt.Errorf("runtime: %s: session is closed", b.name)
+	}
+	hin := make(map[string]ort.HostTensor, len(host))
+	for k, t := range host {
+		hin[k] = ort.HostTensor{DType: t.DType, Shape: t.Shape, Data: t.Data}
+	}
+	as := make([]*ort.LoraAdapter, len(active))
+	for i, l := range active {
+		as[i] = l.a
+	}
+	out, err := b.s.RunActive(hin, toHost, as...)
+	if err != nil {
+		return nil, fmt.Errorf("runtime: %s: %w", b.name, err)
+	}
+	return fromHost(out), nil
+}
+
 // Fetch copies device values to the host (for a checkpoint or an
 // evaluation): it runs an identity graph over them on the same provider,
 // built once per set of names, types and shapes.

@@ -14,6 +14,7 @@ import (
 	"github.com/loracc/loracc/adapter"
 	"github.com/loracc/loracc/graph"
 	"github.com/loracc/loracc/internal/testmodels"
+	"github.com/loracc/loracc/runtime"
 )
 
 // writeGenaiFolder writes the tiny genai-form Llama as onnxruntime-genai's
@@ -389,4 +390,118 @@ func graphShape(t *testing.T, path string) string {
 	}
 	sort.Strings(inits)
 	return b.String() + strings.Join(inits, "\n")
+}
+
+// TestGenaiAdaptersSwitchInORT: .onnx_adapter files export-adapter wrote
+// for a genai folder injected with --adapter-inputs load with ONNX
+// Runtime's own loader and, activated per run on one session (the
+// Adapters API onnxruntime-genai serves multi-LoRA with), give each
+// adapter's fused model's logits, switching back and forth; with none
+// active the model runs its default adapter.
+func TestGenaiAdaptersSwitchInORT(t *testing.T) {
+	e := env(t)
+	dir := t.TempDir()
+	folder := filepath.Join(dir, "genai")
+	o := testmodels.TinyGenai()
+	writeGenaiFolder(t, folder, o)
+	mustLoracc(t, "inject", folder, "--rank", "4", "--alpha", "8", "--target", `attn\.[qkvo]_proj$`, "--init", "gaussian", "--seed", "3", "-o", filepath.Join(dir, "a.lora.onnx"))
+	base, err := adapter.Load(filepath.Join(dir, "a.lora.adapter"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	adapters := []string{filepath.Join(dir, "ad1"), filepath.Join(dir, "ad2")}
+	for k, ad := range adapters {
+		a := *base
+		a.Layers = append([]adapter.Layer(nil), base.Layers...)
+		for i := range a.Layers {
+			b := append([]float32(nil), a.Layers[i].B...)
+			for j := range b {
+				b[j] = float32((j+3*k)%7-3) * 0.04
+			}
+			a.Layers[i].B = b
+		}
+		if err := a.Save(ad); err != nil {
+			t.Fatal(err)
+		}
+	}
+	served := filepath.Join(folder, "multi.onnx")
+	mustLoracc(t, "inject", folder, "--from-adapter", adapters[0], "--adapter-inputs", "-o", served)
+	feeds := map[string]runtime.Tensor{
+		"input_ids":      runtime.Int64Tensor([]int64{1, 6}, []int64{5, 17, 3, 44, 9, 60}),
+		"attention_mask": runtime.Int64Tensor([]int64{1, 6}, []int64{1, 1, 1, 1, 1, 1}),
+	}
+	head := o.Hidden / o.Heads
+	for l := range o.Layers {
+		for _, kv := range []string{"key", "value"} {
+			feeds[fmt.Sprintf("past_key_values.%d.%s", l, kv)] = runtime.FloatTensor([]int64{1, o.KVHeads, 0, head}, nil)
+		}
+	}
+	logits := func(s *runtime.BoundSession, outs []string, active ...*runtime.LoraAdapter) []float32 {
+		t.Helper()
+		got, err := s.RunActive(feeds, outs, active...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		v, err := got["logits"].Floats()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	open := func(path string) (*runtime.BoundSession, []string) {
+		t.Helper()
+		s, err := e.NewBoundSession(path, runtime.SessionOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(s.Close)
+		m, err := graph.Load(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var outs []string
+		for _, v := range m.Graph.Outputs {
+			outs = append(outs, v.Name)
+		}
+		return s, outs
+	}
+	s, outs := open(served)
+	var loaded []*runtime.LoraAdapter
+	var want [][]float32
+	for k, ad := range adapters {
+		file := filepath.Join(dir, fmt.Sprintf("ad%d.onnx_adapter", k+1))
+		mustLoracc(t, "export-adapter", ad, "--model", served, "-o", file)
+		data, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		l, err := s.LoadAdapter(data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(l.Close)
+		loaded = append(loaded, l)
+		fused := filepath.Join(dir, fmt.Sprintf("fused%d", k+1))
+		mustLoracc(t, "fuse", folder, "--adapter", ad, "-o", fused)
+		fs, fouts := open(filepath.Join(fused, "model.onnx"))
+		want = append(want, logits(fs, fouts))
+	}
+	maxDiff := func(a, b []float32) float64 {
+		d := 0.0
+		for i := range a {
+			d = math.Max(d, math.Abs(float64(a[i]-b[i])))
+		}
+		return d
+	}
+	if d := maxDiff(want[0], want[1]); d < 1e-2 {
+		t.Fatalf("the two adapters' fused models differ by only %g", d)
+	}
+	for _, k := range []int{0, 1, 0, 1} {
+		if d := maxDiff(logits(s, outs, loaded[k]), want[k]); d > 1e-4 {
+			t.Errorf("adapter %d active: logits differ from its fused model's by %g (from adapter 1's by %g)", k+1, d, maxDiff(logits(s, outs, loaded[k]), want[0]))
+		}
+	}
+	if d := maxDiff(logits(s, outs), want[0]); d > 1e-4 {
+		t.Errorf("no adapter active: logits differ from the default adapter's fused model's by %g", d)
+	}
 }

@@ -153,3 +153,17 @@ OrtStatus* lc_alloc_stats(lcPtr* api, void* alloc, char* buf, size_t cap) {
 	((void (*)(void*))api[lcReleaseKeyValuePairs])(kvp);
 	return NULL;
 }
+
+// lc_lora loads an .onnx_adapter from memory; its tensors stay on the CPU
+// (no device allocator) and are fed to the inputs of the same names.
+OrtStatus* lc_lora(lcPtr* api, const void* data, size_t len, void** out) {
+	return ((OrtStatus* (*)(const void*, size_t, void*, void**))api[lcCreateLoraAdapterFromArray])(data, len, NULL, out);
+}
+OrtStatus* lc_activate_lora(lcPtr* api, void* opts, void* adapter) {
+	return ((OrtStatus* (*)(void*, const void*))api[lcRunOptionsAddActiveLoraAdapter])(opts, adapter);
+}
+// lc_run_plain is the C API's Run (not RunWithBinding): the one that
+// feeds the run options' active LoRA adapters.
+OrtStatus* lc_run_plain(lcPtr* api, void* sess, void* opts, const char** in_names, void** ins, size_t n_in, const char** out_names, size_t n_out, void** outs) {
+	return ((OrtStatus* (*)(void*, const void*, const char* const*, const void* const*, size_t, const char* const*, size_t, void**))api[lcRun])(sess, opts, in_names, (const void* const*)ins, n_in, out_names, n_out, outs);
+}

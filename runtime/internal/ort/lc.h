@@ -17,7 +17,7 @@ typedef const lcApiBase* (*lcGetApiBase)(void);
 
 // Indices in struct OrtApi (onnxruntime_c_api.h, API 24).
 enum {
-	lcGetErrorMessage = 2, lcCreateEnv = 3, lcCreateSession = 7, lcCreateSessionFromArray = 8, lcCreateSessionOptions = 10,
+	lcGetErrorMessage = 2, lcCreateEnv = 3, lcCreateSession = 7, lcCreateSessionFromArray = 8, lcRun = 9, lcCreateSessionOptions = 10,
 	lcSetSessionGraphOptimizationLevel = 23, lcSetIntraOpNumThreads = 24,
 	lcCreateTensorWithDataAsOrtValue = 49, lcGetTensorMutableData = 51,
 	lcGetTensorElementType = 60, lcGetDimensionsCount = 61, lcGetDimensions = 62, lcGetTensorTypeAndShape = 65,
@@ -31,6 +31,7 @@ enum {
 	lcSynchronizeBoundInputs = 202, lcSynchronizeBoundOutputs = 203,
 	lcSessionOptionsAppendExecutionProvider_CUDA_V2 = 204, lcCreateCUDAProviderOptions = 205,
 	lcUpdateCUDAProviderOptions = 206, lcReleaseCUDAProviderOptions = 208,
+	lcCreateLoraAdapterFromArray = 281, lcReleaseLoraAdapter = 282, lcRunOptionsAddActiveLoraAdapter = 283,
 	lcGetKeyValuePairs = 298, lcReleaseKeyValuePairs = 300, lcAllocatorGetStats = 319,
 };
 
@@ -58,6 +59,9 @@ OrtStatus* lc_alloc_tensor(lcPtr* api, void* alloc, int64_t* shape, size_t rank,
 OrtStatus* lc_run_options(lcPtr* api, const char* graph, void** out);
 void lc_clear(lcPtr* api, void* b);
 OrtStatus* lc_outputs(lcPtr* api, void* b, void** vals, size_t cap, size_t* n);
+OrtStatus* lc_lora(lcPtr* api, const void* data, size_t len, void** out);
+OrtStatus* lc_activate_lora(lcPtr* api, void* opts, void* adapter);
+OrtStatus* lc_run_plain(lcPtr* api, void* sess, void* opts, const char** in_names, void** ins, size_t n_in, const char** out_names, size_t n_out, void** outs);
 OrtStatus* lc_data(lcPtr* api, void* v, void** out);
 OrtStatus* lc_shape(lcPtr* api, void* v, int64_t* dims, size_t cap, size_t* rank, int* type);
 OrtStatus* lc_sync(lcPtr* api, void* b, int outputs);
