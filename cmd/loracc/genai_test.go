@@ -22,21 +22,7 @@ import (
 // model.onnx.data, and genai_config.json.
 func writeGenaiFolder(t *testing.T, dir string, o testmodels.GenaiOptions) {
 	t.Helper()
-	m, err := testmodels.GenaiLlama(o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := graph.Save(m, filepath.Join(dir, "model.onnx"), graph.SaveOptions{Externalize: true}); err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := testmodels.GenaiConfig(o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, "genai_config.json"), cfg, 0o644); err != nil {
+	if err := testmodels.WriteGenaiFolder(dir, o); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -93,5 +93,40 @@ ml["ok"] = ml["no_adapter_vs_base"] <= 1e-4 and all(s["max_abs_diff_vs_fused"] <
 ml["adapters_differ"] = float(np.abs(onnx_logits(os.path.join(d, "fused1.onnx"), {"input_ids": ids}) -
                                     onnx_logits(os.path.join(d, "fused2.onnx"), {"input_ids": ids})).max())
 result["multi_lora"] = ml
+
+# 3. onnxruntime-genai names: the genai-form folder injected with
+# --adapter-inputs takes <target>.lora_A.MatMul.weight / .lora_B.MatMul.weight
+# (scale folded into B); its two .onnx_adapter files switch per run.
+gd = os.path.join(d, "genai")
+if os.path.isdir(gd):
+    cfg = json.load(open(os.path.join(gd, "genai_config.json")))["model"]["decoder"]
+    heads, kv, layers = cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["num_hidden_layers"]
+    hs = cfg["head_size"]
+    gids = rng.integers(0, 96, size=(1, 6)).astype(np.int64)
+    gfeeds = {"input_ids": gids, "attention_mask": np.ones((1, 6), dtype=np.int64)}
+    for l in range(layers):
+        for kvn in ("key", "value"):
+            gfeeds[f"past_key_values.{l}.{kvn}"] = np.zeros((1, kv, 0, hs), dtype=np.float32)
+    gs = ort.InferenceSession(os.path.join(gd, "multi.onnx"), providers=["CPUExecutionProvider"])
+    names = [i.name for i in gs.get_inputs() if ".lora_" in i.name]
+    ga = {}
+    for k in (1, 2):
+        a = ort.LoraAdapter()
+        a.Load(os.path.join(d, f"genai{k}.onnx_adapter"))
+        ga[k] = a
+    g = {"adapter_inputs": len(names), "adapter_inputs_named_for_genai": all(n.endswith(".MatMul.weight") for n in names), "switches": []}
+    for k in (1, 2, 1, 2):
+        ro = ort.RunOptions()
+        ro.add_active_adapter(ga[k])
+        got = gs.run(["logits"], gfeeds, ro)[0]
+        want = onnx_logits(os.path.join(d, f"genai_fused{k}", "model.onnx"), gfeeds)
+        diff = float(np.abs(got - want).max())
+        g["switches"].append({"adapter": k, "max_abs_diff_vs_fused": diff})
+        print("genai: active adapter", k, "vs its fused folder: max abs diff", diff)
+    g["adapters_differ"] = float(np.abs(onnx_logits(os.path.join(d, "genai_fused1", "model.onnx"), gfeeds) -
+                                        onnx_logits(os.path.join(d, "genai_fused2", "model.onnx"), gfeeds)).max())
+    g["ok"] = g["adapter_inputs_named_for_genai"] and g["adapters_differ"] > 1e-3 and all(
+        s["max_abs_diff_vs_fused"] <= 1e-4 for s in g["switches"])
+    result["genai_multi_lora"] = g
 json.dump(result, open(out_path, "w"), indent=1)
 print(json.dumps({k: v for k, v in result.items() if k != "versions"}, indent=1))
