@@ -10,7 +10,8 @@ package trainstep
 //         over the counted tokens (Hugging Face's causal-LM loss; a batch
 //         with no counted token gives 0, not NaN);
 //   ce  — cross-entropy on logits [B, C] with labels [B] int64, same
-//         ignore-index rule;
+//         ignore-index rule (lm and ce in float32 for float16/bfloat16
+//         logits: wideLogits);
 //   mse — mean over all elements of (output − labels)², labels shaped
 //         like the output.
 
@@ -57,14 +58,14 @@ func (st *Compiler) Loss(m *graph.Model) error {
 		}
 		labels := g.AddInput(o.Labels, &graph.TensorType{DType: graph.Int64, Shape: append([]graph.Dim(nil), lt.Shape[:2]...)})
 		st.role(labels, trainio.RoleLabel, "")
-		loss = crossEntropy(c2, lmLogits(c2, logits), shiftedLabels(c2, labels, o.IgnoreIndex), 3, o.IgnoreIndex)
+		loss = crossEntropy(c2, wideLogits(c2, lmLogits(c2, logits)), shiftedLabels(c2, labels, o.IgnoreIndex), 3, o.IgnoreIndex)
 	case "ce":
 		if rank != 2 {
 			return fmt.Errorf("ce loss needs logits [batch, classes]; %q has rank %d", logits.Name, rank)
 		}
 		labels := g.AddInput(o.Labels, &graph.TensorType{DType: graph.Int64, Shape: append([]graph.Dim(nil), lt.Shape[:1]...)})
 		st.role(labels, trainio.RoleLabel, "")
-		loss = crossEntropy(c2, logits, labels, 2, o.IgnoreIndex)
+		loss = crossEntropy(c2, wideLogits(c2, logits), labels, 2, o.IgnoreIndex)
 	case "mse":
 		labels := g.AddInput(o.Labels, &graph.TensorType{DType: lt.DType, Shape: append([]graph.Dim(nil), lt.Shape...)})
 		st.role(labels, trainio.RoleLabel, "")
@@ -85,6 +86,19 @@ func (st *Compiler) Loss(m *graph.Model) error {
 	st.loss = out
 	st.role(out, trainio.RoleLoss, "")
 	return nil
+}
+
+// wideLogits is x cast to float32 when it is float16 or bfloat16, else x.
+// Hugging Face's causal-LM loss upcasts the same way: a log-softmax over
+// a vocabulary and a sum over the batch's tokens lose digits in 16 bits
+// (and ORT's CPU provider has no float16 ScatterElements with add, which
+// the LogSoftmax gradient uses). The gradient reaching the model is cast
+// back to x's type by Cast's rule.
+func wideLogits(c *opb.Builder, x *graph.Value) *graph.Value {
+	if dt := c.Inf.DType(x); dt == graph.Float16 || dt == graph.BFloat16 {
+		return c.Cast(x, graph.Float)
+	}
+	return x
 }
 
 // crossEntropy is the mean negative log-likelihood of labels y under

@@ -82,15 +82,8 @@ func TestRMSNormFused(t *testing.T) {
 	if err := graph.Save(m, base, graph.SaveOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	lora := filepath.Join(dir, "lm.lora.onnx")
-	mustLoracc(t, "inject", base, "--rank", "2", "--target", "^hid$", "-o", lora)
-	out := filepath.Join(dir, "g")
-	mustLoracc(t, "export-train", lora, "--loss", "lm", "--logits", "logits", "-o", out)
-	for _, name := range []string{"train.onnx", "eval.onnx"} {
-		cm, err := graph.Load(filepath.Join(out, name))
-		if err != nil {
-			t.Fatal(err)
-		}
+	lora, out, graphs := exportLM(t, base, "^hid$")
+	for name, cm := range graphs {
 		ops := map[string]int{}
 		cm.Graph.Walk(func(n *graph.Node) {
 			if n.Op != "Pow" || graph.ConstTensor(n.Input(0)) == nil { // the optimizer's β^step is no RMSNorm
@@ -102,6 +95,27 @@ func TestRMSNormFused(t *testing.T) {
 		}
 	}
 	evalMatchesLogits(t, e, lora, out, filepath.Join(dir, "lm.lora.adapter"), rnd, batch, seq, vocab)
+}
+
+// exportLM injects a rank-2 adapter into the model at base (targets
+// matching target) and compiles its lm step with export-train; it returns
+// the injected model's path, the export folder and its train.onnx and
+// eval.onnx by name.
+func exportLM(t *testing.T, base, target string) (lora, out string, graphs map[string]*graph.Model) {
+	t.Helper()
+	lora = strings.TrimSuffix(base, ".onnx") + ".lora.onnx"
+	mustLoracc(t, "inject", base, "--rank", "2", "--target", target, "-o", lora)
+	out = filepath.Join(filepath.Dir(base), "g")
+	mustLoracc(t, "export-train", lora, "--loss", "lm", "--logits", "logits", "-o", out)
+	graphs = map[string]*graph.Model{}
+	for _, name := range []string{"train.onnx", "eval.onnx"} {
+		m, err := graph.Load(filepath.Join(out, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		graphs[name] = m
+	}
+	return lora, out, graphs
 }
 
 // evalMatchesLogits runs the injected model at lora on random ids and

@@ -93,3 +93,41 @@ func TestFP16Training(t *testing.T) {
 		}
 	}
 }
+
+// TestFP16LossInFloat32: the lm loss of a float16 model (the genai
+// builder's fp16 form keeps fp16 logits) casts the logits to float32
+// before its LogSoftmax, in train.onnx and eval.onnx, as Hugging Face's
+// causal-LM loss upcasts them; the gradient reaching the model is cast
+// back, so no float16 tensor of the vocabulary's width is reduced (and
+// ORT's CPU provider, which has no float16 ScatterElements with add, runs
+// the step: TestGenaiFolderTrainsLikeTwin trains it).
+func TestFP16LossInFloat32(t *testing.T) {
+	dir := t.TempDir()
+	o := testmodels.TinyGenai()
+	o.FP16 = true
+	m, err := testmodels.GenaiLlamaStandard(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := filepath.Join(dir, "lm16.onnx")
+	if err := graph.Save(m, base, graph.SaveOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	_, _, graphs := exportLM(t, base, `q_proj$`)
+	for name, cm := range graphs {
+		found := 0
+		cm.Graph.Walk(func(n *graph.Node) {
+			if n.Op != "LogSoftmax" {
+				return
+			}
+			found++
+			p, _ := n.Input(0).Producer()
+			if p == nil || p.Op != "Cast" || p.AttrInt("to", 0) != int64(graph.Float) || p.Input(0).Name != "logits" {
+				t.Errorf("%s: LogSoftmax %q reads %q, not the float32 cast of the float16 logits", name, n.Name, n.Input(0).Name)
+			}
+		})
+		if found != 1 {
+			t.Errorf("%s: %d LogSoftmax nodes, want 1", name, found)
+		}
+	}
+}

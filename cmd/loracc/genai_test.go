@@ -33,23 +33,49 @@ func writeGenaiFolder(t *testing.T, dir string, o testmodels.GenaiOptions) {
 // give the loss curve of its standard-ops twin (same weights, same
 // adapter init, same data) to 1e-4 relative — float32 and int4
 // (MatMulNBits) weights, and with the builder's packed qkv_proj, which
-// inject splits into the q_proj, k_proj and v_proj targets the twin has.
+// inject splits into the q_proj, k_proj and v_proj targets the twin has —
+// and the loss falls.
+//
+// In float16 (the builder's CUDA form; trained in float16 with float32
+// adapter masters and a float32 loss) the two forms round differently —
+// SkipSimplifiedLayerNormalization normalizes the unrounded sum, the twin
+// rounds its residual Add first — and AdamW's first steps, ≈ lr·sign(g),
+// turn last-bit differences of small gradient entries into full steps.
+// Measured with adapter seeds 1–6: step 1 (the base's loss) agrees to
+// 1.4e-5 and the curves to 6e-4–1.9e-3 (1.8e-3 with seed 3, used here;
+// 2.1e-4 with SGD), the spread of the float16 twin itself against the
+// float32 twin of the same rounded weights (1.2e-4–1.7e-3); the folder
+// against that float32 twin, 1.4e-4–2.1e-3. So float16 is held to 1e-4 at
+// step 1 and 5e-3 over the curve, against both twins; int4 measured
+// ≤ 9.4e-4.
 func TestGenaiFolderTrainsLikeTwin(t *testing.T) {
 	env(t)
-	for _, v := range []struct{ int4, packed bool }{{false, false}, {true, false}, {false, true}, {true, true}} {
-		t.Run(fmt.Sprintf("int4=%v,packed=%v", v.int4, v.packed), func(t *testing.T) {
+	for _, tc := range []struct{ int4, packed, fp16 bool }{
+		{false, false, false}, {true, false, false}, {false, true, false}, {true, true, false},
+		{false, false, true}, {true, false, true}, {false, true, true},
+	} {
+		t.Run(fmt.Sprintf("int4=%v/packed=%v/fp16=%v", tc.int4, tc.packed, tc.fp16), func(t *testing.T) {
 			dir := t.TempDir()
 			o := testmodels.TinyGenai()
-			o.Int4, o.Packed = v.int4, v.packed
+			o.Int4, o.Packed, o.FP16 = tc.int4, tc.packed, tc.fp16
 			folder := filepath.Join(dir, "genai")
 			writeGenaiFolder(t, folder, o)
-			twin, err := testmodels.GenaiLlamaStandard(o)
-			if err != nil {
-				t.Fatal(err)
-			}
-			twinPath := filepath.Join(dir, "twin.onnx")
-			if err := graph.Save(twin, twinPath, graph.SaveOptions{}); err != nil {
-				t.Fatal(err)
+			models := map[string]string{"genai": folder}
+			for _, name := range []string{"twin", "twin32"} {
+				if name == "twin32" && !o.FP16 {
+					continue
+				}
+				twin, err := testmodels.GenaiLlamaStandard(o)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if name == "twin32" {
+					convertToFloat32(t, twin)
+				}
+				models[name] = filepath.Join(dir, name+".onnx")
+				if err := graph.Save(twin, models[name], graph.SaveOptions{}); err != nil {
+					t.Fatal(err)
+				}
 			}
 			var lines []string
 			for i := range 8 {
@@ -65,7 +91,7 @@ func TestGenaiFolderTrainsLikeTwin(t *testing.T) {
 				t.Fatal(err)
 			}
 			losses := map[string][]float64{}
-			for name, model := range map[string]string{"genai": folder, "twin": twinPath} {
+			for name, model := range models {
 				lora := filepath.Join(dir, name+".lora.onnx")
 				mustLoracc(t, "inject", model, "--rank", "4", "--target", `attn\.[qkvo]_proj$`, "--init", "gaussian", "--seed", "3", "-o", lora)
 				run := filepath.Join(dir, "run_"+name)
@@ -73,17 +99,32 @@ func TestGenaiFolderTrainsLikeTwin(t *testing.T) {
 					"--lr", "1e-2", "--device", "cpu", "--save-every", "0", "--out", run)
 				losses[name] = lossValues(t, run)
 			}
-			a, b := losses["twin"], losses["genai"]
-			if len(a) != 30 || len(b) != 30 {
-				t.Fatalf("%d and %d loss rows", len(a), len(b))
+			first, curve := 1e-4, 1e-4
+			if o.FP16 {
+				curve = 5e-3
 			}
-			for i := range a {
-				if math.Abs(a[i]-b[i]) > 1e-4*math.Abs(a[i]) {
-					t.Fatalf("step %d: genai loss %v, twin %v", i+1, b[i], a[i])
+			b := losses["genai"]
+			for _, ref := range []string{"twin", "twin32"} {
+				a := losses[ref]
+				if a == nil {
+					continue
+				}
+				if len(a) != 30 || len(b) != 30 {
+					t.Fatalf("%d and %d loss rows", len(a), len(b))
+				}
+				worst := 0.0
+				for i := range a {
+					worst = math.Max(worst, math.Abs(a[i]-b[i])/math.Abs(a[i]))
+				}
+				step1 := math.Abs(a[0]-b[0]) / math.Abs(a[0])
+				t.Logf("genai vs %s: loss %.5f → %.5f; relative difference %.3g at step 1, at most %.3g", ref, b[0], b[29], step1, worst)
+				if !(step1 <= first) || !(worst <= curve) {
+					t.Errorf("genai and %s loss curves differ by %.3g relative at step 1 (tolerance %g), %.3g at most (tolerance %g):\ngenai %v\n%s %v",
+						ref, step1, first, worst, curve, b, ref, a)
 				}
 			}
-			if a[29] >= a[0] {
-				t.Errorf("the loss did not fall: %v → %v", a[0], a[29])
+			if b[29] >= b[0] {
+				t.Errorf("the loss did not fall: %v → %v", b[0], b[29])
 			}
 		})
 	}
@@ -148,39 +189,53 @@ func TestOptimumExportsMatchPEFT(t *testing.T) {
 
 // TestGenerateGenaiFolder: loracc generate runs a genai-builder folder
 // (GroupQueryAttention reading its KV cache) given as the folder, and the
-// cached greedy tokens equal those of rerunning the whole sequence.
+// cached greedy tokens equal those of rerunning the whole sequence; in
+// float32 and in float16 (a float16 cache).
 func TestGenerateGenaiFolder(t *testing.T) {
 	env(t)
-	dir := filepath.Join(t.TempDir(), "genai")
-	o := testmodels.TinyGenai()
-	o.Vocab = 1256 // the committed Unigram tokenizer's
-	writeGenaiFolder(t, dir, o)
-	tok, err := os.ReadFile(unigramTokenizer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	writeFile(t, filepath.Join(dir, "tokenizer.json"), string(tok))
-	args := []string{dir, "--prompt", "the cat sat", "--max-new-tokens", "8"}
-	_, _, cached := genRun(t, args...)
-	_, _, plain := genRun(t, append(args, "--no-cache")...)
-	if cached != plain || len(idList(t, cached)) != 8 {
-		t.Errorf("with the cache %s, without %s", cached, plain)
+	for _, fp16 := range []bool{false, true} {
+		t.Run(fmt.Sprintf("fp16=%v", fp16), func(t *testing.T) {
+			dir := filepath.Join(t.TempDir(), "genai")
+			o := testmodels.TinyGenai()
+			o.Vocab = 1256 // the committed Unigram tokenizer's
+			o.FP16 = fp16
+			writeGenaiFolder(t, dir, o)
+			tok, err := os.ReadFile(unigramTokenizer)
+			if err != nil {
+				t.Fatal(err)
+			}
+			writeFile(t, filepath.Join(dir, "tokenizer.json"), string(tok))
+			args := []string{dir, "--prompt", "the cat sat", "--max-new-tokens", "8"}
+			_, _, cached := genRun(t, args...)
+			_, _, plain := genRun(t, append(args, "--no-cache")...)
+			if cached != plain || len(idList(t, cached)) != 8 {
+				t.Errorf("with the cache %s, without %s", cached, plain)
+			}
+		})
 	}
 }
 
 // TestFuseGenaiFolder: fuse given a genai folder writes a copy of the
 // folder (genai_config.json, tokenizer files, the fused model and its data
 // file) that generates what the base folder generates with the adapter;
-// float32 and int4 (MatMulNBits re-quantised on its grid).
+// float32 and int4 (MatMulNBits re-quantised on its grid), and both in
+// float16, whose fused weights stay float16. The float16 int4 folder is
+// compared fused with --quantized float (float16 MatMuls): re-quantised,
+// this adapter moves weights past its blocks' grids (errors of 0.7–0.9 of
+// max |W'|, float32 alike), which changed its last greedy token; the
+// re-quantised folder is checked to keep float16 scales and to generate.
 func TestFuseGenaiFolder(t *testing.T) {
 	env(t)
-	for _, v := range []struct{ int4, packed bool }{{false, false}, {true, false}, {false, true}, {true, true}} {
-		int4 := v.int4
-		t.Run(fmt.Sprintf("int4=%v,packed=%v", v.int4, v.packed), func(t *testing.T) {
+	for _, tc := range []struct {
+		int4, packed, fp16 bool
+		quantized          string // fuse --quantized
+	}{{false, false, false, ""}, {true, false, false, ""}, {false, true, false, ""}, {true, true, false, ""},
+		{false, false, true, ""}, {true, false, true, "float"}} {
+		t.Run(fmt.Sprintf("int4=%v/packed=%v/fp16=%v", tc.int4, tc.packed, tc.fp16), func(t *testing.T) {
 			dir := t.TempDir()
 			folder := filepath.Join(dir, "genai")
 			o := testmodels.TinyGenai()
-			o.Vocab, o.Int4, o.Packed = 1256, v.int4, v.packed
+			o.Vocab, o.Int4, o.Packed, o.FP16 = 1256, tc.int4, tc.packed, tc.fp16
 			writeGenaiFolder(t, folder, o)
 			tok, err := os.ReadFile(unigramTokenizer)
 			if err != nil {
@@ -193,27 +248,62 @@ func TestFuseGenaiFolder(t *testing.T) {
 			run := filepath.Join(dir, "run")
 			mustLoracc(t, "train", lora, "--data", filepath.Join(dir, "data.jsonl"), "--tokenizer", folder, "--loss", "lm", "--logits", "logits",
 				"--max-steps", "10", "--batch-size", "2", "--lr", "3e-2", "--device", "cpu", "--save-every", "0", "--out", run)
-			out := filepath.Join(dir, "fused")
-			mustLoracc(t, "fuse", folder, "--adapter", filepath.Join(run, "adapter"), "-o", out)
-			for _, f := range []string{"genai_config.json", "tokenizer.json", "model.onnx", "model.onnx.data"} {
-				if _, err := os.Stat(filepath.Join(out, f)); err != nil {
-					t.Errorf("fused folder: %v", err)
+			adapter := filepath.Join(run, "adapter")
+			fuse := func(out string, extra ...string) {
+				mustLoracc(t, append([]string{"fuse", folder, "--adapter", adapter, "-o", out}, extra...)...)
+				for _, f := range []string{"genai_config.json", "tokenizer.json", "model.onnx", "model.onnx.data"} {
+					if _, err := os.Stat(filepath.Join(out, f)); err != nil {
+						t.Errorf("fused folder: %v", err)
+					}
 				}
+				checkFloatType(t, filepath.Join(out, "model.onnx"), o.FP16)
 			}
-			if got, want := graphShape(t, filepath.Join(out, "model.onnx")), graphShape(t, filepath.Join(folder, "model.onnx")); got != want {
+			out := filepath.Join(dir, "fused")
+			if tc.quantized != "" {
+				fuse(out, "--quantized", tc.quantized)
+			} else {
+				fuse(out)
+			}
+			if got, want := graphShape(t, filepath.Join(out, "model.onnx")), graphShape(t, filepath.Join(folder, "model.onnx")); tc.quantized == "" && got != want {
 				t.Errorf("the fused graph is not the base graph:\n%s\nbase:\n%s", got, want)
 			}
 			args := []string{"--prompt", "the cat", "--max-new-tokens", "6"}
 			_, _, fused := genRun(t, append([]string{out}, args...)...)
-			_, _, adapted := genRun(t, append([]string{folder, "--adapter", filepath.Join(run, "adapter")}, args...)...)
+			_, _, adapted := genRun(t, append([]string{folder, "--adapter", adapter}, args...)...)
 			_, _, base := genRun(t, append([]string{folder}, args...)...)
 			if fused != adapted {
 				t.Errorf("fused folder generates %s, the base with the adapter %s", fused, adapted)
 			}
-			if !int4 && fused == base {
+			if !tc.int4 && fused == base {
 				t.Logf("note: the adapter did not change the greedy tokens (%s)", base)
 			}
+			if tc.quantized != "" {
+				requant := filepath.Join(dir, "requantized")
+				fuse(requant)
+				if _, _, ids := genRun(t, append([]string{requant}, args...)...); len(idList(t, ids)) != 6 {
+					t.Errorf("the re-quantized folder generates %s", ids)
+				}
+			}
 		})
+	}
+}
+
+// checkFloatType fails t unless every float initializer of the model at
+// path is float16 (fp16) or float32, as the base's weights are.
+func checkFloatType(t *testing.T, path string, fp16 bool) {
+	t.Helper()
+	m, err := graph.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := graph.Float
+	if fp16 {
+		want = graph.Float16
+	}
+	for _, v := range m.Graph.Initializers {
+		if dt := v.Const.DType; dt.IsFloat() && dt != want {
+			t.Errorf("%s: %q is %s, want %s like the base", path, v.Name, dt, want)
+		}
 	}
 }
 

@@ -14,6 +14,10 @@ package testmodels
 // total_sequence_length derived in the graph from attention_mask; q/k/v as
 // three MatMuls or one packed qkv_proj; MLP gate/up/down with SiLU as
 // Sigmoid·x; weights MatMul (float32) or MatMulNBits (int4, block 32).
+// With FP16, the builder's fp16 form (io_dtype float16, what it writes for
+// CUDA): weights, norm scales, cos/sin caches, MatMulNBits scales, the KV
+// cache and the logits are all float16 (the builder casts logits to
+// float32 only for bf16 models).
 //
 // The twin (GenaiLlamaStandard) computes the same function with standard
 // ops as torch.onnx writes a Llama (RMSNorm as Pow/ReduceMean/Sqrt, the
@@ -38,6 +42,18 @@ type GenaiOptions struct {
 	Packed bool
 	// Int4 stores every projection as MatMulNBits (block 32).
 	Int4 bool
+	// FP16 writes both forms in float16: every float weight, cache, KV
+	// input/output and the logits; the values are the float32 ones
+	// rounded, so the two forms still share their weights exactly.
+	FP16 bool
+}
+
+// dtype is the models' float type.
+func (o GenaiOptions) dtype() graph.DataType {
+	if o.FP16 {
+		return graph.Float16
+	}
+	return graph.Float
 }
 
 // TinyGenai are the sizes of the committed-generator tests: 2 layers,
@@ -119,8 +135,8 @@ func newLlamaNet(name string, o GenaiOptions) (*llamaNet, error) {
 	n.c = consts{b: n.b}
 	half := o.head() / 2
 	cos, sin := RotaryCaches(o.MaxLen, half)
-	n.cos = n.c.add(graph.NewFloatTensor("cos_cache", graph.Float, []int64{o.MaxLen, half}, cos))
-	n.sin = n.c.add(graph.NewFloatTensor("sin_cache", graph.Float, []int64{o.MaxLen, half}, sin))
+	n.cos = n.c.add(graph.NewFloatTensor("cos_cache", o.dtype(), []int64{o.MaxLen, half}, cos))
+	n.sin = n.c.add(graph.NewFloatTensor("sin_cache", o.dtype(), []int64{o.MaxLen, half}, sin))
 	return n, n.c.err
 }
 
@@ -132,7 +148,7 @@ func (n *llamaNet) ints(name string, xs ...int64) *graph.Value { return n.b.Int6
 
 // norm weights are near 1, like trained RMSNorm scales.
 func (n *llamaNet) normWeight(name string) *graph.Value {
-	return n.c.add(uniform(name, graph.Float, []int64{n.o.Hidden}, 0.8, 1.2))
+	return n.c.add(uniform(name, n.o.dtype(), []int64{n.o.Hidden}, 0.8, 1.2))
 }
 
 // proj is x·W for W [in, out], named as the onnxruntime-genai builder
@@ -195,7 +211,7 @@ func (n *llamaNet) projTensors(name string, in, out int64) ([]*graph.Tensor, err
 	if !n.o.Int4 {
 		// Seeded by name+".weight", so the values do not depend on the
 		// builder's naming.
-		t, err := uniform(name+".weight", graph.Float, []int64{in, out}, -0.2, 0.2)
+		t, err := uniform(name+".weight", n.o.dtype(), []int64{in, out}, -0.2, 0.2)
 		if t != nil {
 			t.Name = name + ".MatMul.weight"
 		}
@@ -212,7 +228,7 @@ func (n *llamaNet) projTensors(name string, in, out int64) ([]*graph.Tensor, err
 	for i := range scales {
 		scales[i] = r.between(0.005, 0.02)
 	}
-	st, err := graph.NewFloatTensor(name+".MatMul.weight_scales", graph.Float, []int64{out * blocks}, scales)
+	st, err := graph.NewFloatTensor(name+".MatMul.weight_scales", n.o.dtype(), []int64{out * blocks}, scales)
 	return []*graph.Tensor{graph.NewTensor(name+".MatMul.weight_Q4", graph.Uint8, []int64{out, blocks, block / 2}, packed), st}, err
 }
 
@@ -239,7 +255,7 @@ func (n *llamaNet) mlp(p string, x *graph.Value) *graph.Value {
 
 // embed is the token embedding and lmHead the output projection.
 func (n *llamaNet) embed(ids *graph.Value) *graph.Value {
-	w := n.c.add(uniform("model.embed_tokens.weight", graph.Float, []int64{n.o.Vocab, n.o.Hidden}, -1, 1))
+	w := n.c.add(uniform("model.embed_tokens.weight", n.o.dtype(), []int64{n.o.Vocab, n.o.Hidden}, -1, 1))
 	return n.b.Op("Gather", "model.embed_tokens.out", []*graph.Value{w, ids}, graph.AttrI("axis", 0))
 }
 
@@ -248,7 +264,7 @@ func (n *llamaNet) finish(x *graph.Value, seqDim graph.Dim) (*graph.Model, error
 	if err := logits.Rename("logits"); err != nil {
 		return nil, err
 	}
-	logits.Type = tensorType(graph.Float, graph.Dim{Param: "batch_size"}, seqDim, fixed(n.o.Vocab))
+	logits.Type = tensorType(n.o.dtype(), graph.Dim{Param: "batch_size"}, seqDim, fixed(n.o.Vocab))
 	n.m.Graph.Outputs = append([]*graph.Value{logits}, n.m.Graph.Outputs...)
 	return n.m, n.c.err
 }
@@ -298,14 +314,14 @@ func GenaiLlama(o GenaiOptions) (*graph.Model, error) {
 			k = n.proj(p+".attn.k_proj", normed, o.Hidden, o.KVHeads*head)
 			v = n.proj(p+".attn.v_proj", normed, o.Hidden, o.KVHeads*head)
 		}
-		cache := tensorType(graph.Float, batchSize, fixed(o.KVHeads), pastLen, fixed(head))
+		cache := tensorType(o.dtype(), batchSize, fixed(o.KVHeads), pastLen, fixed(head))
 		pk := g.AddInput(fmt.Sprintf("past_key_values.%d.key", l), cache)
 		pv := g.AddInput(fmt.Sprintf("past_key_values.%d.value", l), cache)
 		outs := n.ms.OpN("GroupQueryAttention", []string{p + ".attn.out", fmt.Sprintf("present.%d.key", l), fmt.Sprintf("present.%d.value", l)},
 			[]*graph.Value{q, k, v, pk, pv, seqlens, total, n.cos, n.sin},
 			graph.AttrI("num_heads", o.Heads), graph.AttrI("kv_num_heads", o.KVHeads), graph.AttrI("do_rotary", 1), graph.AttrI("rotary_interleaved", 0), graph.AttrI("local_window_size", -1))
 		for _, pr := range outs[1:] {
-			pr.Type = tensorType(graph.Float, batchSize, fixed(o.KVHeads), totalLen, fixed(head))
+			pr.Type = tensorType(o.dtype(), batchSize, fixed(o.KVHeads), totalLen, fixed(head))
 			g.AddOutput(pr)
 		}
 		attn := n.proj(p+".attn.o_proj", outs[0], o.Heads*head, o.Hidden)
@@ -329,13 +345,18 @@ func GenaiLlamaStandard(o GenaiOptions) (*graph.Model, error) {
 	ids := g.AddInput("input_ids", tensorType(graph.Int64, batchSize, seqLen))
 	mask := g.AddInput("attention_mask", tensorType(graph.Int64, batchSize, seqLen))
 	rms := func(name string, x *graph.Value) *graph.Value {
-		sq := n.op("Pow", name+".sq", x, n.c.add(graph.NewFloatTensor(name+".two", graph.Float, nil, []float32{2})))
+		sq := n.op("Pow", name+".sq", x, n.c.add(graph.NewFloatTensor(name+".two", o.dtype(), nil, []float32{2})))
 		mean := n.b.Op("ReduceMean", name+".mean", []*graph.Value{sq}, graph.AttrIs("axes", -1), graph.AttrI("keepdims", 1))
-		eps := n.c.add(graph.NewFloatTensor(name+".eps", graph.Float, nil, []float32{1e-5}))
+		eps := n.c.add(graph.NewFloatTensor(name+".eps", o.dtype(), nil, []float32{1e-5}))
 		inv := n.op("Reciprocal", name+".inv", n.op("Sqrt", name+".rms", n.op("Add", name+".var", mean, eps)))
 		return n.op("Mul", name+".out", n.normWeight(name+".weight"), n.op("Mul", name+".scaled", x, inv))
 	}
-	// Positions 0..S−1, the causal and padding mask [B, 1, S, S] as 0/−max.
+	// Positions 0..S−1, the causal and padding mask [B, 1, S, S] as 0/−max
+	// (the type's most negative finite value, as torch.onnx writes it).
+	closed := float32(-math.MaxFloat32)
+	if o.FP16 {
+		closed = -65504
+	}
 	shape := n.op("Shape", "mask/shape", ids)
 	s := n.b.Op("Gather", "mask/seq", []*graph.Value{shape, n.b.Int64s("mask/one", []int64{1})}, graph.AttrI("axis", 0))
 	sScalar := n.b.Op("Squeeze", "mask/seq0", []*graph.Value{s, n.ints("mask/axis0", 0)})
@@ -345,7 +366,7 @@ func GenaiLlamaStandard(o GenaiOptions) (*graph.Model, error) {
 	causal := n.op("LessOrEqual", "mask/causal", pos, rows) // [S, S]: key ≤ query
 	keys := n.b.Op("Cast", "mask/keys", []*graph.Value{n.b.Op("Unsqueeze", "mask/keys4", []*graph.Value{mask, n.ints("mask/axes12", 1, 2)})}, graph.AttrI("to", int64(graph.Bool)))
 	allowed := n.op("And", "mask/allowed", causal, keys) // [B, 1, S, S]
-	bias := n.op("Where", "mask/bias", allowed, n.c.add(graph.NewFloatTensor("mask/open", graph.Float, nil, []float32{0})), n.c.add(graph.NewFloatTensor("mask/closed", graph.Float, nil, []float32{-math.MaxFloat32})))
+	bias := n.op("Where", "mask/bias", allowed, n.c.add(graph.NewFloatTensor("mask/open", o.dtype(), nil, []float32{0})), n.c.add(graph.NewFloatTensor("mask/closed", o.dtype(), nil, []float32{closed})))
 	cos := n.b.Op("Gather", "rope/cos", []*graph.Value{n.cos, pos}, graph.AttrI("axis", 0)) // [S, head/2]
 	sin := n.b.Op("Gather", "rope/sin", []*graph.Value{n.sin, pos}, graph.AttrI("axis", 0))
 	cos2, sin2 := n.b.Op("Concat", "rope/cos2", []*graph.Value{cos, cos}, graph.AttrI("axis", -1)), n.b.Op("Concat", "rope/sin2", []*graph.Value{sin, sin}, graph.AttrI("axis", -1))
@@ -368,7 +389,7 @@ func GenaiLlamaStandard(o GenaiOptions) (*graph.Model, error) {
 		e := n.op("Expand", name+".e", u, n.ints(name+".rep", 1, 1, o.Heads/o.KVHeads, 1, 1))
 		return n.op("Reshape", name+".r", e, n.ints(name+".shape", 0, o.Heads, -1, head))
 	}
-	scale := n.c.add(graph.NewFloatTensor("attn.scale", graph.Float, nil, []float32{float32(1 / math.Sqrt(float64(head)))}))
+	scale := n.c.add(graph.NewFloatTensor("attn.scale", o.dtype(), nil, []float32{float32(1 / math.Sqrt(float64(head)))}))
 	x := n.embed(ids)
 	for l := range o.Layers {
 		p := fmt.Sprintf("model.layers.%d", l)

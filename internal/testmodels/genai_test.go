@@ -13,14 +13,18 @@ import (
 // TestGenaiTwinUnderORT: the genai-form tiny Llama (GroupQueryAttention,
 // SkipSimplifiedLayerNormalization, zero-length past) and its
 // standard-ops twin give the same logits on a right-padded batch, for
-// float32 and int4 weights (positions past a row's length excepted: the
-// genai form's attention does not define them, see trainstep/contrib.go).
+// float32 and int4 weights, and both in float16 (positions past a row's
+// length excepted: the genai form's attention does not define them, see
+// trainstep/contrib.go).
 func TestGenaiTwinUnderORT(t *testing.T) {
 	env := openEnv(t)
-	for _, int4 := range []bool{false, true} {
-		t.Run(fmt.Sprintf("int4=%v", int4), func(t *testing.T) {
+	for _, tc := range []struct {
+		int4, fp16 bool
+		tol        float64
+	}{{false, false, 1e-5}, {true, false, 1e-5}, {false, true, 1e-3}, {true, true, 1e-3}} {
+		t.Run(fmt.Sprintf("int4=%v/fp16=%v", tc.int4, tc.fp16), func(t *testing.T) {
 			o := TinyGenai()
-			o.Int4 = int4
+			o.Int4, o.FP16 = tc.int4, tc.fp16
 			dir := t.TempDir()
 			paths := map[string]string{}
 			for name, build := range map[string]func(GenaiOptions) (*graph.Model, error){"genai": GenaiLlama, "standard": GenaiLlamaStandard} {
@@ -45,7 +49,7 @@ func TestGenaiTwinUnderORT(t *testing.T) {
 			feeds := map[string]runtime.Tensor{"input_ids": runtime.Int64Tensor([]int64{b, s}, ids), "attention_mask": runtime.Int64Tensor([]int64{b, s}, mask)}
 			for l := range o.Layers {
 				for _, kv := range []string{"key", "value"} {
-					feeds[fmt.Sprintf("past_key_values.%d.%s", l, kv)] = runtime.FloatTensor([]int64{b, o.KVHeads, 0, o.head()}, nil)
+					feeds[fmt.Sprintf("past_key_values.%d.%s", l, kv)] = runtime.Tensor{DType: o.dtype(), Shape: []int64{b, o.KVHeads, 0, o.head()}}
 				}
 			}
 			run := func(path string) []float32 {
@@ -58,7 +62,7 @@ func TestGenaiTwinUnderORT(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				f, err := out["logits"].Floats()
+				f, err := graph.DecodeFloats(out["logits"].DType, out["logits"].Data)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -73,7 +77,9 @@ func TestGenaiTwinUnderORT(t *testing.T) {
 				d := float64(got[i] - want[i])
 				num, den = num+d*d, den+float64(want[i])*float64(want[i])
 			}
-			if rel := math.Sqrt(num / den); !(rel <= 1e-5) {
+			rel := math.Sqrt(num / den)
+			t.Logf("genai vs standard logits: ‖Δ‖/‖ref‖ = %.3g", rel)
+			if !(rel <= tc.tol) {
 				t.Errorf("genai vs standard logits: ‖Δ‖/‖ref‖ = %.3g", rel)
 			}
 		})
