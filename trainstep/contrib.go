@@ -37,6 +37,7 @@ package trainstep
 import (
 	"fmt"
 	"math"
+	"slices"
 
 	"github.com/loracc/loracc/graph"
 	"github.com/loracc/loracc/infer"
@@ -65,34 +66,33 @@ const (
 
 // Decompose replaces the contrib ops that have no gradient rule by
 // standard ops computing the same (com.microsoft GroupQueryAttention,
-// RotaryEmbedding and MultiHeadAttention), and
-// returns how many it replaced. Pass canonicalize runs it first; it is
-// exported for the finite-difference tests of the decompositions.
+// RotaryEmbedding, MultiHeadAttention and Attention), and returns how
+// many it replaced. Pass canonicalize runs it first; it is exported for
+// the finite-difference tests of the decompositions.
 func Decompose(m *graph.Model) (int, error) {
-	k, err := decomposeGQAs(m)
-	if err != nil {
-		return k, err
-	}
-	r, err := decomposeRotaries(m)
-	if err != nil {
-		return k + r, err
-	}
-	h, err := decomposeMHAs(m)
-	return k + r + h, err
-}
-
-// decomposeRotaries replaces every com.microsoft RotaryEmbedding (the
-// rotary of the model builder's DML graphs) by standard ops.
-func decomposeRotaries(m *graph.Model) (int, error) {
 	count := 0
-	for _, n := range append([]*graph.Node(nil), m.Graph.Nodes...) {
-		if n.Op != "RotaryEmbedding" || n.Domain != "com.microsoft" || n.Graph() == nil {
-			continue
+	for _, d := range []struct {
+		op string
+		fn func(*graph.Model, *graph.Node) error
+	}{
+		{"GroupQueryAttention", decomposeGQA},
+		{"RotaryEmbedding", decomposeRotary}, // the model builder's DML graphs' rotary
+		{"MultiHeadAttention", decomposeMHA}, // mha.go
+		{"Attention", decomposeAttention},    // attention.go
+	} {
+		for _, n := range append([]*graph.Node(nil), m.Graph.Nodes...) {
+			if n.Op != d.op || n.Domain != "com.microsoft" || n.Graph() == nil {
+				continue
+			}
+			err := fmt.Errorf("the decomposition needs opset 13 (Unsqueeze, Slice and Split with input axes; the model has %d)", m.OpsetVersion(""))
+			if m.OpsetVersion("") >= 13 {
+				err = d.fn(m, n)
+			}
+			if err != nil {
+				return count, fmt.Errorf("node %q (com.microsoft %s): %w", n.Name, d.op, err)
+			}
+			count++
 		}
-		if err := decomposeRotary(m, n); err != nil {
-			return count, fmt.Errorf("node %q (com.microsoft RotaryEmbedding): %w", n.Name, err)
-		}
-		count++
 	}
 	return count, nil
 }
@@ -102,9 +102,6 @@ func decomposeRotaries(m *graph.Model) (int, error) {
 // sin_cache [max_len, r/2]; the first r dims of each head rotated by
 // halves (or interleaved pairs), the rest passed through.
 func decomposeRotary(m *graph.Model, n *graph.Node) error {
-	if m.OpsetVersion("") < 13 {
-		return fmt.Errorf("the decomposition needs opset 13 (the model has %d)", m.OpsetVersion(""))
-	}
 	if s := n.AttrFloat("scale", 1); s != 1 {
 		return fmt.Errorf("attribute scale=%g is not supported for training", s)
 	}
@@ -168,21 +165,13 @@ func decomposeRotary(m *graph.Model, n *graph.Node) error {
 	return replaceOutputs(m.Graph, n, out)
 }
 
-// decomposeGQAs replaces every GroupQueryAttention node of g by standard
-// ops and returns how many it replaced.
-func decomposeGQAs(m *graph.Model) (int, error) {
-	g := m.Graph
-	count := 0
-	for _, n := range append([]*graph.Node(nil), g.Nodes...) {
-		if n.Op != "GroupQueryAttention" || n.Domain != "com.microsoft" || n.Graph() == nil {
-			continue
-		}
-		if err := decomposeGQA(m, n); err != nil {
-			return count, fmt.Errorf("node %q (com.microsoft GroupQueryAttention): %w", n.Name, err)
-		}
-		count++
+// numHeads is n's num_heads attribute, which must be positive.
+func numHeads(n *graph.Node) (int64, error) {
+	heads := n.AttrInt("num_heads", 0)
+	if heads <= 0 {
+		return 0, fmt.Errorf("num_heads %d: want a positive count", heads)
 	}
-	return count, nil
+	return heads, nil
 }
 
 // input is n's input i, nil when absent or omitted.
@@ -194,9 +183,6 @@ func input(n *graph.Node, i int) *graph.Value {
 }
 
 func decomposeGQA(m *graph.Model, n *graph.Node) error {
-	if m.OpsetVersion("") < 13 {
-		return fmt.Errorf("the decomposition needs opset 13 (Unsqueeze, Slice and Split with input axes; the model has %d)", m.OpsetVersion(""))
-	}
 	for _, a := range []string{"k_quant_type", "v_quant_type"} {
 		if at := n.Attr(a); at != nil && string(at.S) != "NONE" {
 			return fmt.Errorf("attribute %s=%q: quantized KV caches are not supported for training", a, at.S)
@@ -306,7 +292,9 @@ func decomposeGQA(m *graph.Model, n *graph.Node) error {
 }
 
 // replaceOutputs makes ws[i] take over n's output i (uses, graph-output
-// slot, name and type), then removes n.
+// slot, name and type), then removes n. A w that is one of n's inputs
+// (MultiHeadAttention's key as its present) takes over through an
+// Identity, so that the value the model named keeps its name.
 func replaceOutputs(g *graph.Graph, n *graph.Node, ws ...*graph.Value) error {
 	type rename struct {
 		v    *graph.Value
@@ -314,9 +302,13 @@ func replaceOutputs(g *graph.Graph, n *graph.Node, ws ...*graph.Value) error {
 		typ  *graph.TensorType
 	}
 	var renames []rename
+	ib := &graph.Builder{G: g, Prefix: n.Name + "/decomposed"}
 	for i, w := range ws {
 		if i >= len(n.Outputs()) || n.Output(i) == nil {
 			continue
+		}
+		if slices.Contains(n.Inputs(), w) {
+			w = ib.Op("Identity", w.Name+"/copy", []*graph.Value{w})
 		}
 		old := n.Output(i)
 		old.ReplaceAllUsesWith(w)
@@ -384,11 +376,19 @@ func attend(b *opb.Builder, qh, kh, vh *graph.Value, a attention) *graph.Value {
 
 // lastDim is v's last dim when known, else 0.
 func lastDim(inf *infer.Inferer, v *graph.Value) int64 {
+	return dimAt(inf, v, -1)
+}
+
+// dimAt is v's dim i (negative counts from the end) when known, else 0.
+func dimAt(inf *infer.Inferer, v *graph.Value, i int) int64 {
 	d := inf.Info(v).Dims
-	if len(d) == 0 || !d[len(d)-1].Known() {
+	if i < 0 {
+		i += len(d)
+	}
+	if i < 0 || i >= len(d) || !d[i].Known() {
 		return 0
 	}
-	return d[len(d)-1].Value
+	return d[i].Value
 }
 
 // rotate applies the rotary embedding to the first r dims of x [.., S, D]

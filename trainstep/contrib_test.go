@@ -62,25 +62,8 @@ func TestGQADecompositionMatchesORT(t *testing.T) {
 		{name: "fp16, softcap", batch: 1, seq: 5, heads: 2, kvHeads: 1, head: 8, softcap: 0.5, window: -1, fp16: true},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			dir := t.TempDir()
 			m, feeds := gqaModel(t, c)
-			ref := filepath.Join(dir, "ref.onnx")
-			if err := graph.Save(m, ref, graph.SaveOptions{}); err != nil {
-				t.Fatal(err)
-			}
-			if k, err := Decompose(m); err != nil || k != 1 {
-				t.Fatalf("Decompose: %d, %v", k, err)
-			}
-			m.Graph.Walk(func(n *graph.Node) {
-				if n.Domain != "" {
-					t.Errorf("node %q keeps domain %s", n.Name, n.Domain)
-				}
-			})
-			dec := filepath.Join(dir, "dec.onnx")
-			if err := graph.Save(m, dec, graph.SaveOptions{}); err != nil {
-				t.Fatal(err)
-			}
-			want, got := runAll(t, e, ref, feeds), runAll(t, e, dec, feeds)
+			want, got := decomposeAndRun(t, e, m, m, feeds)
 			valid := func(b, s int64) bool { return c.lens == nil || s < c.lens[b] }
 			tol := 1e-5
 			if c.fp16 {
@@ -123,41 +106,12 @@ func TestGQADecompositionMatchesORT(t *testing.T) {
 // inputs, with feeds) and its rotary caches (initializers).
 func gqaModel(t *testing.T, c gqaCase) (*graph.Model, map[string]runtime.Tensor) {
 	t.Helper()
-	rng := rand.New(rand.NewPCG(uint64(c.seq*131+c.heads*7+c.head), 3))
 	m := graph.NewModel(17)
 	m.Opsets = append(m.Opsets, graph.Opset{Domain: "com.microsoft", Version: 1})
 	g := m.Graph
-	feeds := map[string]runtime.Tensor{}
-	randIn := func(name string, dims ...int64) *graph.Value {
-		n := int64(1)
-		shape := make([]graph.Dim, len(dims))
-		for i, d := range dims {
-			n *= d
-			shape[i] = graph.Dim{Value: d}
-		}
-		x := make([]float32, n)
-		for i := range x {
-			x[i] = float32(2*rng.Float64() - 1)
-		}
-		raw, err := graph.EncodeFloats(c.dtype(), x)
-		if err != nil {
-			t.Fatal(err)
-		}
-		feeds[name] = runtime.Tensor{DType: c.dtype(), Shape: dims, Data: raw}
-		return g.AddInput(name, &graph.TensorType{DType: c.dtype(), Shape: shape})
-	}
-	int32In := func(name string, dims []int64, vals []int32) *graph.Value {
-		raw := make([]byte, 4*len(vals))
-		for i, v := range vals {
-			binary.LittleEndian.PutUint32(raw[4*i:], uint32(v))
-		}
-		shape := make([]graph.Dim, len(dims))
-		for i, d := range dims {
-			shape[i] = graph.Dim{Value: d}
-		}
-		feeds[name] = runtime.Tensor{DType: graph.Int32, Shape: dims, Data: raw}
-		return g.AddInput(name, &graph.TensorType{DType: graph.Int32, Shape: shape})
-	}
+	in := newTestInputs(g, rand.New(rand.NewPCG(uint64(c.seq*131+c.heads*7+c.head), 3)))
+	randIn := func(name string, dims ...int64) *graph.Value { return in.floatOf(t, name, c.dtype(), dims...) }
+	int32In := in.int32s
 	var ins []*graph.Value
 	if c.packed {
 		ins = []*graph.Value{randIn("query", c.batch, c.seq, (c.heads+2*c.kvHeads)*c.head), nil, nil}
@@ -207,7 +161,130 @@ func gqaModel(t *testing.T, c gqaCase) (*graph.Model, map[string]runtime.Tensor)
 		}
 		g.AddOutput(o)
 	}
-	return m, feeds
+	return m, in.feeds
+}
+
+// testInputs adds graph inputs (with their feeds) and initializers of
+// random values to a test model.
+type testInputs struct {
+	g     *graph.Graph
+	rng   *rand.Rand
+	feeds map[string]runtime.Tensor
+}
+
+func newTestInputs(g *graph.Graph, rng *rand.Rand) *testInputs {
+	return &testInputs{g: g, rng: rng, feeds: map[string]runtime.Tensor{}}
+}
+
+func (in *testInputs) random(n int64, scale float64) []float32 {
+	x := make([]float32, n)
+	for i := range x {
+		x[i] = float32(scale * (2*in.rng.Float64() - 1))
+	}
+	return x
+}
+
+// float is a float32 graph input of values in [-1, 1].
+func (in *testInputs) float(name string, dims ...int64) *graph.Value {
+	in.feeds[name] = runtime.FloatTensor(dims, in.random(numel(dims), 1))
+	return in.g.AddInput(name, &graph.TensorType{DType: graph.Float, Shape: static(dims)})
+}
+
+// floatOf is a graph input of type dt (fp32, fp16 or bf16) of values in
+// [-1, 1].
+func (in *testInputs) floatOf(t *testing.T, name string, dt graph.DataType, dims ...int64) *graph.Value {
+	t.Helper()
+	raw, err := graph.EncodeFloats(dt, in.random(numel(dims), 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	in.feeds[name] = runtime.Tensor{DType: dt, Shape: dims, Data: raw}
+	return in.g.AddInput(name, &graph.TensorType{DType: dt, Shape: static(dims)})
+}
+
+// weight is a float32 initializer of values in [-scale, scale].
+func (in *testInputs) weight(t *testing.T, name string, scale float64, dims ...int64) *graph.Value {
+	t.Helper()
+	w, err := graph.NewFloatTensor(name, graph.Float, dims, in.random(numel(dims), scale))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return in.g.AddInitializer(w)
+}
+
+// int32s is an int32 graph input with the given values.
+func (in *testInputs) int32s(name string, dims []int64, vals []int32) *graph.Value {
+	raw := make([]byte, 4*len(vals))
+	for i, v := range vals {
+		binary.LittleEndian.PutUint32(raw[4*i:], uint32(v))
+	}
+	in.feeds[name] = runtime.Tensor{DType: graph.Int32, Shape: dims, Data: raw}
+	return in.g.AddInput(name, &graph.TensorType{DType: graph.Int32, Shape: static(dims)})
+}
+
+func numel(dims []int64) int64 {
+	n := int64(1)
+	for _, d := range dims {
+		n *= d
+	}
+	return n
+}
+
+func static(dims []int64) []graph.Dim {
+	shape := make([]graph.Dim, len(dims))
+	for i, d := range dims {
+		shape[i] = graph.Dim{Value: d}
+	}
+	return shape
+}
+
+// decomposedMatchesORT checks that ORT's CPU kernel on ref and the
+// decomposition of m give the same outputs (‖Δ‖/‖ref‖ ≤ 1e-5).
+func decomposedMatchesORT(t *testing.T, e *runtime.Env, ref, m *graph.Model, feeds map[string]runtime.Tensor, outputs ...string) {
+	t.Helper()
+	want, got := decomposeAndRun(t, e, ref, m, feeds)
+	for _, name := range outputs {
+		w, _ := want[name].Floats()
+		g, _ := got[name].Floats()
+		if len(w) != len(g) || len(w) == 0 {
+			t.Fatalf("%s: %d values, ORT %d", name, len(g), len(w))
+		}
+		var num, den float64
+		for i := range w {
+			d := float64(g[i] - w[i])
+			num, den = num+d*d, den+float64(w[i])*float64(w[i])
+		}
+		rel := math.Sqrt(num / den)
+		t.Logf("%s: ‖Δ‖/‖ref‖ = %.3g", name, rel)
+		if !(rel <= 1e-5) {
+			t.Errorf("%s: ‖Δ‖/‖ref‖ = %.3g", name, rel)
+		}
+	}
+}
+
+// decomposeAndRun saves ref, decomposes m's one contrib node (checking
+// that no contrib op is left), and runs both under ORT on the CPU: want
+// is ref's outputs, got m's. ref may be m itself (it is saved before m
+// is decomposed).
+func decomposeAndRun(t *testing.T, e *runtime.Env, ref, m *graph.Model, feeds map[string]runtime.Tensor) (want, got map[string]runtime.Tensor) {
+	t.Helper()
+	dir := t.TempDir()
+	refPath, decPath := filepath.Join(dir, "ref.onnx"), filepath.Join(dir, "dec.onnx")
+	if err := graph.Save(ref, refPath, graph.SaveOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if k, err := Decompose(m); err != nil || k != 1 {
+		t.Fatalf("Decompose: %d, %v", k, err)
+	}
+	m.Graph.Walk(func(n *graph.Node) {
+		if n.Domain != "" {
+			t.Errorf("node %q keeps domain %s", n.Name, n.Domain)
+		}
+	})
+	if err := graph.Save(m, decPath, graph.SaveOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	return runAll(t, e, refPath, feeds), runAll(t, e, decPath, feeds)
 }
 
 // runAll runs the model at path on the CPU and returns every output.
@@ -256,22 +333,11 @@ func TestRotaryDecompositionMatchesORT(t *testing.T) {
 		{name: "BSNH, interleaved, offset", dims: []int64{1, 6, 32}, half: 8, interleaved: true, offset: true},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			rng := rand.New(rand.NewPCG(uint64(len(c.name)), 9))
 			m := graph.NewModel(17)
 			m.Opsets = append(m.Opsets, graph.Opset{Domain: "com.microsoft", Version: 1})
 			g := m.Graph
-			n := int64(1)
-			shape := make([]graph.Dim, len(c.dims))
-			for i, d := range c.dims {
-				n *= d
-				shape[i] = graph.Dim{Value: d}
-			}
-			xs := make([]float32, n)
-			for i := range xs {
-				xs[i] = float32(2*rng.Float64() - 1)
-			}
-			feeds := map[string]runtime.Tensor{"x": runtime.FloatTensor(c.dims, xs)}
-			x := g.AddInput("x", &graph.TensorType{DType: graph.Float, Shape: shape})
+			in := newTestInputs(g, rand.New(rand.NewPCG(uint64(len(c.name)), 9)))
+			x, feeds := in.float("x", c.dims...), in.feeds
 			seq := c.dims[1]
 			if len(c.dims) == 4 {
 				seq = c.dims[2]
@@ -301,28 +367,7 @@ func TestRotaryDecompositionMatchesORT(t *testing.T) {
 			y := nb.Op("RotaryEmbedding", "output", []*graph.Value{x, pos, b.Const(ct), b.Const(st)}, attrs...)
 			y.Type = &graph.TensorType{DType: graph.Float}
 			g.AddOutput(y)
-			dir := t.TempDir()
-			ref := filepath.Join(dir, "ref.onnx")
-			if err := graph.Save(m, ref, graph.SaveOptions{}); err != nil {
-				t.Fatal(err)
-			}
-			if k, err := Decompose(m); err != nil || k != 1 {
-				t.Fatalf("Decompose: %d, %v", k, err)
-			}
-			dec := filepath.Join(dir, "dec.onnx")
-			if err := graph.Save(m, dec, graph.SaveOptions{}); err != nil {
-				t.Fatal(err)
-			}
-			w, _ := runAll(t, e, ref, feeds)["output"].Floats()
-			got, _ := runAll(t, e, dec, feeds)["output"].Floats()
-			var num, den float64
-			for i := range w {
-				d := float64(got[i] - w[i])
-				num, den = num+d*d, den+float64(w[i])*float64(w[i])
-			}
-			if rel := math.Sqrt(num / den); !(rel <= 1e-5) || len(got) != len(w) {
-				t.Errorf("‖Δ‖/‖ref‖ = %.3g (%d values, ORT %d)", rel, len(got), len(w))
-			}
+			decomposedMatchesORT(t, e, m, m, feeds, "output")
 		})
 	}
 }
@@ -330,60 +375,64 @@ func TestRotaryDecompositionMatchesORT(t *testing.T) {
 // TestMHADecompositionMatchesORT: the decomposition of com.microsoft
 // MultiHeadAttention gives ORT's CPU kernel's output and presents
 // (‖Δ‖/‖ref‖ ≤ 1e-5) for self- and cross-attention, with bias, a key
-// padding mask, unidirectional masking, a past and an attention bias.
+// padding mask, unidirectional masking, a past, an attention bias, a
+// value head wider than the query's, and key and value given as heads
+// [B, N, L, H] (the cross-attention cache form: with a padding mask, with
+// a bias, of which the kernel adds the query's part alone, and
+// unidirectional with one query, which sees every key).
 func TestMHADecompositionMatchesORT(t *testing.T) {
 	e := ortest.Env(t)
 	for _, c := range []struct {
 		name                    string
 		b, s, l, past, heads, h int64
+		vh                      int64 // value head size; 0: h
 		bias, padding, uni, ab  bool
+		asHeads                 bool // key and value [B, N, L, H]
 	}{
 		{name: "self", b: 2, s: 5, l: 5, heads: 2, h: 8},
 		{name: "self, bias, padding", b: 2, s: 5, l: 5, heads: 2, h: 8, bias: true, padding: true},
 		{name: "unidirectional with past", b: 1, s: 3, l: 3, past: 4, heads: 2, h: 8, uni: true},
 		{name: "cross, attention bias", b: 2, s: 4, l: 6, heads: 4, h: 4, ab: true},
+		{name: "cross, wider value heads, bias", b: 2, s: 3, l: 5, heads: 2, h: 4, vh: 6, bias: true},
+		{name: "key and value as heads, padding", b: 2, s: 4, l: 6, heads: 2, h: 8, asHeads: true, padding: true},
+		{name: "key and value as heads, bias", b: 2, s: 3, l: 5, heads: 2, h: 8, asHeads: true, bias: true},
+		{name: "key and value as heads, unidirectional, one query", b: 2, s: 1, l: 5, heads: 2, h: 8, asHeads: true, uni: true},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			rng := rand.New(rand.NewPCG(uint64(len(c.name)), 11))
 			m := graph.NewModel(17)
 			m.Opsets = append(m.Opsets, graph.Opset{Domain: "com.microsoft", Version: 1})
 			g := m.Graph
-			feeds := map[string]runtime.Tensor{}
-			in := func(name string, dims ...int64) *graph.Value {
-				n := int64(1)
-				shape := make([]graph.Dim, len(dims))
-				for i, d := range dims {
-					n *= d
-					shape[i] = graph.Dim{Value: d}
-				}
-				x := make([]float32, n)
-				for i := range x {
-					x[i] = float32(2*rng.Float64() - 1)
-				}
-				feeds[name] = runtime.FloatTensor(dims, x)
-				return g.AddInput(name, &graph.TensorType{DType: graph.Float, Shape: shape})
+			in := newTestInputs(g, rand.New(rand.NewPCG(uint64(len(c.name)), 11)))
+			vh := c.vh
+			if vh == 0 {
+				vh = c.h
 			}
 			d := c.heads * c.h
-			ins := []*graph.Value{in("q", c.b, c.s, d), in("k", c.b, c.l, d), in("v", c.b, c.l, d), nil, nil, nil, nil, nil}
+			ins := make([]*graph.Value, 8)
+			ins[0] = in.float("q", c.b, c.s, d)
+			if c.asHeads {
+				ins[1], ins[2] = in.float("k", c.b, c.heads, c.l, c.h), in.float("v", c.b, c.heads, c.l, vh)
+			} else {
+				ins[1], ins[2] = in.float("k", c.b, c.l, d), in.float("v", c.b, c.l, c.heads*vh)
+			}
 			if c.bias {
-				ins[3] = in("bias", 3*d)
+				ins[3] = in.float("bias", 2*d+c.heads*vh)
 			}
 			total := c.past + c.l
 			if c.padding {
-				mask := make([]byte, 4*c.b*total)
-				for i := range c.b * total {
-					if i%total < total-int64(i/total) { // row b masks its last b keys
-						mask[4*i] = 1
+				vals := make([]int32, c.b*total)
+				for i := range vals {
+					if int64(i)%total < total-int64(i)/total { // row b masks its last b keys
+						vals[i] = 1
 					}
 				}
-				feeds["mask"] = runtime.Tensor{DType: graph.Int32, Shape: []int64{c.b, total}, Data: mask}
-				ins[4] = g.AddInput("mask", &graph.TensorType{DType: graph.Int32, Shape: []graph.Dim{{Value: c.b}, {Value: total}}})
+				ins[4] = in.int32s("mask", []int64{c.b, total}, vals)
 			}
 			if c.ab {
-				ins[5] = in("ab", 1, c.heads, c.s, total)
+				ins[5] = in.float("ab", 1, c.heads, c.s, total)
 			}
 			if c.past > 0 {
-				ins[6], ins[7] = in("pk", c.b, c.heads, c.past, c.h), in("pv", c.b, c.heads, c.past, c.h)
+				ins[6], ins[7] = in.float("pk", c.b, c.heads, c.past, c.h), in.float("pv", c.b, c.heads, c.past, vh)
 			}
 			for len(ins) > 0 && ins[len(ins)-1] == nil {
 				ins = ins[:len(ins)-1]
@@ -395,34 +444,7 @@ func TestMHADecompositionMatchesORT(t *testing.T) {
 				o.Type = &graph.TensorType{DType: graph.Float}
 				g.AddOutput(o)
 			}
-			dir := t.TempDir()
-			ref := filepath.Join(dir, "ref.onnx")
-			if err := graph.Save(m, ref, graph.SaveOptions{}); err != nil {
-				t.Fatal(err)
-			}
-			if k, err := Decompose(m); err != nil || k != 1 {
-				t.Fatalf("Decompose: %d, %v", k, err)
-			}
-			dec := filepath.Join(dir, "dec.onnx")
-			if err := graph.Save(m, dec, graph.SaveOptions{}); err != nil {
-				t.Fatal(err)
-			}
-			want, got := runAll(t, e, ref, feeds), runAll(t, e, dec, feeds)
-			for _, name := range []string{"output", "present_key", "present_value"} {
-				w, _ := want[name].Floats()
-				g, _ := got[name].Floats()
-				if len(w) != len(g) {
-					t.Fatalf("%s: %d values, ORT %d", name, len(g), len(w))
-				}
-				var num, den float64
-				for i := range w {
-					d := float64(g[i] - w[i])
-					num, den = num+d*d, den+float64(w[i])*float64(w[i])
-				}
-				if rel := math.Sqrt(num / den); !(rel <= 1e-5) {
-					t.Errorf("%s: ‖Δ‖/‖ref‖ = %.3g", name, rel)
-				}
-			}
+			decomposedMatchesORT(t, e, m, m, in.feeds, "output", "present_key", "present_value")
 		})
 	}
 }

@@ -19,13 +19,6 @@ func gqaCases() []Case {
 	const head = 16
 	build := func(heads, kvHeads, seq int64, packed bool, attrs ...*graph.Attr) func(*graph.Builder, map[string]*graph.Value) (*graph.Value, error) {
 		return func(b *graph.Builder, in map[string]*graph.Value) (*graph.Value, error) {
-			i32 := func(name string, dims []int64, vals ...int32) *graph.Value {
-				raw := make([]byte, 4*len(vals))
-				for i, v := range vals {
-					binary.LittleEndian.PutUint32(raw[4*i:], uint32(v))
-				}
-				return b.Const(graph.NewTensor(name, graph.Int32, dims, raw))
-			}
 			const half, maxLen = head / 2, 8
 			cos, sin := testmodels.RotaryCaches(maxLen, half)
 			ct, err := graph.NewFloatTensor("cos_cache", graph.Float, []int64{maxLen, half}, cos)
@@ -40,13 +33,10 @@ func gqaCases() []Case {
 			if packed {
 				ins = []*graph.Value{in["qkv"], nil, nil}
 			}
-			ins = append(ins, nil, nil, i32("seqlens_k", []int64{2}, int32(seq-1), int32(seq-1)), i32("total", nil, int32(seq)), b.Const(ct), b.Const(st))
+			ins = append(ins, nil, nil, int32Const(b, "seqlens_k", []int64{2}, int32(seq-1), int32(seq-1)), int32Const(b, "total", nil, int32(seq)), b.Const(ct), b.Const(st))
 			nb := &graph.Builder{G: b.G, Prefix: "a", Domain: "com.microsoft"}
 			nb.Op("GroupQueryAttention", "att", ins, append([]*graph.Attr{graph.AttrI("num_heads", heads), graph.AttrI("kv_num_heads", kvHeads), graph.AttrI("do_rotary", 1)}, attrs...)...)
-			if _, err := trainstep.Decompose(b.G.Model); err != nil {
-				return nil, err
-			}
-			return b.G.Lookup("att"), nil
+			return decomposed(b, "att")
 		}
 	}
 	ms := []string{"com.microsoft"}
@@ -84,10 +74,7 @@ func rotaryCases() []Case {
 			}
 			nb := &graph.Builder{G: b.G, Prefix: "r", Domain: "com.microsoft"}
 			nb.Op("RotaryEmbedding", "rot", []*graph.Value{in["x"], pos, b.Const(ct), b.Const(st)}, graph.AttrI("interleaved", boolInt(interleaved)))
-			if _, err := trainstep.Decompose(b.G.Model); err != nil {
-				return nil, err
-			}
-			return b.G.Lookup("rot"), nil
+			return decomposed(b, "rot")
 		}
 	}
 	ms := []string{"com.microsoft"}
@@ -95,6 +82,24 @@ func rotaryCases() []Case {
 		{Name: "RotaryEmbedding BSNH", DType: graph.Float, Domains: ms, Inputs: []Input{p("x", 2, 3, 16)}, Build: build(false, false)},
 		{Name: "RotaryEmbedding BNSH interleaved, offset", DType: graph.Float, Domains: ms, Inputs: []Input{p("x", 1, 2, 3, 8)}, Build: build(true, true)},
 	}
+}
+
+// decomposed replaces the contrib nodes of b's model by standard ops and
+// returns the value named out.
+func decomposed(b *graph.Builder, out string) (*graph.Value, error) {
+	if _, err := trainstep.Decompose(b.G.Model); err != nil {
+		return nil, err
+	}
+	return b.G.Lookup(out), nil
+}
+
+// int32Const is an int32 initializer (sequence lengths, masks).
+func int32Const(b *graph.Builder, name string, dims []int64, vals ...int32) *graph.Value {
+	raw := make([]byte, 4*len(vals))
+	for i, v := range vals {
+		binary.LittleEndian.PutUint32(raw[4*i:], uint32(v))
+	}
+	return b.Const(graph.NewTensor(name, graph.Int32, dims, raw))
 }
 
 func boolInt(b bool) int64 {
@@ -112,26 +117,26 @@ func TestRotaryGradient(t *testing.T) {
 // mhaCases differentiate com.microsoft MultiHeadAttention through its
 // decomposition: self-attention with bias, unidirectional; cross-attention.
 func mhaCases() []Case {
-	build := func(bias, uni bool) func(*graph.Builder, map[string]*graph.Value) (*graph.Value, error) {
-		return func(b *graph.Builder, in map[string]*graph.Value) (*graph.Value, error) {
-			ins := []*graph.Value{in["q"], in["k"], in["v"]}
-			if bias {
-				ins = append(ins, in["bias"])
-			}
-			nb := &graph.Builder{G: b.G, Prefix: "m", Domain: "com.microsoft"}
-			nb.Op("MultiHeadAttention", "mha", ins, graph.AttrI("num_heads", 2), graph.AttrI("unidirectional", boolInt(uni)))
-			if _, err := trainstep.Decompose(b.G.Model); err != nil {
-				return nil, err
-			}
-			return b.G.Lookup("mha"), nil
-		}
-	}
 	ms := []string{"com.microsoft"}
 	return []Case{
 		{Name: "MultiHeadAttention self, bias, unidirectional", DType: graph.Float, Domains: ms,
-			Inputs: []Input{p("q", 2, 4, 16), p("k", 2, 4, 16), p("v", 2, 4, 16), p("bias", 48)}, Build: build(true, true)},
+			Inputs: []Input{p("q", 2, 4, 16), p("k", 2, 4, 16), p("v", 2, 4, 16), p("bias", 48)}, Build: buildMHA(graph.AttrI("unidirectional", 1))},
 		{Name: "MultiHeadAttention cross", DType: graph.Float, Domains: ms,
-			Inputs: []Input{p("q", 2, 3, 16), p("k", 2, 5, 16), p("v", 2, 5, 16)}, Build: build(false, false)},
+			Inputs: []Input{p("q", 2, 3, 16), p("k", 2, 5, 16), p("v", 2, 5, 16)}, Build: buildMHA()},
+	}
+}
+
+// buildMHA builds one MultiHeadAttention of two heads over the inputs
+// q, k, v and (where the case has it) bias, and decomposes it.
+func buildMHA(attrs ...*graph.Attr) func(*graph.Builder, map[string]*graph.Value) (*graph.Value, error) {
+	return func(b *graph.Builder, in map[string]*graph.Value) (*graph.Value, error) {
+		ins := []*graph.Value{in["q"], in["k"], in["v"]}
+		if in["bias"] != nil {
+			ins = append(ins, in["bias"])
+		}
+		nb := &graph.Builder{G: b.G, Prefix: "m", Domain: "com.microsoft"}
+		nb.Op("MultiHeadAttention", "mha", ins, append([]*graph.Attr{graph.AttrI("num_heads", 2)}, attrs...)...)
+		return decomposed(b, "mha")
 	}
 }
 
