@@ -65,34 +65,34 @@ const (
 
 // Decompose replaces the contrib ops that have no gradient rule by
 // standard ops computing the same (com.microsoft GroupQueryAttention,
-// RotaryEmbedding and MultiHeadAttention), and
+// RotaryEmbedding, MultiHeadAttention and GatherBlockQuantized), and
 // returns how many it replaced. Pass canonicalize runs it first; it is
 // exported for the finite-difference tests of the decompositions.
 func Decompose(m *graph.Model) (int, error) {
-	k, err := decomposeGQAs(m)
-	if err != nil {
-		return k, err
+	// One entry per op: what replaces one node (errors are wrapped with
+	// the node and op here). GatherBlockQuantized comes last but has an
+	// inference rule (infer/index.go), so the attention decompositions
+	// still see the shape of the embedding it feeds them.
+	table := []struct {
+		op  string
+		one func(*graph.Model, *graph.Node) error
+	}{
+		{"GroupQueryAttention", decomposeGQA},  // contrib.go
+		{"RotaryEmbedding", decomposeRotary},   // contrib.go
+		{"MultiHeadAttention", decomposeMHA},   // mha.go
+		{"GatherBlockQuantized", decomposeGBQ}, // gbq.go
 	}
-	r, err := decomposeRotaries(m)
-	if err != nil {
-		return k + r, err
-	}
-	h, err := decomposeMHAs(m)
-	return k + r + h, err
-}
-
-// decomposeRotaries replaces every com.microsoft RotaryEmbedding (the
-// rotary of the model builder's DML graphs) by standard ops.
-func decomposeRotaries(m *graph.Model) (int, error) {
 	count := 0
-	for _, n := range append([]*graph.Node(nil), m.Graph.Nodes...) {
-		if n.Op != "RotaryEmbedding" || n.Domain != "com.microsoft" || n.Graph() == nil {
-			continue
+	for _, d := range table {
+		for _, n := range append([]*graph.Node(nil), m.Graph.Nodes...) {
+			if n.Op != d.op || n.Domain != "com.microsoft" || n.Graph() == nil {
+				continue
+			}
+			if err := d.one(m, n); err != nil {
+				return count, fmt.Errorf("node %q (com.microsoft %s): %w", n.Name, d.op, err)
+			}
+			count++
 		}
-		if err := decomposeRotary(m, n); err != nil {
-			return count, fmt.Errorf("node %q (com.microsoft RotaryEmbedding): %w", n.Name, err)
-		}
-		count++
 	}
 	return count, nil
 }
@@ -166,23 +166,6 @@ func decomposeRotary(m *graph.Model, n *graph.Node) error {
 		return err
 	}
 	return replaceOutputs(m.Graph, n, out)
-}
-
-// decomposeGQAs replaces every GroupQueryAttention node of g by standard
-// ops and returns how many it replaced.
-func decomposeGQAs(m *graph.Model) (int, error) {
-	g := m.Graph
-	count := 0
-	for _, n := range append([]*graph.Node(nil), g.Nodes...) {
-		if n.Op != "GroupQueryAttention" || n.Domain != "com.microsoft" || n.Graph() == nil {
-			continue
-		}
-		if err := decomposeGQA(m, n); err != nil {
-			return count, fmt.Errorf("node %q (com.microsoft GroupQueryAttention): %w", n.Name, err)
-		}
-		count++
-	}
-	return count, nil
 }
 
 // input is n's input i, nil when absent or omitted.

@@ -37,21 +37,6 @@ const (
 	mhaCacheIndirection
 )
 
-// decomposeMHAs replaces every MultiHeadAttention node by standard ops.
-func decomposeMHAs(m *graph.Model) (int, error) {
-	count := 0
-	for _, n := range append([]*graph.Node(nil), m.Graph.Nodes...) {
-		if n.Op != "MultiHeadAttention" || n.Domain != "com.microsoft" || n.Graph() == nil {
-			continue
-		}
-		if err := decomposeMHA(m, n); err != nil {
-			return count, fmt.Errorf("node %q (com.microsoft MultiHeadAttention): %w", n.Name, err)
-		}
-		count++
-	}
-	return count, nil
-}
-
 func decomposeMHA(m *graph.Model, n *graph.Node) error {
 	if m.OpsetVersion("") < 13 {
 		return fmt.Errorf("the decomposition needs opset 13 (the model has %d)", m.OpsetVersion(""))

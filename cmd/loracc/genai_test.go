@@ -45,14 +45,23 @@ func writeGenaiFolder(t *testing.T, dir string, o testmodels.GenaiOptions) {
 // data) is injected and trained given as a folder, and 30 AdamW steps
 // give the loss curve of its standard-ops twin (same weights, same
 // adapter init, same data) to 1e-4 relative — float32 and int4
-// (MatMulNBits) weights.
+// (MatMulNBits) weights, and int4 with the token embedding tied to the
+// lm_head as com.microsoft GatherBlockQuantized (the builder's
+// shared_embeddings), whose twin gathers the dequantized table: the
+// training graph looks the rows up in the lm_head's weight with standard
+// ops (trainstep/gbq.go), whose integer arithmetic sits upstream of the
+// network, where autodiff does not go.
 func TestGenaiFolderTrainsLikeTwin(t *testing.T) {
 	env(t)
-	for _, int4 := range []bool{false, true} {
-		t.Run(fmt.Sprintf("int4=%v", int4), func(t *testing.T) {
+	for _, c := range []struct{ int4, quantEmbed bool }{{false, false}, {true, false}, {true, true}} {
+		name := fmt.Sprintf("int4=%v", c.int4)
+		if c.quantEmbed {
+			name += ",quant-embed"
+		}
+		t.Run(name, func(t *testing.T) {
 			dir := t.TempDir()
 			o := testmodels.TinyGenai()
-			o.Int4 = int4
+			o.Int4, o.QuantEmbed = c.int4, c.quantEmbed
 			folder := filepath.Join(dir, "genai")
 			writeGenaiFolder(t, folder, o)
 			twin, err := testmodels.GenaiLlamaStandard(o)
@@ -84,6 +93,24 @@ func TestGenaiFolderTrainsLikeTwin(t *testing.T) {
 				mustLoracc(t, "train", lora, "--data", data, "--loss", "lm", "--logits", "logits", "--max-steps", "30", "--batch-size", "4",
 					"--lr", "1e-2", "--device", "cpu", "--save-every", "0", "--out", run)
 				losses[name] = lossValues(t, run)
+			}
+			if c.quantEmbed { // the step looks the table up in standard ops
+				m, err := graph.Load(filepath.Join(dir, "run_genai", "graphs", "train.onnx"))
+				if err != nil {
+					t.Fatal(err)
+				}
+				rows := 0
+				m.Graph.Walk(func(n *graph.Node) {
+					if n.Op == "GatherBlockQuantized" {
+						t.Errorf("the training graph keeps %q (com.microsoft GatherBlockQuantized)", n.Name)
+					}
+					if n.Op == "Gather" && n.Domain == "" && n.Input(0).Name == "lm_head.MatMul.weight_Q4G32" {
+						rows++
+					}
+				})
+				if rows != 1 {
+					t.Errorf("%d Gathers read the table's rows from the lm_head's MatMulNBits weight, want 1", rows)
+				}
 			}
 			a, b := losses["twin"], losses["genai"]
 			if len(a) != 30 || len(b) != 30 {

@@ -13,14 +13,16 @@ import (
 // TestGenaiTwinUnderORT: the genai-form tiny Llama (GroupQueryAttention,
 // SkipSimplifiedLayerNormalization, zero-length past) and its
 // standard-ops twin give the same logits on a right-padded batch, for
-// float32 and int4 weights (positions past a row's length excepted: the
-// genai form's attention does not define them, see trainstep/contrib.go).
+// float32 and int4 weights, and int4 with the embedding tied to the
+// lm_head as GatherBlockQuantized (positions past a row's length
+// excepted: the genai form's attention does not define them, see
+// trainstep/contrib.go).
 func TestGenaiTwinUnderORT(t *testing.T) {
 	env := openEnv(t)
-	for _, int4 := range []bool{false, true} {
-		t.Run(fmt.Sprintf("int4=%v", int4), func(t *testing.T) {
+	for _, c := range []struct{ int4, quantEmbed bool }{{false, false}, {true, false}, {true, true}} {
+		t.Run(fmt.Sprintf("int4=%v,quant-embed=%v", c.int4, c.quantEmbed), func(t *testing.T) {
 			o := TinyGenai()
-			o.Int4 = int4
+			o.Int4, o.QuantEmbed = c.int4, c.quantEmbed
 			dir := t.TempDir()
 			paths := map[string]string{}
 			for name, build := range map[string]func(GenaiOptions) (*graph.Model, error){"genai": GenaiLlama, "standard": GenaiLlamaStandard} {
