@@ -115,6 +115,30 @@ func gatherDims(s *Inferer, n *graph.Node, rank int) []graph.Dim {
 	return out
 }
 
+// gbqDims (com.microsoft GatherBlockQuantized): Gather's along
+// gather_axis, the last dim times the codes per byte when the table is
+// packed uint8 (the kernel takes uint8 data quantized along its last
+// axis only).
+func gbqDims(s *Inferer, n *graph.Node, rank int) []graph.Dim {
+	x, idx := s.dimsOf(n.Input(0)), s.dimsOf(n.Input(1))
+	a, err := graph.NormAxis(n.AttrInt("gather_axis", 0), len(x))
+	if x == nil || idx == nil || err != nil {
+		return nil
+	}
+	out := append(append(append([]graph.Dim{}, x[:a]...), idx...), x[a+1:]...)
+	if len(out) != rank || rank == 0 {
+		return nil
+	}
+	if bits := n.AttrInt("bits", 4); s.DType(n.Input(0)) == graph.Uint8 && bits > 0 && bits < 8 {
+		if l := out[rank-1]; l.Known() {
+			out[rank-1] = graph.Dim{Value: l.Value * (8 / bits)}
+		} else {
+			out[rank-1] = graph.Dim{Value: -1}
+		}
+	}
+	return out
+}
+
 // gatherValue picks entries of a shape vector at constant indices.
 func gatherValue(s *Inferer, n *graph.Node) []graph.Dim {
 	x := s.shapeValue(n.Input(0))

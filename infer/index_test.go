@@ -30,4 +30,13 @@ func TestInferIndexing(t *testing.T) {
 		g.op("ScatterND", vs(x, g.in("si", graph.Int64, 1, 1), g.in("su", graph.Float, 1, "seq", 20))), "float32 3 [~,~,~]",
 		g.op("ScatterElements", vs(x, idx, idx)), "float32 3 [~,~,~]",
 	)
+	// com.microsoft GatherBlockQuantized: the scales' type; a packed uint8
+	// table's last dim times its codes per byte, an int4 table's as it is.
+	ms := &graph.Builder{G: g.m.Graph, Domain: "com.microsoft"}
+	sc := g.in("sc", graph.Float16, 100, 2)
+	g.check(
+		ms.Op("GatherBlockQuantized", "gbq4", vs(g.in("q4", graph.Uint8, 100, 32), ids, sc), graph.AttrI("bits", 4)), "float16 3 [batch,seq,64]",
+		ms.Op("GatherBlockQuantized", "gbq8", vs(g.in("q8", graph.Uint8, 100, 64), ids, sc), graph.AttrI("bits", 8)), "float16 3 [batch,seq,64]",
+		ms.Op("GatherBlockQuantized", "gbqi4", vs(g.in("i4", graph.Int4, 100, 64), ids, sc)), "float16 3 [batch,seq,64]",
+	)
 }

@@ -44,7 +44,7 @@ func inferRules() map[string]opInfer {
 	return map[string]opInfer{
 		// broadcasting elementwise ops (elementwise.go)
 		"Add": bcast, "Sub": bcast, "Mul": bcast, "Div": bcast, "Max": bcast, "Min": bcast,
-		"Sum": bcast, "Mod": bcast, "PRelu": bcast,
+		"Sum": bcast, "Mod": bcast, "PRelu": bcast, "BitShift": bcast,
 		"Pow":   bcast.with(data),
 		"Where": bcast.with(typeOf(1)),
 		"Equal": bcast.with(toBool), "Less": bcast.with(toBool), "Greater": bcast.with(toBool),
@@ -106,12 +106,15 @@ func inferRules() map[string]opInfer {
 		"Tile": {dtype: data, rank: rankOf(0)},
 
 		// indexing (index.go)
-		"Slice":           {dtype: data, rank: rankOf(0), dims: sliceDims, value: sliceValue, length: sliceLength},
-		"Gather":          {dtype: data, rank: gatherRank, dims: gatherDims, value: gatherValue, length: gatherLength},
-		"GatherND":        {dtype: data, rank: gatherNDRank},
-		"GatherElements":  {dtype: data, rank: rankOf(1), dims: gatherElementsDims},
-		"ScatterND":       {dtype: data, rank: rankOf(0)},
-		"ScatterElements": {dtype: data, rank: rankOf(0)},
+		"Slice":    {dtype: data, rank: rankOf(0), dims: sliceDims, value: sliceValue, length: sliceLength},
+		"Gather":   {dtype: data, rank: gatherRank, dims: gatherDims, value: gatherValue, length: gatherLength},
+		"GatherND": {dtype: data, rank: gatherNDRank},
+		// com.microsoft GatherBlockQuantized: a Gather of a quantized
+		// table, dequantized to the scales' type.
+		"com.microsoft::GatherBlockQuantized": {dtype: typeOf(2), rank: gatherRank, dims: gbqDims},
+		"GatherElements":                      {dtype: data, rank: rankOf(1), dims: gatherElementsDims},
+		"ScatterND":                           {dtype: data, rank: rankOf(0)},
+		"ScatterElements":                     {dtype: data, rank: rankOf(0)},
 	}
 }
 

@@ -73,7 +73,7 @@ func (st *Compiler) Canonicalize(m *graph.Model) error {
 	if k, err := Decompose(m); err != nil {
 		return err
 	} else if k > 0 {
-		st.logf("canonicalize: %d contrib nodes (GroupQueryAttention, RotaryEmbedding, MultiHeadAttention, Attention) decomposed into standard ops (contrib.go, mha.go, attention.go)", k)
+		st.logf("canonicalize: %d contrib nodes (GroupQueryAttention, RotaryEmbedding, MultiHeadAttention, Attention, GatherBlockQuantized) decomposed into standard ops (contrib.go, mha.go, attention.go, gbq.go)", k)
 		if err := g.SortTopo(); err != nil {
 			return err
 		}

@@ -66,7 +66,8 @@ const (
 
 // Decompose replaces the contrib ops that have no gradient rule by
 // standard ops computing the same (com.microsoft GroupQueryAttention,
-// RotaryEmbedding, MultiHeadAttention and Attention), and returns how
+// RotaryEmbedding, MultiHeadAttention, Attention and GatherBlockQuantized),
+// and returns how
 // many it replaced. Pass canonicalize runs it first; it is exported for
 // the finite-difference tests of the decompositions.
 func Decompose(m *graph.Model) (int, error) {
@@ -79,6 +80,10 @@ func Decompose(m *graph.Model) (int, error) {
 		{"RotaryEmbedding", decomposeRotary}, // the model builder's DML graphs' rotary
 		{"MultiHeadAttention", decomposeMHA}, // mha.go
 		{"Attention", decomposeAttention},    // attention.go
+		// Last, but with an inference rule (infer/index.go), so the
+		// attention decompositions still see the shape of the embedding
+		// it feeds them.
+		{"GatherBlockQuantized", decomposeGBQ}, // gbq.go
 	} {
 		for _, n := range append([]*graph.Node(nil), m.Graph.Nodes...) {
 			if n.Op != d.op || n.Domain != "com.microsoft" || n.Graph() == nil {

@@ -32,8 +32,13 @@ func writeGenaiFolder(t *testing.T, dir string, o testmodels.GenaiOptions) {
 // data) is injected and trained given as a folder, and 30 AdamW steps
 // give the loss curve of its standard-ops twin (same weights, same
 // adapter init, same data) to 1e-4 relative — float32 and int4
-// (MatMulNBits) weights, and with the builder's packed qkv_proj, which
-// inject splits into the q_proj, k_proj and v_proj targets the twin has —
+// (MatMulNBits) weights, with the builder's packed qkv_proj, which
+// inject splits into the q_proj, k_proj and v_proj targets the twin has,
+// and int4 with the token embedding tied to the lm_head as com.microsoft
+// GatherBlockQuantized (the builder's shared_embeddings), whose twin
+// gathers the dequantized table: the training graph looks the rows up in
+// the lm_head's weight with standard ops (trainstep/gbq.go), whose integer
+// arithmetic sits upstream of the network, where autodiff does not go —
 // and the loss falls.
 //
 // In float16 (the builder's CUDA form; trained in float16 with float32
@@ -50,14 +55,14 @@ func writeGenaiFolder(t *testing.T, dir string, o testmodels.GenaiOptions) {
 // ≤ 9.4e-4.
 func TestGenaiFolderTrainsLikeTwin(t *testing.T) {
 	env(t)
-	for _, tc := range []struct{ int4, packed, fp16 bool }{
-		{false, false, false}, {true, false, false}, {false, true, false}, {true, true, false},
-		{false, false, true}, {true, false, true}, {false, true, true},
+	for _, tc := range []struct{ int4, packed, fp16, quantEmbed bool }{
+		{false, false, false, false}, {true, false, false, false}, {false, true, false, false}, {true, true, false, false},
+		{true, false, false, true}, {false, false, true, false}, {true, false, true, false}, {false, true, true, false},
 	} {
-		t.Run(fmt.Sprintf("int4=%v/packed=%v/fp16=%v", tc.int4, tc.packed, tc.fp16), func(t *testing.T) {
+		t.Run(fmt.Sprintf("int4=%v/packed=%v/fp16=%v/quant-embed=%v", tc.int4, tc.packed, tc.fp16, tc.quantEmbed), func(t *testing.T) {
 			dir := t.TempDir()
 			o := testmodels.TinyGenai()
-			o.Int4, o.Packed, o.FP16 = tc.int4, tc.packed, tc.fp16
+			o.Int4, o.Packed, o.FP16, o.QuantEmbed = tc.int4, tc.packed, tc.fp16, tc.quantEmbed
 			folder := filepath.Join(dir, "genai")
 			writeGenaiFolder(t, folder, o)
 			models := map[string]string{"genai": folder}
@@ -98,6 +103,24 @@ func TestGenaiFolderTrainsLikeTwin(t *testing.T) {
 				mustLoracc(t, "train", lora, "--data", data, "--loss", "lm", "--logits", "logits", "--max-steps", "30", "--batch-size", "4",
 					"--lr", "1e-2", "--device", "cpu", "--save-every", "0", "--out", run)
 				losses[name] = lossValues(t, run)
+			}
+			if tc.quantEmbed { // the step looks the table up in standard ops
+				m, err := graph.Load(filepath.Join(dir, "run_genai", "graphs", "train.onnx"))
+				if err != nil {
+					t.Fatal(err)
+				}
+				rows := 0
+				m.Graph.Walk(func(n *graph.Node) {
+					if n.Op == "GatherBlockQuantized" {
+						t.Errorf("the training graph keeps %q (com.microsoft GatherBlockQuantized)", n.Name)
+					}
+					if n.Op == "Gather" && n.Domain == "" && n.Input(0).Name == "lm_head.MatMul.weight_Q4G32" {
+						rows++
+					}
+				})
+				if rows != 1 {
+					t.Errorf("%d Gathers read the table's rows from the lm_head's MatMulNBits weight, want 1", rows)
+				}
 			}
 			first, curve := 1e-4, 1e-4
 			if o.FP16 {

@@ -13,7 +13,10 @@ package testmodels
 // (do_rotary, cos/sin caches) and grouped KV heads, seqlens_k and
 // total_sequence_length derived in the graph from attention_mask; q/k/v as
 // three MatMuls or one packed qkv_proj; MLP gate/up/down with SiLU as
-// Sigmoid·x; weights MatMul (float32) or MatMulNBits (int4, block 32).
+// Sigmoid·x; weights MatMul (float32) or MatMulNBits (int4, block 32);
+// with QuantEmbed the token embedding is com.microsoft
+// GatherBlockQuantized over the int4 lm_head's weight, as the builder
+// ties them (shared_embeddings with int4).
 // With FP16, the builder's fp16 form (io_dtype float16, what it writes for
 // CUDA): weights, norm scales, cos/sin caches, MatMulNBits scales, the KV
 // cache and the logits are all float16 (the builder casts logits to
@@ -23,7 +26,9 @@ package testmodels
 // ops as torch.onnx writes a Llama (RMSNorm as Pow/ReduceMean/Sqrt, the
 // rotary as Slice/Concat, attention as MatMul/Softmax with a causal and
 // padding mask), no KV cache, and reads the same weights (the int4 one
-// the same MatMulNBits, loracc's one stated exception to standard ops).
+// the same MatMulNBits, loracc's one stated exception to standard ops;
+// with QuantEmbed its embedding is a float Gather of the same table,
+// dequantized).
 
 import (
 	"encoding/json"
@@ -32,6 +37,7 @@ import (
 	"strings"
 
 	"github.com/loracc/loracc/graph"
+	"github.com/loracc/loracc/internal/quant"
 )
 
 // GenaiOptions size the tiny Llama.
@@ -46,6 +52,14 @@ type GenaiOptions struct {
 	// input/output and the logits; the values are the float32 ones
 	// rounded, so the two forms still share their weights exactly.
 	FP16 bool
+	// QuantEmbed (with Int4) ties the token embedding to the lm_head as
+	// the builder's shared_embeddings does for int4 models: the lm_head's
+	// MatMulNBits weight [V, blocks, 16] (asymmetric, named as the
+	// builder's k_quant names it: _Q4G32, _scale [V, blocks], _zp
+	// [V, ⌈blocks/2⌉]) Reshaped to [V, Hidden/2] and looked up with
+	// com.microsoft GatherBlockQuantized (bits 4, block 32, quantize_axis
+	// 1). The twin gathers the same table dequantized, in float32.
+	QuantEmbed bool
 }
 
 // dtype is the models' float type.
@@ -72,6 +86,8 @@ func (o GenaiOptions) check() error {
 		return fmt.Errorf("testmodels: head size %d: ORT's GroupQueryAttention with rotary wants a multiple of 16", o.head())
 	case o.Int4 && (o.Hidden%32 != 0 || o.Intermediate%32 != 0):
 		return fmt.Errorf("testmodels: int4 needs hidden and intermediate sizes that are multiples of 32")
+	case o.QuantEmbed && !o.Int4:
+		return fmt.Errorf("testmodels: a quantized embedding is tied to the int4 lm_head: set Int4")
 	}
 	return nil
 }
@@ -123,6 +139,15 @@ type llamaNet struct {
 	b, ms    *graph.Builder // default domain; com.microsoft
 	c        consts
 	cos, sin *graph.Value // [MaxLen, head/2]
+	// standard is set while building the twin; head is the lm_head's
+	// MatMulNBits weight once made (the tied embedding reads it first).
+	standard bool
+	head     *nbitsWeight
+}
+
+// nbitsWeight are a MatMulNBits weight's constants; zp nil: the default.
+type nbitsWeight struct {
+	q, scales, zp *graph.Value
 }
 
 func newLlamaNet(name string, o GenaiOptions) (*llamaNet, error) {
@@ -206,7 +231,10 @@ func (n *llamaNet) packedProj(name string, parts []string, x *graph.Value, in in
 }
 
 // projTensors makes the weight constants of proj: W [in, out], or the
-// MatMulNBits data and scales.
+// MatMulNBits data and scales — symmetric with 1-D scales, as ONNX
+// Runtime's default quantizer writes them, or, for a tied lm_head,
+// asymmetric with [out, blocks] scales and packed zero points (the
+// builder's k_quant names), the layout GatherBlockQuantized also reads.
 func (n *llamaNet) projTensors(name string, in, out int64) ([]*graph.Tensor, error) {
 	if !n.o.Int4 {
 		// Seeded by name+".weight", so the values do not depend on the
@@ -217,10 +245,9 @@ func (n *llamaNet) projTensors(name string, in, out int64) ([]*graph.Tensor, err
 		}
 		return []*graph.Tensor{t}, err
 	}
-	const block = 32
-	blocks := in / block
+	blocks := in / nbitsBlock
 	r := newRNG(name + ".weight_Q4")
-	packed := make([]byte, out*blocks*block/2)
+	packed := make([]byte, out*blocks*nbitsBlock/2)
 	for i := range packed {
 		packed[i] = byte(r.next())
 	}
@@ -228,9 +255,23 @@ func (n *llamaNet) projTensors(name string, in, out int64) ([]*graph.Tensor, err
 	for i := range scales {
 		scales[i] = r.between(0.005, 0.02)
 	}
-	st, err := graph.NewFloatTensor(name+".MatMul.weight_scales", n.o.dtype(), []int64{out * blocks}, scales)
-	return []*graph.Tensor{graph.NewTensor(name+".MatMul.weight_Q4", graph.Uint8, []int64{out, blocks, block / 2}, packed), st}, err
+	if !(name == "lm_head" && n.o.QuantEmbed) {
+		st, err := graph.NewFloatTensor(name+".MatMul.weight_scales", n.o.dtype(), []int64{out * blocks}, scales)
+		return []*graph.Tensor{graph.NewTensor(name+".MatMul.weight_Q4", graph.Uint8, []int64{out, blocks, nbitsBlock / 2}, packed), st}, err
+	}
+	zw := (blocks + 1) / 2
+	zp := make([]byte, out*zw)
+	for i := range zp {
+		zp[i] = byte(6+r.next()%5) | byte(6+r.next()%5)<<4
+	}
+	st, err := graph.NewFloatTensor(name+".MatMul.weight_scale", n.o.dtype(), []int64{out, blocks}, scales)
+	return []*graph.Tensor{
+		graph.NewTensor(name+".MatMul.weight_Q4G32", graph.Uint8, []int64{out, blocks, nbitsBlock / 2}, packed), st,
+		graph.NewTensor(name+".MatMul.weight_zp", graph.Uint8, []int64{out, zw}, zp),
+	}, err
 }
+
+const nbitsBlock = 32
 
 // projOp reads the constants projTensors made.
 func (n *llamaNet) projOp(name string, x *graph.Value, in, out int64, ts []*graph.Tensor, err error) *graph.Value {
@@ -240,8 +281,40 @@ func (n *llamaNet) projOp(name string, x *graph.Value, in, out int64, ts []*grap
 	if !n.o.Int4 {
 		return n.op("MatMul", name+".out", x, n.c.add(ts[0], nil))
 	}
-	return n.ms.Op("MatMulNBits", name+".out", []*graph.Value{x, n.c.add(ts[0], nil), n.c.add(ts[1], nil)},
-		graph.AttrI("K", in), graph.AttrI("N", out), graph.AttrI("bits", 4), graph.AttrI("block_size", 32))
+	w := n.nbitsValues(name, ts)
+	ins := []*graph.Value{x, w.q, w.scales}
+	if w.zp != nil {
+		ins = append(ins, w.zp)
+	}
+	return n.ms.Op("MatMulNBits", name+".out", ins,
+		graph.AttrI("K", in), graph.AttrI("N", out), graph.AttrI("bits", 4), graph.AttrI("block_size", nbitsBlock))
+}
+
+// nbits is the int4 weight of projection name as graph values.
+func (n *llamaNet) nbits(name string, in, out int64) *nbitsWeight {
+	ts, err := n.projTensors(name, in, out)
+	if err != nil {
+		n.c.add(nil, err)
+		return &nbitsWeight{}
+	}
+	return n.nbitsValues(name, ts)
+}
+
+// nbitsValues adds MatMulNBits constants to the graph, once for a tied
+// lm_head, which the embedding reads first.
+func (n *llamaNet) nbitsValues(name string, ts []*graph.Tensor) *nbitsWeight {
+	tied := name == "lm_head" && n.o.QuantEmbed
+	if tied && n.head != nil {
+		return n.head
+	}
+	w := &nbitsWeight{q: n.c.add(ts[0], nil), scales: n.c.add(ts[1], nil)}
+	if len(ts) > 2 {
+		w.zp = n.c.add(ts[2], nil)
+	}
+	if tied {
+		n.head = w
+	}
+	return w
 }
 
 // mlp is down(silu(gate(x))·up(x)).
@@ -253,10 +326,43 @@ func (n *llamaNet) mlp(p string, x *graph.Value) *graph.Value {
 	return n.proj(p+".mlp.down_proj", n.op("Mul", p+".mlp.prod", silu, up), o.Intermediate, o.Hidden)
 }
 
-// embed is the token embedding and lmHead the output projection.
+// embed is the token embedding: a float Gather, or with QuantEmbed the
+// builder's tied GatherBlockQuantized (the twin: a Gather of that table
+// dequantized).
 func (n *llamaNet) embed(ids *graph.Value) *graph.Value {
-	w := n.c.add(uniform("model.embed_tokens.weight", n.o.dtype(), []int64{n.o.Vocab, n.o.Hidden}, -1, 1))
-	return n.b.Op("Gather", "model.embed_tokens.out", []*graph.Value{w, ids}, graph.AttrI("axis", 0))
+	o := n.o
+	if !o.QuantEmbed {
+		w := n.c.add(uniform("model.embed_tokens.weight", o.dtype(), []int64{o.Vocab, o.Hidden}, -1, 1))
+		return n.b.Op("Gather", "model.embed_tokens.out", []*graph.Value{w, ids}, graph.AttrI("axis", 0))
+	}
+	h := n.nbits("lm_head", o.Hidden, o.Vocab)
+	if n.c.err != nil {
+		return nil
+	}
+	if n.standard {
+		w := n.c.add(dequantizedTable(h, o.Hidden, o.Vocab, o.dtype()))
+		return n.b.Op("Gather", "model.embed_tokens.out", []*graph.Value{w, ids}, graph.AttrI("axis", 0))
+	}
+	table := n.op("Reshape", "model.embed_tokens.table", h.q, n.ints("model.embed_tokens.shape", o.Vocab, o.Hidden/2))
+	return n.ms.Op("GatherBlockQuantized", "model.embed_tokens.out", []*graph.Value{table, ids, h.scales, h.zp},
+		graph.AttrI("bits", 4), graph.AttrI("block_size", nbitsBlock), graph.AttrI("gather_axis", 0), graph.AttrI("quantize_axis", 1))
+}
+
+// dequantizedTable is the [vocab, hidden] table of a tied int4
+// lm_head (its MatMulNBits weight holds Wᵀ: a row per token).
+func dequantizedTable(h *nbitsWeight, hidden, vocab int64, dt graph.DataType) (*graph.Tensor, error) {
+	q := &quant.NBits{K: hidden, N: vocab, Bits: 4, BlockSize: nbitsBlock, B: h.q.Const, Scales: h.scales.Const, ZeroPoints: h.zp.Const}
+	w, err := q.Dequantize() // [K, N]
+	if err != nil {
+		return nil, err
+	}
+	e := make([]float32, vocab*hidden)
+	for v := range vocab {
+		for k := range hidden {
+			e[v*hidden+k] = float32(w[k*vocab+v])
+		}
+	}
+	return graph.NewFloatTensor("model.embed_tokens.weight", dt, []int64{vocab, hidden}, e)
 }
 
 func (n *llamaNet) finish(x *graph.Value, seqDim graph.Dim) (*graph.Model, error) {
@@ -340,6 +446,7 @@ func GenaiLlamaStandard(o GenaiOptions) (*graph.Model, error) {
 	if err != nil {
 		return nil, err
 	}
+	n.standard = true
 	g := n.m.Graph
 	head := o.head()
 	ids := g.AddInput("input_ids", tensorType(graph.Int64, batchSize, seqLen))

@@ -13,18 +13,19 @@ import (
 // TestGenaiTwinUnderORT: the genai-form tiny Llama (GroupQueryAttention,
 // SkipSimplifiedLayerNormalization, zero-length past) and its
 // standard-ops twin give the same logits on a right-padded batch, for
-// float32 and int4 weights, and both in float16 (positions past a row's
-// length excepted: the genai form's attention does not define them, see
+// float32 and int4 weights, int4 with the embedding tied to the lm_head
+// as GatherBlockQuantized, and in float16 (positions past a row's length
+// excepted: the genai form's attention does not define them, see
 // trainstep/contrib.go).
 func TestGenaiTwinUnderORT(t *testing.T) {
 	env := openEnv(t)
 	for _, tc := range []struct {
-		int4, fp16 bool
-		tol        float64
-	}{{false, false, 1e-5}, {true, false, 1e-5}, {false, true, 1e-3}, {true, true, 1e-3}} {
-		t.Run(fmt.Sprintf("int4=%v/fp16=%v", tc.int4, tc.fp16), func(t *testing.T) {
+		int4, fp16, quantEmbed bool
+		tol                    float64
+	}{{false, false, false, 1e-5}, {true, false, false, 1e-5}, {true, false, true, 1e-5}, {false, true, false, 1e-3}, {true, true, false, 1e-3}} {
+		t.Run(fmt.Sprintf("int4=%v/fp16=%v/quant-embed=%v", tc.int4, tc.fp16, tc.quantEmbed), func(t *testing.T) {
 			o := TinyGenai()
-			o.Int4, o.FP16 = tc.int4, tc.fp16
+			o.Int4, o.FP16, o.QuantEmbed = tc.int4, tc.fp16, tc.quantEmbed
 			dir := t.TempDir()
 			paths := map[string]string{}
 			for name, build := range map[string]func(GenaiOptions) (*graph.Model, error){"genai": GenaiLlama, "standard": GenaiLlamaStandard} {
