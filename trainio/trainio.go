@@ -26,6 +26,7 @@ const (
 	RoleUpdatedState = "updated_state" // a state after the step; Replaces names it
 	RoleGrad         = "grad"          // a gradient, with export-train --emit-grads
 	RoleFinite       = "finite"        // float32 1 when every updated param and state value is finite, else 0
+	RoleLossScale    = "loss_scale"    // float32 scalar the loss is multiplied by before the backward (fp16 dynamic loss scaling)
 )
 
 // Entry describes one input or output of a compiled graph.

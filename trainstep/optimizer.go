@@ -33,9 +33,42 @@ import (
 )
 
 func (st *Compiler) Autodiff(m *graph.Model) error {
-	grads, err := autodiff.GradientsWith(m, st.loss, st.params, autodiff.Options{NoSiLURule: !st.enabled("silu-rule")})
+	target := st.loss
+	var scale *graph.Value
+	if st.opts.ComputeDType == graph.Float16 {
+		// Dynamic loss scaling: the backward differentiates loss·s, so the
+		// float16 gradients of the model's activations stay above float16's
+		// smallest numbers; the adapter gradients are divided by s again.
+		// The runtime picks s (a GradScaler: halved on overflow, grown
+		// after clean steps).
+		if st.opts.StepsPerRun > 1 {
+			return fmt.Errorf("--compute-dtype fp16 (dynamic loss scaling) and --steps-per-run > 1 do not combine yet")
+		}
+		scale = m.Graph.AddInput("loss_scale", &graph.TensorType{DType: graph.Float, Shape: []graph.Dim{}})
+		st.inf.Set(scale, infer.Info{DType: graph.Float, Rank: 0, Dims: []graph.Dim{}})
+		st.role(scale, trainio.RoleLossScale, "")
+		sb := opb.New(m, "loss_scale", "loss_scale", st.inf)
+		target = sb.Mul(st.loss, scale)
+		if err := sb.Err(); err != nil {
+			return err
+		}
+	}
+	grads, err := autodiff.GradientsWith(m, target, st.params, autodiff.Options{NoSiLURule: !st.enabled("silu-rule")})
 	if err != nil {
 		return err
+	}
+	if scale != nil {
+		ub := opb.New(m, "loss_scale/unscale", "loss_scale/unscale", st.inf)
+		inv := ub.Reciprocal(scale)
+		for i, g := range grads {
+			if g != nil {
+				grads[i] = ub.Mul(g, inv)
+				st.inf.Set(grads[i], st.inf.Info(st.params[i]))
+			}
+		}
+		if err := ub.Err(); err != nil {
+			return err
+		}
 	}
 	gc := opb.New(m, "grad/zero", "grad/zero", st.inf)
 	for i, g := range grads {

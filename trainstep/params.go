@@ -57,6 +57,11 @@ type Options struct {
 	// provider has; "" keeps the graph runnable by any provider.
 	Target string
 
+	// ComputeDType is the type the forward's matrix products run in
+	// (pass autocast): graph.Float16 or graph.BFloat16 autocast a float32
+	// base; Undefined or graph.Float keep the base's own types.
+	ComputeDType graph.DataType
+
 	// Disable names rewrites to leave out (Rewrites lists them): for
 	// bisecting a numerical difference or a placement problem to one
 	// rewrite, as ONNX Runtime's disable_specified_optimizers does for its

@@ -37,6 +37,7 @@ func trainFlags(d trainstep.Options) []cli.Flag {
 		&cli.Float64Flag{Name: "clip-norm", Value: d.ClipNorm, Usage: "clip the adapter gradients' global L2 norm to this (0: off)"},
 		&cli.BoolFlag{Name: "emit-grads", Usage: "also output every adapter gradient as <param>.grad (role grad)"},
 		&cli.IntFlag{Name: "steps-per-run", Value: 1, Usage: "also compile train_multi.onnx running K steps per run (state crosses host↔device once per K steps)"},
+		&cli.StringFlag{Name: "compute-dtype", Value: "fp32", Usage: "fp32, fp16 or bf16: the type the forward's matrix products and frozen weights use (autocast; adapter, optimizer state, softmax, normalization and loss stay float32). bf16 needs the CUDA provider"},
 		&cli.StringFlag{Name: "disable-rewrite", Usage: "comma-separated rewrites to leave out, for bisecting a numerical or placement problem (" + rewriteNames() + ")"},
 	}
 }
@@ -90,6 +91,9 @@ func trainOptions(c *cli.Context, m *graph.Model) (trainstep.Options, error) {
 	var err error
 	if o.Disable, err = disabledRewrites(c); err != nil {
 		return o, err
+	}
+	if o.ComputeDType, err = trainstep.ComputeDType(c.String("compute-dtype")); err != nil {
+		return o, fmt.Errorf("--compute-dtype: %w", err)
 	}
 	return o, nil
 }
@@ -219,17 +223,17 @@ func exportTrain(in, dir string, c *cli.Context, static map[string]int64, target
 	if len(static) > 0 {
 		spec = []string{"specialize", "fuse-cuda"}
 	}
-	if res.Train, err = build("train", append([]string{"params", "canonicalize", "loss", "autodiff", "optimizer", "prune"}, spec...)...); err != nil {
+	if res.Train, err = build("train", append([]string{"params", "canonicalize", "autocast", "loss", "autodiff", "optimizer", "prune"}, spec...)...); err != nil {
 		return res, err
 	}
-	if res.Eval, err = build("eval", append([]string{"params", "canonicalize", "loss", "prune"}, spec...)...); err != nil {
+	if res.Eval, err = build("eval", append([]string{"params", "canonicalize", "autocast", "loss", "prune"}, spec...)...); err != nil {
 		return res, err
 	}
 	if k := c.Int("steps-per-run"); k > 1 {
 		if len(static) > 0 {
 			return res, fmt.Errorf("--static and --steps-per-run > 1 do not combine yet")
 		}
-		multi, err := build("train_multi", "params", "canonicalize", "loss", "autodiff", "optimizer", "prune", "unroll")
+		multi, err := build("train_multi", "params", "canonicalize", "autocast", "loss", "autodiff", "optimizer", "prune", "unroll")
 		if err != nil {
 			return res, err
 		}

@@ -59,6 +59,7 @@ func trainCommand() *cli.Command {
 			&cli.Int64Flag{Name: "pad-id", Usage: "token id used to pad lm sequences"},
 			&cli.StringFlag{Name: "cuda-graph", Value: "auto", Usage: "with --static: record each step's kernels once and replay them (on, off, or auto: on with cuda)"},
 			&cli.StringFlag{Name: "device-state", Value: "auto", Usage: "keep the adapter and optimizer state in device memory between steps: on, off, or auto (on with cuda)"},
+			&cli.Float64Flag{Name: "loss-scale-init", Value: 65536, Usage: "with --compute-dtype fp16: the first dynamic loss scale (halved on each overflow, which skips that step; doubled after 2000 clean steps, as PyTorch's GradScaler)"},
 			&cli.BoolFlag{Name: "static", Usage: "run every step on a graph compiled for its shapes (no shape work per step; the epoch's short last batch is dropped)"},
 			&cli.IntFlag{Name: "pad-to-multiple-of", Value: 64, Usage: "with --static: lm sequences are padded up to a multiple of this, one compiled graph per length"},
 			&cli.IntFlag{Name: "max-length", Usage: "the maximum lm sequence length: text records are truncated to it (default: the tokenizer's model_max_length, at most 4096), longer token-id examples are an error; with --static also the longest bucket (default: the longest example's, rounded up)"},
@@ -144,9 +145,15 @@ func trainAction(c *cli.Context) error {
 		return err
 	}
 	defer env.Close()
+	if s := c.Float64("loss-scale-init"); !(s >= 1 && s <= math.MaxFloat32) {
+		return fmt.Errorf("--loss-scale-init %g: want a finite scale ≥ 1", s)
+	}
 	device, err := pickDevice(c, env, filepath.Join(graphs, "train.onnx"))
 	if err != nil {
 		return err
+	}
+	if dt, _ := trainstep.ComputeDType(c.String("compute-dtype")); dt == graph.BFloat16 && device == "cpu" {
+		return fmt.Errorf("--compute-dtype bf16 needs the CUDA provider: ONNX Runtime's CPU provider has no bfloat16 MatMul or Gemm kernels; use --compute-dtype fp16 (or fp32) on the CPU")
 	}
 	var static *train.Static
 	if c.Bool("static") {
@@ -192,7 +199,8 @@ func trainAction(c *cli.Context) error {
 		Seed:     c.Uint64("seed"), Session: sessionOpts,
 		EvalEvery: c.Int("eval-every"), SaveEvery: c.Int("save-every"), Resume: c.Bool("resume"),
 		Static: static, DeviceState: deviceState, CUDAGraph: cudaGraph, CUDAGraphRequired: c.String("cuda-graph") == "on",
-		Out: c.App.ErrWriter, Terminal: isTerminal(c.App.ErrWriter),
+		LossScaleInit: c.Float64("loss-scale-init"),
+		Out:           c.App.ErrWriter, Terminal: isTerminal(c.App.ErrWriter),
 	}
 	fmt.Fprintf(c.App.Writer, "training %d adapter layers on %d examples (%s, %s)\n", len(start.Layers), data.Len(), c.String("data"), device)
 	res, err := train.Run(ctx, env, cfg)

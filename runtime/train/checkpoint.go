@@ -26,6 +26,12 @@ type Progress struct {
 	// exists. Checkpoints before they were recorded lack them.
 	Examples int    `json:"examples,omitempty"`
 	Data     string `json:"data,omitempty"`
+	// LossScale, Skipped and CleanSteps are fp16 dynamic loss scaling's
+	// state (scaler.go): the scale, the steps skipped on overflow so far
+	// and the clean steps since the scale last changed.
+	LossScale  float64 `json:"loss_scale,omitempty"`
+	Skipped    int     `json:"skipped,omitempty"`
+	CleanSteps int     `json:"clean_steps,omitempty"`
 }
 
 // checkpointsDir holds step-N folders and the "latest" pointer.

@@ -60,6 +60,9 @@ type Config struct {
 	// session's device memory between steps (device.go); only the loss and
 	// gradient norm cross to the host each step. Not with StepsPerRun > 1.
 	DeviceState bool
+	// LossScaleInit is the first loss scale of a step compiled with
+	// --compute-dtype fp16 (scaler.go); 0 means 2¹⁶, GradScaler's default.
+	LossScaleInit float64
 
 	Out      io.Writer // progress and log lines
 	Terminal bool      // Out is a terminal: draw a progress bar
@@ -313,6 +316,9 @@ func (r *runner) resume() error {
 	if p := ck.Progress; p.Step < 0 || p.Epoch < 0 || p.Position < 0 || p.Position >= r.cfg.Data.Len() {
 		return fmt.Errorf("%s: step %d, epoch %d, position %d do not fit data of %d examples (did the data file change?)", ck.Dir, p.Step, p.Epoch, p.Position, r.cfg.Data.Len())
 	}
+	if err := checkScaler(ck.Progress); err != nil {
+		return fmt.Errorf("%s: %w", ck.Dir, err)
+	}
 	r.params = FromAdapter(ck.Adapter)
 	for _, in := range r.cfg.IO.Train.Inputs {
 		if in.Role != trainio.RoleState {
@@ -331,6 +337,7 @@ func (r *runner) resume() error {
 		r.state[in.Name] = v
 	}
 	r.prog.Step, r.prog.Epoch, r.prog.Position = ck.Progress.Step, ck.Progress.Epoch, ck.Progress.Position
+	r.prog.LossScale, r.prog.Skipped, r.prog.CleanSteps = ck.Progress.LossScale, ck.Progress.Skipped, ck.Progress.CleanSteps
 	fmt.Fprintf(r.cfg.Out, "resuming from %s (step %d)\n", ck.Dir, r.prog.Step)
 	return nil
 }
@@ -406,6 +413,9 @@ func (r *runner) loop(ctx context.Context) (*Result, error) {
 		fmt.Fprintf(cfg.Out, "interrupted: checkpoint at step %d written; continue with --resume\n", r.prog.Step)
 	}
 	res.Steps = r.prog.Step
+	if r.prog.LossScale > 0 {
+		fmt.Fprintf(cfg.Out, "float16 loss scaling: %d of %d steps skipped on overflow, loss scale now %g\n", r.prog.Skipped, r.prog.Step, r.prog.LossScale)
+	}
 	if err := r.syncHost(); err != nil {
 		return nil, err
 	}

@@ -1,6 +1,7 @@
 package train
 
 import (
+	"cmp"
 	"fmt"
 	"math"
 	"time"
@@ -112,7 +113,9 @@ func (r *runner) runSteps(g *stepGraph) (float64, float64, error) {
 	lrs, lr32, step32 := make([]float64, k), make([]float32, k), make([]float32, k)
 	for j := range k {
 		lrs[j] = r.cfg.Schedule.At(first + j)
-		lr32[j], step32[j] = float32(lrs[j]), float32(first+j)
+		// AdamW's step counts the applied steps (those fp16 loss scaling
+		// skipped do not count, scaler.go).
+		lr32[j], step32[j] = float32(lrs[j]), float32(first+j-r.prog.Skipped)
 	}
 	var shape []int64 // a scalar for one step per run
 	if k > 1 {
@@ -127,6 +130,7 @@ func (r *runner) runSteps(g *stepGraph) (float64, float64, error) {
 		padded = float64(n)
 	}
 	feeds, err := r.feeds(g.io, batch, runtime.FloatTensor(shape, lr32), runtime.FloatTensor(shape, step32))
+
 	if err != nil {
 		return 0, 0, err
 	}
@@ -147,13 +151,21 @@ func (r *runner) runSteps(g *stepGraph) (float64, float64, error) {
 	if err != nil {
 		return 0, 0, fmt.Errorf("%s: %w", stepSpan(first, last), err)
 	}
+	sc := newScaler(g.io, &r.prog)
 	for j := range k {
 		if !finite(losses[j]) || !finite(norms[j]) || flags[j] != 1 {
 			for _, d := range devOut {
 				d.Close()
 			}
+			if sc != nil && k == 1 && finite(losses[j]) {
+				// An fp16 overflow: skip the step, halve the scale.
+				return r.skipStep(sc, mb, first, losses[j], lrs[j], norms[j], start)
+			}
 			return 0, 0, r.nonFinite(first+j, losses[j], norms[j], flags[j] == 1, first, last)
 		}
+	}
+	if sc != nil {
+		sc.clean()
 	}
 	// Only now, with finite steps, take the new params and state.
 	switch {
@@ -303,6 +315,11 @@ func (r *runner) feeds(g trainio.Graph, batch map[string]runtime.Tensor, lr, ste
 			v, ok = lr, true
 		case trainio.RoleStep:
 			v, ok = step, true
+		case trainio.RoleLossScale:
+			if r.prog.LossScale == 0 {
+				r.prog.LossScale = cmp.Or(r.cfg.LossScaleInit, scalerInit)
+			}
+			v, ok = runtime.FloatTensor(nil, []float32{float32(r.prog.LossScale)}), true
 		}
 		if !ok {
 			return nil, fmt.Errorf("nothing to feed input %q (role %s)", in.Name, in.Role)
@@ -327,4 +344,21 @@ func batchOf(set *dataset.Set, idx []int, seqLen int) (map[string]runtime.Tensor
 		out[k] = runtime.Tensor{DType: dt, Shape: t.Shape, Data: t.Data}
 	}
 	return out, nil
+}
+
+// skipStep ends a step fp16 loss scaling skipped: its batch is consumed,
+// nothing is applied, the scale halves, and the metrics row shows the
+// step's loss with an infinite gradient norm.
+func (r *runner) skipStep(sc *scaler, mb microBatches, step int, loss, lr, norm float64, start time.Time) (float64, float64, error) {
+	if err := sc.overflowed(step); err != nil {
+		return 0, 0, err
+	}
+	r.prog.Step = step
+	r.bar.Log("step %d: float16 gradients overflowed; step skipped, loss scale now %g", step, r.prog.LossScale)
+	tps := float64(mb.work[0]) / math.Max(time.Since(start).Seconds(), 1e-9)
+	r.bar.Update(step, loss, tps)
+	if err := r.metrics.Add(row{step: step, epoch: mb.epochs[0], loss: loss, lr: lr, gradNorm: math.Inf(1), tokensPerS: tps, evalLoss: math.NaN(), paddedPerS: math.NaN()}); err != nil {
+		return 0, 0, err
+	}
+	return loss, math.NaN(), nil
 }
