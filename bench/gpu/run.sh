@@ -18,6 +18,9 @@
 #                                   (export-train --static) train/eval graphs, with ORT profiles
 #   bench/gpu/run.sh round MODEL    gpt2 or llama1b: PyTorch+PEFT fp32/TF32/bf16/compile beside
 #                                   `loracc train --static`, then the step's kernels (Nsight Compute)
+#   MODES=tf32,bf16w KINDS="static static_bf16 static_fp16" NCU=0 bench/gpu/run.sh round MODEL
+#                                   the precision round: PyTorch + PEFT with the base in bf16 (the
+#                                   usual recipe) beside loracc --compute-dtype bf16 and fp16
 # Results go to $OUT (tarred) and stay in $WORK (default /root/bench).
 set -uo pipefail
 ROOT=$(pwd)
@@ -205,6 +208,8 @@ train_kinds() {
 		static) extra="--static --pad-to-multiple-of $SEQ" ;; # CUDA graph (auto)
 		static_nograph) extra="--static --pad-to-multiple-of $SEQ --cuda-graph off" ;;
 		static_hoststate) extra="--static --pad-to-multiple-of $SEQ --cuda-graph off --device-state off" ;;
+		static_bf16) extra="--static --pad-to-multiple-of $SEQ --compute-dtype bf16" ;;
+		static_fp16) extra="--static --pad-to-multiple-of $SEQ --compute-dtype fp16" ;;
 		static~*) # static~a+b: the static step with rewrites a and b left out (--disable-rewrite a,b)
 			local off=${kind#static~}
 			extra="--static --pad-to-multiple-of $SEQ --disable-rewrite ${off//+/,}" ;;
@@ -219,7 +224,9 @@ train_kinds() {
 		grep -h -i "memcpy\|cuda graph\|cannot use" "$W"/train_$kind.log | sort | uniq -c | head -5
 		echo "train_$kind exit $rc wall_s $(python3 -c "print($(now)-$t0)") peak_mib $(sort -n "$W"/mem_train_$kind.txt | tail -1)" | tee -a "$W"/train_wall.txt
 		kill "$mp" 2>/dev/null
-		python3 - "$W"/run_$kind/metrics.csv "$W"/torch_tf32.json <<'PY' | tee -a "$W"/train_wall.txt
+		local ref=$W/torch_tf32.json # 16-bit kinds compare with PyTorch's bf16 runs
+		case $kind in *_bf16|*_fp16) ref=$W/torch_bf16w.json; [ -f "$ref" ] || ref=$W/torch_bf16.json ;; esac
+		python3 - "$W"/run_$kind/metrics.csv "$ref" <<'PY' | tee -a "$W"/train_wall.txt
 import csv, json, os, statistics, sys
 rows = list(csv.DictReader(open(sys.argv[1])))
 tps = [float(r["tokens_per_s"]) for r in rows[8:]]
@@ -228,7 +235,7 @@ if os.path.exists(sys.argv[2]):
     ref = json.load(open(sys.argv[2]))
     t = ref["losses"]
     rel = [abs(float(r["loss"]) - t[i]) / abs(t[i]) for i, r in enumerate(rows[:len(t)])]
-    print(f"  vs PyTorch TF32 ({ref['tokens_per_s']:.0f} tokens/s): {statistics.median(tps) / ref['tokens_per_s']:.3f}x; loss max relative difference over {len(rel)} steps {max(rel):.2e} (step {rel.index(max(rel)) + 1})")
+    print(f"  vs PyTorch {ref['mode']} ({ref['tokens_per_s']:.0f} tokens/s, {ref['max_memory_allocated_gib']:.2f} GiB allocated): {statistics.median(tps) / ref['tokens_per_s']:.3f}x; loss max relative difference over {len(rel)} steps {max(rel):.2e} (step {rel.index(max(rel)) + 1})")
 PY
 	done
 }

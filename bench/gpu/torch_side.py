@@ -24,6 +24,10 @@ model of about 1B parameters), all with random init from fixed seeds:
        fp32  float32, TF32 off (PyTorch's default)
        tf32  float32 storage, TF32 matrix products on (what ORT's CUDA EP does by default)
        bf16  torch.autocast(bfloat16)
+       bf16w the usual PEFT recipe: base weights stored in bfloat16, LoRA
+             params float32, torch.autocast(bfloat16) (what loracc's
+             --compute-dtype bf16 compares with; the base is restored to
+             float32 after the mode)
        compile  tf32 with the PEFT model wrapped in torch.compile (default
              options; the compile happens in the warm-up steps, which the
              median leaves out; a failure is recorded, not raised)
@@ -154,6 +158,13 @@ def train_mode(pm, init, data, order, mode, steps, batch, lr, warmup):
             if n in init:
                 p.copy_(init[n])
     set_mode(mode)
+    saved = {}
+    if mode == "bf16w":
+        with torch.no_grad():
+            for n, p in pm.named_parameters():
+                if not p.requires_grad and p.dtype == torch.float32:
+                    saved[n] = p.detach().cpu()
+                    p.data = p.data.to(torch.bfloat16)
     params = [p for p in pm.parameters() if p.requires_grad]
     fn = torch.compile(pm) if mode == "compile" else pm
     opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
@@ -166,7 +177,7 @@ def train_mode(pm, init, data, order, mode, steps, batch, lr, warmup):
         torch.cuda.synchronize()
         t0 = time.perf_counter()
         ids = data[idx].to(dev)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=(mode == "bf16")):
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=(mode in ("bf16", "bf16w"))):
             out = fn(input_ids=ids, labels=ids, use_cache=False)
         out.loss.backward()
         opt.step()
@@ -189,6 +200,11 @@ def train_mode(pm, init, data, order, mode, steps, batch, lr, warmup):
         "losses": losses,
     }
     del opt
+    if saved:
+        with torch.no_grad():
+            for n, p in pm.named_parameters():
+                if n in saved:
+                    p.data = saved[n].to(dev)
     return res
 
 
