@@ -24,6 +24,7 @@ package trainstep
 
 import (
 	"fmt"
+	"slices"
 
 	"github.com/loracc/loracc/autodiff"
 	"github.com/loracc/loracc/graph"
@@ -53,9 +54,20 @@ func (st *Compiler) Autodiff(m *graph.Model) error {
 			return err
 		}
 	}
+	fwd := make(map[*graph.Node]bool, len(m.Graph.Nodes))
+	for _, n := range m.Graph.Nodes {
+		fwd[n] = true
+	}
 	grads, err := autodiff.GradientsWith(m, target, st.params, autodiff.Options{NoSiLURule: !st.enabled("silu-rule")})
 	if err != nil {
 		return err
+	}
+	if slices.Contains(st.opts.Recompute, "attention") {
+		k, err := st.recomputeAttention(m, fwd)
+		if err != nil {
+			return err
+		}
+		st.logf("autodiff: the backward recomputes %d attention probabilities (recompute.go)", k)
 	}
 	if scale != nil {
 		ub := opb.New(m, "loss_scale/unscale", "loss_scale/unscale", st.inf)

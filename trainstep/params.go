@@ -57,6 +57,11 @@ type Options struct {
 	// provider has; "" keeps the graph runnable by any provider.
 	Target string
 
+	// Recompute names forward values the backward recomputes instead of
+	// keeping them ("attention": the attention probabilities,
+	// recompute.go).
+	Recompute []string
+
 	// ComputeDType is the type the forward's matrix products run in
 	// (pass autocast): graph.Float16 or graph.BFloat16 autocast a float32
 	// base; Undefined or graph.Float keep the base's own types.

@@ -1,0 +1,208 @@
+package trainstep
+
+// Rewrite "recompute-attention" of pass autodiff (--recompute attention):
+// the backward recomputes each attention's probabilities instead of
+// keeping them from the forward.
+//
+// The probabilities P = softmax(scale·Q·Kᵀ + mask) are the largest
+// tensors a transformer's step keeps ([B, H, T, T] per layer, 268 MB per
+// layer of a 1B Llama at 8 × 512 in float32), and the backward reads them
+// twice (dV = Pᵀ·dO and the softmax gradient). Recomputing them costs one
+// Q·Kᵀ product per layer. The copy must run late — next to its first use
+// — or it is no better than keeping P, and ONNX Runtime orders nodes
+// itself (and would merge an identical copy back into the forward: its
+// common-subexpression elimination). So the copy reads Q + 0·d, where d
+// is one element of a backward value the first reader of P also reads:
+// it cannot start before the backward reaches the attention, and it is not
+// the forward's expression. Q + 0 is Q exactly (only a −0 becomes +0, which
+// changes no product), so the recomputed P is the forward's, bit for bit.
+
+import (
+	"github.com/loracc/loracc/graph"
+	"github.com/loracc/loracc/internal/opb"
+)
+
+// recomputeAttention rewires the backward readers of every forward
+// Softmax computed from a Q·Kᵀ product (through at most a few
+// elementwise ops with side inputs: the scale, the mask) to a recomputed
+// copy; fwd holds the forward's nodes. It returns how many it rewired.
+func (st *Compiler) recomputeAttention(m *graph.Model, fwd map[*graph.Node]bool) (int, error) {
+	g := m.Graph
+	if err := g.SortTopo(); err != nil {
+		return 0, err
+	}
+	pos := make(map[*graph.Node]int, len(g.Nodes))
+	for i, n := range g.Nodes {
+		pos[n] = i
+	}
+	b := opb.New(m, "recompute", "recompute", st.inf)
+	count := 0
+	for _, sm := range append([]*graph.Node(nil), g.Nodes...) {
+		if sm.Op != "Softmax" || sm.Domain != "" || !fwd[sm] {
+			continue
+		}
+		p := sm.Output(0)
+		var back []graph.Use
+		for _, u := range p.Uses() {
+			if !fwd[u.Node] {
+				back = append(back, u)
+			}
+		}
+		if len(back) == 0 {
+			continue
+		}
+		chain, root, ok := attentionChain(sm, fwd)
+		if !ok {
+			continue
+		}
+		d := dependency(p, back, pos)
+		if d == nil {
+			continue
+		}
+		q := root.Input(0)
+		one := b.Slice(b.Reshape(d, b.Ints(-1)), 0, 1, 0) // [1]
+		zero := b.Mul(b.CastTo(one, q), b.K(0, q))
+		qDep := b.Add(q, zero)
+		if err := b.Err(); err != nil {
+			return count, err
+		}
+		ins := root.Inputs()
+		ins[0] = qDep
+		prev, err := g.CloneNode(root, ins, ".recomputed")
+		if err != nil {
+			return count, err
+		}
+		data := root.Output(0)
+		for _, n := range chain {
+			ins := n.Inputs()
+			for i, in := range ins {
+				if in == data {
+					ins[i] = prev.Output(0)
+				}
+			}
+			c, err := g.CloneNode(n, ins, ".recomputed")
+			if err != nil {
+				return count, err
+			}
+			data, prev = n.Output(0), c
+		}
+		for _, u := range back {
+			u.Node.SetInput(u.Index, prev.Output(0))
+		}
+		count++
+	}
+	if count > 0 {
+		return count, g.SortTopo()
+	}
+	return 0, nil
+}
+
+// attentionChain walks up from Softmax sm to the product Q·Kᵀ it is
+// computed from: at most four elementwise ops (scale, mask, bias), each
+// carrying the scores in one input (the other inputs side values: the
+// scale, the mask). It returns the ops from the product's reader down to
+// sm, and the product (a MatMul or FusedMatMul of the forward).
+func attentionChain(sm *graph.Node, fwd map[*graph.Node]bool) ([]*graph.Node, *graph.Node, bool) {
+	chain := []*graph.Node{sm}
+	v := sm.Input(0)
+	for range 5 {
+		p, _ := v.Producer()
+		if p == nil || !fwd[p] || v.NumUses() != 1 {
+			return nil, nil, false
+		}
+		switch {
+		case (p.Op == "MatMul" && p.Domain == "") || (p.Op == "FusedMatMul" && p.Domain == "com.microsoft"):
+			if graph.ConstTensor(p.Input(0)) != nil || graph.ConstTensor(p.Input(1)) != nil {
+				return nil, nil, false // a weight product, not Q·Kᵀ
+			}
+			for i, j := 0, len(chain)-1; i < j; i, j = i+1, j-1 {
+				chain[i], chain[j] = chain[j], chain[i]
+			}
+			return chain, p, true
+		case p.Domain == "" && (p.Op == "Add" || p.Op == "Sub" || p.Op == "Mul" || p.Op == "Div"):
+			// The scores continue through the input a product or an
+			// elementwise op of the chain computes.
+			next := scoresInput(p)
+			if next == nil {
+				return nil, nil, false
+			}
+			chain = append(chain, p)
+			v = next
+		default:
+			return nil, nil, false
+		}
+	}
+	return nil, nil, false
+}
+
+// scoresInput is the input of binary op p that carries the scores: the one
+// computed by a product or by another elementwise op (not a constant and
+// not the mask, which comes from a Where, a Cast or an input).
+func scoresInput(p *graph.Node) *graph.Value {
+	var found *graph.Value
+	for _, in := range p.Inputs() {
+		if in == nil || graph.ConstTensor(in) != nil {
+			continue
+		}
+		q, _ := in.Producer()
+		if q == nil {
+			continue
+		}
+		switch q.Op {
+		case "MatMul", "FusedMatMul", "Add", "Sub", "Mul", "Div":
+			if found != nil {
+				return nil // two candidates: not a scores chain
+			}
+			found = in
+		}
+	}
+	return found
+}
+
+// dependency picks the backward value d the copy of P waits for: an input
+// (not P, not a constant) of P's first backward reader, or, when that
+// reader reads P alone (a Transpose), of that reader's own readers. d
+// must not depend on any reader of P (the copy would close a cycle), so
+// it is checked against their descendants.
+func dependency(p *graph.Value, back []graph.Use, pos map[*graph.Node]int) *graph.Value {
+	first := back[0].Node
+	for _, u := range back[1:] {
+		if pos[u.Node] < pos[first] {
+			first = u.Node
+		}
+	}
+	readers := []*graph.Node{first}
+	for _, o := range first.Outputs() {
+		if o != nil {
+			for _, u := range o.Uses() {
+				readers = append(readers, u.Node)
+			}
+		}
+	}
+	after := map[*graph.Value]bool{} // values computed from a reader of P
+	var walk func(n *graph.Node, depth int)
+	walk = func(n *graph.Node, depth int) {
+		for _, o := range n.Outputs() {
+			if o == nil || after[o] {
+				continue
+			}
+			after[o] = true
+			if depth < 64 {
+				for _, u := range o.Uses() {
+					walk(u.Node, depth+1)
+				}
+			}
+		}
+	}
+	for _, u := range back {
+		walk(u.Node, 0)
+	}
+	for _, r := range readers {
+		for _, in := range r.Inputs() {
+			if in != nil && in != p && graph.ConstTensor(in) == nil && !after[in] {
+				return in
+			}
+		}
+	}
+	return nil
+}
