@@ -34,7 +34,7 @@ On the GPU machine, from the corpus scripts/quality/corpus.sh wrote:
      file alone (checked: the same logits as the model in memory).
 
 Writes WORK/pretrain.json with everything measured. --smoke runs the same
-steps on a tiny model and a slice of the corpus in well under a minute.
+steps on a tiny model and a slice of the corpus (seconds of training).
 
   python3 bench/quality/pretrain.py --corpus CORPUS --work WORK [--smoke]
 """

@@ -12,7 +12,8 @@
 # `source /root/ort/env.sh`; the CPU-only steps do not need it).
 #
 # Modes (each fits one 10-minute device call; `all` is for a longer budget):
-#   smoke        everything on a tiny model and a slice of the corpus (~1 min)
+#   smoke        everything on a tiny model and a slice of the corpus (not timed yet;
+#                expected 1-3 min, mostly eight Python start-ups importing transformers)
 #   pretrain     tokenizer, pretraining, int8 model, ONNX exports, tokenizer
 #                check against loracc, learning-rate sweep -> model.tgz
 #   arms         base, full fine-tuning, PEFT and loracc LoRA (CUDA), one job
