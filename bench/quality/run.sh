@@ -11,7 +11,7 @@
 # and ONNX Runtime with the CUDA provider staged (../shared/gpu/stage-ort.sh;
 # `source /root/ort/env.sh`; the CPU-only steps do not need it).
 #
-# Modes (each fits one 10-minute device call; `all` is for a longer budget):
+# Modes (each meant to fit one 10-minute device call, not yet timed; `all` needs more):
 #   smoke        everything on a tiny model and a slice of the corpus (not timed yet;
 #                expected 1-3 min, mostly eight Python start-ups importing transformers)
 #   pretrain     tokenizer, pretraining, int8 model, ONNX exports, tokenizer
