@@ -108,7 +108,7 @@ func trainAction(c *cli.Context) error {
 	}
 	graphs := filepath.Join(run, "graphs")
 	logf := logger(c)
-	io, err := exportTrain(in, graphs, c, nil, "", nil, logf)
+	io, err := exportTrain(in, graphs, c, nil, "", false, nil, logf)
 	if err != nil {
 		return err
 	}
@@ -413,7 +413,7 @@ func staticSteps(c *cli.Context, in, graphs string, data *dataset.Set, device st
 			if device == "cuda" {
 				target = "cuda" // the step runs there only: its CUDA fusions apply
 			}
-			io, err := exportTrain(in, dir, c, dims, target, nil, logf)
+			io, err := exportTrain(in, dir, c, dims, target, false, nil, logf)
 			if err != nil {
 				return "", trainio.Graph{}, err
 			}
