@@ -17,6 +17,7 @@ declare -A allowed=(
 	[trainio]=""
 	[tokenizer]=""
 	[chat]=""
+	[dist]=""
 	[adapter]="graph"
 	[branch]="graph adapter"
 	[infer]="graph"

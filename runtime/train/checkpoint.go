@@ -26,6 +26,10 @@ type Progress struct {
 	// exists. Checkpoints before they were recorded lack them.
 	Examples int    `json:"examples,omitempty"`
 	Data     string `json:"data,omitempty"`
+	// World is the number of ranks of a data-parallel run (absent for
+	// one process): a resume needs as many, since Position counts global
+	// batches whose shards depend on it.
+	World int `json:"world_size,omitempty"`
 }
 
 // checkpointsDir holds step-N folders and the "latest" pointer.
