@@ -17,6 +17,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -337,7 +338,7 @@ func readFrame(r io.Reader, limit int) (kind, op byte, seq uint32, body []byte, 
 func describe(err error) error {
 	var ne net.Error
 	switch {
-	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE):
 		return fmt.Errorf("the connection closed (its process ended?): %w", err)
 	case errors.As(err, &ne) && ne.Timeout():
 		return fmt.Errorf("no answer before the deadline: %w", err)

@@ -6,9 +6,11 @@ package dist
 // own process group: a Ctrl-C at the terminal reaches the launcher only,
 // which forwards it once to each child (every rank then stops after the
 // same step and rank 0 writes the checkpoint). When one child fails, the
-// others are stopped (SIGTERM, then SIGKILL after a grace period) and the
-// launcher returns an error naming the rank and how it ended, so a dead
-// rank never leaves the others waiting.
+// others get two seconds to end by themselves (they usually fail at once,
+// naming it, or print why they stopped the group), then are stopped
+// (SIGTERM, then SIGKILL after a grace period), and the launcher returns
+// an error naming the rank that ended first and how, so a dead rank never
+// leaves the others waiting.
 
 import (
 	"errors"
@@ -17,6 +19,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -58,6 +61,7 @@ func (s Spawn) Run(sig <-chan os.Signal) error {
 	if s.Grace <= 0 {
 		s.Grace = 30 * time.Second
 	}
+	stdout, stderr := shared(s.Stdout, s.Stderr)
 	type exit struct {
 		rank int
 		err  error
@@ -76,7 +80,7 @@ func (s Spawn) Run(sig <-chan os.Signal) error {
 		l := Launch{Rank: i, World: s.N, LocalRank: i, LocalWorld: s.N, MasterAddr: s.MasterAddr, MasterPort: s.MasterPort}
 		c := exec.Command(s.Path, s.Args...)
 		c.Env = l.Environ(s.Env)
-		c.Stdout, c.Stderr = s.Stdout, s.Stderr
+		c.Stdout, c.Stderr = stdout, stderr
 		c.SysProcAttr = childAttr()
 		if err := c.Start(); err != nil {
 			signalAll(syscall.SIGKILL)
@@ -89,17 +93,22 @@ func (s Spawn) Run(sig <-chan os.Signal) error {
 		go func() { done <- exit{i, c.Wait()} }()
 	}
 	var first *exit
-	var kill <-chan time.Time
+	var term, kill <-chan time.Time
 	for left := s.N; left > 0; {
 		select {
 		case e := <-done:
 			left--
 			running[e.rank] = false
 			if e.err != nil && first == nil {
+				// The others usually fail at once too (their collective
+				// names the rank that went); give them a moment to say
+				// why before stopping them.
 				first = &e
-				signalAll(syscall.SIGTERM)
-				kill = time.After(s.Grace)
+				term = time.After(min(settle, s.Grace))
 			}
+		case <-term:
+			signalAll(syscall.SIGTERM)
+			kill = time.After(s.Grace)
 		case sg := <-sig:
 			signalAll(sg)
 		case <-kill:
@@ -111,6 +120,39 @@ func (s Spawn) Run(sig <-chan os.Signal) error {
 	}
 	return nil
 }
+
+// shared makes the children's writers safe to share: a file is handed to
+// every child as is; any other writer gets one lock (shared by stdout and
+// stderr when they are the same writer), since each child copies its
+// output to it from its own goroutine.
+func shared(stdout, stderr io.Writer) (io.Writer, io.Writer) {
+	wrap := func(w io.Writer, mu *sync.Mutex) io.Writer {
+		if _, ok := w.(*os.File); ok || w == nil {
+			return w
+		}
+		return &lockedWriter{w: w, mu: mu}
+	}
+	mu := &sync.Mutex{}
+	if stdout != stderr {
+		return wrap(stdout, mu), wrap(stderr, &sync.Mutex{})
+	}
+	return wrap(stdout, mu), wrap(stderr, mu)
+}
+
+type lockedWriter struct {
+	w  io.Writer
+	mu *sync.Mutex
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}
+
+// settle is how long the other ranks may take to end on their own after
+// one failed, before they get SIGTERM.
+const settle = 2 * time.Second
 
 // describeExit says how a child ended.
 func describeExit(err error) string {
