@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/loracc/loracc/runtime"
 )
 
 // Data-parallel training on the CPU: ranks are real processes (copies of
@@ -260,5 +262,37 @@ func TestWithoutFlag(t *testing.T) {
 	got := strings.Join(withoutFlag([]string{"train", "m", "--nproc-per-node", "2", "--out", "r", "-nproc-per-node=3", "--nproc-per-nodes", "x", "--", "--nproc-per-node"}, "nproc-per-node"), " ")
 	if want := "train m --out r --nproc-per-nodes x -- --nproc-per-node"; got != want {
 		t.Errorf("got %q, want %q", got, want)
+	}
+}
+
+// TestDataParallelNCCLMissing: --comm nccl on a machine without NCCL
+// fails on every rank, saying which library is missing and how to point
+// at it; with --device cpu it is refused for what it is.
+func TestDataParallelNCCLMissing(t *testing.T) {
+	env(t)
+	asMain(t)
+	t.Setenv("LORACC_NCCL_LIB", "")
+	dir := t.TempDir()
+	injected, data := seedRun(t, dir)
+	args := seedTrainArgs(injected, data, filepath.Join(dir, "run"), "3")
+	var stderr bytes.Buffer
+	err := run(append([]string{"loracc"}, append(args, "--nproc-per-node", "2", "--comm", "nccl")...), &bytes.Buffer{}, &stderr)
+	if err == nil || !strings.Contains(stderr.String(), "--comm nccl sums on the GPUs; with --device cpu use --comm tcp") {
+		t.Errorf("--comm nccl --device cpu: %v\n%s", err, stderr.String())
+	}
+	for i, a := range args {
+		if a == "--device" {
+			args[i+1] = "cuda"
+		}
+	}
+	if _, e := runtime.OpenNCCL(""); e == nil {
+		t.Skip("this machine has NCCL")
+	}
+	stderr.Reset()
+	err = run(append([]string{"loracc"}, append(args, "--nproc-per-node", "2", "--comm", "nccl")...), &bytes.Buffer{}, &stderr)
+	for r := range 2 {
+		if want := fmt.Sprintf("rank %d of 2: nccl: cannot load libnccl.so.2", r); err == nil || !strings.Contains(stderr.String(), want) || !strings.Contains(stderr.String(), "LORACC_NCCL_LIB") {
+			t.Errorf("--comm nccl without NCCL: %v; want %q in\n%s", err, want, stderr.String())
+		}
 	}
 }

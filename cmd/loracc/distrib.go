@@ -89,7 +89,11 @@ type rank struct {
 	group  *dist.Group
 	// work holds what this rank compiles and caches: "" on rank 0 (the
 	// run folder), a temporary folder elsewhere.
-	work string
+	work    string
+	timeout time.Duration // --dist-timeout
+	// closers release what the communicator holds (NCCL's), told whether
+	// the run failed.
+	closers []func(failed bool)
 }
 
 // joinRanks meets the other ranks when the environment says this process
@@ -126,7 +130,7 @@ func joinRanks(c *cli.Context) (*rank, error) {
 	if err != nil {
 		return nil, err
 	}
-	r := &rank{launch: l, group: g}
+	r := &rank{launch: l, group: g, timeout: o.Timeout}
 	if l.Rank != 0 {
 		if r.work, err = os.MkdirTemp("", fmt.Sprintf("loracc-rank-%d-", l.Rank)); err != nil {
 			g.Abort(err.Error())
@@ -141,6 +145,9 @@ func joinRanks(c *cli.Context) (*rank, error) {
 func (r *rank) done(err error) error {
 	if r == nil {
 		return err
+	}
+	for _, c := range r.closers {
+		c(err != nil)
 	}
 	if err != nil {
 		err = fmt.Errorf("rank %d of %d: %w", r.launch.Rank, r.launch.World, err)
