@@ -49,9 +49,10 @@ const (
 // in the command, a map in tests). Neither RANK nor WORLD_SIZE set is a
 // single process. Otherwise both are needed, and with WORLD_SIZE > 1 so
 // are MASTER_ADDR and MASTER_PORT; LOCAL_RANK defaults to RANK and
-// LOCAL_WORLD_SIZE to WORLD_SIZE (one host). Errors name the variable
-// and its value, since a launcher's mistake is otherwise found only when
-// the ranks fail to meet.
+// LOCAL_WORLD_SIZE to WORLD_SIZE (one host). Under torchrun's agent store
+// (TORCHELASTIC_USE_AGENT_STORE=True) the rendezvous port is
+// MASTER_PORT+1. Errors name the variable and its value, since a
+// launcher's mistake is otherwise found only when the ranks fail to meet.
 func FromEnv(lookup func(string) (string, bool)) (Launch, error) {
 	rankS, hasRank := lookup(EnvRank)
 	worldS, hasWorld := lookup(EnvWorld)
@@ -110,8 +111,20 @@ func FromEnv(lookup func(string) (string, bool)) (Launch, error) {
 	if l.MasterPort > 65535 {
 		return Launch{}, fmt.Errorf("dist: %s=%d: want a port 1..65535", EnvMasterPort, l.MasterPort)
 	}
+	if v, _ := lookup(envAgentStore); v == "True" {
+		// torchrun's agent already serves its TCPStore at MASTER_PORT
+		// (PyTorch's ranks join it as clients); our rendezvous, which
+		// speaks another protocol, takes the next port on every rank.
+		if l.MasterPort++; l.MasterPort > 65535 {
+			return Launch{}, fmt.Errorf("dist: %s=65535 under torchrun's agent store leaves no port for the rendezvous (it uses MASTER_PORT+1)", EnvMasterPort)
+		}
+	}
 	return l, nil
 }
+
+// envAgentStore is set to "True" by torchrun when its agent hosts the
+// store at MASTER_ADDR:MASTER_PORT.
+const envAgentStore = "TORCHELASTIC_USE_AGENT_STORE"
 
 // intVar reads an integer variable of at least lo.
 func intVar(name, s string, lo int) (int, error) {

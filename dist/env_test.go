@@ -27,6 +27,13 @@ func TestFromEnv(t *testing.T) {
 	if err != nil || l.LocalRank != 2 || l.LocalWorld != 3 || l.Addr() != "[::1]:1234" {
 		t.Fatalf("defaults: %+v (%s), %v", l, l.Addr(), err)
 	}
+	agent := map[string]string{"TORCHELASTIC_USE_AGENT_STORE": "True"}
+	for k, v := range full {
+		agent[k] = v
+	}
+	if l, err = FromEnv(lookupIn(agent)); err != nil || l.MasterPort != 29501 {
+		t.Fatalf("under torchrun's agent store the rendezvous takes MASTER_PORT+1: %+v, %v", l, err)
+	}
 	if l, err = FromEnv(lookupIn(map[string]string{"RANK": "0", "WORLD_SIZE": "1"})); err != nil || l.Distributed() {
 		t.Fatalf("WORLD_SIZE=1 needs no address: %+v, %v", l, err)
 	}

@@ -35,7 +35,7 @@ func trainCommand() *cli.Command {
 			"[--tokenizer DIR] [--max-length N] [--packing] [--loss-on-prompt] " +
 			"[--epochs N | --max-steps N] [--batch-size B] [--grad-accum K] [--lr LR] [--schedule constant|linear|cosine] [--warmup N] " +
 			"[--optimizer adamw|sgd] [--weight-decay W] [--clip-norm C] [--seed S] [--device cpu|cuda|auto] [--eval-every N] " +
-			"[--save-every N] [--resume] [--fuse] --out RUNDIR",
+			"[--save-every N] [--resume] [--fuse] [--nproc-per-node N] [--comm auto|tcp|nccl] [--dist-timeout D] --out RUNDIR",
 		Flags: append(append(append(trainFlags(d), textFlags()...),
 			&cli.StringFlag{Name: "data", Required: true, Usage: "training examples, JSONL: one object per line mapping input names (and the labels name) to arrays for one example, or text records (lm): {\"text\"}, {\"prompt\", \"completion\"} or {\"messages\"}"},
 			&cli.StringFlag{Name: "eval", Usage: "evaluation examples, any of the same formats"},
