@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/loracc/loracc/runtime"
+	"github.com/loracc/loracc/runtime/train"
 )
 
 // Data-parallel training on the CPU: ranks are real processes (copies of
@@ -294,5 +295,61 @@ func TestDataParallelNCCLMissing(t *testing.T) {
 		if want := fmt.Sprintf("rank %d of 2: nccl: cannot load libnccl.so.2", r); err == nil || !strings.Contains(stderr.String(), want) || !strings.Contains(stderr.String(), "LORACC_NCCL_LIB") {
 			t.Errorf("--comm nccl without NCCL: %v; want %q in\n%s", err, want, stderr.String())
 		}
+	}
+}
+
+// TestDataParallelCtrlC: SIGINT to `train --nproc-per-node 2` reaches
+// both ranks through the launcher; they stop after the same step, rank 0
+// checkpoints there and everything exits 0; --resume then finishes with
+// the loss column of an uninterrupted 2-rank run, bit for bit.
+func TestDataParallelCtrlC(t *testing.T) {
+	env(t)
+	asMain(t)
+	dir := t.TempDir()
+	injected, data := seedRun(t, dir)
+	const steps = "3000"
+	full, cut := filepath.Join(dir, "full"), filepath.Join(dir, "cut")
+	mustLoracc(t, append(seedTrainArgs(injected, data, full, steps), "--nproc-per-node", "2")...)
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(exe, append(seedTrainArgs(injected, data, cut, steps), "--save-every", "50", "--nproc-per-node", "2")...)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		if _, err := os.Stat(filepath.Join(cut, "checkpoints", "latest")); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			cmd.Process.Kill()
+			t.Fatalf("no checkpoint after 60 s:\n%s", out.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	sent := time.Now()
+	cmd.Process.Signal(syscall.SIGINT)
+	err = cmd.Wait()
+	if took := time.Since(sent); took > 10*time.Second {
+		t.Errorf("took %v to stop after Ctrl-C", took)
+	}
+	if err != nil || !strings.Contains(out.String(), "interrupted: checkpoint at step") {
+		t.Fatalf("exit after Ctrl-C: %v\n%s", err, out.String())
+	}
+	ck, err := train.LoadLatest(cut)
+	if err != nil || ck == nil || ck.Progress.World != 2 {
+		t.Fatalf("checkpoint after Ctrl-C: %+v, %v", ck, err)
+	}
+	if ck.Progress.Step >= 3000 {
+		t.Skip("the run finished before the signal arrived")
+	}
+	t.Logf("interrupted at step %d", ck.Progress.Step)
+	mustLoracc(t, append(seedTrainArgs(injected, data, cut, steps), "--nproc-per-node", "2", "--resume")...)
+	if a, b := lossColumn(t, full), lossColumn(t, cut); strings.Join(a, "\n") != strings.Join(b, "\n") {
+		t.Errorf("loss column after Ctrl-C and --resume differs from the uninterrupted run (%d vs %d rows)", len(a), len(b))
 	}
 }
