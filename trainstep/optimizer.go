@@ -51,14 +51,19 @@ func (st *Compiler) Autodiff(m *graph.Model) error {
 	st.grads = grads
 	if st.opts.EmitGrads {
 		for i, g := range grads {
-			p := st.params[i]
-			tt := *p.Type
-			g.Type = &tt
-			st.role(g, trainio.RoleGrad, "")
+			st.gradOutput(g, st.params[i])
 			st.emitted = append(st.emitted, g)
 		}
 	}
 	return nil
+}
+
+// gradOutput makes g, the gradient of param p, an output of role grad
+// typed like p.
+func (st *Compiler) gradOutput(g, p *graph.Value) {
+	tt := *p.Type
+	g.Type = &tt
+	st.role(g, trainio.RoleGrad, "")
 }
 
 func (st *Compiler) Optimizer(m *graph.Model) error {

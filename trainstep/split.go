@@ -78,9 +78,7 @@ func (st *Compiler) Grads(m *graph.Model) error {
 				return err
 			}
 		}
-		tt := *p.Type
-		g.Type = &tt
-		st.role(g, trainio.RoleGrad, "")
+		st.gradOutput(g, p)
 		st.outputs = append(st.outputs, g)
 	}
 	return nil

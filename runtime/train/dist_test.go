@@ -71,11 +71,7 @@ func (f *fakeGrad) Run(feeds map[string]runtime.Tensor, _ []string) (map[string]
 	if f.failAt > 0 && len(f.seen)+1 == f.failAt {
 		return nil, fmt.Errorf("fake: the gradient graph fails at its run %d", f.failAt)
 	}
-	ids, _, err := firstColumn(feeds["input_ids"])
-	if err != nil {
-		return nil, err
-	}
-	a, err := floatFeeds(feeds, "l.lora_A")
+	ids, a, err := idsAndA(feeds)
 	if err != nil {
 		return nil, err
 	}
@@ -84,7 +80,7 @@ func (f *fakeGrad) Run(feeds map[string]runtime.Tensor, _ []string) (map[string]
 	var count int64
 	for _, i := range ids {
 		w := float32(fakeTokens(int(i)))
-		sum += w * (a[0][0] + float32(i)/100)
+		sum += w * (a + float32(i)/100)
 		ga += w * float32(i)
 		count += int64(fakeTokens(int(i)))
 	}
@@ -92,6 +88,19 @@ func (f *fakeGrad) Run(feeds map[string]runtime.Tensor, _ []string) (map[string]
 		"loss_sum": runtime.FloatTensor(nil, []float32{sum}), "loss_count": runtime.Int64Tensor([]int64{}, []int64{count}),
 		"l.lora_A.grad": runtime.FloatTensor([]int64{1, 1}, []float32{ga}), "l.lora_B.grad": runtime.FloatTensor([]int64{1, 1}, []float32{float32(count)}),
 	}, nil
+}
+
+// idsAndA reads a fake graph's example indices and its param A.
+func idsAndA(feeds map[string]runtime.Tensor) ([]int64, float32, error) {
+	ids, _, err := firstColumn(feeds["input_ids"])
+	if err != nil {
+		return nil, 0, err
+	}
+	a, err := floatFeeds(feeds, "l.lora_A")
+	if err != nil {
+		return nil, 0, err
+	}
+	return ids, a[0][0], nil
 }
 
 // fakeOptim is the fake optimizer graph: g = A's summed gradient over the
@@ -121,17 +130,13 @@ func (fakeOptim) Run(feeds map[string]runtime.Tensor, _ []string) (map[string]ru
 type fakeTokenEval struct{}
 
 func (fakeTokenEval) Run(feeds map[string]runtime.Tensor, _ []string) (map[string]runtime.Tensor, error) {
-	ids, _, err := firstColumn(feeds["input_ids"])
-	if err != nil {
-		return nil, err
-	}
-	a, err := floatFeeds(feeds, "l.lora_A")
+	ids, a, err := idsAndA(feeds)
 	if err != nil {
 		return nil, err
 	}
 	var sum, w float32
 	for _, i := range ids {
-		sum += float32(fakeTokens(int(i))) * (a[0][0] + float32(i)/100)
+		sum += float32(fakeTokens(int(i))) * (a + float32(i)/100)
 		w += float32(fakeTokens(int(i)))
 	}
 	return map[string]runtime.Tensor{"loss": runtime.FloatTensor(nil, []float32{sum / w})}, nil
