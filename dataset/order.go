@@ -43,3 +43,24 @@ func splitmix(x uint64) uint64 {
 	x = (x ^ (x >> 27)) * 0x94d049bb133111eb
 	return x ^ (x >> 31)
 }
+
+// Shard is rank's part of window, the examples that world ranks consume
+// together in one step: every world-th example from the rank-th, which is
+// torch's DistributedSampler split. Windows start at multiples of the
+// global batch (a multiple of world), so over an epoch rank r reads
+// Order(n, seed, epoch)[r::world]: disjoint from the other ranks' shards,
+// together covering the epoch, in the order one process with the same
+// seed reads it. Nothing is padded or dropped: an epoch's short last
+// window gives some ranks fewer examples (none, when it holds fewer than
+// world), which is exact because the loss is normalised by the global
+// token count (torch pads by repeating examples, counting them twice).
+func Shard(window []int, rank, world int) []int {
+	if world <= 1 {
+		return window
+	}
+	out := make([]int, 0, (len(window)+world-1-rank)/world)
+	for i := rank; i < len(window); i += world {
+		out = append(out, window[i])
+	}
+	return out
+}

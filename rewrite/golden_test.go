@@ -50,3 +50,41 @@ func TestGoldenSeedTrain(t *testing.T) {
 		}
 	}
 }
+
+// TestGoldenSeedSplit prints the seed model's split step: the gradient
+// graph (loss sum, count, gradients of the sum) and the optimizer graph,
+// whose forward is pruned away: only the division by the global count,
+// clipping and AdamW remain.
+func TestGoldenSeedSplit(t *testing.T) {
+	var out strings.Builder
+	for _, half := range []struct {
+		name   string
+		sums   bool
+		passes []string
+	}{
+		{"grad", true, []string{"params", "loss", "autodiff", "grads", "prune"}},
+		{"optim", false, []string{"params", "reduced-grads", "optimizer", "prune"}},
+	} {
+		m := seedModel(t)
+		if err := Run(m, &Context{Lora: lora.Options{Config: adapter.NewConfig(2, 2), Init: lora.Init{Method: "kaiming", Seed: 1}}}, "inject"); err != nil {
+			t.Fatal(err)
+		}
+		opts := trainstep.DefaultOptions()
+		opts.Loss, opts.Logits, opts.Labels, opts.ClipNorm, opts.Sums = "mse", "y", "labels", 1, half.sums
+		c := &Context{Train: opts, Verify: true}
+		if err := Run(m, c, half.passes...); err != nil {
+			t.Fatalf("%s: %v", half.name, err)
+		}
+		fmt.Fprintf(&out, "=== %s.onnx ===\n", half.name)
+		for _, e := range append(c.IO.Inputs, c.IO.Outputs...) {
+			fmt.Fprintf(&out, "io %s %s %s\n", e.Role, e.Name, e.DType)
+		}
+		out.WriteString(graph.Format(m))
+		for _, n := range m.Graph.Nodes {
+			if half.name == "optim" && n.Op == "MatMul" {
+				t.Errorf("optim.onnx keeps the forward's node %q", n.Name)
+			}
+		}
+	}
+	golden.Check(t, "seed_split.txt", out.String())
+}

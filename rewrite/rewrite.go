@@ -8,6 +8,7 @@ package rewrite
 import (
 	"fmt"
 	"slices"
+	"strings"
 
 	"github.com/loracc/loracc/graph"
 	"github.com/loracc/loracc/lora"
@@ -92,6 +93,8 @@ func Passes() []Pass {
 		{Name: "autocast", Why: "--compute-dtype fp16|bf16: matrix products (and their frozen weights) in that dtype, softmax, normalizations and the loss in float32, as PyTorch's autocast", Run: trainPass((*trainstep.Compiler).Autocast)},
 		{Name: "loss", Why: "add the scalar training loss (lm, ce or mse) and the labels input", Run: trainPass((*trainstep.Compiler).Loss)},
 		{Name: "autodiff", Why: "append reverse-mode gradients of the loss for the adapter tensors only", Run: trainPass((*trainstep.Compiler).Autodiff)},
+		{Name: "grads", Why: "output the loss sum, its count and the gradients of the sum: the gradient half of a data-parallel step, whose outputs the ranks all-reduce", Run: trainPass((*trainstep.Compiler).Grads)},
+		{Name: "reduced-grads", Why: "take the gradients and the count summed over the ranks as inputs: the optimizer half of a data-parallel step", Run: trainPass((*trainstep.Compiler).ReducedGrads)},
 		{Name: "optimizer", Why: "clip the gradients' global norm and apply AdamW or SGD, outputting new params and state", Run: trainPass((*trainstep.Compiler).Optimizer)},
 		{Name: "prune", Why: "keep only the outputs training needs and drop every node, constant and input they do not use", Run: trainPass((*trainstep.Compiler).Prune)},
 		{Name: "unroll", Why: "run K optimizer steps per graph run, so adapter and optimizer state cross between host and device once per K steps", Run: trainPass((*trainstep.Compiler).Unroll)},
@@ -102,7 +105,8 @@ func Passes() []Pass {
 
 // orderRule says that pass first must run before pass then when both are
 // in a pipeline; with required, then cannot run at all unless first ran
-// before it (in this Run or an earlier one on the same Context).
+// before it (in this Run or an earlier one on the same Context). first
+// may name alternatives, "a|b": a required rule is met by either.
 type orderRule struct {
 	first, then string
 	required    bool
@@ -125,8 +129,11 @@ var passOrder = [...]orderRule{
 	{"canonicalize", "loss", false, "canonicalize rewrites the model's forward graph, before the loss reads its output"},
 	{"params", "autodiff", true, "autodiff differentiates with respect to the params"},
 	{"loss", "autodiff", true, "autodiff differentiates the loss"},
-	{"autodiff", "optimizer", true, "the optimizer updates the params with their gradients"},
-	{"loss", "prune", true, "prune keeps what the loss (and the optimizer's outputs) need"},
+	{"autodiff|reduced-grads", "optimizer", true, "the optimizer updates the params with their gradients (or with the ranks' summed gradients, reduced-grads)"},
+	{"autodiff", "grads", true, "grads outputs the gradients autodiff adds"},
+	{"params", "reduced-grads", true, "reduced-grads adds a gradient input per param"},
+	{"grads", "prune", false, "prune keeps what the graph outputs, so the gradient outputs must exist by then"},
+	{"loss|reduced-grads", "prune", true, "prune keeps what the loss (and the optimizer's outputs) need; the optimizer half of a split step has no loss"},
 	{"optimizer", "prune", false, "prune drops everything the graph's outputs do not need, so the optimizer's outputs must exist by then"},
 	{"prune", "unroll", true, "unroll copies the pruned step graph K times"},
 	{"optimizer", "unroll", true, "unroll chains the optimizer's updated params and state from step to step"},
@@ -156,11 +163,20 @@ func checkOrder(before, names []string) error {
 		if !hasThen {
 			continue
 		}
-		if f, hasFirst := pos[r.first]; hasFirst && f > t {
-			return fmt.Errorf("pass %q must run before pass %q: %s", r.first, r.then, r.why)
+		firsts := strings.Split(r.first, "|")
+		met := false
+		for _, first := range firsts {
+			if f, hasFirst := pos[first]; hasFirst && f > t {
+				return fmt.Errorf("pass %q must run before pass %q: %s", first, r.then, r.why)
+			}
+			met = met || ranBefore(first, t)
 		}
-		if r.required && !ranBefore(r.first, t) {
-			return fmt.Errorf("pass %q needs pass %q before it: %s", r.then, r.first, r.why)
+		if r.required && !met {
+			alt := ""
+			for _, a := range firsts[1:] {
+				alt += fmt.Sprintf(" (or pass %q)", a)
+			}
+			return fmt.Errorf("pass %q needs pass %q before it%s: %s", r.then, firsts[0], alt, r.why)
 		}
 	}
 	return nil

@@ -15,6 +15,11 @@ import (
 // Close releases it; it is safe twice.
 type DeviceValue struct{ v *ort.Value }
 
+// Address is where the value's data lies in device memory (a CUDA
+// pointer under CUDA), to sum gradients in place with
+// NCCLComm.AllReduceDevice; valid until Close.
+func (d *DeviceValue) Address() (uintptr, error) { return d.v.Address() }
+
 // Close releases the value.
 func (d *DeviceValue) Close() {
 	if d != nil {

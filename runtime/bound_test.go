@@ -69,8 +69,18 @@ func TestBoundSessionKeepsValues(t *testing.T) {
 	if stats["MaxInUse"] <= 0 || stats["NumAllocs"] <= 0 {
 		t.Errorf("allocator stats %v: want MaxInUse and NumAllocs > 0", stats)
 	}
+	// Its address is where its data lies (host memory on the CPU; what
+	// NCCL sums in place on a GPU), the same each time it is asked.
+	a1, err1 := d["p"].Address()
+	a2, err2 := d["p"].Address()
+	if err1 != nil || err2 != nil || a1 == 0 || a1 != a2 {
+		t.Errorf("addresses %#x and %#x, %v, %v", a1, a2, err1, err2)
+	}
 	d["p"].Close()
 	d["p"].Close() // twice is fine
+	if _, err := d["p"].Address(); err == nil {
+		t.Error("a released value has an address")
+	}
 	if _, _, err := bs.Run(map[string]Tensor{"a": host["a"]}, map[string]*DeviceValue{"b": d["p"]}, []string{"s", "p"}, nil); err == nil {
 		t.Error("a released value was fed")
 	}

@@ -27,6 +27,9 @@ const (
 	RoleGrad         = "grad"          // a gradient, with export-train --emit-grads
 	RoleFinite       = "finite"        // float32 1 when every updated param and state value is finite, else 0
 	RoleLossScale    = "loss_scale"    // float32 scalar the loss is multiplied by before the backward (fp16 dynamic loss scaling)
+	// The data-parallel step's graphs (File.Grad, File.Optim):
+	RoleLossSum = "loss_sum" // the loss summed over its counted terms, float32 scalar
+	RoleCount   = "count"    // how many terms a loss sum counts (tokens, examples or elements), int64 scalar
 )
 
 // Entry describes one input or output of a compiled graph.
@@ -57,6 +60,14 @@ type File struct {
 	// of shape [K].
 	Multi       *Graph `json:"train_multi,omitempty"`
 	StepsPerRun int    `json:"steps_per_run,omitempty"`
+	// Grad and Optim, when compiled, are the step split where the
+	// gradients are, for data-parallel training: grad.onnx outputs a
+	// shard's loss sum, count and gradients (role grad, of the sum);
+	// optim.onnx takes the sums over every rank (inputs of roles grad
+	// and count) with params, state, lr and step, and outputs what
+	// train.onnx outputs but the loss.
+	Grad  *Graph `json:"grad,omitempty"`
+	Optim *Graph `json:"optim,omitempty"`
 }
 
 // ByRole returns the entries with a role.

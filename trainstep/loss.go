@@ -14,6 +14,12 @@ package trainstep
 //         logits: wideLogits);
 //   mse — mean over all elements of (output − labels)², labels shaped
 //         like the output.
+//       With Options.Sums (the gradient half of a data-parallel step,
+//       split.go) the output is instead "loss_sum", the float32 sum of the
+//       counted terms, beside "loss_count", their number as an int64
+//       scalar: the mean over every rank's terms is then Σ sums / Σ counts,
+//       which no mean of per-rank means gives when ranks count different
+//       numbers of tokens.
 
 import (
 	"fmt"
@@ -50,35 +56,54 @@ func (st *Compiler) Loss(m *graph.Model) error {
 	}
 	rank := len(lt.Shape)
 	c2 := opb.New(m, "loss", "loss", st.inf)
-	var loss *graph.Value
+	var loss, count *graph.Value // count: with Sums, the int64 number of terms loss sums
 	switch o.Loss {
-	case "lm":
-		if rank != 3 {
-			return fmt.Errorf("lm loss needs logits [batch, seq, vocab]; %q has rank %d", logits.Name, rank)
+	case "lm", "ce":
+		var x, y *graph.Value
+		if o.Loss == "lm" {
+			if rank != 3 {
+				return fmt.Errorf("lm loss needs logits [batch, seq, vocab]; %q has rank %d", logits.Name, rank)
+			}
+			labels := g.AddInput(o.Labels, &graph.TensorType{DType: graph.Int64, Shape: append([]graph.Dim(nil), lt.Shape[:2]...)})
+			st.role(labels, trainio.RoleLabel, "")
+			x, y = wideLogits(c2, lmLogits(c2, logits)), shiftedLabels(c2, labels, o.IgnoreIndex)
+		} else {
+			if rank != 2 {
+				return fmt.Errorf("ce loss needs logits [batch, classes]; %q has rank %d", logits.Name, rank)
+			}
+			labels := g.AddInput(o.Labels, &graph.TensorType{DType: graph.Int64, Shape: append([]graph.Dim(nil), lt.Shape[:1]...)})
+			st.role(labels, trainio.RoleLabel, "")
+			x, y = wideLogits(c2, logits), labels
 		}
-		labels := g.AddInput(o.Labels, &graph.TensorType{DType: graph.Int64, Shape: append([]graph.Dim(nil), lt.Shape[:2]...)})
-		st.role(labels, trainio.RoleLabel, "")
-		loss = crossEntropy(c2, wideLogits(c2, lmLogits(c2, logits)), shiftedLabels(c2, labels, o.IgnoreIndex), 3, o.IgnoreIndex)
-	case "ce":
-		if rank != 2 {
-			return fmt.Errorf("ce loss needs logits [batch, classes]; %q has rank %d", logits.Name, rank)
+		total, weight, valid := crossEntropySums(c2, x, y, rank, o.IgnoreIndex)
+		if o.Sums {
+			loss, count = total, c2.ReduceSum(c2.Cast(valid, graph.Int64), nil, false)
+		} else {
+			loss = c2.Div(total, c2.Max(weight, c2.K(1, x)))
 		}
-		labels := g.AddInput(o.Labels, &graph.TensorType{DType: graph.Int64, Shape: append([]graph.Dim(nil), lt.Shape[:1]...)})
-		st.role(labels, trainio.RoleLabel, "")
-		loss = crossEntropy(c2, wideLogits(c2, logits), labels, 2, o.IgnoreIndex)
 	case "mse":
 		labels := g.AddInput(o.Labels, &graph.TensorType{DType: lt.DType, Shape: append([]graph.Dim(nil), lt.Shape...)})
 		st.role(labels, trainio.RoleLabel, "")
 		d := c2.Sub(logits, labels)
-		loss = c2.Op("ReduceMean", ops(c2.Mul(d, d)), graph.AttrI("keepdims", 0)) // over all axes
+		if o.Sums {
+			if dt := st.inf.DType(d); dt != graph.Float && dt != graph.Undefined {
+				d = c2.Cast(d, graph.Float) // a sum of squares overflows 16 bits long before a mean does
+			}
+			loss, count = c2.ReduceSum(c2.Mul(d, d), nil, false), c2.Size(d)
+		} else {
+			loss = c2.Op("ReduceMean", ops(c2.Mul(d, d)), graph.AttrI("keepdims", 0)) // over all axes
+		}
 	default:
 		return fmt.Errorf("unknown loss %q (want lm, ce or mse)", o.Loss)
 	}
-	if dt := st.inf.DType(logits); dt != graph.Float && dt != graph.Undefined {
+	if dt := st.inf.DType(logits); dt != graph.Float && dt != graph.Undefined && !o.Sums {
 		loss = c2.Cast(loss, graph.Float)
 	}
 	if err := c2.Err(); err != nil {
 		return err
+	}
+	if o.Sums {
+		return st.lossSums(c2, loss, count)
 	}
 	out := c2.Named("Identity", "loss", ops(loss))
 	out.Type = &graph.TensorType{DType: graph.Float, Shape: []graph.Dim{}}
@@ -101,17 +126,19 @@ func wideLogits(c *opb.Builder, x *graph.Value) *graph.Value {
 	return x
 }
 
-// crossEntropy is the mean negative log-likelihood of labels y under
-// logits x (classes on the last axis), over labels not equal to ignore.
-func crossEntropy(c *opb.Builder, x, y *graph.Value, rank int, ignore int64) *graph.Value {
+// crossEntropySums is the summed negative log-likelihood of labels y
+// under logits x (classes on the last axis) over labels not equal to
+// ignore, the number of those labels (in x's type) and the bool mask of
+// them; the loss is the sum over the number, at least 1.
+func crossEntropySums(c *opb.Builder, x, y *graph.Value, rank int, ignore int64) (total, weight, valid *graph.Value) {
 	last := int64(rank - 1)
 	if c.Opset < 13 && rank != 2 {
 		c.Fail(fmt.Errorf("opset %d LogSoftmax flattens its input; lm loss needs opset ≥ 13", c.Opset))
-		return nil
+		return nil, nil, nil
 	}
 	lp := c.Op("LogSoftmax", ops(x), graph.AttrI("axis", last))
 	ign := c.Reshape(c.Int64s("loss.ignore_index", []int64{ignore}), c.Ints())
-	valid := c.Not(c.Equal(y, ign))
+	valid = c.Not(c.Equal(y, ign))
 	zero := c.Reshape(c.Int64s("loss.zero", []int64{0}), c.Ints())
 	idx := c.Unsqueeze(c.Where(valid, y, zero), last)
 	picked := c.Squeeze(c.Op("GatherElements", ops(lp, idx), graph.AttrI("axis", last)), last)
@@ -120,9 +147,8 @@ func crossEntropy(c *opb.Builder, x, y *graph.Value, rank int, ignore int64) *gr
 		dt = graph.Float
 	}
 	w := c.Cast(valid, dt)
-	total := c.ReduceSum(c.Neg(c.Mul(picked, w)), nil, false)
-	count := c.Max(c.ReduceSum(w, nil, false), c.K(1, x))
-	return c.Div(total, count)
+	total = c.ReduceSum(c.Neg(c.Mul(picked, w)), nil, false)
+	return total, c.ReduceSum(w, nil, false), valid
 }
 
 // lmLogits is the logits [B, T, V] the next-token loss reads with

@@ -8,7 +8,8 @@ package trainstep
 //
 // Pass "optimizer".
 //
-// Pre:  autodiff ran.
+// Pre:  autodiff ran, or reduced-grads (split.go) made the gradients
+//       inputs.
 // Post: inputs "lr" and "step" (float32 scalars; step counts from 1) and
 //       per-parameter state inputs; outputs "updates_finite" (float32 1
 //       when every updated param and state value is finite, else 0),
@@ -95,18 +96,26 @@ func (st *Compiler) Autodiff(m *graph.Model) error {
 	st.grads = grads
 	if st.opts.EmitGrads {
 		for i, g := range grads {
-			p := st.params[i]
-			tt := *p.Type
-			g.Type = &tt
-			st.role(g, trainio.RoleGrad, "")
+			st.gradOutput(g, st.params[i])
 			st.emitted = append(st.emitted, g)
 		}
 	}
 	return nil
 }
 
+// gradOutput makes g, the gradient of param p, an output of role grad
+// typed like p.
+func (st *Compiler) gradOutput(g, p *graph.Value) {
+	tt := *p.Type
+	g.Type = &tt
+	st.role(g, trainio.RoleGrad, "")
+}
+
 func (st *Compiler) Optimizer(m *graph.Model) error {
 	o := st.opts
+	if len(st.grads) == 0 {
+		return fmt.Errorf("no gradients (pass autodiff or reduced-grads must run first)")
+	}
 	g := m.Graph
 	b := opb.New(m, "optim", "optim", st.inf)
 	scalarInput := func(name, role string) *graph.Value {
@@ -115,7 +124,11 @@ func (st *Compiler) Optimizer(m *graph.Model) error {
 		st.role(v, role, "")
 		return v
 	}
-	k := func(x float64) *graph.Value { return b.K(x, st.loss) } // float32 constants
+	like := st.loss // float32 constants
+	if like == nil {
+		like = st.grads[0] // the optimizer graph of a split step has no loss
+	}
+	k := func(x float64) *graph.Value { return b.K(x, like) }
 	lr := scalarInput("lr", trainio.RoleLR)
 	step := scalarInput("step", trainio.RoleStep)
 
@@ -135,7 +148,10 @@ func (st *Compiler) Optimizer(m *graph.Model) error {
 	norm := b.Named("Sqrt", "grad_norm", ops(sq))
 	norm.Type = &graph.TensorType{DType: graph.Float, Shape: []graph.Dim{}}
 	st.role(norm, trainio.RoleGradNorm, "")
-	st.outputs = append(st.outputs, st.loss, norm)
+	if st.loss != nil {
+		st.outputs = append(st.outputs, st.loss)
+	}
+	st.outputs = append(st.outputs, norm)
 	st.outputs = append(st.outputs, st.emitted...)
 	grads := st.grads
 	if o.ClipNorm > 0 {

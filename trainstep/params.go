@@ -45,6 +45,11 @@ type Options struct {
 	// inspection and tests.
 	EmitGrads bool
 
+	// Sums compiles the gradient half of a data-parallel step (split.go):
+	// pass loss outputs the loss's sum and count instead of its mean, and
+	// autodiff differentiates the sum.
+	Sums bool
+
 	// StepsPerRun K > 1 makes pass "unroll" compile K steps into one run.
 	StepsPerRun int
 
@@ -111,7 +116,8 @@ type Compiler struct {
 	IO struct{ Inputs, Outputs []trainio.Entry }
 
 	params  []*graph.Value
-	loss    *graph.Value
+	loss    *graph.Value // what autodiff differentiates: the mean, or with Sums the sum
+	count   *graph.Value // with Sums: the int64 number of terms loss sums
 	grads   []*graph.Value
 	outputs []*graph.Value
 	emitted []*graph.Value // gradients output with EmitGrads

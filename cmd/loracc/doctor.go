@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -42,6 +43,13 @@ func doctorCommand() *cli.Command {
 			cuda := providerStatus(env, model, "cuda", filepath.Dir(lib))
 			fmt.Fprintf(w, "  cuda: %s\n", cuda)
 			fmt.Fprintf(w, "gpu: %s\n", gpuName())
+			if n, err := runtime.OpenNCCL(os.Getenv("LORACC_NCCL_LIB")); err != nil {
+				fmt.Fprintf(w, "nccl: not found (%v); train --comm tcp sums gradients without it\n", err)
+			} else if v, err := n.Version(); err != nil {
+				fmt.Fprintf(w, "nccl: loaded, but ncclGetVersion failed: %v\n", err)
+			} else {
+				fmt.Fprintf(w, "nccl: %s\n", v)
+			}
 			if model := c.Args().First(); model != "" {
 				switch {
 				case cuda != "ok":

@@ -39,6 +39,7 @@ func trainFlags(d trainstep.Options) []cli.Flag {
 		&cli.IntFlag{Name: "steps-per-run", Value: 1, Usage: "also compile train_multi.onnx running K steps per run (state crosses host↔device once per K steps)"},
 		&cli.StringFlag{Name: "recompute", Value: "none", Usage: "none or attention: the backward recomputes the attention probabilities ([batch, heads, seq, seq] per layer) from Q and K instead of keeping them (one more Q·Kᵀ per layer)"},
 		&cli.StringFlag{Name: "compute-dtype", Value: "fp32", Usage: "fp32, fp16 or bf16: the type the forward's matrix products and frozen weights use (autocast; adapter, optimizer state, softmax, normalization and loss stay float32). bf16 needs the CUDA provider"},
+		&cli.BoolFlag{Name: "split-step", Usage: "also compile grad.onnx and optim.onnx, the step split where the gradients are, as data-parallel training runs it (train: run it on one process too)"},
 		&cli.StringFlag{Name: "disable-rewrite", Usage: "comma-separated rewrites to leave out, for bisecting a numerical or placement problem (" + rewriteNames() + ")"},
 	}
 }
@@ -168,7 +169,7 @@ func exportTrainCommand() *cli.Command {
 			if c.Bool("memory-report") && static == nil {
 				return fmt.Errorf("--memory-report needs --static (a plan needs every size)")
 			}
-			io, err := exportTrain(in, dir, c, static, target, dump, logger(c))
+			io, err := exportTrain(in, dir, c, static, target, false, dump, logger(c))
 			if err != nil {
 				return err
 			}
@@ -190,11 +191,12 @@ type TrainIO = trainio.File
 // GraphIO lists one compiled graph's inputs and outputs.
 type GraphIO = trainio.Graph
 
-// exportTrain compiles train.onnx and eval.onnx (and train_multi.onnx)
-// from an injected model and writes them with train.json as one output
-// set: all four files or none, never over the model or its data. static,
-// when not empty, fixes those input dims (pass specialize).
-func exportTrain(in, dir string, c *cli.Context, static map[string]int64, target string, dump func(string, *graph.Model), logf func(string, ...any)) (TrainIO, error) {
+// exportTrain compiles train.onnx and eval.onnx (and train_multi.onnx,
+// and with split grad.onnx and optim.onnx) from an injected model and
+// writes them with train.json as one output set: all files or none, never
+// over the model or its data. static, when not empty, fixes those input
+// dims (pass specialize).
+func exportTrain(in, dir string, c *cli.Context, static map[string]int64, target string, split bool, dump func(string, *graph.Model), logf func(string, ...any)) (TrainIO, error) {
 	var res TrainIO
 	sig, stop := signal.NotifyContext(c.Context, os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -203,6 +205,7 @@ func exportTrain(in, dir string, c *cli.Context, static map[string]int64, target
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return res, err
 	}
+	sums := false // the next build compiles the loss as a sum and a count
 	build := func(name string, passes ...string) (GraphIO, error) {
 		m, err := graph.Load(in)
 		if err != nil {
@@ -215,7 +218,7 @@ func exportTrain(in, dir string, c *cli.Context, static map[string]int64, target
 		if err != nil {
 			return GraphIO{}, fmt.Errorf("%s: %w", in, err)
 		}
-		opts.Static, opts.Target = static, target
+		opts.Static, opts.Target, opts.Sums = static, target, sums
 		ctx := &rewrite.Context{Train: opts, Dump: dump}
 		if err := rewrite.Run(m, ctx, passes...); err != nil {
 			return GraphIO{}, fmt.Errorf("%s: %s graph: %w", in, name, err)
@@ -246,6 +249,19 @@ func exportTrain(in, dir string, c *cli.Context, static map[string]int64, target
 			return res, err
 		}
 		res.Multi, res.StepsPerRun = &multi, k
+	}
+	if split || c.Bool("split-step") {
+		sums = true
+		grad, err := build("grad", append([]string{"params", "canonicalize", "autocast", "loss", "autodiff", "grads", "prune"}, spec...)...)
+		if err != nil {
+			return res, err
+		}
+		sums = false
+		optim, err := build("optim", "params", "reduced-grads", "optimizer", "prune")
+		if err != nil {
+			return res, err
+		}
+		res.Grad, res.Optim = &grad, &optim
 	}
 	data, err := json.MarshalIndent(res, "", "  ")
 	if err != nil {

@@ -22,6 +22,7 @@ func main() {
 // run is main without the process: tests call it with their own writers.
 func run(args []string, stdout, stderr io.Writer) error {
 	app := newApp(stdout, stderr)
+	app.Metadata = map[string]any{"args": args} // train --nproc-per-node starts copies of this command
 	return app.Run(flagsFirst(app, args))
 }
 

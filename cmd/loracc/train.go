@@ -35,8 +35,8 @@ func trainCommand() *cli.Command {
 			"[--tokenizer DIR] [--max-length N] [--packing] [--loss-on-prompt] " +
 			"[--epochs N | --max-steps N] [--batch-size B] [--grad-accum K] [--lr LR] [--schedule constant|linear|cosine] [--warmup N] " +
 			"[--optimizer adamw|sgd] [--weight-decay W] [--clip-norm C] [--seed S] [--device cpu|cuda|auto] [--eval-every N] " +
-			"[--save-every N] [--resume] [--fuse] --out RUNDIR",
-		Flags: append(append(trainFlags(d), textFlags()...),
+			"[--save-every N] [--resume] [--fuse] [--nproc-per-node N] [--comm auto|tcp|nccl] [--dist-timeout D] --out RUNDIR",
+		Flags: append(append(append(trainFlags(d), textFlags()...),
 			&cli.StringFlag{Name: "data", Required: true, Usage: "training examples, JSONL: one object per line mapping input names (and the labels name) to arrays for one example, or text records (lm): {\"text\"}, {\"prompt\", \"completion\"} or {\"messages\"}"},
 			&cli.StringFlag{Name: "eval", Usage: "evaluation examples, any of the same formats"},
 			&cli.StringFlag{Name: "out", Required: true, Usage: "run folder: checkpoints, metrics.csv, loss.png, adapter/"},
@@ -64,12 +64,30 @@ func trainCommand() *cli.Command {
 			&cli.IntFlag{Name: "pad-to-multiple-of", Value: 64, Usage: "with --static: lm sequences are padded up to a multiple of this, one compiled graph per length"},
 			&cli.IntFlag{Name: "max-length", Usage: "the maximum lm sequence length: text records are truncated to it (default: the tokenizer's model_max_length, at most 4096), longer token-id examples are an error; with --static also the longest bucket (default: the longest example's, rounded up)"},
 			&cli.StringFlag{Name: "mask-input", Value: "attention_mask", Usage: "model input built as the attention mask for padded lm batches, if the model has it"},
-		),
+		), distFlags()...),
 		Action: trainAction,
 	}
 }
 
+// trainAction is train alone, as one rank of a data-parallel run (the
+// environment says which), or, with --nproc-per-node, the launcher of
+// this host's ranks.
 func trainAction(c *cli.Context) error {
+	if c.Int("nproc-per-node") > 0 {
+		return launchRanks(c)
+	}
+	if err := checkInts(c, intRule{"nproc-per-node", 0, "must be ≥ 1 (0: one process)"}); err != nil {
+		return err
+	}
+	rk, err := joinRanks(c)
+	if err != nil {
+		return err
+	}
+	return rk.done(trainRank(c, rk))
+}
+
+// trainRank trains, as rank rk of a data-parallel run (nil: alone).
+func trainRank(c *cli.Context, rk *rank) error {
 	in, err := modelArg(c, "LORA.onnx")
 	if err != nil {
 		return err
@@ -86,12 +104,13 @@ func trainAction(c *cli.Context) error {
 		return err
 	}
 	run := c.String("out")
-	unlock, err := train.Lock(run)
+	work := rk.workDir(run) // the run folder, or a rank's own
+	unlock, err := train.Lock(work)
 	if err != nil {
 		return err
 	}
 	defer unlock()
-	if !c.Bool("resume") {
+	if !c.Bool("resume") && rk.leader() {
 		if _, err := os.Stat(filepath.Join(run, "checkpoints", "latest")); err == nil {
 			return fmt.Errorf("%s already holds a run; pass --resume to continue it or choose another --out", run)
 		}
@@ -107,14 +126,18 @@ func trainAction(c *cli.Context) error {
 	if err := checkRunOutputs(c, in, m, run); err != nil {
 		return err
 	}
-	graphs := filepath.Join(run, "graphs")
+	graphs := filepath.Join(work, "graphs")
 	logf := logger(c)
-	io, err := exportTrain(in, graphs, c, nil, "", nil, logf)
+	if !rk.leader() {
+		logf = func(string, ...any) {} // rank 0 says it
+	}
+	split := rk != nil || c.Bool("split-step")
+	io, err := exportTrain(in, graphs, c, nil, "", split, nil, logf)
 	if err != nil {
 		return err
 	}
 	spec := dataset.Spec{Loss: c.String("loss"), Labels: c.String("labels"), PadID: c.Int64("pad-id"), IgnoreIndex: c.Int64("ignore-index"),
-		MaxLength: c.Int("max-length"), Text: textOptions(c, in, filepath.Join(run, "data"))}
+		MaxLength: c.Int("max-length"), Text: textOptions(c, in, filepath.Join(work, "data"))}
 	spec.Ranges, spec.Classes = dataset.ModelRanges(m.Graph, c.String("logits"))
 	for _, e := range io.Train.Inputs {
 		if e.Role == trainio.RoleBatch || e.Role == trainio.RoleLabel {
@@ -171,7 +194,7 @@ func trainAction(c *cli.Context) error {
 		deviceState = true
 	case "off":
 	case "auto":
-		deviceState = device == "cuda" && c.Int("steps-per-run") <= 1
+		deviceState = device == "cuda" && c.Int("steps-per-run") <= 1 && !split
 	default:
 		return fmt.Errorf("--device-state %q: want on, off or auto", c.String("device-state"))
 	}
@@ -184,14 +207,14 @@ func trainAction(c *cli.Context) error {
 		cudaGraph = true
 	case "off":
 	case "auto":
-		cudaGraph = static != nil && device == "cuda"
+		cudaGraph = static != nil && device == "cuda" && !split
 	default:
 		return fmt.Errorf("--cuda-graph %q: want on, off or auto", c.String("cuda-graph"))
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	cfg := train.Config{
-		Run: run, TrainGraph: filepath.Join(graphs, "train.onnx"), EvalGraph: filepath.Join(graphs, "eval.onnx"), IO: io,
+		Run: work, TrainGraph: filepath.Join(graphs, "train.onnx"), EvalGraph: filepath.Join(graphs, "eval.onnx"), IO: io,
 		MultiGraph: filepath.Join(graphs, "train_multi.onnx"),
 		Adapter:    start, Data: data, Eval: evalSet,
 		Epochs: c.Int("epochs"), MaxSteps: c.Int("max-steps"), BatchSize: c.Int("batch-size"), GradAccum: c.Int("grad-accum"),
@@ -201,8 +224,18 @@ func trainAction(c *cli.Context) error {
 		Static: static, DeviceState: deviceState, CUDAGraph: cudaGraph, CUDAGraphRequired: c.String("cuda-graph") == "on",
 		LossScaleInit: c.Float64("loss-scale-init"),
 		Out:           c.App.ErrWriter, Terminal: isTerminal(c.App.ErrWriter),
+		Split: split, GradGraph: filepath.Join(graphs, "grad.onnx"), OptimGraph: filepath.Join(graphs, "optim.onnx"),
 	}
-	fmt.Fprintf(c.App.Writer, "training %d adapter layers on %d examples (%s, %s)\n", len(start.Layers), data.Len(), c.String("data"), device)
+	if err := rk.configure(c, &cfg, device); err != nil {
+		return err
+	}
+	if rk.leader() {
+		how := device
+		if rk != nil {
+			how = fmt.Sprintf("%s, %d ranks × batch %d", device, rk.launch.World, cfg.BatchSize)
+		}
+		fmt.Fprintf(c.App.Writer, "training %d adapter layers on %d examples (%s, %s)\n", len(start.Layers), data.Len(), c.String("data"), how)
+	}
 	res, err := train.Run(ctx, env, cfg)
 	if err != nil {
 		if device == "cuda" && outOfMemory(err) {
@@ -210,7 +243,7 @@ func trainAction(c *cli.Context) error {
 		}
 		return fmt.Errorf("%s: %w", run, err)
 	}
-	if res.Interrupted {
+	if res.Interrupted || !rk.leader() {
 		return nil
 	}
 	adir := filepath.Join(run, "adapter")
@@ -421,7 +454,7 @@ func staticSteps(c *cli.Context, in, graphs string, data *dataset.Set, device st
 			if device == "cuda" {
 				target = "cuda" // the step runs there only: its CUDA fusions apply
 			}
-			io, err := exportTrain(in, dir, c, dims, target, nil, logf)
+			io, err := exportTrain(in, dir, c, dims, target, false, nil, logf)
 			if err != nil {
 				return "", trainio.Graph{}, err
 			}

@@ -32,6 +32,10 @@ type Progress struct {
 	LossScale  float64 `json:"loss_scale,omitempty"`
 	Skipped    int     `json:"skipped,omitempty"`
 	CleanSteps int     `json:"clean_steps,omitempty"`
+	// World is the number of ranks of a data-parallel run (absent for
+	// one process): a resume needs as many, since Position counts global
+	// batches whose shards depend on it.
+	World int `json:"world_size,omitempty"`
 }
 
 // checkpointsDir holds step-N folders and the "latest" pointer.

@@ -64,6 +64,18 @@ type Config struct {
 	// --compute-dtype fp16 (scaler.go); 0 means 2¹⁶, GradScaler's default.
 	LossScaleInit float64
 
+	// Split runs each step as GradGraph (grad.onnx, IO.Grad) and
+	// OptimGraph (optim.onnx, IO.Optim), the gradients summed over Comm's
+	// ranks between them (dist.go); TrainGraph then serves no step. It is
+	// required with more than one rank and allowed alone.
+	Split      bool
+	GradGraph  string
+	OptimGraph string
+	// Comm, with Size() > 1, makes this process one rank of a
+	// data-parallel run: it trains on its shard of each step's examples,
+	// and only rank 0 writes the run folder (dist.go). nil: alone.
+	Comm Communicator
+
 	Out      io.Writer // progress and log lines
 	Terminal bool      // Out is a terminal: draw a progress bar
 	// OnStep, when set, is called after every step (tests use it to
@@ -115,6 +127,10 @@ type runner struct {
 	// holder is the captured step whose buffers hold the current params
 	// and state (captured.go), nil when the host or dev holds them.
 	holder capturedRunner
+	// ctx is the loop's; a rank reports its cancellation in the step's
+	// all-reduce, and stopAll says some rank did (dist.go).
+	ctx     context.Context
+	stopAll bool
 }
 
 // Run trains until the step budget is spent or ctx is cancelled (then it
@@ -175,7 +191,20 @@ func Run(ctx context.Context, env *runtime.Env, cfg Config) (*Result, error) {
 		g.sess = s
 		return nil
 	}
-	if cfg.Static == nil {
+	switch {
+	case cfg.Split:
+		grad, err := env.NewSession(cfg.GradGraph, cfg.Session)
+		if err != nil {
+			return nil, err
+		}
+		opened = append(opened, grad)
+		optim, err := env.NewSession(cfg.OptimGraph, cfg.Session)
+		if err != nil {
+			return nil, err
+		}
+		opened = append(opened, optim)
+		r.single.split.grad, r.single.split.optim = grad, optim
+	case cfg.Static == nil:
 		if err := r.open(&r.single, cfg.TrainGraph); err != nil {
 			return nil, err
 		}
@@ -197,7 +226,7 @@ func Run(ctx context.Context, env *runtime.Env, cfg Config) (*Result, error) {
 		r.eval = eval
 	}
 	res, err := r.loop(ctx)
-	if err != nil || cfg.Session.Device != "cuda" {
+	if err != nil || cfg.Session.Device != "cuda" || r.rank() != 0 {
 		return res, err
 	}
 	var stats []func() (map[string]int64, error)
@@ -245,7 +274,10 @@ func newRunner(cfg Config) (*runner, error) {
 	if cfg.Data == nil || cfg.Data.Len() == 0 {
 		return nil, fmt.Errorf("no training examples")
 	}
-	perStep := cfg.BatchSize * cfg.GradAccum
+	if err := checkDist(cfg); err != nil {
+		return nil, err
+	}
+	perStep := cfg.BatchSize * cfg.GradAccum * worldOf(cfg.Comm)
 	stepsPerEpoch := (cfg.Data.Len() + perStep - 1) / perStep
 	if cfg.Static != nil {
 		// Static shapes drop the short last batch of an epoch.
@@ -275,7 +307,13 @@ func newRunner(cfg Config) (*runner, error) {
 	}
 	r := &runner{cfg: cfg, total: total, single: stepGraph{io: cfg.IO.Train, k: 1},
 		params: FromAdapter(cfg.Adapter), state: map[string]runtime.Tensor{}, prog: Progress{Seed: cfg.Seed, Examples: cfg.Data.Len(), Data: cfg.Data.Fingerprint()}}
-	for _, in := range cfg.IO.Train.Inputs {
+	if cfg.Split {
+		r.single = stepGraph{io: splitIO(*cfg.IO.Grad, *cfg.IO.Optim), k: 1, split: &splitStep{gradIO: *cfg.IO.Grad, optimIO: *cfg.IO.Optim}}
+	}
+	if r.world() > 1 {
+		r.prog.World = r.world()
+	}
+	for _, in := range r.stepIO().Inputs {
 		if in.Role == trainio.RoleState {
 			t, err := zerosFor(in)
 			if err != nil {
@@ -284,14 +322,24 @@ func newRunner(cfg Config) (*runner, error) {
 			r.state[in.Name] = t
 		}
 	}
-	if cfg.Resume {
-		if err := r.resume(); err != nil {
-			return nil, fmt.Errorf("resume: %w", err)
+	var err error
+	if cfg.Resume && r.rank() == 0 {
+		if err = r.resume(); err != nil {
+			err = fmt.Errorf("resume: %w", err)
 		}
 	}
-	var err error
-	if r.metrics, err = openMetrics(cfg.Run, r.prog.Step, cfg.Resume, cfg.Data.Unit()); err != nil {
+	if r.world() > 1 {
+		// Every rank starts from rank 0's params, state and progress
+		// (its checkpoint's, when resuming), or from its error.
+		err = r.shareStart(err)
+	}
+	if err != nil {
 		return nil, err
+	}
+	if r.rank() == 0 {
+		if r.metrics, err = openMetrics(cfg.Run, r.prog.Step, cfg.Resume, cfg.Data.Unit()); err != nil {
+			return nil, err
+		}
 	}
 	return r, nil
 }
@@ -313,6 +361,9 @@ func (r *runner) resume() error {
 	if p := ck.Progress; p.Data != "" && (p.Data != r.prog.Data || p.Examples != r.prog.Examples) {
 		return fmt.Errorf("%s: the checkpoint was made on other data (%d examples, %s), not this data (%d examples, %s); resume with the same data file, or start a new run", ck.Dir, p.Examples, p.Data, r.prog.Examples, r.prog.Data)
 	}
+	if saved := max(ck.Progress.World, 1); saved != r.world() {
+		return fmt.Errorf("%s: the checkpoint was made by %d ranks, this run has %d; each rank's shard of the data depends on the world size, so resume with %d (--nproc-per-node or WORLD_SIZE), or start a new run", ck.Dir, saved, r.world(), saved)
+	}
 	if p := ck.Progress; p.Step < 0 || p.Epoch < 0 || p.Position < 0 || p.Position >= r.cfg.Data.Len() {
 		return fmt.Errorf("%s: step %d, epoch %d, position %d do not fit data of %d examples (did the data file change?)", ck.Dir, p.Step, p.Epoch, p.Position, r.cfg.Data.Len())
 	}
@@ -320,7 +371,7 @@ func (r *runner) resume() error {
 		return fmt.Errorf("%s: %w", ck.Dir, err)
 	}
 	r.params = FromAdapter(ck.Adapter)
-	for _, in := range r.cfg.IO.Train.Inputs {
+	for _, in := range r.stepIO().Inputs {
 		if in.Role != trainio.RoleState {
 			continue
 		}
@@ -368,8 +419,11 @@ func (r *runner) loop(ctx context.Context) (*Result, error) {
 	cfg := r.cfg
 	r.bar = progress.New(cfg.Out, r.total, cfg.Terminal).Counting(cfg.Data.Unit())
 	res := &Result{EvalLoss: math.NaN()}
+	r.ctx = ctx
 	for r.prog.Step < r.total {
-		if ctx.Err() != nil {
+		// Ranks stop together: a cancelled rank says so in its next
+		// step's all-reduce, and every rank stops after that step.
+		if r.world() == 1 && ctx.Err() != nil || r.stopAll {
 			res.Interrupted = true
 			break
 		}
@@ -436,6 +490,14 @@ func (r *runner) checkpoint() error {
 	if err := r.syncHost(); err != nil {
 		return err
 	}
+	if r.world() > 1 {
+		if err := r.agreeState(); err != nil {
+			return err
+		}
+		if r.rank() != 0 {
+			return nil // rank 0 writes the run folder
+		}
+	}
 	if err := r.metrics.Sync(); err != nil {
 		return err
 	}
@@ -449,7 +511,10 @@ func (r *runner) evaluate() (float64, error) {
 	}
 	set := r.cfg.Eval
 	var sum, weight float64
-	for lo := 0; lo < set.Len(); lo += r.cfg.BatchSize {
+	for b, lo := 0, 0; lo < set.Len(); b, lo = b+1, lo+r.cfg.BatchSize {
+		if b%r.world() != r.rank() {
+			continue // another rank's batch (dist.go sums the ranks' parts)
+		}
 		var idx []int
 		w := 0
 		for i := lo; i < min(lo+r.cfg.BatchSize, set.Len()); i++ {
@@ -471,6 +536,12 @@ func (r *runner) evaluate() (float64, error) {
 		}
 		sum += scalar(out[name]) * float64(w)
 		weight += float64(w)
+	}
+	if r.world() > 1 {
+		var err error
+		if sum, weight, err = r.sumEval(sum, weight); err != nil {
+			return 0, err
+		}
 	}
 	if weight == 0 {
 		return math.NaN(), nil

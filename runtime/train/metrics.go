@@ -113,8 +113,12 @@ func fmtFloat(v float64) string {
 	return strconv.FormatFloat(v, 'g', 9, 64)
 }
 
-// Add appends a row.
+// Add appends a row. The methods of a nil metricsFile (a data-parallel
+// rank other than 0, which writes no run files) do nothing.
 func (m *metricsFile) Add(r row) error {
+	if m == nil {
+		return nil
+	}
 	_, err := fmt.Fprintf(m.w, "%d,%s,%s,%s,%s,%s,%s,%s\n", r.step, strconv.FormatFloat(r.epoch, 'f', 4, 64), fmtFloat(r.loss),
 		fmtFloat(r.lr), fmtFloat(r.gradNorm), strconv.FormatFloat(r.tokensPerS, 'f', 1, 64), fmtFloat(r.evalLoss), strconv.FormatFloat(r.paddedPerS, 'f', 1, 64))
 	return err
@@ -123,6 +127,9 @@ func (m *metricsFile) Add(r row) error {
 // Sync makes every row so far durable (checkpoints call it first, so the
 // metrics never lag the checkpoint they belong to).
 func (m *metricsFile) Sync() error {
+	if m == nil {
+		return nil
+	}
 	if err := m.w.Flush(); err != nil {
 		return err
 	}
@@ -131,6 +138,9 @@ func (m *metricsFile) Sync() error {
 
 // Plot writes RUN/loss.png from metrics.csv.
 func (m *metricsFile) Plot() error {
+	if m == nil {
+		return nil
+	}
 	if err := m.Sync(); err != nil {
 		return err
 	}
@@ -167,7 +177,7 @@ func (m *metricsFile) Plot() error {
 
 // Close flushes and closes metrics.csv.
 func (m *metricsFile) Close() error {
-	if m.f == nil {
+	if m == nil || m.f == nil {
 		return nil
 	}
 	err := m.w.Flush()

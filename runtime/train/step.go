@@ -30,7 +30,11 @@ type stepGraph struct {
 	bound boundRunner
 	// captured, when set, runs the graph as a captured step (captured.go).
 	captured capturedRunner
-	k        int
+	// split, when set, runs the step as a gradient graph and an optimizer
+	// graph with the gradients summed over the ranks between them
+	// (dist.go); io is then the two graphs' IO as one step's.
+	split *splitStep
+	k     int
 }
 
 // canRunMulti reports whether the next K steps can run as one: the K-step
@@ -65,10 +69,12 @@ func (r *runner) gather(k int) microBatches {
 	return mb
 }
 
-// nextIndices takes the next examples of this epoch's order.
+// nextIndices takes the next examples of this epoch's order: the next
+// global batch (every rank's examples of the step), and of it this rank's
+// shard (dataset.Shard).
 func (r *runner) nextIndices() []int {
 	n := r.cfg.Data.Len()
-	want := r.cfg.BatchSize * r.cfg.GradAccum
+	want := r.cfg.BatchSize * r.cfg.GradAccum * r.world()
 	if r.order == nil {
 		r.order = dataset.Order(n, r.prog.Seed, r.prog.Epoch)
 	}
@@ -86,7 +92,7 @@ func (r *runner) nextIndices() []int {
 		r.prog.Position = 0
 		r.order = nil
 	}
-	return idx
+	return dataset.Shard(idx, r.rank(), r.world())
 }
 
 // runSteps runs g once: g.k optimizer steps, each on the examples, lr and
@@ -106,9 +112,12 @@ func (r *runner) runSteps(g *stepGraph) (float64, float64, error) {
 			return 0, 0, fmt.Errorf("%s: %w", stepSpan(first, last), err)
 		}
 	}
-	batch, err := batchOf(r.cfg.Data, mb.idx, seqLen)
-	if err != nil {
-		return 0, 0, err
+	var batch map[string]runtime.Tensor // nil for a rank whose shard of the step is empty
+	if len(mb.idx) > 0 {
+		var err error
+		if batch, err = batchOf(r.cfg.Data, mb.idx, seqLen); err != nil {
+			return 0, 0, err
+		}
 	}
 	lrs, lr32, step32 := make([]float64, k), make([]float32, k), make([]float32, k)
 	for j := range k {
@@ -122,21 +131,27 @@ func (r *runner) runSteps(g *stepGraph) (float64, float64, error) {
 		shape = []int64{int64(k)}
 	}
 	padded := float64(len(mb.idx)) // the padded work of the k steps: examples, or every label position for lm
-	if labels := g.io.ByRole(trainio.RoleLabel); r.cfg.Data.Unit() == "tokens" && len(labels) == 1 {
+	if labels := g.io.ByRole(trainio.RoleLabel); r.cfg.Data.Unit() == "tokens" && len(labels) == 1 && batch != nil {
 		n, err := graph.NumElements(batch[labels[0].Name].Shape)
 		if err != nil {
 			return 0, 0, err
 		}
 		padded = float64(n)
 	}
-	feeds, err := r.feeds(g.io, batch, runtime.FloatTensor(shape, lr32), runtime.FloatTensor(shape, step32))
-
-	if err != nil {
-		return 0, 0, err
+	lrT, stepT := runtime.FloatTensor(shape, lr32), runtime.FloatTensor(shape, step32)
+	var feeds map[string]runtime.Tensor
+	if g.split == nil {
+		var err error
+		if feeds, err = r.feeds(g.io, batch, lrT, stepT); err != nil {
+			return 0, 0, err
+		}
 	}
 	var out map[string]runtime.Tensor
 	var devOut map[string]*runtime.DeviceValue
+	var err error
 	switch {
+	case g.split != nil:
+		out, err = r.runSplit(g.split, batch, lrT, stepT, &mb, &padded)
 	case g.captured != nil:
 		out, err = r.runCaptured(g, feeds)
 	case g.bound != nil:
@@ -296,17 +311,18 @@ func (r *runner) apply(g trainio.Graph, out map[string]runtime.Tensor) {
 	}
 }
 
-// feeds maps every input of g to its value: batch and labels, the current
-// params and state, and lr and step (scalars for one step, [K] vectors for
-// K steps per run).
-func (r *runner) feeds(g trainio.Graph, batch map[string]runtime.Tensor, lr, step runtime.Tensor) (map[string]runtime.Tensor, error) {
+// feeds maps every input of g to its value: given ones by name (the batch
+// and labels; a split step's summed gradients and count), the current
+// params and state, and lr and step (scalars for one step, [K] vectors
+// for K steps per run).
+func (r *runner) feeds(g trainio.Graph, given map[string]runtime.Tensor, lr, step runtime.Tensor) (map[string]runtime.Tensor, error) {
 	feeds := map[string]runtime.Tensor{}
 	for _, in := range g.Inputs {
 		var v runtime.Tensor
 		var ok bool
 		switch in.Role {
-		case trainio.RoleBatch, trainio.RoleLabel:
-			v, ok = batch[in.Name]
+		case trainio.RoleBatch, trainio.RoleLabel, trainio.RoleGrad, trainio.RoleCount:
+			v, ok = given[in.Name]
 		case trainio.RoleParam:
 			v, ok = r.params[in.Name]
 		case trainio.RoleState:

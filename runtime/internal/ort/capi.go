@@ -78,6 +78,20 @@ func (v *Value) Close() {
 	}
 }
 
+// Address is where the value's data lies in its device's memory (a CUDA
+// pointer for a CUDA value), for a library that works on it in place
+// (NCCL); it is valid until Close.
+func (v *Value) Address() (uintptr, error) {
+	if v == nil || v.v == nil {
+		return 0, fmt.Errorf("released value")
+	}
+	var p unsafe.Pointer
+	if err := v.api.check(C.lc_data(v.api.t, v.v, &p), "reading a value's address"); err != nil {
+		return 0, err
+	}
+	return uintptr(p), nil
+}
+
 // Info reads the value's element type and shape (metadata, on the host
 // for any device).
 func (v *Value) Info() (graph.DataType, []int64, error) {
