@@ -32,6 +32,10 @@ type SessionOptions struct {
 	// captured steps; zero values keep ONNX Runtime's defaults.
 	ArenaExtend string
 	GPUMemLimit int64
+	// NoMemPattern turns off ONNX Runtime's memory pattern for bound
+	// sessions and captured steps: values are allocated in the arena as
+	// they live instead of in one block planned for the whole run.
+	NoMemPattern bool
 }
 
 func (o SessionOptions) device() string {
@@ -44,10 +48,10 @@ func (o SessionOptions) device() string {
 func (o SessionOptions) ort() (ort.Options, error) {
 	switch o.device() {
 	case "cpu":
-		return ort.Options{DisableOptimizations: o.DisableOptimizations, IntraOpThreads: o.IntraOpThreads, ProfilePrefix: o.ProfilePrefix}, nil
+		return ort.Options{DisableOptimizations: o.DisableOptimizations, IntraOpThreads: o.IntraOpThreads, ProfilePrefix: o.ProfilePrefix, NoMemPattern: o.NoMemPattern}, nil
 	case "cuda":
 		return ort.Options{CUDA: true, CUDADeviceID: o.CUDADeviceID, DisableOptimizations: o.DisableOptimizations, IntraOpThreads: o.IntraOpThreads, ProfilePrefix: o.ProfilePrefix,
-			ArenaExtend: o.ArenaExtend, GPUMemLimit: o.GPUMemLimit}, nil
+			ArenaExtend: o.ArenaExtend, GPUMemLimit: o.GPUMemLimit, NoMemPattern: o.NoMemPattern}, nil
 	}
 	return ort.Options{}, fmt.Errorf("unknown device %q (want cpu or cuda)", o.Device)
 }

@@ -53,7 +53,7 @@ func TestRecomputeAttention(t *testing.T) {
 		t.Fatal(err)
 	}
 	var planned [2]float64
-	var peaks [2]int64
+	var peaks, peaksNoPattern [2]int64
 	for i, r := range []string{"none", "attention"} {
 		out := filepath.Join(dir, "static_"+r)
 		rep := mustLoracc(t, "export-train", lora, "--loss", "lm", "--logits", "logits", "--static", "batch=8,seq=64", "--recompute", r, "--memory-report", "-o", out)
@@ -62,9 +62,10 @@ func TestRecomputeAttention(t *testing.T) {
 			t.Fatalf("no planned peak in:\n%s", rep)
 		}
 		planned[i], _ = strconv.ParseFloat(m[1], 64)
-		peaks[i] = arenaPeak(t, e, out, a)
+		peaks[i] = arenaPeak(t, e, out, a, false)
+		peaksNoPattern[i] = arenaPeak(t, e, out, a, true)
 	}
-	t.Logf("planned peak of live activations: %.1f MiB kept, %.1f MiB recomputed; ONNX Runtime's CPU arena peak in use: %d and %d bytes", planned[0], planned[1], peaks[0], peaks[1])
+	t.Logf("planned peak of live activations: %.1f MiB kept, %.1f MiB recomputed; ONNX Runtime's CPU arena peak in use: %d and %d bytes (memory pattern off: %d and %d)", planned[0], planned[1], peaks[0], peaks[1], peaksNoPattern[0], peaksNoPattern[1])
 	// The plan follows our node order; ORT's CPU arena (its memory
 	// pattern, planned in its own order) has shown the same peak either
 	// way, which is why the rewrite is not on by default (the GPU
@@ -75,14 +76,15 @@ func TestRecomputeAttention(t *testing.T) {
 }
 
 // arenaPeak runs the compiled step at dir three times on the CPU and
-// returns ONNX Runtime's arena peak of bytes in use (MaxInUse).
-func arenaPeak(t *testing.T, e *runtime.Env, dir string, a *adapter.Adapter) int64 {
+// returns ONNX Runtime's arena peak of bytes in use (MaxInUse), with its
+// memory pattern or without.
+func arenaPeak(t *testing.T, e *runtime.Env, dir string, a *adapter.Adapter, noPattern bool) int64 {
 	t.Helper()
 	io := readTrainIO(t, dir)
 	ids := randomTokens(8, 64, 1)
 	feeds := newTrainerOn(t, e, dir, io.Train, map[string]runtime.Tensor{"input_ids": ids, "labels": ids}, train.FromAdapter(a), runtime.SessionOptions{IntraOpThreads: 1}).feeds
 	feeds["lr"], feeds["step"] = runtime.FloatTensor(nil, []float32{1e-3}), runtime.FloatTensor(nil, []float32{1})
-	s, err := e.NewBoundSession(filepath.Join(dir, "train.onnx"), runtime.SessionOptions{IntraOpThreads: 1})
+	s, err := e.NewBoundSession(filepath.Join(dir, "train.onnx"), runtime.SessionOptions{IntraOpThreads: 1, NoMemPattern: noPattern})
 	if err != nil {
 		t.Fatal(err)
 	}

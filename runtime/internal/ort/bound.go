@@ -63,6 +63,11 @@ func NewBoundSession(lib, path string, model []byte, o Options) (_ *BoundSession
 			return nil, err
 		}
 	}
+	if o.NoMemPattern {
+		if err := api.check(C.lc_disable_mem_pattern(api.t, so), "disabling the memory pattern"); err != nil {
+			return nil, err
+		}
+	}
 	memName := "Cpu"
 	if o.CUDA {
 		id := C.CString(fmt.Sprint(o.CUDADeviceID))

@@ -30,6 +30,10 @@ type Options struct {
 	// ORT's defaults (BoundSession only).
 	ArenaExtend string
 	GPUMemLimit int64
+	// NoMemPattern turns off ORT's memory pattern (one block planned for a
+	// run's intermediates, allocated at once), so each value is allocated
+	// and freed in the arena as it lives (BoundSession only).
+	NoMemPattern bool
 }
 
 // OutputSpec tells Run what it needs to know about one model output.
