@@ -304,7 +304,9 @@ func gradSkipSimplifiedLayerNorm(c *gradCtx, n *graph.Node, gys []*graph.Value) 
 		return c.failf("the mean output (1) is not differentiable: ORT does not compute it")
 	}
 	if len(gys) > 2 && gys[2] != nil {
-		return c.failf("the inv_std_var output (2) feeds the loss; only output and input_skip_bias_sum are supported")
+		// ORT 1.29's CPU kernel leaves it unset ("Missing Input" for a
+		// reader, measured), so no model can read it through the step.
+		return c.failf("the inv_std_var output (2) feeds the loss; ONNX Runtime's kernel does not compute it")
 	}
 	var s *graph.Value
 	if len(n.Outputs()) > 3 && n.Output(3) != nil {

@@ -143,25 +143,6 @@ func (st *Compiler) Optimizer(m *graph.Model) error {
 		}
 		return b.Sum(parts...)
 	}
-	// Global gradient norm, before clipping.
-	sq := sumOver(st.grads, func(gr *graph.Value) *graph.Value { return b.Mul(gr, gr) })
-	norm := b.Named("Sqrt", "grad_norm", ops(sq))
-	norm.Type = &graph.TensorType{DType: graph.Float, Shape: []graph.Dim{}}
-	st.role(norm, trainio.RoleGradNorm, "")
-	if st.loss != nil {
-		st.outputs = append(st.outputs, st.loss)
-	}
-	st.outputs = append(st.outputs, norm)
-	st.outputs = append(st.outputs, st.emitted...)
-	grads := st.grads
-	if o.ClipNorm > 0 {
-		coef := b.Min(b.Div(k(o.ClipNorm), b.Add(norm, k(1e-6))), k(1))
-		clipped := make([]*graph.Value, len(grads))
-		for i, gr := range grads {
-			clipped[i] = b.Mul(gr, coef)
-		}
-		grads = clipped
-	}
 
 	// The update runs on all adapter tensors at once: params and
 	// gradients are flattened and concatenated into one vector, each
@@ -244,7 +225,21 @@ func (st *Compiler) Optimizer(m *graph.Model) error {
 		}
 		return nil
 	}
-	P, G := flat(st.params), flat(grads)
+	P, G := flat(st.params), flat(st.grads)
+	// The global gradient norm (before clipping) and the clipping, on the
+	// flat vector: one product and one reduction instead of one per
+	// adapter tensor.
+	norm := b.Named("Sqrt", "grad_norm", ops(b.ReduceSum(b.Mul(G, G), nil, false)))
+	norm.Type = &graph.TensorType{DType: graph.Float, Shape: []graph.Dim{}}
+	st.role(norm, trainio.RoleGradNorm, "")
+	if st.loss != nil {
+		st.outputs = append(st.outputs, st.loss)
+	}
+	st.outputs = append(st.outputs, norm)
+	st.outputs = append(st.outputs, st.emitted...)
+	if o.ClipNorm > 0 {
+		G = b.Mul(G, b.Min(b.Div(k(o.ClipNorm), b.Add(norm, k(1e-6))), k(1)))
+	}
 	switch o.Optimizer {
 	case "adamw":
 		// Bias corrections.
