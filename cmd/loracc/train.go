@@ -240,7 +240,7 @@ func trainRank(c *cli.Context, rk *rank) error {
 	res, err := train.Run(ctx, env, cfg)
 	if err != nil {
 		if device == "cuda" && outOfMemory(err) {
-			return fmt.Errorf("%s: the GPU ran out of memory; train a smaller batch (--batch-size, with --grad-accum for the same examples per step), shorter sequences (--max-length), or cap the arena with --gpu-mem-limit to share the GPU: %w", run, err)
+			return fmt.Errorf("%s: the GPU ran out of memory; train a smaller batch (--batch-size, with --grad-accum for the same examples per step), shorter sequences (--max-length), in 16 bits (--compute-dtype bf16), recomputing the attention probabilities (--recompute attention) or without ORT's memory pattern (--mem-pattern off), or cap the arena with --gpu-mem-limit to share the GPU: %w", run, err)
 		}
 		return fmt.Errorf("%s: %w", run, err)
 	}
