@@ -52,7 +52,7 @@ for k in 1 2; do
 	$L inject genai --rank 4 --alpha 8 --target 'attn\.[qkvo]_proj$' --seed $k -o genai_a$k.onnx >/dev/null
 	$L train genai_a$k.onnx --data genai.jsonl --loss lm --logits logits --max-steps 10 --batch-size 4 --lr 1e-2 --device cpu --save-every 0 --out genai_run$k >/dev/null 2>&1
 	cp -r genai_run$k/adapter genai_ad$k
-	rm -rf genai_a$k.onnx genai_a$k.adapter genai_run$k
+	rm -rf genai_a$k.onnx genai_a$k.onnx*.data genai_a$k.adapter genai_run$k
 done
 $L inject genai --from-adapter genai_ad1 --adapter-inputs -o genai/multi.onnx >/dev/null
 for k in 1 2; do
