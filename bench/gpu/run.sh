@@ -46,7 +46,7 @@ tests() {
 		echo "== nvidia-smi"; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
 		echo "== loracc doctor"; "$BIN"/loracc doctor
 		echo "== go tests"
-		(cd cmd/loracc && timeout 300 "$BIN"/cmd.test -test.run 'TestCUDAMatchesCPU|TestTrainMatchesPyTorch|TestTrainGraphPortable' -test.v)
+		(cd cmd/loracc && timeout 420 "$BIN"/cmd.test -test.run 'TestCUDA|TestGenerateCUDAMatchesCPU|TestDoctorCUDAGraph|TestTrainMatchesPyTorch|TestTrainGraphPortable' -test.v)
 		echo "tests exit $?"
 		echo "== python onnxruntime portability"
 		timeout 120 python3 testdata/torch/run_ort_python.py .gpu/port/gpt2_tiny_train \
@@ -54,6 +54,11 @@ tests() {
 			--ref testdata/ref/gpt2_tiny_ref.json --trained testdata/ref/gpt2_tiny_lora_trained.safetensors \
 			--out "$OUT"/portability_gpt2_tiny.json
 		echo "portability exit $?"
+		if [ -d .gpu/peftcheck ]; then # testdata/torch/make_interop.sh, made on the dev machine
+			echo "== PEFT out, ORT multi-LoRA (PEFT names and onnxruntime-genai names)"
+			timeout 180 python3 testdata/torch/check_peft_interop.py .gpu/peftcheck "$OUT"/peft_interop.json
+			echo "interop exit $?"
+		fi
 	} 2>&1 | tee "$log"
 }
 
