@@ -187,7 +187,14 @@ func (a *autocaster) node(n *graph.Node) error {
 		}
 	}
 	if len(floats) == 0 {
-		return nil // integer and shape work
+		// Integer and shape work; a float made from none (ConstantOfShape's
+		// fill, a Cast-free Range) is a constant-like value.
+		for _, o := range n.Outputs() {
+			if o != nil && a.inf.DType(o) == graph.Float {
+				a.weak[o] = true
+			}
+		}
+		return nil
 	}
 	class := autocastClass(n)
 	var want graph.DataType

@@ -180,22 +180,22 @@ func dependency(p *graph.Value, back []graph.Use, pos map[*graph.Node]int) *grap
 		}
 	}
 	after := map[*graph.Value]bool{} // values computed from a reader of P
-	var walk func(n *graph.Node, depth int)
-	walk = func(n *graph.Node, depth int) {
+	var stack []*graph.Node
+	for _, u := range back {
+		stack = append(stack, u.Node)
+	}
+	for len(stack) > 0 {
+		n := stack[len(stack)-1]
+		stack = stack[:len(stack)-1]
 		for _, o := range n.Outputs() {
 			if o == nil || after[o] {
 				continue
 			}
 			after[o] = true
-			if depth < 64 {
-				for _, u := range o.Uses() {
-					walk(u.Node, depth+1)
-				}
+			for _, u := range o.Uses() {
+				stack = append(stack, u.Node)
 			}
 		}
-	}
-	for _, u := range back {
-		walk(u.Node, 0)
 	}
 	for _, r := range readers {
 		for _, in := range r.Inputs() {
