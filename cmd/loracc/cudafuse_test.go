@@ -102,4 +102,9 @@ func TestMemoryReport(t *testing.T) {
 	if _, err := loracc(t, "export-train", lora, "--loss", "lm", "--logits", "logits", "--memory-report", "-o", filepath.Join(dir, "d")); err == nil || !strings.Contains(err.Error(), "needs --static") {
 		t.Errorf("--memory-report without --static: %v", err)
 	}
+	// --batch-size and --seq-len name the same dims (the first input's).
+	bs := mustLoracc(t, "export-train", lora, "--loss", "lm", "--logits", "logits", "--batch-size", "8", "--seq-len", "64", "--memory-report", "-o", filepath.Join(dir, "b"))
+	if strings.ReplaceAll(bs, "/b/", "/s/") != out {
+		t.Errorf("--batch-size 8 --seq-len 64 reports\n%s\nbut --static batch=8,seq=64\n%s", bs, out)
+	}
 }

@@ -134,6 +134,8 @@ func exportTrainCommand() *cli.Command {
 			"[--weight-decay W] [--beta1 B1] [--beta2 B2] [--eps E] [--momentum M] [--clip-norm C] [--dump] [-o DIR]",
 		Flags: append(trainFlags(trainstep.DefaultOptions()),
 			&cli.StringFlag{Name: "static", Usage: "compile for fixed input dims, e.g. batch=8,seq=512: shape arithmetic is folded at compile time"},
+			&cli.IntFlag{Name: "batch-size", Usage: "with --seq-len, instead of --static: the sizes of the first batch input's symbolic batch and sequence dims"},
+			&cli.IntFlag{Name: "seq-len", Usage: "see --batch-size"},
 			&cli.StringFlag{Name: "provider", Usage: "with --static: cuda uses kernels only ONNX Runtime's CUDA provider has (BiasSoftmax); default: a graph any provider runs"},
 			&cli.BoolFlag{Name: "dump", Usage: "print the graph after each pass"},
 			&cli.BoolFlag{Name: "memory-report", Usage: "with --static: print the planned peak of live activation bytes of the training step and what holds it"},
@@ -153,10 +155,19 @@ func exportTrainCommand() *cli.Command {
 				dump = dumper(c)
 			}
 			var static map[string]int64
-			if c.IsSet("static") {
+			spec := c.String("static")
+			switch {
+			case c.IsSet("static") && (c.IsSet("batch-size") || c.IsSet("seq-len")):
+				return fmt.Errorf("--static and --batch-size/--seq-len both fix dims: give one")
+			case c.IsSet("static"):
 				var err error
-				if static, err = parseDims(c.String("static")); err != nil {
+				if static, err = parseDims(spec); err != nil {
 					return fmt.Errorf("--static: %w", err)
+				}
+			case c.IsSet("batch-size") || c.IsSet("seq-len"):
+				var err error
+				if static, spec, err = batchSeqDims(in, c.Int("batch-size"), c.Int("seq-len")); err != nil {
+					return err
 				}
 			}
 			target := c.String("provider")
@@ -174,7 +185,7 @@ func exportTrainCommand() *cli.Command {
 				return err
 			}
 			if c.Bool("memory-report") {
-				if err := memoryReport(c.App.Writer, filepath.Join(dir, "train.onnx"), c.String("static")); err != nil {
+				if err := memoryReport(c.App.Writer, filepath.Join(dir, "train.onnx"), spec); err != nil {
 					return err
 				}
 			}
@@ -277,4 +288,34 @@ func exportTrain(in, dir string, c *cli.Context, static map[string]int64, target
 		return res, outputErr(sig, "export-train", err)
 	}
 	return res, nil
+}
+
+// batchSeqDims names the dims --batch-size and --seq-len fix: the
+// symbolic first and second dims of the model's first input that has a
+// symbolic first dim (input_ids [batch, seq] of a language model). It
+// returns them as --static would and as its spelling, for messages.
+func batchSeqDims(model string, batch, seq int) (map[string]int64, string, error) {
+	if batch <= 0 || seq < 0 {
+		return nil, "", fmt.Errorf("--batch-size %d, --seq-len %d: want positive sizes", batch, seq)
+	}
+	m, err := graph.Load(model)
+	if err != nil {
+		return nil, "", err
+	}
+	for _, in := range m.Graph.Inputs {
+		if in.Const != nil || in.Type == nil || len(in.Type.Shape) == 0 || in.Type.Shape[0].Param == "" {
+			continue
+		}
+		dims := map[string]int64{in.Type.Shape[0].Param: int64(batch)}
+		spell := fmt.Sprintf("%s=%d", in.Type.Shape[0].Param, batch)
+		if seq > 0 {
+			if len(in.Type.Shape) < 2 || in.Type.Shape[1].Param == "" {
+				return nil, "", fmt.Errorf("%s: input %q has no symbolic second dim for --seq-len; use --static", model, in.Name)
+			}
+			dims[in.Type.Shape[1].Param] = int64(seq)
+			spell += fmt.Sprintf(",%s=%d", in.Type.Shape[1].Param, seq)
+		}
+		return dims, spell, nil
+	}
+	return nil, "", fmt.Errorf("%s: no input has a symbolic batch dim; use --static", model)
 }
