@@ -67,9 +67,15 @@ const (
 	acF32           // runs in float32, its output cast back down
 )
 
-func autocastClass(n *graph.Node) int {
+func autocastClass(n *graph.Node, softmaxF32 bool) int {
 	if n.Domain != "" && n.Domain != "com.microsoft" {
 		return acFollow
+	}
+	if !softmaxF32 && n.Op == "Softmax" {
+		// Its CUDA kernels accumulate in float32 for 16-bit data; the
+		// output is rounded once, as scaled-dot-product attention does,
+		// and fuse-cuda can make it BiasSoftmax (float16).
+		return acLow
 	}
 	switch n.Op {
 	case "MatMul", "Gemm", "MatMulNBits", "FusedMatMul",
@@ -92,7 +98,7 @@ func (st *Compiler) Autocast(m *graph.Model) error {
 	if err := g.SortTopo(); err != nil {
 		return err
 	}
-	a := &autocaster{g: g, low: low, inf: st.inf, b: &graph.Builder{G: g, Prefix: "autocast"},
+	a := &autocaster{g: g, low: low, inf: st.inf, b: &graph.Builder{G: g, Prefix: "autocast"}, softmaxF32: st.enabled("softmax-f32"),
 		typ: map[*graph.Value]graph.DataType{}, weak: map[*graph.Value]bool{}, casts: map[castKey]*graph.Value{}, consts: map[castKey]*graph.Value{}}
 	nodes := append([]*graph.Node(nil), g.Nodes...)
 	for _, n := range nodes {
@@ -128,6 +134,9 @@ type autocaster struct {
 	b      *graph.Builder
 	typ    map[*graph.Value]graph.DataType // float values whose type the pass decided
 	weak   map[*graph.Value]bool           // float values computed from constants only
+	// softmaxF32 runs Softmax in float32 (rewrite "softmax-f32", on by
+	// default), else in the compute dtype.
+	softmaxF32 bool
 	casts  map[castKey]*graph.Value        // one Cast per value and type
 	consts map[castKey]*graph.Value        // one converted copy per constant and type
 	// counts for the log line
@@ -196,7 +205,7 @@ func (a *autocaster) node(n *graph.Node) error {
 		}
 		return nil
 	}
-	class := autocastClass(n)
+	class := autocastClass(n, a.softmaxF32)
 	var want graph.DataType
 	switch {
 	case class == acLow:

@@ -89,6 +89,7 @@ func Rewrites() map[string]string {
 		"branch-scales":   "canonicalize: LoRA scales onto lora_B (dropped where 1)",
 		"lora-concat":     "canonicalize: LoRA branches reading one input share one x·[A1|A2|...] product",
 		"silu-rule":       "autodiff: x·sigmoid(x) differentiated as one function",
+		"softmax-f32":     "autocast: the attention's Softmax in float32 (left out: in the compute dtype, float32 accumulation inside the kernel)",
 		"bias-softmax":    "fuse-cuda: Softmax(x + mask) as com.microsoft BiasSoftmax",
 		"row-sub-fold":    "fuse-cuda: (G·Vᵀ) − s folded into one GEMM",
 	}

@@ -216,6 +216,7 @@ train_kinds() {
 		static_hoststate) extra="--static --pad-to-multiple-of $SEQ --cuda-graph off --device-state off" ;;
 		static_bf16) extra="--static --pad-to-multiple-of $SEQ --compute-dtype bf16" ;;
 		static_fp16) extra="--static --pad-to-multiple-of $SEQ --compute-dtype fp16" ;;
+		static_fp16_lowsoftmax) extra="--static --pad-to-multiple-of $SEQ --compute-dtype fp16 --disable-rewrite softmax-f32" ;; # BiasSoftmax in fp16
 		static_recompute) extra="--static --pad-to-multiple-of $SEQ --recompute attention" ;;
 		static_nomp) extra="--static --pad-to-multiple-of $SEQ --mem-pattern off" ;;
 		static_bf16_recompute) extra="--static --pad-to-multiple-of $SEQ --compute-dtype bf16 --recompute attention" ;;
@@ -234,7 +235,7 @@ train_kinds() {
 		echo "train_$kind exit $rc wall_s $(python3 -c "print($(now)-$t0)") peak_mib $(sort -n "$W"/mem_train_$kind.txt | tail -1)" | tee -a "$W"/train_wall.txt
 		kill "$mp" 2>/dev/null
 		local ref=$W/torch_tf32.json # 16-bit kinds compare with PyTorch's bf16 runs
-		case $kind in *_bf16|*_fp16|*_bf16_*) ref=$W/torch_bf16w.json; [ -f "$ref" ] || ref=$W/torch_bf16.json ;; esac
+		case $kind in *_bf16|*_fp16|*_bf16_*|*_fp16_*) ref=$W/torch_bf16w.json; [ -f "$ref" ] || ref=$W/torch_bf16.json ;; esac
 		python3 - "$W"/run_$kind/metrics.csv "$ref" <<'PY' | tee -a "$W"/train_wall.txt
 import csv, json, os, statistics, sys
 rows = list(csv.DictReader(open(sys.argv[1])))
