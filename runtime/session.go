@@ -36,6 +36,9 @@ type SessionOptions struct {
 	// sessions and captured steps: values are allocated in the arena as
 	// they live instead of in one block planned for the whole run.
 	NoMemPattern bool
+	// OptimizedModelPath makes ONNX Runtime save the model a bound session
+	// runs, after its own graph optimizations, to this path.
+	OptimizedModelPath string
 }
 
 func (o SessionOptions) device() string {
@@ -48,10 +51,10 @@ func (o SessionOptions) device() string {
 func (o SessionOptions) ort() (ort.Options, error) {
 	switch o.device() {
 	case "cpu":
-		return ort.Options{DisableOptimizations: o.DisableOptimizations, IntraOpThreads: o.IntraOpThreads, ProfilePrefix: o.ProfilePrefix, NoMemPattern: o.NoMemPattern}, nil
+		return ort.Options{DisableOptimizations: o.DisableOptimizations, IntraOpThreads: o.IntraOpThreads, ProfilePrefix: o.ProfilePrefix, NoMemPattern: o.NoMemPattern, OptimizedModelPath: o.OptimizedModelPath}, nil
 	case "cuda":
 		return ort.Options{CUDA: true, CUDADeviceID: o.CUDADeviceID, DisableOptimizations: o.DisableOptimizations, IntraOpThreads: o.IntraOpThreads, ProfilePrefix: o.ProfilePrefix,
-			ArenaExtend: o.ArenaExtend, GPUMemLimit: o.GPUMemLimit, NoMemPattern: o.NoMemPattern}, nil
+			ArenaExtend: o.ArenaExtend, GPUMemLimit: o.GPUMemLimit, NoMemPattern: o.NoMemPattern, OptimizedModelPath: o.OptimizedModelPath}, nil
 	}
 	return ort.Options{}, fmt.Errorf("unknown device %q (want cpu or cuda)", o.Device)
 }

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/loracc/loracc/adapter"
+	"github.com/loracc/loracc/graph"
 	"github.com/loracc/loracc/runtime"
 	"github.com/loracc/loracc/runtime/train"
 )
@@ -19,7 +20,10 @@ import (
 //     bit for bit (Q + 0·d is Q), on the CPU;
 //   - the planned peak of live activations (memplan, --memory-report)
 //     falls by the two layers' probabilities of the tiny GPT-2 at 8 × 64
-//     ([8, 4, 64, 64] float32, 0.5 MiB each).
+//     ([8, 4, 64, 64] float32, 0.5 MiB each);
+//   - in the model ONNX Runtime runs after its own optimizations
+//     (SetOptimizedModelFilePath) the copies are still apart and the
+//     forward's probabilities feed the forward product alone.
 func TestRecomputeAttention(t *testing.T) {
 	e := env(t)
 	dir := t.TempDir()
@@ -62,8 +66,12 @@ func TestRecomputeAttention(t *testing.T) {
 			t.Fatalf("no planned peak in:\n%s", rep)
 		}
 		planned[i], _ = strconv.ParseFloat(m[1], 64)
-		peaks[i] = arenaPeak(t, e, out, a, false)
-		peaksNoPattern[i] = arenaPeak(t, e, out, a, true)
+		optimized := filepath.Join(dir, "ort_"+r+".onnx")
+		peaks[i] = arenaPeak(t, e, out, a, false, optimized)
+		peaksNoPattern[i] = arenaPeak(t, e, out, a, true, "")
+		if r == "attention" {
+			checkCopiesKept(t, optimized)
+		}
 	}
 	t.Logf("planned peak of live activations: %.1f MiB kept, %.1f MiB recomputed; ONNX Runtime's CPU arena peak in use: %d and %d bytes (memory pattern off: %d and %d)", planned[0], planned[1], peaks[0], peaks[1], peaksNoPattern[0], peaksNoPattern[1])
 	// The plan follows our node order; ORT's CPU arena (its memory
@@ -78,13 +86,13 @@ func TestRecomputeAttention(t *testing.T) {
 // arenaPeak runs the compiled step at dir three times on the CPU and
 // returns ONNX Runtime's arena peak of bytes in use (MaxInUse), with its
 // memory pattern or without.
-func arenaPeak(t *testing.T, e *runtime.Env, dir string, a *adapter.Adapter, noPattern bool) int64 {
+func arenaPeak(t *testing.T, e *runtime.Env, dir string, a *adapter.Adapter, noPattern bool, optimized string) int64 {
 	t.Helper()
 	io := readTrainIO(t, dir)
 	ids := randomTokens(8, 64, 1)
 	feeds := newTrainerOn(t, e, dir, io.Train, map[string]runtime.Tensor{"input_ids": ids, "labels": ids}, train.FromAdapter(a), runtime.SessionOptions{IntraOpThreads: 1}).feeds
 	feeds["lr"], feeds["step"] = runtime.FloatTensor(nil, []float32{1e-3}), runtime.FloatTensor(nil, []float32{1})
-	s, err := e.NewBoundSession(filepath.Join(dir, "train.onnx"), runtime.SessionOptions{IntraOpThreads: 1, NoMemPattern: noPattern})
+	s, err := e.NewBoundSession(filepath.Join(dir, "train.onnx"), runtime.SessionOptions{IntraOpThreads: 1, NoMemPattern: noPattern, OptimizedModelPath: optimized})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -117,4 +125,33 @@ func lossAndNorm(t *testing.T, csv []byte) []byte {
 		out = append(out, f[0]+","+f[2]+","+f[4]+"\n"...)
 	}
 	return out
+}
+
+// checkCopiesKept fails t unless the model ONNX Runtime runs (saved after
+// its optimizations) still has the recomputed probabilities apart from
+// the forward's — its common-subexpression elimination did not merge
+// them — and the forward's are read by the forward's product alone.
+func checkCopiesKept(t *testing.T, path string) {
+	t.Helper()
+	m, err := graph.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	copies, forward := 0, 0
+	for _, n := range m.Graph.Nodes {
+		if n.Op != "Softmax" {
+			continue
+		}
+		if strings.HasSuffix(n.Output(0).Name, ".recomputed") {
+			copies++
+			continue
+		}
+		forward++
+		if k := n.Output(0).NumUses(); k != 1 {
+			t.Errorf("in ORT's model the forward probabilities %q have %d readers, want the forward product alone", n.Output(0).Name, k)
+		}
+	}
+	if copies != 2 || forward != 2 {
+		t.Errorf("ORT's model has %d forward and %d recomputed Softmax nodes, want 2 and 2", forward, copies)
+	}
 }

@@ -63,6 +63,13 @@ func NewBoundSession(lib, path string, model []byte, o Options) (_ *BoundSession
 			return nil, err
 		}
 	}
+	if o.OptimizedModelPath != "" {
+		p := C.CString(o.OptimizedModelPath)
+		defer C.free(unsafe.Pointer(p))
+		if err := api.check(C.lc_optimized_model_path(api.t, so, p), "setting the optimized model path"); err != nil {
+			return nil, err
+		}
+	}
 	if o.NoMemPattern {
 		if err := api.check(C.lc_disable_mem_pattern(api.t, so), "disabling the memory pattern"); err != nil {
 			return nil, err

@@ -30,6 +30,9 @@ OrtStatus* lc_create_session_options(lcPtr* api, void** out) {
 OrtStatus* lc_set_threads(lcPtr* api, void* so, int n) {
 	return ((OrtStatus* (*)(void*, int))api[lcSetIntraOpNumThreads])(so, n);
 }
+OrtStatus* lc_optimized_model_path(lcPtr* api, void* so, const char* path) {
+	return ((OrtStatus* (*)(void*, const char*))api[lcSetOptimizedModelFilePath])(so, path);
+}
 OrtStatus* lc_disable_mem_pattern(lcPtr* api, void* so) {
 	return ((OrtStatus* (*)(void*))api[lcDisableMemPattern])(so);
 }

@@ -18,7 +18,7 @@ typedef const lcApiBase* (*lcGetApiBase)(void);
 // Indices in struct OrtApi (onnxruntime_c_api.h, API 24).
 enum {
 	lcGetErrorMessage = 2, lcCreateEnv = 3, lcCreateSession = 7, lcCreateSessionFromArray = 8, lcRun = 9, lcCreateSessionOptions = 10,
-	lcDisableMemPattern = 17, lcSetSessionGraphOptimizationLevel = 23, lcSetIntraOpNumThreads = 24,
+	lcSetOptimizedModelFilePath = 11, lcDisableMemPattern = 17, lcSetSessionGraphOptimizationLevel = 23, lcSetIntraOpNumThreads = 24,
 	lcCreateTensorWithDataAsOrtValue = 49, lcGetTensorMutableData = 51,
 	lcGetTensorElementType = 60, lcGetDimensionsCount = 61, lcGetDimensions = 62, lcGetTensorTypeAndShape = 65,
 	lcCreateMemoryInfo = 68, lcCreateCpuMemoryInfo = 69, lcAllocatorFree = 76, lcGetAllocatorWithDefaultOptions = 78,
@@ -44,6 +44,7 @@ OrtStatus* lc_create_session_options(lcPtr* api, void** out);
 OrtStatus* lc_set_threads(lcPtr* api, void* so, int n);
 OrtStatus* lc_set_opt_level(lcPtr* api, void* so, int level);
 OrtStatus* lc_disable_mem_pattern(lcPtr* api, void* so);
+OrtStatus* lc_optimized_model_path(lcPtr* api, void* so, const char* path);
 OrtStatus* lc_append_cuda(lcPtr* api, void* so, const char* device, int graph, const char* extend, const char* limit);
 OrtStatus* lc_alloc_stats(lcPtr* api, void* alloc, char* buf, size_t cap);
 OrtStatus* lc_create_session(lcPtr* api, void* env, const char* path, void* so, void** out);

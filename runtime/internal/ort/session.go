@@ -34,6 +34,10 @@ type Options struct {
 	// run's intermediates, allocated at once), so each value is allocated
 	// and freed in the arena as it lives (BoundSession only).
 	NoMemPattern bool
+	// OptimizedModelPath, when set, makes ORT save the model it runs
+	// after its graph optimizations there (BoundSession only): what to
+	// read when ORT's rewrites or order are in question.
+	OptimizedModelPath string
 }
 
 // OutputSpec tells Run what it needs to know about one model output.
