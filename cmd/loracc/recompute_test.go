@@ -110,6 +110,7 @@ func arenaPeak(t *testing.T, e *runtime.Env, dir string, a *adapter.Adapter, noP
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Logf("%s (memory pattern off %v): %v", dir, noPattern, stats)
 	return stats["MaxInUse"]
 }
 
