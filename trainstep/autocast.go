@@ -128,17 +128,17 @@ type castKey struct {
 }
 
 type autocaster struct {
-	g      *graph.Graph
-	low    graph.DataType
-	inf    *infer.Inferer
-	b      *graph.Builder
-	typ    map[*graph.Value]graph.DataType // float values whose type the pass decided
-	weak   map[*graph.Value]bool           // float values computed from constants only
+	g    *graph.Graph
+	low  graph.DataType
+	inf  *infer.Inferer
+	b    *graph.Builder
+	typ  map[*graph.Value]graph.DataType // float values whose type the pass decided
+	weak map[*graph.Value]bool           // float values computed from constants only
 	// softmaxF32 runs Softmax in float32 (rewrite "softmax-f32", on by
 	// default), else in the compute dtype.
 	softmaxF32 bool
-	casts  map[castKey]*graph.Value        // one Cast per value and type
-	consts map[castKey]*graph.Value        // one converted copy per constant and type
+	casts      map[castKey]*graph.Value // one Cast per value and type
+	consts     map[castKey]*graph.Value // one converted copy per constant and type
 	// counts for the log line
 	weights, castCount int
 }

@@ -107,7 +107,7 @@ func attentionChain(sm *graph.Node, fwd map[*graph.Node]bool) ([]*graph.Node, *g
 	v := sm.Input(0)
 	for range 5 {
 		p, _ := v.Producer()
-		if p == nil || !fwd[p] || v.NumUses() != 1 {
+		if p == nil || !fwd[p] || dataUses(v) != 1 {
 			return nil, nil, false
 		}
 		switch {
@@ -205,4 +205,17 @@ func dependency(p *graph.Value, back []graph.Use, pos map[*graph.Node]int) *grap
 		}
 	}
 	return nil
+}
+
+// dataUses counts v's readers that read its values: a Shape (the
+// backward's un-broadcasting asks for dims, which specialize folds) does
+// not.
+func dataUses(v *graph.Value) int {
+	k := 0
+	for _, u := range v.Uses() {
+		if u.Node.Op != "Shape" {
+			k++
+		}
+	}
+	return k
 }
