@@ -70,6 +70,13 @@ func (st *Compiler) Autodiff(m *graph.Model) error {
 		}
 		st.logf("autodiff: the backward recomputes %d attention probabilities (recompute.go)", k)
 	}
+	if slices.Contains(st.opts.Recompute, "activations") {
+		k, err := st.recomputeActivations(m, fwd)
+		if err != nil {
+			return err
+		}
+		st.logf("autodiff: the backward recomputes %d activations (recompute.go)", k)
+	}
 	if scale != nil {
 		ub := opb.New(m, "loss_scale/unscale", "loss_scale/unscale", st.inf)
 		inv := ub.Reciprocal(scale)

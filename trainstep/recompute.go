@@ -219,3 +219,112 @@ func dataUses(v *graph.Value) int {
 	}
 	return k
 }
+
+// recomputeActivations rewires the backward readers of cheap activations
+// to copies recomputed from their input, which the backward keeps anyway:
+// σ(x) and x·σ(x) (SiLU, whose gradient reads both), and the unary
+// Tanh, Gelu, Erf and Relu. Each copy reads x + 0·d like the attention's
+// (recomputeAttention), so it runs where the backward needs it; the
+// forward's results then die with their forward readers. A 1B Llama keeps
+// two [B, T, I] float32 tensors fewer per layer (256 MB at 8 × 512).
+func (st *Compiler) recomputeActivations(m *graph.Model, fwd map[*graph.Node]bool) (int, error) {
+	g := m.Graph
+	if err := g.SortTopo(); err != nil {
+		return 0, err
+	}
+	pos := make(map[*graph.Node]int, len(g.Nodes))
+	for i, n := range g.Nodes {
+		pos[n] = i
+	}
+	b := opb.New(m, "recompute", "recompute", st.inf)
+	backward := func(v *graph.Value) []graph.Use {
+		var out []graph.Use
+		for _, u := range v.Uses() {
+			if !fwd[u.Node] {
+				out = append(out, u)
+			}
+		}
+		return out
+	}
+	count := 0
+	for _, n := range append([]*graph.Node(nil), g.Nodes...) {
+		if !fwd[n] || n.Domain != "" {
+			continue
+		}
+		var x *graph.Value
+		var chain []*graph.Node // the nodes to copy, in order
+		switch n.Op {
+		case "Tanh", "Gelu", "Erf", "Relu":
+			x, chain = n.Input(0), []*graph.Node{n}
+		case "Sigmoid":
+			x, chain = n.Input(0), []*graph.Node{n}
+			// x·σ(x) reading this σ: copied with it.
+			for _, u := range n.Output(0).Uses() {
+				if mul := u.Node; mul.Op == "Mul" && mul.Domain == "" && fwd[mul] && (mul.Input(0) == x || mul.Input(1) == x) {
+					chain = append(chain, mul)
+				}
+			}
+		default:
+			continue
+		}
+		if x == nil || graph.ConstTensor(x) != nil || len(backward(x)) == 0 {
+			continue // x is not kept for the backward: copying would keep it
+		}
+		var back []graph.Use
+		for _, c := range chain {
+			back = append(back, backward(c.Output(0))...)
+		}
+		if len(back) == 0 {
+			continue
+		}
+		var d *graph.Value
+		for _, c := range chain { // a backward value none of the readers computes
+			if d = dependency(c.Output(0), back, pos); d != nil {
+				break
+			}
+		}
+		if d == nil {
+			continue
+		}
+		one := b.Slice(b.Reshape(d, b.Ints(-1)), 0, 1, 0)
+		xDep := b.Add(x, b.Mul(b.CastTo(one, x), b.K(0, x)))
+		if err := b.Err(); err != nil {
+			return count, err
+		}
+		copies := map[*graph.Value]*graph.Value{x: xDep}
+		for _, c := range chain {
+			ins := c.Inputs()
+			for i, in := range ins {
+				if r, ok := copies[in]; ok {
+					ins[i] = r
+				}
+			}
+			cl, err := g.CloneNode(c, ins, ".recomputed")
+			if err != nil {
+				return count, err
+			}
+			copies[c.Output(0)] = cl.Output(0)
+		}
+		for _, u := range back {
+			if r, ok := copies[u.Node.Input(u.Index)]; ok && !isCopy(u.Node, copies) {
+				u.Node.SetInput(u.Index, r)
+			}
+		}
+		count++
+	}
+	if count > 0 {
+		return count, g.SortTopo()
+	}
+	return 0, nil
+}
+
+// isCopy says whether n is one of the copies just made (a copy reads the
+// other copies, not the forward's values, already).
+func isCopy(n *graph.Node, copies map[*graph.Value]*graph.Value) bool {
+	for _, c := range copies {
+		if p, _ := c.Producer(); p == n {
+			return true
+		}
+	}
+	return false
+}
