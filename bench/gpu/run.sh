@@ -218,6 +218,7 @@ train_kinds() {
 		static_fp16) extra="--static --pad-to-multiple-of $SEQ --compute-dtype fp16" ;;
 		static_fp16_lowsoftmax) extra="--static --pad-to-multiple-of $SEQ --compute-dtype fp16 --disable-rewrite softmax-f32" ;; # BiasSoftmax in fp16
 		static_recompute) extra="--static --pad-to-multiple-of $SEQ --recompute attention" ;;
+		static_recompute_all) extra="--static --pad-to-multiple-of $SEQ --recompute attention,activations" ;;
 		static_nomp) extra="--static --pad-to-multiple-of $SEQ --mem-pattern off" ;;
 		static_bf16_recompute) extra="--static --pad-to-multiple-of $SEQ --compute-dtype bf16 --recompute attention" ;;
 		static~*) # static~a+b: the static step with rewrites a and b left out (--disable-rewrite a,b)
