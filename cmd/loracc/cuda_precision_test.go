@@ -74,9 +74,10 @@ func TestCUDARecomputeAndMemPattern(t *testing.T) {
 	mustLoracc(t, "inject", model, "--rank", "8", "--init", "gaussian", "--seed", "1", "-o", lora)
 	cols := map[string][]float64{}
 	for name, extra := range map[string][]string{
-		"plain":     nil,
-		"recompute": {"--recompute", "attention"},
-		"nomp":      {"--mem-pattern", "off"},
+		"plain":         nil,
+		"recompute":     {"--recompute", "attention"},
+		"recompute-all": {"--recompute", "attention,activations"},
+		"nomp":          {"--mem-pattern", "off"},
 	} {
 		run := filepath.Join(dir, name)
 		args := append([]string{"train", lora, "--data", data, "--loss", "lm", "--logits", "logits", "--max-steps", "20", "--batch-size", "8",
@@ -87,7 +88,7 @@ func TestCUDARecomputeAndMemPattern(t *testing.T) {
 			t.Logf("%s: memory.json %s", name, raw)
 		}
 	}
-	for _, name := range []string{"recompute", "nomp"} {
+	for _, name := range []string{"recompute", "recompute-all", "nomp"} {
 		a, b := cols["plain"], cols[name]
 		for i := range a {
 			if i >= len(b) || math.Abs(a[i]-b[i]) > 1e-4*math.Abs(a[i]) {
