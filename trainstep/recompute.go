@@ -28,12 +28,9 @@ import (
 // copy; fwd holds the forward's nodes. It returns how many it rewired.
 func (st *Compiler) recomputeAttention(m *graph.Model, fwd map[*graph.Node]bool) (int, error) {
 	g := m.Graph
-	if err := g.SortTopo(); err != nil {
+	pos, err := topoPositions(g)
+	if err != nil {
 		return 0, err
-	}
-	pos := make(map[*graph.Node]int, len(g.Nodes))
-	for i, n := range g.Nodes {
-		pos[n] = i
 	}
 	b := opb.New(m, "recompute", "recompute", st.inf)
 	count := 0
@@ -59,10 +56,7 @@ func (st *Compiler) recomputeAttention(m *graph.Model, fwd map[*graph.Node]bool)
 		if d == nil {
 			continue
 		}
-		q := root.Input(0)
-		one := b.Slice(b.Reshape(d, b.Ints(-1)), 0, 1, 0) // [1]
-		zero := b.Mul(b.CastTo(one, q), b.K(0, q))
-		qDep := b.Add(q, zero)
+		qDep := waitOn(b, root.Input(0), d)
 		if err := b.Err(); err != nil {
 			return count, err
 		}
@@ -229,12 +223,9 @@ func dataUses(v *graph.Value) int {
 // two [B, T, I] float32 tensors fewer per layer (256 MB at 8 × 512).
 func (st *Compiler) recomputeActivations(m *graph.Model, fwd map[*graph.Node]bool) (int, error) {
 	g := m.Graph
-	if err := g.SortTopo(); err != nil {
+	pos, err := topoPositions(g)
+	if err != nil {
 		return 0, err
-	}
-	pos := make(map[*graph.Node]int, len(g.Nodes))
-	for i, n := range g.Nodes {
-		pos[n] = i
 	}
 	b := opb.New(m, "recompute", "recompute", st.inf)
 	backward := func(v *graph.Value) []graph.Use {
@@ -286,8 +277,7 @@ func (st *Compiler) recomputeActivations(m *graph.Model, fwd map[*graph.Node]boo
 		if d == nil {
 			continue
 		}
-		one := b.Slice(b.Reshape(d, b.Ints(-1)), 0, 1, 0)
-		xDep := b.Add(x, b.Mul(b.CastTo(one, x), b.K(0, x)))
+		xDep := waitOn(b, x, d)
 		if err := b.Err(); err != nil {
 			return count, err
 		}
@@ -327,4 +317,22 @@ func isCopy(n *graph.Node, copies map[*graph.Value]*graph.Value) bool {
 		}
 	}
 	return false
+}
+
+// waitOn is x + 0·d[0]: x's values, computable only once d is.
+func waitOn(b *opb.Builder, x, d *graph.Value) *graph.Value {
+	one := b.Slice(b.Reshape(d, b.Ints(-1)), 0, 1, 0) // [1]
+	return b.Add(x, b.Mul(b.CastTo(one, x), b.K(0, x)))
+}
+
+// topoPositions sorts g and returns each node's place in it.
+func topoPositions(g *graph.Graph) (map[*graph.Node]int, error) {
+	if err := g.SortTopo(); err != nil {
+		return nil, err
+	}
+	pos := make(map[*graph.Node]int, len(g.Nodes))
+	for i, n := range g.Nodes {
+		pos[n] = i
+	}
+	return pos, nil
 }
