@@ -92,10 +92,22 @@ func (c *gradCtx) swapLast(x *graph.Value) *graph.Value {
 	return c.Transpose(x, perm...)
 }
 
+// unflatten reshapes the rows x of a batched product back to like's
+// shape (like has x's element count).
+func (c *gradCtx) unflatten(x, like *graph.Value) *graph.Value {
+	if c.Inf.Rank(like) == 2 {
+		return x
+	}
+	return c.Reshape(x, c.Shape(like))
+}
+
 // flatten2 reshapes x to [-1, last dim]: the rows of a batched product.
 func (c *gradCtx) flatten2(x *graph.Value) *graph.Value {
 	if c.Inf.Rank(x) == 2 {
 		return x
+	}
+	if d := c.Inf.Info(x).Dims; len(d) > 0 && d[len(d)-1].Known() {
+		return c.Reshape(x, c.Ints(-1, d[len(d)-1].Value))
 	}
 	var last *graph.Value
 	if c.Opset < 10 {
@@ -110,12 +122,19 @@ func (c *gradCtx) flatten2(x *graph.Value) *graph.Value {
 // each summed over broadcast batch axes (by the driver). When b is a
 // matrix — every LoRA branch and projection — db is one GEMM over all
 // rows of the batch (Gemm with transA on the flattened a and gy) instead
-// of a batched product followed by a sum.
+// of a batched product followed by a sum, and da is one GEMM with transB:
+// no Transpose of b, which ONNX Runtime's constant folding would turn into
+// a second, transposed copy of every frozen weight (twice the weights'
+// memory on the device).
 func gradMatMul(c *gradCtx, n *graph.Node, gys []*graph.Value) []*graph.Value {
 	gy, a, b := gys[0], n.Input(0), n.Input(1)
 	out := make([]*graph.Value, 2)
 	if c.needs(0) {
-		out[0] = c.MatMul(gy, c.swapLast(b))
+		if c.Inf.Rank(b) == 2 {
+			out[0] = c.unflatten(c.Gemm(c.flatten2(gy), b, graph.AttrI("transB", 1)), a)
+		} else {
+			out[0] = c.MatMul(gy, c.swapLast(b))
+		}
 	}
 	if c.needs(1) {
 		if c.Inf.Rank(b) == 2 {

@@ -27,8 +27,8 @@ func TestInferIndexing(t *testing.T) {
 		g.op("GatherND", vs(x, g.in("nd", graph.Int64, "n", 2))), "float32 2 [~,~]",
 		g.op("GatherND", vs(x, g.in("nd2", graph.Int64, "n", "k"))), "float32 -1 -",
 		g.op("GatherElements", vs(x, idx), graph.AttrI("axis", 2)), "float32 3 [batch,seq,1]",
-		g.op("ScatterND", vs(x, g.in("si", graph.Int64, 1, 1), g.in("su", graph.Float, 1, "seq", 20))), "float32 3 [~,~,~]",
-		g.op("ScatterElements", vs(x, idx, idx)), "float32 3 [~,~,~]",
+		g.op("ScatterND", vs(x, g.in("si", graph.Int64, 1, 1), g.in("su", graph.Float, 1, "seq", 20))), "float32 3 [10,seq,20]",
+		g.op("ScatterElements", vs(x, idx, idx)), "float32 3 [10,seq,20]",
 	)
 	// com.microsoft GatherBlockQuantized: the scales' type; a packed uint8
 	// table's last dim times its codes per byte, an int4 table's as it is.

@@ -113,8 +113,8 @@ func inferRules() map[string]opInfer {
 		// table, dequantized to the scales' type.
 		"com.microsoft::GatherBlockQuantized": {dtype: typeOf(2), rank: gatherRank, dims: gbqDims},
 		"GatherElements":                      {dtype: data, rank: rankOf(1), dims: gatherElementsDims},
-		"ScatterND":                           {dtype: data, rank: rankOf(0)},
-		"ScatterElements":                     {dtype: data, rank: rankOf(0)},
+		"ScatterND":                           {dtype: data, rank: rankOf(0), dims: sameDims},
+		"ScatterElements":                     {dtype: data, rank: rankOf(0), dims: sameDims},
 	}
 }
 

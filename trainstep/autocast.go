@@ -38,9 +38,12 @@ package trainstep
 // Post: as above; a no-op for fp32.
 
 import (
+	"encoding/binary"
 	"fmt"
 	"io"
 	"math"
+	"runtime"
+	"sync"
 
 	"github.com/loracc/loracc/graph"
 	"github.com/loracc/loracc/infer"
@@ -318,6 +321,13 @@ func (a *autocaster) as(v *graph.Value, dt graph.DataType) (*graph.Value, error)
 // saved, so an external weight is read once and never held whole.
 func converted(t *graph.Tensor, name string, dt graph.DataType) (*graph.Tensor, error) {
 	conv := func() ([]byte, error) {
+		if t.DType == graph.Float && (dt == graph.BFloat16 || dt == graph.Float16) {
+			raw, err := t.Bytes()
+			if err != nil {
+				return nil, err
+			}
+			return narrowFloat32(raw, dt), nil
+		}
 		vals, err := t.Floats()
 		if err != nil {
 			return nil, err
@@ -348,4 +358,39 @@ func converted(t *graph.Tensor, name string, dt graph.DataType) (*graph.Tensor, 
 		return err
 	})
 	return out, nil
+}
+
+// narrowFloat32 converts little-endian float32 data to dt (float16 or
+// bfloat16), clamped to dt's largest finite value, on all cores: a 7B
+// model's weights are 6.7G values, converted once per compiled graph.
+func narrowFloat32(raw []byte, dt graph.DataType) []byte {
+	n := len(raw) / 4
+	out := make([]byte, 2*n)
+	limit := float32(65504)
+	conv := graph.Float32ToFloat16
+	if dt == graph.BFloat16 {
+		limit, conv = math.MaxFloat32, graph.Float32ToBFloat16
+	}
+	workers := runtime.NumCPU()
+	chunk := (n + workers - 1) / workers
+	if n < 1<<16 {
+		workers, chunk = 1, n
+	}
+	var wg sync.WaitGroup
+	for lo := 0; lo < n; lo += chunk {
+		hi := min(lo+chunk, n)
+		wg.Go(func() {
+			for i := lo; i < hi; i++ {
+				x := math.Float32frombits(binary.LittleEndian.Uint32(raw[4*i:]))
+				if x > limit {
+					x = limit
+				} else if x < -limit {
+					x = -limit
+				}
+				binary.LittleEndian.PutUint16(out[2*i:], conv(x))
+			}
+		})
+	}
+	wg.Wait()
+	return out
 }

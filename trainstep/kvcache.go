@@ -40,6 +40,13 @@ func (st *Compiler) dropKVCache(m *graph.Model) (int, error) {
 		}
 	}
 	if len(pasts) == 0 {
+		// A decoder exported without the cache may still take
+		// position_ids (the 7B benchmark's Optimum-form Llama does).
+		if ids := g.Lookup("input_ids"); ids != nil && ids.IsGraphInput() && ids.Type != nil && len(ids.Type.Shape) == 2 {
+			b := opb.New(m, "canonical/kvcache", "canonical/kvcache", st.inf)
+			positionIDs(b, g, ids)
+			return 0, b.Err()
+		}
 		return 0, nil
 	}
 	// seqDim is the sequence dim of the token input (rank 2, same batch
@@ -68,22 +75,7 @@ func (st *Compiler) dropKVCache(m *graph.Model) (int, error) {
 		empty := b.Op("ConstantOfShape", []*graph.Value{b.Concat(0, batch, b.Ints(d[1].Value, 0, d[3].Value))}, graph.AttrT("value", zero))
 		p.ReplaceAllUsesWith(empty)
 	}
-	// position_ids [batch, seq]: 0..S−1 on every row, what Hugging Face
-	// models compute when they are not given (the training batches are
-	// right-padded, so positions count from each row's start).
-	for _, v := range g.Inputs {
-		if v.Name != "position_ids" || v.Type == nil || len(v.Type.Shape) != 2 || v.NumUses() == 0 {
-			continue
-		}
-		shape := b.Shape(tokens)
-		seq := b.Squeeze(b.Slice(shape, 1, 2, 0), 0)
-		pos := b.Range(b.Int0(0), seq, b.Int0(1))
-		ids := b.Expand(b.Unsqueeze(pos, 0), shape)
-		if v.DType() != graph.Int64 {
-			ids = b.Cast(ids, v.DType())
-		}
-		v.ReplaceAllUsesWith(ids)
-	}
+	positionIDs(b, g, tokens)
 	if err := b.Err(); err != nil {
 		return 0, err
 	}
@@ -183,4 +175,24 @@ func inlineBranch(g *graph.Graph, n *graph.Node, b *graph.Graph) error {
 		return err
 	}
 	return g.SortTopo()
+}
+
+// positionIDs replaces a position_ids input [batch, seq] by 0..S−1 on
+// every row of tokens, what Hugging Face models compute when they are not
+// given (the training batches are right-padded, so positions count from
+// each row's start); the data need not carry them.
+func positionIDs(b *opb.Builder, g *graph.Graph, tokens *graph.Value) {
+	for _, v := range g.Inputs {
+		if v.Name != "position_ids" || v.Type == nil || len(v.Type.Shape) != 2 || v.NumUses() == 0 {
+			continue
+		}
+		shape := b.Shape(tokens)
+		seq := b.Squeeze(b.Slice(shape, 1, 2, 0), 0)
+		pos := b.Range(b.Int0(0), seq, b.Int0(1))
+		ids := b.Expand(b.Unsqueeze(pos, 0), shape)
+		if v.DType() != graph.Int64 {
+			ids = b.Cast(ids, v.DType())
+		}
+		v.ReplaceAllUsesWith(ids)
+	}
 }

@@ -18,6 +18,8 @@
 #                                   (export-train --static) train/eval graphs, with ORT profiles
 #   bench/gpu/run.sh round MODEL    gpt2 or llama1b: PyTorch+PEFT fp32/TF32/bf16/compile beside
 #                                   `loracc train --static`, then the step's kernels (Nsight Compute)
+#   bench/gpu/run.sh l7b            the 7B-shaped Llama, bf16: PyTorch + PEFT beside loracc (needs .gpu/bin/llama:
+#                                   go build -o .gpu/bin/llama ./internal/testmodels/cmd/llama; KINDS7="bf16 bf16_recompute")
 #   MODES=tf32,bf16w KINDS="static static_bf16 static_fp16" NCU=0 bench/gpu/run.sh round MODEL
 #                                   the precision round: PyTorch + PEFT with the base in bf16 (the
 #                                   usual recipe) beside loracc --compute-dtype bf16 and fp16
@@ -371,6 +373,54 @@ open('/tmp/held', 'w').write('ok'); time.sleep(900)" "$hold" &
 	(cd "$WORK" && tar czf "$OUT"/extra_llama1b.tgz llama1b/train_80g.* llama1b/run_80g/metrics.csv llama1b/mem_loracc_train_80g.txt llama1b/profsum_*.txt llama1b/prof_*.json.gz 2>/dev/null)
 }
 
+# l7b: the memory issue's 7B run. PyTorch + PEFT (base in bf16, LoRA fp32, autocast; gradient
+# checkpointing off, then on) beside `loracc train --static --compute-dtype bf16` of a Llama-2-7B-shaped
+# model that .gpu/bin/llama (internal/testmodels/cmd/llama, built on the dev machine) writes here
+# while PyTorch runs. Weights differ between the sides (random init on each); the tokens are the same.
+l7b() {
+	local W=$WORK/l7b B=${BATCH7:-4} S=${STEPS7:-20}
+	rm -rf "$W"; mkdir -p "$W"
+	df -h "$WORK" | tail -1
+	( t0=$(now); "$BIN"/llama "$W"/model.onnx && echo "llama_gen_s $(python3 -c "print($(now)-$t0)")" ) >"$W"/gen.log 2>&1 &
+	local gen=$!
+	echo "== PyTorch + PEFT, 7B, $B x $SEQ"
+	timeout 400 python3 bench/gpu/torch_7b.py --dir "$W" --batch "$B" --seq "$SEQ" --steps "$S" --modes "${MODES7:-bf16w,bf16w_ckpt}" 2>&1 | grep -v Warning | tee "$W"/torch.log
+	wait $gen; cat "$W"/gen.log; ls -la "$W"
+	"$BIN"/loracc inject "$W"/model.onnx --rank 16 --target 'self_attn\.[qkvo]_proj$' -o "$W"/model.lora.onnx | tail -1
+	for kind in ${KINDS7:-bf16}; do
+		local extra="--static --pad-to-multiple-of $SEQ --compute-dtype bf16"
+		case $kind in
+		bf16_recompute) extra="$extra --recompute attention" ;;
+		bf16_recompute_all) extra="$extra --recompute attention,activations" ;;
+		esac
+		rm -rf "$W"/run_$kind
+		local mp; mp=$(mempoll "$W"/mem_train_$kind.txt)
+		local t0=$(now)
+		"$BIN"/loracc train "$W"/model.lora.onnx --data "$W"/data.jsonl --loss lm --logits logits --labels labels \
+			--max-steps "$S" --batch-size "$B" --lr 1e-4 --weight-decay 0 --clip-norm 0 --device cuda --save-every 0 \
+			$extra --out "$W"/run_$kind >"$W"/train_$kind.log 2>&1
+		local rc=$?
+		kill "$mp" 2>/dev/null
+		echo "train7b_$kind exit $rc wall_s $(python3 -c "print($(now)-$t0)") peak_used_mib $(sort -n "$W"/mem_train_$kind.txt | tail -1)" | tee -a "$W"/train_wall.txt
+		grep -v '^step' "$W"/train_$kind.log | tail -6
+		python3 - "$W"/run_$kind/metrics.csv "$W"/torch7b_bf16w.json <<'PY' | tee -a "$W"/train_wall.txt
+import csv, json, os, statistics, sys
+if not os.path.exists(sys.argv[1]):
+    sys.exit(0)
+rows = list(csv.DictReader(open(sys.argv[1])))
+tps = [float(r["tokens_per_s"]) for r in rows[5:]]
+print(f"{sys.argv[1]}: {len(rows)} steps, median tokens/s over steps 6+: {statistics.median(tps):.0f}, loss {rows[0]['loss']} -> {rows[-1]['loss']}")
+if os.path.exists(sys.argv[2]):
+    ref = json.load(open(sys.argv[2]))
+    print(f"  vs PyTorch {ref['mode']} ({ref['tokens_per_s']:.0f} tokens/s, {ref['max_memory_allocated_gib']:.2f} GiB allocated, {ref['max_memory_reserved_gib']:.2f} reserved): {statistics.median(tps) / ref['tokens_per_s']:.3f}x")
+PY
+		cat "$W"/run_$kind/memory.json 2>/dev/null; echo
+		mkdir -p "$W"/keep_$kind; cp "$W"/run_$kind/metrics.csv "$W"/run_$kind/memory.json "$W"/keep_$kind/ 2>/dev/null
+		rm -rf "$W"/run_$kind # each compile writes the weights in bf16 again (13 GB)
+	done
+	(cd "$WORK" && tar czf "$OUT"/l7b.tgz l7b/*.log l7b/*.txt l7b/torch7b_*.json l7b/keep_* 2>/dev/null)
+}
+
 case "${1:-}" in
 tests) tests ;;
 gpt2) gpt2 ;;
@@ -381,5 +431,6 @@ llama-extra) llama_extra ;;
 static) static ;;
 round) round "${2:?round needs a model: gpt2 or llama1b}" ;;
 variants) variants "${2:?variants needs a model}" ;;
-*) echo "usage: $0 tests|gpt2|llama-torch|llama-loracc|gpt2-extra|llama-extra|static|round MODEL" >&2; exit 2 ;;
+l7b) l7b ;;
+*) echo "usage: $0 tests|gpt2|llama-torch|llama-loracc|gpt2-extra|llama-extra|static|round MODEL|variants MODEL|l7b" >&2; exit 2 ;;
 esac

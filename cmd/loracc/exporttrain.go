@@ -182,7 +182,7 @@ func exportTrainCommand() *cli.Command {
 			if c.Bool("memory-report") && static == nil {
 				return fmt.Errorf("--memory-report needs --static (a plan needs every size)")
 			}
-			io, err := exportTrain(in, dir, c, static, target, false, dump, logger(c))
+			io, err := exportTrain(in, dir, c, static, target, false, true, dump, logger(c))
 			if err != nil {
 				return err
 			}
@@ -208,8 +208,10 @@ type GraphIO = trainio.Graph
 // and with split grad.onnx and optim.onnx) from an injected model and
 // writes them with train.json as one output set: all files or none, never
 // over the model or its data. static, when not empty, fixes those input
-// dims (pass specialize).
-func exportTrain(in, dir string, c *cli.Context, static map[string]int64, target string, split bool, dump func(string, *graph.Model), logf func(string, ...any)) (TrainIO, error) {
+// dims (pass specialize). Without eval, eval.onnx is left out: train
+// compiles it only for --eval data, since each compiled graph carries its
+// own converted copy of the frozen weights (a 7B model's 13 GB in bf16).
+func exportTrain(in, dir string, c *cli.Context, static map[string]int64, target string, split, eval bool, dump func(string, *graph.Model), logf func(string, ...any)) (TrainIO, error) {
 	var res TrainIO
 	sig, stop := signal.NotifyContext(c.Context, os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -250,8 +252,10 @@ func exportTrain(in, dir string, c *cli.Context, static map[string]int64, target
 	if res.Train, err = build("train", append([]string{"params", "canonicalize", "autocast", "loss", "autodiff", "optimizer", "prune"}, spec...)...); err != nil {
 		return res, err
 	}
-	if res.Eval, err = build("eval", append([]string{"params", "canonicalize", "autocast", "loss", "prune"}, spec...)...); err != nil {
-		return res, err
+	if eval {
+		if res.Eval, err = build("eval", append([]string{"params", "canonicalize", "autocast", "loss", "prune"}, spec...)...); err != nil {
+			return res, err
+		}
 	}
 	if k := c.Int("steps-per-run"); k > 1 {
 		if len(static) > 0 {

@@ -133,7 +133,7 @@ func trainRank(c *cli.Context, rk *rank) error {
 		logf = func(string, ...any) {} // rank 0 says it
 	}
 	split := rk != nil || c.Bool("split-step")
-	io, err := exportTrain(in, graphs, c, nil, "", split, nil, logf)
+	io, err := exportTrain(in, graphs, c, nil, "", split, c.String("eval") != "", nil, logf)
 	if err != nil {
 		return err
 	}
@@ -455,7 +455,7 @@ func staticSteps(c *cli.Context, in, graphs string, data *dataset.Set, device st
 			if device == "cuda" {
 				target = "cuda" // the step runs there only: its CUDA fusions apply
 			}
-			io, err := exportTrain(in, dir, c, dims, target, false, nil, logf)
+			io, err := exportTrain(in, dir, c, dims, target, false, c.String("eval") != "", nil, logf)
 			if err != nil {
 				return "", trainio.Graph{}, err
 			}

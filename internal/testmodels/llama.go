@@ -20,6 +20,10 @@ type LlamaConfig struct {
 	// Cache adds Optimum's KV-cache interface: past_key_values.N.key/value
 	// inputs and present.N.key/value outputs.
 	Cache bool
+	// ScaledInit draws each matrix uniform in ±1/√rows (PyTorch's Linear
+	// bound) instead of ±0.5, so that activations and the loss stay O(1)
+	// at benchmark widths (4096 and up); the tiny test models keep ±0.5.
+	ScaledInit bool
 }
 
 // DefaultLlama is the tiny Llama the generate tests use: its vocabulary is
@@ -144,6 +148,13 @@ func (l *llama) scalar(name string, x float32) *graph.Value {
 func (l *llama) build() error {
 	cfg, g := l.cfg, l.g
 	b := l.c.b
+	weight := func(name string, dt graph.DataType, rows, cols int64) (*graph.Tensor, error) {
+		bound := float32(0.5)
+		if cfg.ScaledInit {
+			bound = float32(1 / math.Sqrt(float64(rows)))
+		}
+		return uniform(name, dt, []int64{rows, cols}, -bound, bound)
+	}
 	embed := l.c.add(weight("model.embed_tokens.weight", graph.Float, int64(cfg.Vocab), int64(cfg.Hidden)))
 	l.sq = l.scalar("rms.two", 2)
 	l.eps = l.scalar("rms.eps", llamaEps)

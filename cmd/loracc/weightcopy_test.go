@@ -1,0 +1,104 @@
+package main
+
+import (
+	"path/filepath"
+	"testing"
+
+	"github.com/loracc/loracc/graph"
+	"github.com/loracc/loracc/runtime"
+)
+
+// TestNoSecondCopyOfWeights: the model ONNX Runtime runs after its own
+// optimizations (constant folding included) holds no more initializer
+// bytes than the training graph loracc wrote. A Transpose of a frozen
+// weight in the backward (dX = dY·Wᵀ written with an explicit Transpose)
+// is folded by ORT into a transposed second copy of the weight, which
+// doubled the weights' memory on the device; the MatMul rule now writes a
+// GEMM with transB instead. Checked on a tiny GPT-2 (Gemm projections,
+// tied lm_head) and a tiny Llama (MatMul projections), static and not.
+func TestNoSecondCopyOfWeights(t *testing.T) {
+	e := env(t)
+	dir := t.TempDir()
+	for _, tc := range []struct {
+		name, model, target string
+		static              []string
+	}{
+		{"gpt2", "../../testdata/models/gpt2_tiny.onnx", "", nil},
+		{"gpt2_static", "../../testdata/models/gpt2_tiny.onnx", "", []string{"--static", "batch=2,seq=16"}},
+		{"llama_static", llamaDir(t, false), `self_attn\.[qkvo]_proj$`, []string{"--static", "batch_size=2,sequence_length=16"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			model := tc.model
+			if tc.target == "" {
+				model = copyModel(t, model)
+			}
+			lora := filepath.Join(dir, tc.name+".lora.onnx")
+			args := []string{"inject", model, "--rank", "4", "-o", lora}
+			if tc.target != "" {
+				args = append(args, "--target", tc.target)
+			}
+			mustLoracc(t, args...)
+			out := filepath.Join(dir, tc.name+"_train")
+			mustLoracc(t, append([]string{"export-train", lora, "--loss", "lm", "--logits", "logits", "-o", out}, tc.static...)...)
+			train := filepath.Join(out, "train.onnx")
+			optimized := filepath.Join(out, "ort.onnx")
+			s, err := e.NewBoundSession(train, runtime.SessionOptions{IntraOpThreads: 1, OptimizedModelPath: optimized})
+			if err != nil {
+				t.Fatal(err)
+			}
+			s.Close()
+			// The base's own Transpose of a constant (the tied head of
+			// torch.onnx's GPT-2) is ORT's to fold, as in inference.
+			tied, baseTr := transposedConsts(t, model)
+			_, trainTr := transposedConsts(t, train)
+			if trainTr > baseTr {
+				t.Errorf("the training graph transposes %d constants, the base %d", trainTr, baseTr)
+			}
+			want, got := initializerBytes(t, train)+tied, initializerBytes(t, optimized)
+			if got > want+want/100 {
+				t.Errorf("ORT's optimized step holds %d initializer bytes, the training graph %d (with the base's own transposed constants): a folded copy of a weight", got, want)
+			}
+		})
+	}
+}
+
+func initializerBytes(t *testing.T, path string) int64 {
+	t.Helper()
+	m, err := graph.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n int64
+	for _, v := range m.Graph.Initializers {
+		b, err := v.Const.ByteSize()
+		if err != nil {
+			t.Fatal(err)
+		}
+		n += b
+	}
+	return n
+}
+
+// transposedConsts counts the Transpose nodes of path that read a constant
+// and the bytes of those constants.
+func transposedConsts(t *testing.T, path string) (bytes int64, count int) {
+	t.Helper()
+	m, err := graph.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range m.Graph.Nodes {
+		if n.Op != "Transpose" || n.NumInputs() == 0 {
+			continue
+		}
+		if c := graph.ConstTensor(n.Input(0)); c != nil {
+			b, err := c.ByteSize()
+			if err != nil {
+				t.Fatal(err)
+			}
+			bytes += b
+			count++
+		}
+	}
+	return bytes, count
+}
