@@ -99,6 +99,7 @@ func Passes() []Pass {
 		{Name: "prune", Why: "keep only the outputs training needs and drop every node, constant and input they do not use", Run: trainPass((*trainstep.Compiler).Prune)},
 		{Name: "unroll", Why: "run K optimizer steps per graph run, so adapter and optimizer state cross between host and device once per K steps", Run: trainPass((*trainstep.Compiler).Unroll)},
 		{Name: "specialize", Why: "fix the input dims and fold the shape arithmetic they determine, so no shape work runs per step", Run: trainPass((*trainstep.Compiler).Specialize)},
+		{Name: "legalize", Why: "--compute-dtype bf16: ops ONNX Runtime's CUDA provider has no bfloat16 kernel for run in float32 between casts", Run: trainPass((*trainstep.Compiler).Legalize)},
 		{Name: "fuse-cuda", Why: "for the CUDA provider: the attention's mask addition into its Softmax (BiasSoftmax) and the softmax gradient's row subtraction into its GEMM", Run: trainPass((*trainstep.Compiler).FuseCUDA)},
 	}
 }
@@ -139,6 +140,9 @@ var passOrder = [...]orderRule{
 	{"optimizer", "unroll", true, "unroll chains the optimizer's updated params and state from step to step"},
 	{"prune", "specialize", true, "specialize records the IO of the pruned graph and folds only what its outputs need"},
 	{"specialize", "fuse-cuda", true, "fuse-cuda matches patterns by their concrete dims, which specialize fixes"},
+	{"fuse-cuda", "legalize", false, "legalize types the ops fuse-cuda writes too"},
+	{"prune", "legalize", false, "legalize types the final ops"},
+	{"unroll", "legalize", false, "legalize types the ops unroll copies"},
 	{"unroll", "specialize", false, "unroll copies the step graph, so it must copy the specialised one, not be specialised after"},
 }
 

@@ -39,20 +39,40 @@ func (st *Compiler) recomputeAttention(m *graph.Model, fwd map[*graph.Node]bool)
 			continue
 		}
 		p := sm.Output(0)
-		var back []graph.Use
+		// P's backward readers, and those of its forward casts (autocast
+		// computes P in float32 and casts it down for the P·V product,
+		// whose gradient reads the cast).
+		own := map[*graph.Value]bool{p: true}
+		var back, all []graph.Use
+		var casts []*graph.Node
 		for _, u := range p.Uses() {
 			if !fwd[u.Node] {
 				back = append(back, u)
+			} else if u.Node.Op == "Cast" && u.Node.Domain == "" {
+				casts = append(casts, u.Node)
+				own[u.Node.Output(0)] = true
 			}
 		}
-		if len(back) == 0 {
+		all = append(all, back...)
+		var castBack [][]graph.Use
+		for _, c := range casts {
+			var cb []graph.Use
+			for _, u := range c.Output(0).Uses() {
+				if !fwd[u.Node] {
+					cb = append(cb, u)
+				}
+			}
+			castBack = append(castBack, cb)
+			all = append(all, cb...)
+		}
+		if len(all) == 0 {
 			continue
 		}
 		chain, root, ok := attentionChain(sm, fwd)
 		if !ok {
 			continue
 		}
-		d := dependency(p, back, pos)
+		d := dependency(own, all, pos)
 		if d == nil {
 			continue
 		}
@@ -83,6 +103,18 @@ func (st *Compiler) recomputeAttention(m *graph.Model, fwd map[*graph.Node]bool)
 		for _, u := range back {
 			u.Node.SetInput(u.Index, prev.Output(0))
 		}
+		for i, c := range casts {
+			if len(castBack[i]) == 0 {
+				continue
+			}
+			cc, err := g.CloneNode(c, []*graph.Value{prev.Output(0)}, ".recomputed")
+			if err != nil {
+				return count, err
+			}
+			for _, u := range castBack[i] {
+				u.Node.SetInput(u.Index, cc.Output(0))
+			}
+		}
 		count++
 	}
 	if count > 0 {
@@ -92,9 +124,9 @@ func (st *Compiler) recomputeAttention(m *graph.Model, fwd map[*graph.Node]bool)
 }
 
 // attentionChain walks up from Softmax sm to the product Q·Kᵀ it is
-// computed from: at most four elementwise ops (scale, mask, bias), each
-// carrying the scores in one input (the other inputs side values: the
-// scale, the mask). It returns the ops from the product's reader down to
+// computed from: at most four elementwise ops (scale, mask, bias; a
+// masking Where; autocast's Cast), each carrying the scores in one input
+// (the other inputs side values: the scale, the mask, the fill). It returns the ops from the product's reader down to
 // sm, and the product (a MatMul or FusedMatMul of the forward).
 func attentionChain(sm *graph.Node, fwd map[*graph.Node]bool) ([]*graph.Node, *graph.Node, bool) {
 	chain := []*graph.Node{sm}
@@ -113,7 +145,11 @@ func attentionChain(sm *graph.Node, fwd map[*graph.Node]bool) ([]*graph.Node, *g
 				chain[i], chain[j] = chain[j], chain[i]
 			}
 			return chain, p, true
-		case p.Domain == "" && (p.Op == "Add" || p.Op == "Sub" || p.Op == "Mul" || p.Op == "Div"):
+		case p.Domain == "" && p.Op == "Cast":
+			// autocast's cast of the scores up to float32
+			chain = append(chain, p)
+			v = p.Input(0)
+		case p.Domain == "" && (p.Op == "Add" || p.Op == "Sub" || p.Op == "Mul" || p.Op == "Div" || p.Op == "Where"):
 			// The scores continue through the input a product or an
 			// elementwise op of the chain computes.
 			next := scoresInput(p)
@@ -135,22 +171,34 @@ func attentionChain(sm *graph.Node, fwd map[*graph.Node]bool) ([]*graph.Node, *g
 func scoresInput(p *graph.Node) *graph.Value {
 	var found *graph.Value
 	for _, in := range p.Inputs() {
-		if in == nil || graph.ConstTensor(in) != nil {
+		if in == nil || graph.ConstTensor(in) != nil || !carriesScores(in, 3) {
 			continue
 		}
-		q, _ := in.Producer()
-		if q == nil {
-			continue
+		if found != nil {
+			return nil // two candidates: not a scores chain
 		}
-		switch q.Op {
-		case "MatMul", "FusedMatMul", "Add", "Sub", "Mul", "Div":
-			if found != nil {
-				return nil // two candidates: not a scores chain
-			}
-			found = in
-		}
+		found = in
 	}
 	return found
+}
+
+// carriesScores says whether v is computed by a product or an elementwise
+// op of a scores chain, seen through up to depth casts (a mask is a
+// Where's, a Cast's of a comparison or an input's).
+func carriesScores(v *graph.Value, depth int) bool {
+	q, _ := v.Producer()
+	if q == nil {
+		return false
+	}
+	switch q.Op {
+	case "MatMul", "FusedMatMul", "Add", "Sub", "Mul", "Div":
+		return true
+	case "Where":
+		return depth > 0 && (carriesScores(q.Input(1), depth-1) || carriesScores(q.Input(2), depth-1))
+	case "Cast":
+		return depth > 0 && carriesScores(q.Input(0), depth-1)
+	}
+	return false
 }
 
 // dependency picks the backward value d the copy of P waits for: an input
@@ -158,7 +206,7 @@ func scoresInput(p *graph.Node) *graph.Value {
 // reader reads P alone (a Transpose), of that reader's own readers. d
 // must not depend on any reader of P (the copy would close a cycle), so
 // it is checked against their descendants.
-func dependency(p *graph.Value, back []graph.Use, pos map[*graph.Node]int) *graph.Value {
+func dependency(own map[*graph.Value]bool, back []graph.Use, pos map[*graph.Node]int) *graph.Value {
 	first := back[0].Node
 	for _, u := range back[1:] {
 		if pos[u.Node] < pos[first] {
@@ -193,7 +241,7 @@ func dependency(p *graph.Value, back []graph.Use, pos map[*graph.Node]int) *grap
 	}
 	for _, r := range readers {
 		for _, in := range r.Inputs() {
-			if in != nil && in != p && graph.ConstTensor(in) == nil && !after[in] {
+			if in != nil && !own[in] && graph.ConstTensor(in) == nil && !after[in] {
 				return in
 			}
 		}
@@ -270,7 +318,7 @@ func (st *Compiler) recomputeActivations(m *graph.Model, fwd map[*graph.Node]boo
 		}
 		var d *graph.Value
 		for _, c := range chain { // a backward value none of the readers computes
-			if d = dependency(c.Output(0), back, pos); d != nil {
+			if d = dependency(map[*graph.Value]bool{c.Output(0): true}, back, pos); d != nil {
 				break
 			}
 		}

@@ -211,8 +211,9 @@ gpt2_extra() {
 train_kinds() {
 	local W=$1; shift
 	for kind in "$@"; do
-		local extra=""
-		case $kind in
+		local extra="" base=${kind/_nomp/} nomp=""
+		[ "$base" != "$kind" ] && nomp="--mem-pattern off" # KIND_nomp: KIND with ORT's memory pattern off
+		case $base in
 		static) extra="--static --pad-to-multiple-of $SEQ" ;; # CUDA graph (auto)
 		static_nograph) extra="--static --pad-to-multiple-of $SEQ --cuda-graph off" ;;
 		static_hoststate) extra="--static --pad-to-multiple-of $SEQ --cuda-graph off --device-state off" ;;
@@ -223,10 +224,13 @@ train_kinds() {
 		static_recompute_all) extra="--static --pad-to-multiple-of $SEQ --recompute attention,activations" ;;
 		static_nomp) extra="--static --pad-to-multiple-of $SEQ --mem-pattern off" ;;
 		static_bf16_recompute) extra="--static --pad-to-multiple-of $SEQ --compute-dtype bf16 --recompute attention" ;;
+		static_bf16_recompute_all) extra="--static --pad-to-multiple-of $SEQ --compute-dtype bf16 --recompute attention,activations" ;;
+		static_fp16_recompute) extra="--static --pad-to-multiple-of $SEQ --compute-dtype fp16 --recompute attention" ;;
 		static~*) # static~a+b: the static step with rewrites a and b left out (--disable-rewrite a,b)
-			local off=${kind#static~}
+			local off=${base#static~}
 			extra="--static --pad-to-multiple-of $SEQ --disable-rewrite ${off//+/,}" ;;
 		esac
+		extra="$extra $nomp"
 		rm -rf "$W"/run_$kind
 		local mp; mp=$(mempoll "$W"/mem_train_$kind.txt)
 		local t0=$(now)
@@ -388,11 +392,10 @@ l7b() {
 	wait $gen; cat "$W"/gen.log; ls -la "$W"
 	"$BIN"/loracc inject "$W"/model.onnx --rank 16 --target 'self_attn\.[qkvo]_proj$' -o "$W"/model.lora.onnx | tail -1
 	for kind in ${KINDS7:-bf16}; do
-		local extra="--static --pad-to-multiple-of $SEQ --compute-dtype bf16"
-		case $kind in
-		bf16_recompute) extra="$extra --recompute attention" ;;
-		bf16_recompute_all) extra="$extra --recompute attention,activations" ;;
-		esac
+		local dt=bf16; case $kind in fp16*) dt=fp16 ;; esac
+		local extra="--static --pad-to-multiple-of $SEQ --compute-dtype $dt"
+		case $kind in *recompute_all*) extra="$extra --recompute attention,activations" ;; *recompute*) extra="$extra --recompute attention" ;; esac
+		case $kind in *nomp*) extra="$extra --mem-pattern off" ;; esac
 		rm -rf "$W"/run_$kind
 		local mp; mp=$(mempoll "$W"/mem_train_$kind.txt)
 		local t0=$(now)

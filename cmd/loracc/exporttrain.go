@@ -245,9 +245,9 @@ func exportTrain(in, dir string, c *cli.Context, static map[string]int64, target
 		return GraphIO{Inputs: ctx.IO.Inputs, Outputs: ctx.IO.Outputs}, nil
 	}
 	var err error
-	var spec []string
+	spec := []string{"legalize"}
 	if len(static) > 0 {
-		spec = []string{"specialize", "fuse-cuda"}
+		spec = []string{"specialize", "fuse-cuda", "legalize"}
 	}
 	if res.Train, err = build("train", append([]string{"params", "canonicalize", "autocast", "loss", "autodiff", "optimizer", "prune"}, spec...)...); err != nil {
 		return res, err
@@ -261,7 +261,7 @@ func exportTrain(in, dir string, c *cli.Context, static map[string]int64, target
 		if len(static) > 0 {
 			return res, fmt.Errorf("--static and --steps-per-run > 1 do not combine yet")
 		}
-		multi, err := build("train_multi", "params", "canonicalize", "autocast", "loss", "autodiff", "optimizer", "prune", "unroll")
+		multi, err := build("train_multi", "params", "canonicalize", "autocast", "loss", "autodiff", "optimizer", "prune", "unroll", "legalize")
 		if err != nil {
 			return res, err
 		}
@@ -274,7 +274,7 @@ func exportTrain(in, dir string, c *cli.Context, static map[string]int64, target
 			return res, err
 		}
 		sums = false
-		optim, err := build("optim", "params", "reduced-grads", "optimizer", "prune")
+		optim, err := build("optim", "params", "reduced-grads", "optimizer", "prune", "legalize")
 		if err != nil {
 			return res, err
 		}

@@ -228,4 +228,3 @@ func checkCopiesKept(t *testing.T, path string, layers int) {
 		t.Errorf("ORT's model has %d forward and %d recomputed Softmax nodes, want %d and %d", forward, copies, layers, layers)
 	}
 }
-
