@@ -228,3 +228,52 @@ func checkCopiesKept(t *testing.T, path string, layers int) {
 		t.Errorf("ORT's model has %d forward and %d recomputed Softmax nodes, want %d and %d", forward, copies, layers, layers)
 	}
 }
+
+// TestRecomputeAttentionAutocast: under --compute-dtype fp16 the scores
+// reach the Softmax through autocast's casts and, in the Optimum-form
+// Llama, a masking Where, and the P·V gradient reads P cast down; the
+// recompute follows both, so the planned peak falls, and training on the
+// CPU keeps the same loss column, bit for bit.
+func TestRecomputeAttentionAutocast(t *testing.T) {
+	dir := t.TempDir()
+	cfg := testmodels.DefaultLlama()
+	cfg.Layers = 4
+	m, err := testmodels.Llama(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "llama.onnx")
+	if err := graph.Save(m, path, graph.SaveOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	lora := filepath.Join(dir, "m.lora.onnx")
+	mustLoracc(t, "inject", path, "--rank", "4", "--init", "gaussian", "--seed", "1", "--target", `self_attn\.[qkvo]_proj$`, "-o", lora)
+	var planned [2]float64
+	for i, r := range []string{"none", "attention"} {
+		rep := mustLoracc(t, "export-train", lora, "--loss", "lm", "--logits", "logits", "--compute-dtype", "fp16", "--recompute", r,
+			"--static", "batch_size=4,sequence_length=64", "--memory-report", "-o", filepath.Join(dir, "static_"+r))
+		m := regexp.MustCompile(`activations peak ([0-9.]+) MiB`).FindStringSubmatch(rep)
+		if m == nil {
+			t.Fatalf("no planned peak in:\n%s", rep)
+		}
+		planned[i], _ = strconv.ParseFloat(m[1], 64)
+	}
+	if !(planned[1] < planned[0]) {
+		t.Errorf("fp16: recomputing the attention left the planned peak at %.2f MiB (%.2f without)", planned[1], planned[0])
+	}
+	data := precisionData(t, dir, 8, 32, int64(cfg.Vocab))
+	var cols [2][]byte
+	for i, r := range []string{"none", "attention"} {
+		run := filepath.Join(dir, "run_"+r)
+		mustLoracc(t, "train", lora, "--data", data, "--loss", "lm", "--logits", "logits", "--max-steps", "4", "--batch-size", "4",
+			"--lr", "1e-2", "--device", "cpu", "--save-every", "0", "--compute-dtype", "fp16", "--recompute", r, "--out", run)
+		b, err := os.ReadFile(filepath.Join(run, "metrics.csv"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cols[i] = lossAndNorm(t, b)
+	}
+	if string(cols[0]) != string(cols[1]) {
+		t.Errorf("fp16: recomputing changed the loss column:\n%s\nrecomputed:\n%s", cols[0], cols[1])
+	}
+}
