@@ -115,9 +115,7 @@ func (st *Compiler) Autocast(m *graph.Model) error {
 	// Declared types follow the values; the inferer starts over.
 	for v, dt := range a.typ {
 		if v.Type != nil && v.Type.DType != dt {
-			tt := *v.Type
-			tt.DType = dt
-			v.Type = &tt
+			v.Type = retyped(v.Type, dt)
 		}
 	}
 	st.inf = infer.New()
@@ -371,10 +369,9 @@ func narrowFloat32(raw []byte, dt graph.DataType) []byte {
 	if dt == graph.BFloat16 {
 		limit, conv = math.MaxFloat32, graph.Float32ToBFloat16
 	}
-	workers := runtime.NumCPU()
-	chunk := (n + workers - 1) / workers
-	if n < 1<<16 {
-		workers, chunk = 1, n
+	chunk := n // small tensors in one goroutine
+	if n >= 1<<16 {
+		chunk = (n + runtime.NumCPU() - 1) / runtime.NumCPU()
 	}
 	var wg sync.WaitGroup
 	for lo := 0; lo < n; lo += chunk {

@@ -18,6 +18,8 @@ package trainstep
 // changes no product), so the recomputed P is the forward's, bit for bit.
 
 import (
+	"slices"
+
 	"github.com/loracc/loracc/graph"
 	"github.com/loracc/loracc/internal/opb"
 )
@@ -43,7 +45,7 @@ func (st *Compiler) recomputeAttention(m *graph.Model, fwd map[*graph.Node]bool)
 		// computes P in float32 and casts it down for the P·V product,
 		// whose gradient reads the cast).
 		own := map[*graph.Value]bool{p: true}
-		var back, all []graph.Use
+		var back []graph.Use
 		var casts []*graph.Node
 		for _, u := range p.Uses() {
 			if !fwd[u.Node] {
@@ -53,7 +55,7 @@ func (st *Compiler) recomputeAttention(m *graph.Model, fwd map[*graph.Node]bool)
 				own[u.Node.Output(0)] = true
 			}
 		}
-		all = append(all, back...)
+		all := slices.Clone(back) // every backward reader of P or of its casts
 		var castBack [][]graph.Use
 		for _, c := range casts {
 			var cb []graph.Use
@@ -126,8 +128,9 @@ func (st *Compiler) recomputeAttention(m *graph.Model, fwd map[*graph.Node]bool)
 // attentionChain walks up from Softmax sm to the product Q·Kᵀ it is
 // computed from: at most four elementwise ops (scale, mask, bias; a
 // masking Where; autocast's Cast), each carrying the scores in one input
-// (the other inputs side values: the scale, the mask, the fill). It returns the ops from the product's reader down to
-// sm, and the product (a MatMul or FusedMatMul of the forward).
+// (the other inputs side values: the scale, the mask, the fill). It
+// returns the ops from the product's reader down to sm, and the product
+// (a MatMul or FusedMatMul of the forward).
 func attentionChain(sm *graph.Node, fwd map[*graph.Node]bool) ([]*graph.Node, *graph.Node, bool) {
 	chain := []*graph.Node{sm}
 	v := sm.Input(0)

@@ -245,10 +245,11 @@ func exportTrain(in, dir string, c *cli.Context, static map[string]int64, target
 		return GraphIO{Inputs: ctx.IO.Inputs, Outputs: ctx.IO.Outputs}, nil
 	}
 	var err error
-	spec := []string{"legalize"}
+	var spec []string // the passes after prune: the static ones, then legalize
 	if len(static) > 0 {
-		spec = []string{"specialize", "fuse-cuda", "legalize"}
+		spec = []string{"specialize", "fuse-cuda"}
 	}
+	spec = append(spec, "legalize")
 	if res.Train, err = build("train", append([]string{"params", "canonicalize", "autocast", "loss", "autodiff", "optimizer", "prune"}, spec...)...); err != nil {
 		return res, err
 	}
