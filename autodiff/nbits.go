@@ -8,11 +8,16 @@ import (
 	"github.com/loracc/loracc/internal/quant"
 )
 
-// gradMatMulNBits: Y = A·Wᵀ with W [N, K] frozen, so dA = dY·W. W is
-// dequantized when the training graph is compiled and kept as a float
-// constant [N, K] for the backward product: exact, at the cost of a float
-// copy of each such weight in the training graph (the forward keeps the
-// packed kernel).
+// gradMatMulNBits: Y = A·Wᵀ with W [N, K] frozen, so dA = dY·W.
+//
+// W is dequantized while the step runs, from the node's own packed
+// weight, next to the product (quant.DequantizeOp): the step keeps only
+// the packed weight, as the forward does, and one layer's float W at a
+// time — QLoRA's memory (a float copy made at compile time would take
+// 4 or 2 bytes a weight beside the packed half byte). The dequantization
+// waits on dY (its first element, cast to a boolean, selects between two
+// equal inputs), so it cannot run before the backward reaches the layer
+// and ONNX Runtime cannot fold it into a float constant.
 func gradMatMulNBits(c *gradCtx, n *graph.Node, gys []*graph.Value) []*graph.Value {
 	if !c.needs(0) {
 		return make([]*graph.Value, n.NumInputs())
@@ -21,22 +26,11 @@ func gradMatMulNBits(c *gradCtx, n *graph.Node, gys []*graph.Value) []*graph.Val
 	if q == nil {
 		return c.failf("cannot differentiate: %s", reason)
 	}
-	w, err := q.Dequantize() // [K, N]
-	if err != nil {
-		return c.failf("%w", err)
+	if !quant.RunTimeBits(q.Bits) {
+		return c.failf("cannot differentiate bits=%d: training unpacks 2-, 4- or 8-bit codes (those ONNX Runtime's kernel runs)", q.Bits)
 	}
-	wt := make([]float32, len(w)) // [N, K]
-	for k := int64(0); k < q.K; k++ {
-		for j := int64(0); j < q.N; j++ {
-			wt[j*q.K+k] = float32(w[k*q.N+j])
-		}
-	}
-	t, err := graph.NewFloatTensor(n.Input(1).Name+".dequantized", q.Scales.DType, []int64{q.N, q.K}, wt)
-	if err != nil {
-		return c.failf("%w", err)
-	}
-	wv := c.G.Root().AddInitializer(t)
+	after := c.Cast(c.Slice(c.Reshape(gys[0], c.Ints(-1)), 0, 1, 0), graph.Bool)
 	out := make([]*graph.Value, n.NumInputs())
-	out[0] = c.MatMul(gys[0], wv)
+	out[0] = c.MatMul(gys[0], q.DequantizeOp(c.Builder, n, after))
 	return out
 }

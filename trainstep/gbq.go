@@ -30,13 +30,11 @@ package trainstep
 //
 // The decomposition: Gather the rows of the (packed uint8) table, of the
 // scales and of the zero points; unpack the codes in int32 with Div, Mul
-// and Sub by 2^bits (ops of every opset from 9, which ORT runs on the CPU
-// and on CUDA, whose arithmetic kernels take int32 but not uint8; the
-// bitwise ops would need opset 18 for BitwiseAnd); map each column k to
-// its block k / block with a Gather of a constant index vector (partial
-// last blocks need no special case); q − zp in int32, times the scale in
-// float32, as the kernel computes it; Cast to float16 when the scales
-// are. Every step is exact, so the values equal the kernel's bit for bit
+// and Sub by 2^bits (quant.Unpacker, shared with the MatMulNBits
+// backward); map each column k to its block k / block with a Gather of a
+// constant index vector (partial last blocks need no special case); q − zp
+// in int32, times the scale in float32, as the kernel computes it; Cast to
+// float16 when the scales are. Every step is exact, so the values equal the kernel's bit for bit
 // (TestGatherBlockQuantizedMatchesORT). int4/uint4 tables are read as the
 // uint8 bytes they are (the same lazy external data, no copy), their zero
 // points repacked per row at compile time (V × blocks codes, small). A
@@ -54,12 +52,12 @@ package trainstep
 // model is compiled.
 
 import (
-	"encoding/binary"
 	"fmt"
 
 	"github.com/loracc/loracc/graph"
 	"github.com/loracc/loracc/infer"
 	"github.com/loracc/loracc/internal/opb"
+	"github.com/loracc/loracc/internal/quant"
 )
 
 // GatherBlockQuantized input slots.
@@ -104,13 +102,13 @@ func decomposeGBQ(m *graph.Model, n *graph.Node) error {
 		blockOf[k] = int64(k) / t.block
 	}
 	blockIdx := b.Ints(blockOf...)
-	u := &gbqUnpacker{b: b, t: t, k: map[int64]*graph.Value{}}
-	q := u.codes(flat(t.rows, t.width), t.width) // [M, D] int32
+	u := &quant.Unpacker{B: b, Bits: t.bits, Signed: t.signed}
+	q := u.Codes(flat(t.rows, t.width), t.width) // [M, D] int32
 	if t.zp != nil {
 		zw := (t.blocks*t.bits + 7) / 8
-		q = b.Sub(q, b.Gather(u.codes(flat(t.zp, zw), zw), blockIdx, 1))
+		q = b.Sub(q, b.Gather(u.Codes(flat(t.zp, zw), zw), blockIdx, 1))
 	} else if t.defaultZP != 0 {
-		q = b.Sub(q, u.int32(t.defaultZP))
+		q = b.Sub(q, u.Int32(t.defaultZP))
 	}
 	scale := b.Gather(flat(input(n, gbqScales), t.blocks), blockIdx, 1) // [M, D]
 	if t.scaleDType != graph.Float {
@@ -293,48 +291,4 @@ func gbqRepack(c *graph.Tensor, blocks int64) (*graph.Tensor, error) {
 	dims := append([]int64(nil), c.Dims...)
 	dims[len(dims)-1] = w
 	return graph.NewTensor(c.Name+".rows", graph.Uint8, dims, out), nil
-}
-
-// gbqUnpacker builds the unpacking of one node's codes, with its int32
-// constants made once.
-type gbqUnpacker struct {
-	b *opb.Builder
-	t *gbqTable
-	k map[int64]*graph.Value
-}
-
-// int32 is a rank-0 int32 constant.
-func (u *gbqUnpacker) int32(x int64) *graph.Value {
-	if u.k[x] == nil {
-		u.k[x] = u.b.Const(graph.NewTensor("gbq.int32", graph.Int32, nil, binary.LittleEndian.AppendUint32(nil, uint32(int32(x)))))
-	}
-	return u.k[x]
-}
-
-// codes expands packed bytes [M, w] (uint8) into their codes [M, w·8/bits]
-// as int32 values, lowest bits first: with base 2^bits and f₀ = x,
-// f_{j+1} = f_j / base (integer division), code j is f_j − base·f_{j+1}
-// (the last one f_j itself); int4 codes 8..15 are −8..−1.
-func (u *gbqUnpacker) codes(x *graph.Value, w int64) *graph.Value {
-	b, bits := u.b, u.t.bits
-	per, base := 8/bits, int64(1)<<bits
-	f := b.Cast(x, graph.Int32)
-	out := f
-	if per > 1 {
-		codes := make([]*graph.Value, per)
-		for j := range per {
-			if j == per-1 {
-				codes[j] = b.Unsqueeze(f, -1)
-				break
-			}
-			next := b.Div(f, u.int32(base))
-			codes[j] = b.Unsqueeze(b.Sub(f, b.Mul(next, u.int32(base))), -1)
-			f = next
-		}
-		out = b.Reshape(b.Concat(-1, codes...), b.Ints(-1, w*per))
-	}
-	if u.t.signed {
-		out = b.Where(b.Less(out, u.int32(8)), out, b.Sub(out, u.int32(16)))
-	}
-	return out
 }

@@ -24,6 +24,26 @@ func writeGenaiFolder(t *testing.T, dir string, o testmodels.GenaiOptions) {
 	}
 }
 
+// genaiData writes 8 rows of 12 token ids below vocab (labels the ids)
+// as dir/data.jsonl and returns its path.
+func genaiData(t *testing.T, dir string, vocab int64) string {
+	t.Helper()
+	var lines []string
+	for i := range 8 {
+		ids := make([]int64, 12)
+		for j := range ids {
+			ids[j] = int64(i*31+j*17+3) % vocab
+		}
+		b, _ := json.Marshal(map[string][]int64{"input_ids": ids, "labels": ids})
+		lines = append(lines, string(b))
+	}
+	data := filepath.Join(dir, "data.jsonl")
+	if err := os.WriteFile(data, []byte(strings.Join(lines, "\n")+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return data
+}
+
 // TestGenaiFolderTrainsLikeTwin: a genai-builder folder (GroupQueryAttention
 // with rotary, SkipSimplifiedLayerNormalization, KV-cache I/O, external
 // data) is injected and trained given as a folder, and 30 AdamW steps
@@ -79,19 +99,7 @@ func TestGenaiFolderTrainsLikeTwin(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			var lines []string
-			for i := range 8 {
-				ids := make([]int64, 12)
-				for j := range ids {
-					ids[j] = int64(i*31+j*17+3) % o.Vocab
-				}
-				b, _ := json.Marshal(map[string][]int64{"input_ids": ids, "labels": ids})
-				lines = append(lines, string(b))
-			}
-			data := filepath.Join(dir, "data.jsonl")
-			if err := os.WriteFile(data, []byte(strings.Join(lines, "\n")+"\n"), 0o644); err != nil {
-				t.Fatal(err)
-			}
+			data := genaiData(t, dir, o.Vocab)
 			losses := map[string][]float64{}
 			for name, model := range models {
 				lora := filepath.Join(dir, name+".lora.onnx")

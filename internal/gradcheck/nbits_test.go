@@ -7,26 +7,49 @@ import (
 )
 
 // nbitsCases cover com.microsoft's MatMulNBits: the gradient to the
-// activation through a frozen 4-bit weight. ORT runs MatMulNBits in
-// float32 only: relative tolerance 2e-3, step 1e-2.
+// activation through a frozen weight, dequantized while the step runs
+// (2, 4 and 8 bits; with packed zero points, a partial last block and an
+// odd block count; a rank-3 activation). ORT runs MatMulNBits in float32 only: relative tolerance 2e-3,
+// step 1e-2.
 func nbitsCases() []Case {
-	return []Case{{
-		Name: "MatMulNBits", DType: graph.Float, Domains: []string{"com.microsoft"},
-		Inputs: []Input{p("a", 3, 32)},
-		Build: func(b *graph.Builder, in map[string]*graph.Value) (*graph.Value, error) {
-			packed := make([]byte, 4*2*8)
-			for i := range packed {
-				packed[i] = byte(i*37 + 11)
-			}
-			scales, err := graph.NewFloatTensor("s", graph.Float, []int64{8}, []float32{.1, .2, .05, .3, .15, .25, .12, .07})
-			if err != nil {
-				return nil, err
-			}
-			nb := &graph.Builder{G: b.G, Prefix: "q", Domain: "com.microsoft"}
-			return nb.Op("MatMulNBits", "y", []*graph.Value{in["a"], b.Const(graph.NewTensor("w_Q4", graph.Uint8, []int64{4, 2, 8}, packed)), b.Const(scales)},
-				graph.AttrI("K", 32), graph.AttrI("N", 4), graph.AttrI("bits", 4), graph.AttrI("block_size", 16)), nil
-		},
-	}}
+	nbits := func(name string, lead []int64, k, n, bits, block int64, zp bool) Case {
+		return Case{
+			Name: name, DType: graph.Float, Domains: []string{"com.microsoft"},
+			Inputs: []Input{p("a", append(append([]int64(nil), lead...), k)...)},
+			Build: func(b *graph.Builder, in map[string]*graph.Value) (*graph.Value, error) {
+				blocks := (k + block - 1) / block
+				packed := make([]byte, n*blocks*block*bits/8)
+				for i := range packed {
+					packed[i] = byte(i*37 + 11)
+				}
+				sc := make([]float32, n*blocks)
+				for i := range sc {
+					sc[i] = 0.05 + 0.03*float32(i%7)
+				}
+				scales, err := graph.NewFloatTensor("s", graph.Float, []int64{n * blocks}, sc)
+				if err != nil {
+					return nil, err
+				}
+				ins := []*graph.Value{in["a"], b.Const(graph.NewTensor("w_Q", graph.Uint8, []int64{n, blocks, block * bits / 8}, packed)), b.Const(scales)}
+				if zp {
+					z := make([]byte, n*((blocks*bits+7)/8))
+					for i := range z {
+						z[i] = byte(i*53 + 7)
+					}
+					ins = append(ins, b.Const(graph.NewTensor("zp", graph.Uint8, []int64{int64(len(z))}, z)))
+				}
+				nb := &graph.Builder{G: b.G, Prefix: "q", Domain: "com.microsoft"}
+				return nb.Op("MatMulNBits", "y", ins,
+					graph.AttrI("K", k), graph.AttrI("N", n), graph.AttrI("bits", bits), graph.AttrI("block_size", block)), nil
+			},
+		}
+	}
+	return []Case{
+		nbits("MatMulNBits", []int64{3}, 32, 4, 4, 16, false),
+		nbits("MatMulNBits, zero points, partial last block", []int64{2, 3}, 40, 5, 4, 16, true),
+		nbits("MatMulNBits, 8 bits, zero points", []int64{3}, 32, 4, 8, 16, true),
+		nbits("MatMulNBits, 2 bits, zero points", []int64{3}, 32, 3, 2, 16, true),
+	}
 }
 
 // skipNormCases cover com.microsoft's SkipSimplifiedLayerNormalization
