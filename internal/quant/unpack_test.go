@@ -23,7 +23,7 @@ import (
 func TestDequantizeOpMatchesCompileTime(t *testing.T) {
 	e := ortest.Env(t)
 	for _, c := range []struct {
-		bits, block, k, n int64
+		bits, block, k, n  int64
 		zp, fp16, scales2d bool
 	}{
 		{bits: 4, block: 16, k: 64, n: 5, zp: true},
