@@ -171,14 +171,16 @@ llama_loracc() {
 	pack llama1b
 }
 
-# prof NAME LABEL MODEL BATCH SEQ: ORT profile (node placement, host time per node) with the
-# throwaway .gpu/bin/ortprof, if it was built (it imports onnxruntime_go directly, so it is not
-# part of the repository: only runtime/internal/ort may import the binding)
+# prof NAME LABEL MODEL BATCH SEQ [OUTPUTS [VOCAB]]: ORT's per-node profile of MODEL (node placement,
+# memcpys, time per op) through .gpu/bin/latency -profile, 3 runs after 2 warm-ups, fetching OUTPUTS
+# (default: all). With SYNC=1 every CUDA launch is synchronous (CUDA_LAUNCH_BLOCKING), so a node's
+# time in the profile is its kernels' GPU time plus one launch each, not just the host's launch time:
+# where the GPU time of a step goes, node by node.
 prof() {
-	local W=$WORK/$1 vocab
-	[ -x "$BIN"/ortprof ] || { echo "no ortprof; skipping profile $2"; return; }
-	vocab=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['vocab'])" "$W"/torch_summary.json)
-	(cd "$W" && rm -f prof_"$2"_*.json && timeout 300 "$BIN"/ortprof -model "$3" -batch "$4" -seq "$5" -vocab "$vocab" -n 3 -prefix prof_"$2")
+	local W=$WORK/$1 vocab=${7:-}
+	[ -n "$vocab" ] || vocab=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['vocab'])" "$W"/torch_summary.json)
+	(cd "$W" && rm -f prof_"$2"_*.json && ${SYNC:+env CUDA_LAUNCH_BLOCKING=1} timeout 400 "$BIN"/latency -model "$3" -device cuda \
+		-batch "$4" -seq "$5" -vocab "$vocab" -n 3 -warmup 2 ${6:+-outputs "$6"} -profile prof_"$2" >/dev/null)
 	python3 "$ROOT"/bench/gpu/profsum.py "$W"/prof_"$2"_*.json >"$W"/profsum_"$2".txt; head -40 "$W"/profsum_"$2".txt
 	gzip -f "$W"/prof_"$2"_*.json
 }
@@ -200,8 +202,8 @@ gpt2_extra() {
 	echo "== train step memory vs batch"
 	for b in 1 2 4 8; do lat gpt2 train_step_all "$G"/train.onnx cuda $b "$SEQ" 5; done
 	echo "== ORT profiles"
-	prof gpt2 train "$G"/train.onnx "$BATCH" "$SEQ"
-	prof gpt2 eval "$G"/eval.onnx "$BATCH" "$SEQ"
+	prof gpt2 train "$G"/train.onnx "$BATCH" "$SEQ" loss
+	prof gpt2 eval "$G"/eval.onnx "$BATCH" "$SEQ" loss
 	prof gpt2 fwd1x128 "$W"/model.lora.onnx 1 128
 	(cd "$WORK" && tar czf "$OUT"/extra_gpt2.tgz gpt2/latency.jsonl gpt2/profsum_*.txt gpt2/prof_*.json.gz gpt2/*.log 2>/dev/null)
 }
@@ -373,7 +375,7 @@ open('/tmp/held', 'w').write('ok'); time.sleep(900)" "$hold" &
 	kill "$mp" 2>/dev/null
 	grep -v '^step' "$W"/train_80g.log | tail -5
 	[ -n "${hp:-}" ] && kill "$hp" && rm -f /tmp/held && sleep 2
-	prof llama1b train "$W"/run_80g/graphs/train.onnx "$BATCH" "$SEQ"
+	prof llama1b train "$W"/run_80g/graphs/train.onnx "$BATCH" "$SEQ" loss
 	(cd "$WORK" && tar czf "$OUT"/extra_llama1b.tgz llama1b/train_80g.* llama1b/run_80g/metrics.csv llama1b/mem_loracc_train_80g.txt llama1b/profsum_*.txt llama1b/prof_*.json.gz 2>/dev/null)
 }
 
@@ -381,17 +383,24 @@ open('/tmp/held', 'w').write('ok'); time.sleep(900)" "$hold" &
 # checkpointing off, then on) beside `loracc train --static --compute-dtype bf16` of a Llama-2-7B-shaped
 # model that .gpu/bin/llama (internal/testmodels/cmd/llama, built on the dev machine) writes here
 # while PyTorch runs. Weights differ between the sides (random init on each); the tokens are the same.
+# Kinds (KINDS7) containing int4 train the int4 base (llama -int4: every projection a 4-bit MatMulNBits,
+# QLoRA-style) beside PyTorch's bf16 row. PROF7=KIND profiles that kind's step node by node after it
+# trains (prof with SYNC=1: GPU time per node), results profsum_7b_KIND.txt.
 l7b() {
 	local W=$WORK/l7b B=${BATCH7:-4} S=${STEPS7:-20}
 	rm -rf "$W"; mkdir -p "$W"
 	df -h "$WORK" | tail -1
-	( t0=$(now); "$BIN"/llama "$W"/model.onnx && echo "llama_gen_s $(python3 -c "print($(now)-$t0)")" ) >"$W"/gen.log 2>&1 &
+	( t0=$(now); "$BIN"/llama "$W"/model.onnx && echo "llama_gen_s $(python3 -c "print($(now)-$t0)")"
+	  case " ${KINDS7:-bf16} " in *int4*) "$BIN"/llama -int4 "$W"/model_int4.onnx && echo "llama_int4_gen_s $(python3 -c "print($(now)-$t0)")" ;; esac
+	) >"$W"/gen.log 2>&1 &
 	local gen=$!
 	echo "== PyTorch + PEFT, 7B, $B x $SEQ"
 	timeout 400 python3 bench/gpu/torch_7b.py --dir "$W" --batch "$B" --seq "$SEQ" --steps "$S" --modes "${MODES7:-bf16w,bf16w_ckpt}" 2>&1 | grep -v Warning | tee "$W"/torch.log
 	wait $gen; cat "$W"/gen.log; ls -la "$W"
 	"$BIN"/loracc inject "$W"/model.onnx --rank 16 --target 'self_attn\.[qkvo]_proj$' -o "$W"/model.lora.onnx | tail -1
+	[ -f "$W"/model_int4.onnx ] && "$BIN"/loracc inject "$W"/model_int4.onnx --rank 16 --target 'self_attn\.[qkvo]_proj$' -o "$W"/model_int4.lora.onnx | tail -1
 	for kind in ${KINDS7:-bf16}; do
+		local model=$W/model.lora.onnx; case $kind in *int4*) model=$W/model_int4.lora.onnx ;; esac
 		local dt=bf16; case $kind in fp16*) dt=fp16 ;; esac
 		local extra="--static --pad-to-multiple-of $SEQ --compute-dtype $dt"
 		case $kind in *recompute_all*) extra="$extra --recompute attention,activations" ;; *recompute*) extra="$extra --recompute attention" ;; esac
@@ -399,7 +408,7 @@ l7b() {
 		rm -rf "$W"/run_$kind
 		local mp; mp=$(mempoll "$W"/mem_train_$kind.txt)
 		local t0=$(now)
-		"$BIN"/loracc train "$W"/model.lora.onnx --data "$W"/data.jsonl --loss lm --logits logits --labels labels \
+		"$BIN"/loracc train "$model" --data "$W"/data.jsonl --loss lm --logits logits --labels labels \
 			--max-steps "$S" --batch-size "$B" --lr 1e-4 --weight-decay 0 --clip-norm 0 --device cuda --save-every 0 \
 			$extra --out "$W"/run_$kind >"$W"/train_$kind.log 2>&1
 		local rc=$?
@@ -419,9 +428,10 @@ if os.path.exists(sys.argv[2]):
 PY
 		cat "$W"/run_$kind/memory.json 2>/dev/null; echo
 		mkdir -p "$W"/keep_$kind; cp "$W"/run_$kind/metrics.csv "$W"/run_$kind/memory.json "$W"/keep_$kind/ 2>/dev/null
+		[ "${PROF7:-}" = "$kind" ] && SYNC=1 prof l7b 7b_$kind "$(ls "$W"/run_$kind/graphs/static-*/train.onnx | head -1)" "$B" "$SEQ" loss 32000
 		rm -rf "$W"/run_$kind # each compile writes the weights in bf16 again (13 GB)
 	done
-	(cd "$WORK" && tar czf "$OUT"/l7b.tgz l7b/*.log l7b/*.txt l7b/torch7b_*.json l7b/keep_* 2>/dev/null)
+	(cd "$WORK" && tar czf "$OUT"/l7b.tgz l7b/*.log l7b/*.txt l7b/torch7b_*.json l7b/keep_* l7b/profsum_* 2>/dev/null)
 }
 
 case "${1:-}" in

@@ -18,7 +18,8 @@ import (
 // doubled the weights' memory on the device; the MatMul rule now writes a
 // GEMM with transB instead. Checked on a tiny GPT-2 (Gemm projections,
 // tied lm_head) and a tiny Llama (MatMul projections), static and not,
-// and on the int4 genai-form Llama (MatMulNBits), whose training graph
+// and on the int4 genai-form Llama and the int4 Llama of the 7B benchmark's
+// generator (MatMulNBits), whose training graph
 // must also hold no more weight bytes than its base: the backward
 // dequantizes the packed weights while the step runs (a compile-time
 // float copy made the graph hold 4 bytes a weight beside the half byte).
@@ -29,6 +30,16 @@ func TestNoSecondCopyOfWeights(t *testing.T) {
 	o.Int4 = true
 	writeGenaiFolder(t, filepath.Join(dir, "int4"), o)
 	int4 := filepath.Join(dir, "int4", "model.onnx")
+	lc := testmodels.DefaultLlama()
+	lc.Int4 = true
+	llama4, err := testmodels.Llama(lc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	llamaInt4 := filepath.Join(dir, "llama_int4.onnx")
+	if err := graph.Save(llama4, llamaInt4, graph.SaveOptions{}); err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct {
 		name, model, target string
 		static              []string
@@ -38,6 +49,7 @@ func TestNoSecondCopyOfWeights(t *testing.T) {
 		{"llama_static", llamaDir(t, false), `self_attn\.[qkvo]_proj$`, []string{"--static", "batch_size=2,sequence_length=16"}},
 		{"int4", int4, `attn\.[qkvo]_proj$`, nil},
 		{"int4_static", int4, `attn\.[qkvo]_proj$`, []string{"--static", "batch_size=2,sequence_length=16"}},
+		{"int4_llama", llamaInt4, `self_attn\.[qkvo]_proj$`, []string{"--static", "batch_size=2,sequence_length=16"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			model := tc.model

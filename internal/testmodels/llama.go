@@ -24,6 +24,12 @@ type LlamaConfig struct {
 	// bound) instead of ±0.5, so that activations and the loss stay O(1)
 	// at benchmark widths (4096 and up); the tiny test models keep ±0.5.
 	ScaledInit bool
+	// Int4 makes the seven projections of every layer com.microsoft
+	// MatMulNBits (4 bits, blocks of 32, the default zero point 8), as
+	// ONNX Runtime's quantizer writes a QLoRA-style base; the embedding
+	// and lm_head stay float. Codes are random, each block's scale the
+	// float init's bound / 8 (±10 %), so weights span that bound.
+	Int4 bool
 }
 
 // DefaultLlama is the tiny Llama the generate tests use: its vocabulary is
@@ -118,6 +124,9 @@ func Llama(cfg LlamaConfig) (*graph.Model, error) {
 	}
 	m := graph.NewModel(llamaOpset)
 	m.Graph.Name = name
+	if cfg.Int4 {
+		m.Opsets = append(m.Opsets, graph.Opset{Domain: "com.microsoft", Version: 1})
+	}
 	l := &llama{cfg: cfg, g: m.Graph, c: consts{b: &graph.Builder{G: m.Graph}}, headDim: cfg.Hidden / cfg.Heads}
 	if err := l.build(); err != nil {
 		return nil, err
@@ -148,12 +157,21 @@ func (l *llama) scalar(name string, x float32) *graph.Value {
 func (l *llama) build() error {
 	cfg, g := l.cfg, l.g
 	b := l.c.b
-	weight := func(name string, dt graph.DataType, rows, cols int64) (*graph.Tensor, error) {
-		bound := float32(0.5)
+	bound := func(rows int64) float32 {
 		if cfg.ScaledInit {
-			bound = float32(1 / math.Sqrt(float64(rows)))
+			return float32(1 / math.Sqrt(float64(rows)))
 		}
-		return uniform(name, dt, []int64{rows, cols}, -bound, bound)
+		return 0.5
+	}
+	weight := func(name string, dt graph.DataType, rows, cols int64) (*graph.Tensor, error) {
+		return uniform(name, dt, []int64{rows, cols}, -bound(rows), bound(rows))
+	}
+	proj := func(name string, rows, cols int64) linear {
+		if !cfg.Int4 {
+			return linear{w: l.c.add(weight(name+".weight", graph.Float, rows, cols))}
+		}
+		q, s, err := nbitsRandom(name+".weight", rows, cols, bound(rows))
+		return linear{q: l.c.add(q, err), s: l.c.add(s, err), in: rows, out: cols}
 	}
 	embed := l.c.add(weight("model.embed_tokens.weight", graph.Float, int64(cfg.Vocab), int64(cfg.Hidden)))
 	l.sq = l.scalar("rms.two", 2)
@@ -173,7 +191,10 @@ func (l *llama) build() error {
 		invFreq[i] = float32(1 / math.Pow(llamaRopeExp, float64(2*i)/float64(l.headDim)))
 	}
 	inv := l.c.add(graph.NewFloatTensor("rope.inv_freq", graph.Float, []int64{int64(len(invFreq))}, invFreq))
-	type layerW struct{ ln1, ln2, q, k, v, o, gate, up, down *graph.Value }
+	type layerW struct {
+		ln1, ln2                   *graph.Value
+		q, k, v, o, gate, up, down linear
+	}
 	ws := make([]layerW, cfg.Layers)
 	kvOut := int64(cfg.KVHeads * l.headDim)
 	for i := range ws {
@@ -182,13 +203,13 @@ func (l *llama) build() error {
 		ws[i] = layerW{
 			ln1:  l.c.add(uniform(p+"input_layernorm.weight", graph.Float, []int64{H}, 0.9, 1.1)),
 			ln2:  l.c.add(uniform(p+"post_attention_layernorm.weight", graph.Float, []int64{H}, 0.9, 1.1)),
-			q:    l.c.add(weight(p+"self_attn.q_proj.weight", graph.Float, H, H)),
-			k:    l.c.add(weight(p+"self_attn.k_proj.weight", graph.Float, H, kvOut)),
-			v:    l.c.add(weight(p+"self_attn.v_proj.weight", graph.Float, H, kvOut)),
-			o:    l.c.add(weight(p+"self_attn.o_proj.weight", graph.Float, H, H)),
-			gate: l.c.add(weight(p+"mlp.gate_proj.weight", graph.Float, H, I)),
-			up:   l.c.add(weight(p+"mlp.up_proj.weight", graph.Float, H, I)),
-			down: l.c.add(weight(p+"mlp.down_proj.weight", graph.Float, I, H)),
+			q:    proj(p+"self_attn.q_proj", H, H),
+			k:    proj(p+"self_attn.k_proj", H, kvOut),
+			v:    proj(p+"self_attn.v_proj", H, kvOut),
+			o:    proj(p+"self_attn.o_proj", H, H),
+			gate: proj(p+"mlp.gate_proj", H, I),
+			up:   proj(p+"mlp.up_proj", H, I),
+			down: proj(p+"mlp.down_proj", I, H),
 		}
 	}
 	normW := l.c.add(uniform("model.norm.weight", graph.Float, []int64{int64(cfg.Hidden)}, 0.9, 1.1))
@@ -314,12 +335,11 @@ func le64(x int64) []byte {
 
 // attention returns o_proj of grouped-query attention on x and the layer's
 // keys and values over past and new positions (what present carries).
-func (l *llama) attention(prefix string, x, wq, wk, wv, wo *graph.Value, past [2]*graph.Value) (*graph.Value, [2]*graph.Value) {
+func (l *llama) attention(prefix string, x *graph.Value, wq, wk, wv, wo linear, past [2]*graph.Value) (*graph.Value, [2]*graph.Value) {
 	g := l.g
 	b := &graph.Builder{G: g, Prefix: prefix}
-	proj := func(name string, w, shape *graph.Value) *graph.Value {
-		pb := &graph.Builder{G: g, Prefix: prefix + "." + name}
-		y := pb.Op("MatMul", prefix+"."+name+".out", []*graph.Value{x, w})
+	proj := func(name string, w linear, shape *graph.Value) *graph.Value {
+		y := l.matmul(prefix+"."+name, x, w)
 		y = b.Op("Reshape", prefix+"."+name+".heads", []*graph.Value{y, shape})
 		return b.Op("Transpose", prefix+"."+name+".t", []*graph.Value{y}, graph.AttrIs("perm", 0, 2, 1, 3))
 	}
@@ -347,8 +367,51 @@ func (l *llama) attention(prefix string, x, wq, wk, wv, wo *graph.Value, past [2
 	a := b.Op("MatMul", prefix+".context", []*graph.Value{p, vr})
 	a = b.Op("Transpose", prefix+".context_t", []*graph.Value{a}, graph.AttrIs("perm", 0, 2, 1, 3))
 	a = b.Op("Reshape", prefix+".merged", []*graph.Value{a, l.merge})
-	ob := &graph.Builder{G: g, Prefix: prefix + ".o_proj"}
-	return ob.Op("MatMul", prefix+".o_proj.out", []*graph.Value{a, wo}), [2]*graph.Value{k, v}
+	return l.matmul(prefix+".o_proj", a, wo), [2]*graph.Value{k, v}
+}
+
+// linear is a projection's weight: a float [in, out] matrix w, or (Int4)
+// MatMulNBits' packed codes q and scales s.
+type linear struct {
+	w, q, s *graph.Value
+	in, out int64
+}
+
+// matmul is x times the projection named name (its node prefix, output
+// name + ".out").
+func (l *llama) matmul(name string, x *graph.Value, w linear) *graph.Value {
+	if w.q == nil {
+		return (&graph.Builder{G: l.g, Prefix: name}).Op("MatMul", name+".out", []*graph.Value{x, w.w})
+	}
+	nb := &graph.Builder{G: l.g, Prefix: name, Domain: "com.microsoft"}
+	return nb.Op("MatMulNBits", name+".out", []*graph.Value{x, w.q, w.s},
+		graph.AttrI("K", w.in), graph.AttrI("N", w.out), graph.AttrI("bits", 4), graph.AttrI("block_size", llamaBlock))
+}
+
+// llamaBlock is Int4's quantization block (along the input dim).
+const llamaBlock = 32
+
+// nbitsRandom is a random 4-bit MatMulNBits weight for an [in, out]
+// projection: codes [out, blocks, 16] uniform in 0..15 (eight per draw) and
+// one float32 scale a block, bound/8 within ±10 %, so that (code − 8)·scale
+// spans ±bound.
+func nbitsRandom(name string, in, out int64, bound float32) (*graph.Tensor, *graph.Tensor, error) {
+	blocks := (in + llamaBlock - 1) / llamaBlock
+	r := newRNG(name + "_Q4")
+	packed := make([]byte, out*blocks*llamaBlock/2)
+	for i := 0; i < len(packed); i += 8 {
+		v := r.next()
+		for j := 0; j < 8 && i+j < len(packed); j++ {
+			packed[i+j] = byte(v >> (8 * j))
+		}
+	}
+	scales := make([]float32, out*blocks)
+	rs := newRNG(name + "_scales")
+	for i := range scales {
+		scales[i] = bound / 8 * rs.between(0.9, 1.1)
+	}
+	s, err := graph.NewFloatTensor(name+"_scales", graph.Float, []int64{out * blocks}, scales)
+	return graph.NewTensor(name+"_Q4", graph.Uint8, []int64{out, blocks, llamaBlock / 2}, packed), s, err
 }
 
 // rotate applies rotary embeddings: t·cos + rotate_half(t)·sin, with
@@ -366,12 +429,9 @@ func (l *llama) rotate(b *graph.Builder, name string, t *graph.Value) *graph.Val
 }
 
 // mlp is down(silu(gate(x)) · up(x)), SiLU as x·sigmoid(x).
-func (l *llama) mlp(prefix string, x, wg, wu, wd *graph.Value) *graph.Value {
+func (l *llama) mlp(prefix string, x *graph.Value, wg, wu, wd linear) *graph.Value {
 	g := l.g
-	mm := func(name string, in, w *graph.Value) *graph.Value {
-		b := &graph.Builder{G: g, Prefix: prefix + "." + name}
-		return b.Op("MatMul", prefix+"."+name+".out", []*graph.Value{in, w})
-	}
+	mm := func(name string, in *graph.Value, w linear) *graph.Value { return l.matmul(prefix+"."+name, in, w) }
 	b := &graph.Builder{G: g, Prefix: prefix}
 	gt := mm("gate_proj", x, wg)
 	act := b.Op("Mul", prefix+".silu", []*graph.Value{gt, b.Op("Sigmoid", prefix+".sigmoid", []*graph.Value{gt})})

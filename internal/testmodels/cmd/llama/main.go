@@ -6,7 +6,7 @@
 // where it runs. Weights are random (±1/√rows unless -tiny-init); the
 // whole model is held in memory while it is written.
 //
-// Usage: llama [-vocab V -hidden H -layers L -heads N -kv-heads K -intermediate I] [-cache] FILE.onnx
+// Usage: llama [-vocab V -hidden H -layers L -heads N -kv-heads K -intermediate I] [-cache] [-int4] FILE.onnx
 package main
 
 import (
@@ -29,6 +29,7 @@ func main() {
 	flag.IntVar(&c.KVHeads, "kv-heads", 32, "key/value heads")
 	flag.IntVar(&c.Intermediate, "intermediate", 11008, "MLP width")
 	flag.BoolVar(&c.Cache, "cache", false, "past_key_values inputs and present outputs")
+	flag.BoolVar(&c.Int4, "int4", false, "projections as 4-bit com.microsoft MatMulNBits (block 32; QLoRA-style base)")
 	tiny := flag.Bool("tiny-init", false, "weights uniform in ±0.5 (the test models' init)")
 	flag.Parse()
 	if flag.NArg() != 1 {
