@@ -16,7 +16,7 @@ import (
 // values ("x") or [8] vectors ("v"), its extra inputs int64 constants.
 type bf16Probe struct {
 	domain, op string
-	ins        string // per input: x [2,8]; t xᵀ; v [8]; b bool [2,8]; int64 constants: a axes, p pads, k axis, e shape, r repeats
+	ins        string // per input: x [2,8]; t xᵀ; v [8]; b bool [2,8]; int64 constants: a axes, p pads, k axis, e shape, r repeats; q, s: a MatMulNBits weight [2, 1, 8] uint8 and its bf16 scales [2]
 	attrs      []*graph.Attr
 }
 
@@ -58,6 +58,8 @@ func bf16Probes() []bf16Probe {
 		bf16Probe{domain: "com.microsoft", op: "QuickGelu", ins: "x"},
 		bf16Probe{domain: "com.microsoft", op: "BiasGelu", ins: "xv"},
 		bf16Probe{domain: "com.microsoft", op: "BiasSoftmax", ins: "xx", attrs: []*graph.Attr{graph.AttrI("axis", -1)}},
+		bf16Probe{domain: "com.microsoft", op: "MatMulNBits", ins: "xqs", attrs: []*graph.Attr{
+			graph.AttrI("K", 8), graph.AttrI("N", 2), graph.AttrI("bits", 4), graph.AttrI("block_size", 16)}},
 	)
 	return ps
 }
@@ -96,6 +98,14 @@ func (p bf16Probe) model() (*graph.Model, error) {
 			ins = append(ins, b.Int64s("shape", []int64{3, 2, 8}))
 		case 'r':
 			ins = append(ins, b.Int64s("repeats", []int64{2, 1}))
+		case 'q':
+			ins = append(ins, b.Const(graph.NewTensor("w_Q4", graph.Uint8, []int64{2, 1, 8}, []byte{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16})))
+		case 's':
+			st, err := graph.NewFloatTensor("w_scales", graph.BFloat16, []int64{2}, []float32{0.5, 0.25})
+			if err != nil {
+				return nil, err
+			}
+			ins = append(ins, b.Const(st))
 		}
 	}
 	ob := &graph.Builder{G: g, Domain: p.domain}
@@ -103,6 +113,30 @@ func (p bf16Probe) model() (*graph.Model, error) {
 	y = b.Op("Cast", "y", []*graph.Value{y}, graph.AttrI("to", int64(graph.Float))) // bool outputs too
 	g.AddOutput(y)
 	return m, nil
+}
+
+// cudaPlacement starts a CUDA session on the model at path and says where
+// ONNX Runtime put its nodes: cuda (all on the GPU), cpu (Memcpy nodes in
+// the optimized model: some node runs on the CPU) or none (the session
+// failed, with the error).
+func cudaPlacement(t *testing.T, e *runtime.Env, path string) (string, error) {
+	t.Helper()
+	opt := strings.TrimSuffix(path, ".onnx") + ".ort.onnx"
+	s, err := e.NewBoundSession(path, runtime.SessionOptions{Device: "cuda", OptimizedModelPath: opt})
+	if err != nil {
+		return "none", err
+	}
+	s.Close()
+	om, err := graph.Load(opt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range om.Graph.Nodes {
+		if strings.HasPrefix(n.Op, "Memcpy") {
+			return "cpu", nil
+		}
+	}
+	return "cuda", nil
 }
 
 // TestCUDABFloat16Kernels checks trainstep.BF16Kernel, the table pass
@@ -125,23 +159,7 @@ func TestCUDABFloat16Kernels(t *testing.T) {
 		if err := graph.Save(m, path, graph.SaveOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		opt := filepath.Join(dir, name+".ort.onnx")
-		status := "cuda"
-		s, err := e.NewBoundSession(path, runtime.SessionOptions{Device: "cuda", OptimizedModelPath: opt})
-		if err != nil {
-			status = "none"
-		} else {
-			s.Close()
-			om, err := graph.Load(opt)
-			if err != nil {
-				t.Fatal(err)
-			}
-			for _, n := range om.Graph.Nodes {
-				if strings.HasPrefix(n.Op, "Memcpy") {
-					status = "cpu"
-				}
-			}
-		}
+		status, err := cudaPlacement(t, e, path)
 		rows[status] = append(rows[status], name)
 		inTable := trainstep.BF16Kernel(p.domain, p.op)
 		if inTable && status != "cuda" {
