@@ -150,3 +150,65 @@ func TestCapturedStep(t *testing.T) {
 		t.Error("a run without its fed input was accepted")
 	}
 }
+
+// TestSharedArena: bound sessions with SharedArena allocate from one
+// arena: a run of one shows in the other's allocator statistics, and the
+// two report the same arena; without it each keeps its own.
+func TestSharedArena(t *testing.T) {
+	e := openEnv(t)
+	dir := t.TempDir()
+	model := func(name string, n int64) string {
+		m := graph.NewModel(17)
+		g := m.Graph
+		x := g.AddInput("x", &graph.TensorType{DType: graph.Float, Shape: []graph.Dim{{Value: n}}})
+		b := &graph.Builder{G: g}
+		ex := b.Op("Exp", "ex", []*graph.Value{x})
+		y := b.Op("ReduceSum", "y", []*graph.Value{b.Op("Mul", "sq", []*graph.Value{ex, ex})}, graph.AttrI("keepdims", 0))
+		y.Type = &graph.TensorType{DType: graph.Float, Shape: []graph.Dim{}}
+		g.AddOutput(y)
+		path := filepath.Join(dir, name+".onnx")
+		if err := graph.Save(m, path, graph.SaveOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	big, small := model("big", 1<<16), model("small", 1<<10)
+	run := func(s *BoundSession, n int64) {
+		t.Helper()
+		if _, _, err := s.Run(map[string]Tensor{"x": FloatTensor([]int64{n}, make([]float32, n))}, nil, []string{"y"}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stats := func(s *BoundSession) map[string]int64 {
+		t.Helper()
+		m, err := s.MemoryStats()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	for _, shared := range []bool{false, true} {
+		opts := SessionOptions{IntraOpThreads: 1, SharedArena: shared}
+		a, err := e.NewBoundSession(big, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer a.Close()
+		b, err := e.NewBoundSession(small, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer b.Close()
+		run(a, 1<<16)
+		before := stats(a)
+		run(b, 1<<10)
+		after := stats(a)
+		grew := after["NumAllocs"] > before["NumAllocs"]
+		if grew != shared {
+			t.Errorf("shared=%v: the big session's arena counted %d allocations before the small one ran, %d after", shared, before["NumAllocs"], after["NumAllocs"])
+		}
+		if same := reflect.DeepEqual(after, stats(b)); same != shared {
+			t.Errorf("shared=%v: the two sessions report %v and %v", shared, after, stats(b))
+		}
+	}
+}

@@ -81,6 +81,7 @@ func (e *Env) NewCapturedStep(path string, opts SessionOptions, spec StepSpec) (
 		return nil, fmt.Errorf("runtime: %s: %w", path, err)
 	}
 	o.CUDAGraph = opts.Device == "cuda"
+	o.SharedArena = false // see SessionOptions.SharedArena
 	b, err := e.newBound(path, o, opts.device())
 	if err != nil {
 		return nil, err

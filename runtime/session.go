@@ -39,6 +39,15 @@ type SessionOptions struct {
 	// OptimizedModelPath makes ONNX Runtime save the model a bound session
 	// runs, after its own graph optimizations, to this path.
 	OptimizedModelPath string
+	// SharedArena makes bound sessions allocate device memory from one
+	// arena per device shared by all such sessions of the process (ONNX
+	// Runtime's environment allocators), made with the first one's
+	// ArenaExtend and GPUMemLimit: bound sessions that run in turn (the
+	// step graphs of several length buckets) then hold what the largest
+	// needs, not the sum, and report the shared arena's statistics.
+	// Captured steps keep their own arena: a replay writes where its
+	// capture allocated, which a shared arena may since have handed out.
+	SharedArena bool
 }
 
 func (o SessionOptions) device() string {
@@ -51,10 +60,11 @@ func (o SessionOptions) device() string {
 func (o SessionOptions) ort() (ort.Options, error) {
 	switch o.device() {
 	case "cpu":
-		return ort.Options{DisableOptimizations: o.DisableOptimizations, IntraOpThreads: o.IntraOpThreads, ProfilePrefix: o.ProfilePrefix, NoMemPattern: o.NoMemPattern, OptimizedModelPath: o.OptimizedModelPath}, nil
+		return ort.Options{DisableOptimizations: o.DisableOptimizations, IntraOpThreads: o.IntraOpThreads, ProfilePrefix: o.ProfilePrefix, NoMemPattern: o.NoMemPattern, OptimizedModelPath: o.OptimizedModelPath,
+			SharedArena: o.SharedArena}, nil
 	case "cuda":
 		return ort.Options{CUDA: true, CUDADeviceID: o.CUDADeviceID, DisableOptimizations: o.DisableOptimizations, IntraOpThreads: o.IntraOpThreads, ProfilePrefix: o.ProfilePrefix,
-			ArenaExtend: o.ArenaExtend, GPUMemLimit: o.GPUMemLimit, NoMemPattern: o.NoMemPattern, OptimizedModelPath: o.OptimizedModelPath}, nil
+			ArenaExtend: o.ArenaExtend, GPUMemLimit: o.GPUMemLimit, NoMemPattern: o.NoMemPattern, OptimizedModelPath: o.OptimizedModelPath, SharedArena: o.SharedArena}, nil
 	}
 	return ort.Options{}, fmt.Errorf("unknown device %q (want cpu or cuda)", o.Device)
 }

@@ -59,7 +59,8 @@ func ftoa(f float64) string { return strconv.FormatFloat(f, 'g', 8, 64) }
 
 // TestCUDATrainModes trains the tiny GPT-2 with `loracc train` on the GPU
 // in every state mode — fed from the host, kept on the device, and static
-// with captured (CUDA-graph) steps over several length buckets — and on
+// with captured (CUDA-graph) steps over several length buckets, and
+// static with bound steps whose buckets share one device arena — and on
 // the CPU: every loss column agrees with the CPU's to 1e-3 relative (TF32),
 // and the device-resident runs end with the adapter the host-fed one has
 // to the same tolerance.
@@ -75,13 +76,14 @@ func TestCUDATrainModes(t *testing.T) {
 		"host":          {"--device", "cuda", "--device-state", "off"},
 		"device":        {"--device", "cuda", "--device-state", "on"},
 		"static-graphs": {"--device", "cuda", "--static", "--pad-to-multiple-of", "16", "--cuda-graph", "on"},
+		"static-bound":  {"--device", "cuda", "--static", "--pad-to-multiple-of", "16", "--cuda-graph", "off"}, // buckets share one arena
 	}
 	cols := map[string][]float64{}
 	for name, extra := range cases {
 		mustLoracc(t, args(name, extra...)...)
 		cols[name] = lossValues(t, filepath.Join(dir, name))
 	}
-	for name, ref := range map[string]string{"host": "cpu", "device": "cpu", "static-graphs": "cpu-static"} {
+	for name, ref := range map[string]string{"host": "cpu", "device": "cpu", "static-graphs": "cpu-static", "static-bound": "cpu-static"} {
 		a, b := cols[ref], cols[name]
 		if len(a) != 30 || len(b) != 30 {
 			t.Fatalf("%s: %d and %d rows", name, len(a), len(b))

@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -86,7 +87,9 @@ func readTrainIO(t testing.TB, dir string) TrainIO {
 // its bucket (sequences padded to a multiple of 16, batch fixed), compiles
 // each bucket once under RUNDIR/graphs/static-L, and trains like the
 // dynamic run: the first step (same examples; padding never counts) gives
-// the same loss to 1e-5, and the loss falls.
+// the same loss to 1e-5, and the loss falls; with the state bound in
+// device memory (the buckets' sessions sharing one arena) the losses are
+// the host-fed run's.
 func TestTrainStatic(t *testing.T) {
 	env(t)
 	dir := t.TempDir()
@@ -113,6 +116,14 @@ func TestTrainStatic(t *testing.T) {
 	}
 	if ls[19] >= ls[0] {
 		t.Errorf("static loss did not fall: %v → %v", ls[0], ls[19])
+	}
+	// With the state kept in (host) device memory, the buckets' bound
+	// sessions share one arena (runtime.SessionOptions.SharedArena): the
+	// same losses.
+	bound := filepath.Join(dir, "bound")
+	mustLoracc(t, args(bound, "--static", "--pad-to-multiple-of", "16", "--device-state", "on")...)
+	if lb := lossValues(t, bound); !slices.Equal(lb, ls) {
+		t.Errorf("static with device state: losses %v, host-fed %v", lb, ls)
 	}
 	// A token-id example over --max-length stops the run at load, naming
 	// its line and the limit (token data is never truncated).

@@ -160,6 +160,10 @@ func Run(ctx context.Context, env *runtime.Env, cfg Config) (*Result, error) {
 		}
 	}()
 	uncaptured := false // a step could not be recorded: later buckets do not try again
+	// The bound step sessions of length buckets run in turn, so they share
+	// one device arena (runtime.SessionOptions.SharedArena) instead of
+	// each holding its own peak; captured steps cannot.
+	sharedBuckets := cfg.Static != nil
 	r.open = func(g *stepGraph, path string) error {
 		if cfg.CUDAGraph && !uncaptured {
 			c, err := env.NewCapturedStep(path, cfg.Session, stepSpec(g.io))
@@ -175,7 +179,9 @@ func Run(ctx context.Context, env *runtime.Env, cfg Config) (*Result, error) {
 			fmt.Fprintf(cfg.Out, "cuda graph: the step cannot be recorded, so it runs unrecorded (%s)\n", firstLine(err))
 		}
 		if cfg.DeviceState {
-			s, err := env.NewBoundSession(path, cfg.Session)
+			so := cfg.Session
+			so.SharedArena = sharedBuckets
+			s, err := env.NewBoundSession(path, so)
 			if err != nil {
 				return err
 			}
@@ -230,7 +236,10 @@ func Run(ctx context.Context, env *runtime.Env, cfg Config) (*Result, error) {
 		return res, err
 	}
 	var stats []func() (map[string]int64, error)
-	for _, b := range bound {
+	for i, b := range bound {
+		if sharedBuckets && i > 0 {
+			break // the same arena as the first's
+		}
 		stats = append(stats, b.MemoryStats)
 	}
 	for _, c := range captured {
@@ -238,14 +247,19 @@ func Run(ctx context.Context, env *runtime.Env, cfg Config) (*Result, error) {
 	}
 	res.Memory = sumStats(stats)
 	if p := res.Memory["MaxInUse"]; p > 0 {
-		fmt.Fprintf(cfg.Out, "device memory: peak %.2f GiB in use, %.2f GiB held by ONNX Runtime's arena (%d step sessions)\n",
-			float64(p)/(1<<30), float64(res.Memory["TotalAllocated"])/(1<<30), len(stats))
+		sessions := fmt.Sprintf("%d step sessions", len(bound)+len(captured))
+		if sharedBuckets && len(bound) > 1 {
+			sessions += fmt.Sprintf(", %d sharing one arena", len(bound))
+		}
+		fmt.Fprintf(cfg.Out, "device memory: peak %.2f GiB in use, %.2f GiB held by ONNX Runtime's arena (%s)\n",
+			float64(p)/(1<<30), float64(res.Memory["TotalAllocated"])/(1<<30), sessions)
 	}
 	return res, writeMemory(cfg.Run, res.Memory)
 }
 
-// sumStats adds the statistics of several sessions' allocators (each
-// session has its own arena); a session that cannot report is left out.
+// sumStats adds the statistics of several allocators (one per session,
+// or one for the bound sessions that share an arena); one that cannot
+// report is left out.
 func sumStats(stats []func() (map[string]int64, error)) map[string]int64 {
 	var out map[string]int64
 	for _, f := range stats {

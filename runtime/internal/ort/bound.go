@@ -75,6 +75,24 @@ func NewBoundSession(lib, path string, model []byte, o Options) (_ *BoundSession
 			return nil, err
 		}
 	}
+	if o.SharedArena {
+		cuda := C.int(0)
+		if o.CUDA {
+			cuda = 1
+		}
+		err := sharedArena(o, func(extend int, limit int64) error {
+			return api.check(C.lc_register_arena(api.t, s.env, cuda, C.int(o.CUDADeviceID), C.int(extend), C.size_t(limit)), "registering the shared arena")
+		})
+		if err != nil {
+			return nil, err
+		}
+		key, val := C.CString("session.use_env_allocators"), C.CString("1")
+		defer C.free(unsafe.Pointer(key))
+		defer C.free(unsafe.Pointer(val))
+		if err := api.check(C.lc_config_entry(api.t, so, key, val), "using the shared arena"); err != nil {
+			return nil, err
+		}
+	}
 	memName := "Cpu"
 	if o.CUDA {
 		id := C.CString(fmt.Sprint(o.CUDADeviceID))

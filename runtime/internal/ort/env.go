@@ -28,6 +28,10 @@ var env struct {
 	path    string // canonical path of the loaded library while refs > 0
 	version string
 	level   ortgo.LoggingLevel // ORT's log severity (LORACC_ORT_LOG), read once at load
+	// arenas are the shared arenas registered with the environment
+	// (Options.SharedArena), by device, with the settings they were made
+	// with; they live as long as the environment.
+	arenas map[string]string
 }
 
 // Acquire loads the ONNX Runtime shared library at libPath and initialises
@@ -87,10 +91,48 @@ func Release() error {
 	if env.refs > 0 {
 		return nil
 	}
-	env.path, env.version = "", ""
+	env.path, env.version, env.arenas = "", "", nil
 	if err := ortgo.DestroyEnvironment(); err != nil {
 		return fmt.Errorf("destroying onnxruntime environment: %w", err)
 	}
+	return nil
+}
+
+// sharedArena registers the arena Options.SharedArena sessions of o's
+// device allocate from, once per environment: a later session asking for
+// other settings is an error (the arena cannot change under the sessions
+// already using it).
+func sharedArena(o Options, register func(extend int, limit int64) error) error {
+	env.Lock()
+	defer env.Unlock()
+	device := "cpu"
+	if o.CUDA {
+		device = fmt.Sprintf("cuda:%d", o.CUDADeviceID)
+	}
+	settings := fmt.Sprintf("arena_extend_strategy=%q gpu_mem_limit=%d", o.ArenaExtend, o.GPUMemLimit)
+	if have, ok := env.arenas[device]; ok {
+		if have != settings {
+			return fmt.Errorf("the shared %s arena was made with %s; this session asks for %s", device, have, settings)
+		}
+		return nil
+	}
+	extend := -1
+	switch o.ArenaExtend {
+	case "":
+	case "kNextPowerOfTwo":
+		extend = 0
+	case "kSameAsRequested":
+		extend = 1
+	default:
+		return fmt.Errorf("arena extend strategy %q: want kNextPowerOfTwo or kSameAsRequested", o.ArenaExtend)
+	}
+	if err := register(extend, o.GPUMemLimit); err != nil {
+		return err
+	}
+	if env.arenas == nil {
+		env.arenas = map[string]string{}
+	}
+	env.arenas[device] = settings
 	return nil
 }
 

@@ -173,3 +173,40 @@ OrtStatus* lc_activate_lora(lcPtr* api, void* opts, void* adapter) {
 OrtStatus* lc_run_plain(lcPtr* api, void* sess, void* opts, const char** in_names, void** ins, size_t n_in, const char** out_names, size_t n_out, void** outs) {
 	return ((OrtStatus* (*)(void*, const void*, const char* const*, const void* const*, size_t, const char* const*, size_t, void**))api[lcRun])(sess, opts, in_names, (const void* const*)ins, n_in, out_names, n_out, outs);
 }
+
+OrtStatus* lc_config_entry(lcPtr* api, void* so, const char* key, const char* val) {
+	return ((OrtStatus* (*)(void*, const char*, const char*))api[lcAddSessionConfigEntry])(so, key, val);
+}
+
+// lc_register_arena registers an arena allocator for the CPU or CUDA
+// device with the environment, for every session that sets
+// session.use_env_allocators. extend: ORT's ArenaExtendStrategy
+// (0 kNextPowerOfTwo, 1 kSameAsRequested), or -1 for ORT's default;
+// max_mem: the arena's byte limit, 0 for none.
+OrtStatus* lc_register_arena(lcPtr* api, void* env, int cuda, int device, int extend, size_t max_mem) {
+	const char* keys[2];
+	size_t vals[2];
+	size_t n = 0;
+	if (extend >= 0) { keys[n] = "arena_extend_strategy"; vals[n++] = (size_t)extend; }
+	if (max_mem > 0) { keys[n] = "max_mem"; vals[n++] = max_mem; }
+	void* cfg = NULL;
+	OrtStatus* st = ((OrtStatus* (*)(const char* const*, const size_t*, size_t, void**))api[lcCreateArenaCfgV2])(keys, vals, n, &cfg);
+	if (st) return st;
+	void* info = NULL;
+	st = ((OrtStatus* (*)(const char*, int, int, int, void**))api[lcCreateMemoryInfo])(cuda ? "Cuda" : "Cpu", 1, device, 0, &info); // OrtArenaAllocator, OrtMemTypeDefault
+	if (!st) {
+		if (cuda) {
+			char id[16];
+			snprintf(id, sizeof id, "%d", device);
+			const char* pk[1] = {"device_id"};
+			const char* pv[1] = {id};
+			st = ((OrtStatus* (*)(void*, const char*, const void*, const void*, const char* const*, const char* const*, size_t))api[lcCreateAndRegisterAllocatorV2])(
+				env, "CUDAExecutionProvider", info, cfg, pk, pv, 1);
+		} else {
+			st = ((OrtStatus* (*)(void*, const void*, const void*))api[lcCreateAndRegisterAllocator])(env, info, cfg);
+		}
+		((void (*)(void*))api[lcReleaseMemoryInfo])(info);
+	}
+	((void (*)(void*))api[lcReleaseArenaCfg])(cfg);
+	return st;
+}

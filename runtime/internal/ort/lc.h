@@ -4,6 +4,7 @@
 #define LORACC_LC_H
 #include <dlfcn.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -33,6 +34,8 @@ enum {
 	lcUpdateCUDAProviderOptions = 206, lcReleaseCUDAProviderOptions = 208,
 	lcCreateLoraAdapterFromArray = 281, lcReleaseLoraAdapter = 282, lcRunOptionsAddActiveLoraAdapter = 283,
 	lcGetKeyValuePairs = 298, lcReleaseKeyValuePairs = 300, lcAllocatorGetStats = 319,
+	lcAddSessionConfigEntry = 130, lcCreateAndRegisterAllocator = 144, lcReleaseArenaCfg = 157, lcCreateArenaCfgV2 = 164,
+	lcCreateAndRegisterAllocatorV2 = 259,
 };
 
 lcPtr* lc_api(const char* lib, uint32_t version, char** err);
@@ -67,4 +70,6 @@ OrtStatus* lc_run_plain(lcPtr* api, void* sess, void* opts, const char** in_name
 OrtStatus* lc_data(lcPtr* api, void* v, void** out);
 OrtStatus* lc_shape(lcPtr* api, void* v, int64_t* dims, size_t cap, size_t* rank, int* type);
 OrtStatus* lc_sync(lcPtr* api, void* b, int outputs);
+OrtStatus* lc_config_entry(lcPtr* api, void* so, const char* key, const char* val);
+OrtStatus* lc_register_arena(lcPtr* api, void* env, int cuda, int device, int extend, size_t max_mem);
 #endif

@@ -38,6 +38,13 @@ type Options struct {
 	// after its graph optimizations there (BoundSession only): what to
 	// read when ORT's rewrites or order are in question.
 	OptimizedModelPath string
+	// SharedArena makes the session allocate its device memory from one
+	// arena per device that every such session of the process shares
+	// (ORT's environment allocators), configured by the first one's
+	// ArenaExtend and GPUMemLimit (BoundSession only). Sessions that run
+	// one after another, such as the step graphs of several length
+	// buckets, then hold the largest one's memory rather than the sum.
+	SharedArena bool
 }
 
 // OutputSpec tells Run what it needs to know about one model output.
