@@ -18,6 +18,7 @@
 #                                   (export-train --static) train/eval graphs, with ORT profiles
 #   bench/gpu/run.sh round MODEL    gpt2 or llama1b: PyTorch+PEFT fp32/TF32/bf16/compile beside
 #                                   `loracc train --static`, then the step's kernels (Nsight Compute)
+#   bench/gpu/run.sh memcurve MODEL memory against batch and sequence length, both sides (POINTS, MEMFLAGS)
 #   bench/gpu/run.sh l7b            the 7B-shaped Llama, bf16: PyTorch + PEFT beside loracc (needs .gpu/bin/llama:
 #                                   go build -o .gpu/bin/llama ./internal/testmodels/cmd/llama; KINDS7="bf16 bf16_recompute")
 #   MODES=tf32,bf16w KINDS="static static_bf16 static_fp16" NCU=0 bench/gpu/run.sh round MODEL
@@ -434,6 +435,52 @@ PY
 	(cd "$WORK" && tar czf "$OUT"/l7b.tgz l7b/*.log l7b/*.txt l7b/torch7b_*.json l7b/keep_* l7b/profsum_* 2>/dev/null)
 }
 
+# memcurve MODEL: the memory issue's memory-vs-batch and -sequence points (acceptance 6). For each
+# BATCHxSEQ of POINTS (default "2x512 4x512 8x512 4x256 4x1024") a fresh PyTorch + PEFT process
+# (MEMMODE, default tf32; bf16w beside MEMFLAGS with --compute-dtype bf16) and `loracc train
+# --static` (MEMFLAGS, default --recompute attention, the GPT-2 fp32 memory config of §3f) run
+# MEMSTEPS steps (6) on the same data; one JSON line per side and point goes to
+# $OUT/memcurve_MODEL.jsonl: alloc_gib (max_memory_allocated; loracc's arena MaxInUse) and
+# device_gib (PyTorch's device used at the end; the peak nvidia-smi saw during loracc's run).
+# Draw them on the dev machine: go run ./bench/gpu/memplot -o DIR memcurve_MODEL.jsonl.
+memcurve() {
+	local M=$1 W=$WORK/mem_$1 steps=${MEMSTEPS:-6} mode=${MEMMODE:-tf32} flags=${MEMFLAGS:---recompute attention}
+	mkdir -p "$W"
+	: >"$OUT"/memcurve_$M.jsonl
+	local export_flag=""
+	for pt in ${POINTS:-2x512 4x512 8x512 4x256 4x1024}; do
+		local b=${pt%x*} s=${pt#*x}
+		"$BIN"/order -n $((steps * b)) -seed 0 >"$W"/order.json
+		timeout 400 python3 bench/gpu/torch_side.py --model "$M" --dir "$W" --steps "$steps" --batch "$b" --seq "$s" --warmup 2 \
+			--modes "$mode" --order "$W"/order.json $export_flag 2>&1 | grep -v Warning | tail -1
+		export_flag=--no-export
+		python3 - "$W"/torch_$mode.json "$M" "$b" "$s" <<'PY' >>"$OUT"/memcurve_$M.jsonl
+import json, sys
+r = json.load(open(sys.argv[1]))
+print(json.dumps({"model": sys.argv[2], "side": "pytorch", "batch": int(sys.argv[3]), "seq": int(sys.argv[4]), "mode": r["mode"],
+                  "alloc_gib": r["max_memory_allocated_gib"], "reserved_gib": r["max_memory_reserved_gib"], "device_gib": r["device_used_at_end_gib"]}))
+PY
+		if [ ! -f "$W"/model.lora.onnx ]; then
+			local re; re=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['loracc_target_regex'])" "$W"/torch_summary.json)
+			"$BIN"/loracc inject "$W"/model.onnx --rank 16 --target "$re" -o "$W"/model.lora.onnx | tail -1
+		fi
+		rm -rf "$W"/run
+		local mp; mp=$(mempoll "$W"/mem_loracc.txt)
+		"$BIN"/loracc train "$W"/model.lora.onnx --data "$W"/data.jsonl --loss lm --logits logits --labels labels --max-steps "$steps" \
+			--batch-size "$b" --lr 1e-4 --weight-decay 0 --clip-norm 0 --device cuda --save-every 0 --static --pad-to-multiple-of "$s" \
+			$flags --out "$W"/run >"$W"/train_${b}x$s.log 2>&1
+		echo "loracc ${b}x$s exit $?"
+		kill "$mp" 2>/dev/null; sleep 0.3
+		python3 - "$W"/run/memory.json "$M" "$b" "$s" "$(sort -n "$W"/mem_loracc.txt | tail -1)" "$flags" <<'PY' >>"$OUT"/memcurve_$M.jsonl
+import json, sys
+m = json.load(open(sys.argv[1]))
+print(json.dumps({"model": sys.argv[2], "side": "loracc", "batch": int(sys.argv[3]), "seq": int(sys.argv[4]), "flags": sys.argv[6],
+                  "alloc_gib": m["MaxInUse"] / 2**30, "reserved_gib": m["TotalAllocated"] / 2**30, "device_gib": int(sys.argv[5] or 0) / 1024}))
+PY
+	done
+	cat "$OUT"/memcurve_$M.jsonl
+}
+
 case "${1:-}" in
 tests) tests ;;
 gpt2) gpt2 ;;
@@ -445,5 +492,6 @@ static) static ;;
 round) round "${2:?round needs a model: gpt2 or llama1b}" ;;
 variants) variants "${2:?variants needs a model}" ;;
 l7b) l7b ;;
-*) echo "usage: $0 tests|gpt2|llama-torch|llama-loracc|gpt2-extra|llama-extra|static|round MODEL|variants MODEL|l7b" >&2; exit 2 ;;
+memcurve) memcurve "${2:?memcurve needs a model: gpt2 or llama1b}" ;;
+*) echo "usage: $0 tests|gpt2|llama-torch|llama-loracc|gpt2-extra|llama-extra|static|round MODEL|variants MODEL|l7b|memcurve MODEL" >&2; exit 2 ;;
 esac

@@ -222,10 +222,15 @@ func BenchmarkStepOverEval(b *testing.B) {
 				steps = append(steps, timed(tr.sess, trFeeds))
 				evals = append(evals, timed(ev, evFeeds))
 			}
+			ratios := make([]float64, len(steps))
+			for i := range steps {
+				ratios[i] = steps[i] / evals[i]
+			}
 			ms, me := median(steps), median(evals)
 			b.ReportMetric(ms, "train-ms")
 			b.ReportMetric(me, "eval-ms")
 			b.ReportMetric(ms/me, "train/eval")
+			b.ReportMetric(median(ratios), "pair-ratio")
 		})
 	}
 }

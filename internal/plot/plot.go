@@ -1,6 +1,7 @@
 // Package plot draws the loss curves `loracc train` leaves next to its
-// checkpoints: a PNG anyone can open, with no plotting library and no
-// fonts to install. The same input gives the same bytes.
+// checkpoints (and the benchmarks' line charts): a PNG anyone can open,
+// with no plotting library and no fonts to install. The same input gives
+// the same bytes.
 package plot
 
 import (
@@ -70,16 +71,30 @@ var palette = [...]color.RGBA{
 // colorOf is the colour series i is drawn in.
 func colorOf(i int) color.RGBA { return palette[i%len(palette)] }
 
-// LossPNG draws the series as a line chart titled title and writes it to
-// path atomically (a temporary file in the same folder, renamed over path),
-// so a crash mid-write never leaves a truncated chart behind.
+// LossPNG draws loss curves (x: step, y: loss, on a log axis when the
+// losses span more than two decades) as LinePNG does.
 func LossPNG(path string, series []Series, title string) error {
+	return LinePNG(path, series, Axes{Title: title, X: "step", Y: "loss", LogWhenWide: true})
+}
+
+// Axes name a chart and its axes. LogWhenWide draws y on a log axis,
+// saying so in its name, when every y is positive and the largest is more
+// than 100 times the smallest.
+type Axes struct {
+	Title, X, Y string
+	LogWhenWide bool
+}
+
+// LinePNG draws the series as a line chart and writes it to path
+// atomically (a temporary file in the same folder, renamed over path), so
+// a crash mid-write never leaves a truncated chart behind.
+func LinePNG(path string, series []Series, ax Axes) error {
 	for _, s := range series {
 		if len(s.X) != len(s.Y) {
 			return fmt.Errorf("plot %s: series %q has %d x values and %d y values", path, s.Name, len(s.X), len(s.Y))
 		}
 	}
-	img := draw(series, title)
+	img := draw(series, ax)
 	if err := graph.WriteFileAtomic(path, func(w io.Writer) error { return png.Encode(w, img) }); err != nil {
 		return fmt.Errorf("plot: %w", err)
 	}
@@ -87,16 +102,16 @@ func LossPNG(path string, series []Series, title string) error {
 }
 
 // draw renders the chart.
-func draw(series []Series, title string) *image.RGBA {
+func draw(series []Series, ax Axes) *image.RGBA {
 	c := &canvas{img: image.NewRGBA(image.Rect(0, 0, width, height))}
 	c.fill(image.Rect(0, 0, width, height), color.RGBA{0xff, 0xff, 0xff, 0xff})
 	plot := image.Rect(left, top, width-right, height-bottom)
 	black := color.RGBA{0, 0, 0, 0xff}
 
-	title = cut(title)
+	title := cut(ax.Title)
 	c.text(title, (width-len(title)*charW)/2, titleBaseline, black)
 
-	logY := spansDecades(series)
+	logY := ax.LogWhenWide && spansDecades(series)
 	if logY {
 		series = log10Series(series)
 	}
@@ -133,12 +148,13 @@ func draw(series []Series, title string) *image.RGBA {
 		c.text(l, plot.Min.X-yLabelGap-len(l)*charW, py+lineH/2-2, grey)
 	}
 	c.frame(plot, black)
-	c.text("step", plot.Min.X+(plot.Dx()-4*charW)/2, plot.Max.Y+xNameGap, black)
-	yName := "loss"
+	xName := cut(ax.X)
+	c.text(xName, plot.Min.X+(plot.Dx()-len(xName)*charW)/2, plot.Max.Y+xNameGap, black)
+	yName := ax.Y
 	if logY {
-		yName = "loss (log scale)"
+		yName += " (log scale)"
 	}
-	c.text(yName, max(0, plot.Min.X-yLabelGap-4*charW), plot.Min.Y-8, black)
+	c.text(cut(yName), max(0, plot.Min.X-yLabelGap-4*charW), plot.Min.Y-8, black)
 
 	for i, s := range series {
 		col := colorOf(i)
@@ -171,7 +187,7 @@ func draw(series []Series, title string) *image.RGBA {
 	return c.img
 }
 
-// spansDecades reports whether every finite loss is positive and the
+// spansDecades reports whether every finite y is positive and the
 // largest is more than 100 times the smallest: then a linear axis shows a
 // spike and a flat line (27 falling to 1e-6), and draw uses a log axis,
 // saying so in the axis name.

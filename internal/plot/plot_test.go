@@ -152,3 +152,35 @@ func TestLossPNGLogAxis(t *testing.T) {
 		t.Errorf("curve at the middle step is at y %d..%d, want near the middle %d of %d..%d", first, last, mid, top, height-bottom)
 	}
 }
+
+// TestLinePNGAxes: LinePNG names its axes as asked and keeps a linear y
+// axis unless LogWhenWide, so values spanning decades draw differently
+// from LossPNG's log axis; the same input gives the same bytes.
+func TestLinePNGAxes(t *testing.T) {
+	dir := t.TempDir()
+	s := []Series{{Name: "memory", X: []float64{1, 2, 4, 8}, Y: []float64{0.01, 0.1, 1, 10}}}
+	write := func(name string, f func(string) error) []byte {
+		t.Helper()
+		p := filepath.Join(dir, name)
+		if err := f(p); err != nil {
+			t.Fatal(err)
+		}
+		raw, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := png.Decode(bytes.NewReader(raw)); err != nil {
+			t.Fatal(err)
+		}
+		return raw
+	}
+	line := func(p string) error { return LinePNG(p, s, Axes{Title: "t", X: "batch", Y: "GiB"}) }
+	a, b := write("a.png", line), write("b.png", line)
+	loss := write("loss.png", func(p string) error { return LossPNG(p, s, "t") })
+	if !bytes.Equal(a, b) {
+		t.Error("the same chart drew different bytes")
+	}
+	if bytes.Equal(a, loss) {
+		t.Error("a linear-axis chart named batch/GiB drew the log-axis loss chart's bytes")
+	}
+}
