@@ -18,6 +18,7 @@ package trainstep
 // changes no product), so the recomputed P is the forward's, bit for bit.
 
 import (
+	"fmt"
 	"slices"
 
 	"github.com/loracc/loracc/graph"
@@ -31,6 +32,10 @@ import (
 func (st *Compiler) recomputeAttention(m *graph.Model, fwd map[*graph.Node]bool) (int, error) {
 	g := m.Graph
 	pos, err := topoPositions(g)
+	if err != nil {
+		return 0, err
+	}
+	late, err := lateValues(g, st.opts.Logits)
 	if err != nil {
 		return 0, err
 	}
@@ -74,7 +79,7 @@ func (st *Compiler) recomputeAttention(m *graph.Model, fwd map[*graph.Node]bool)
 		if !ok {
 			continue
 		}
-		d := dependency(own, all, pos)
+		d := dependency(own, all, pos, late)
 		if d == nil {
 			continue
 		}
@@ -204,24 +209,20 @@ func carriesScores(v *graph.Value, depth int) bool {
 	return false
 }
 
-// dependency picks the backward value d the copy of P waits for: an input
-// (not P, not a constant) of P's first backward reader, or, when that
-// reader reads P alone (a Transpose), of that reader's own readers. d
-// must not depend on any reader of P (the copy would close a cycle), so
-// it is checked against their descendants.
-func dependency(own map[*graph.Value]bool, back []graph.Use, pos map[*graph.Node]int) *graph.Value {
+// dependency picks the backward value d the copy of P waits for: the
+// nearest input (not P, not a constant) of P's first backward reader or
+// of the nodes computed from it, taken in breadth-first order, that is
+// late — computed from the logits, so that it exists only once the
+// forward has run to its end (lateValues). A value the backward computes
+// from forward values alone (1 − σ of a SiLU gradient) or a forward value
+// would not do: the copy could then run, and be kept, from the forward
+// on. d must not depend on any reader of P (the copy would close a
+// cycle), so it is checked against their descendants.
+func dependency(own map[*graph.Value]bool, back []graph.Use, pos map[*graph.Node]int, late map[*graph.Value]bool) *graph.Value {
 	first := back[0].Node
 	for _, u := range back[1:] {
 		if pos[u.Node] < pos[first] {
 			first = u.Node
-		}
-	}
-	readers := []*graph.Node{first}
-	for _, o := range first.Outputs() {
-		if o != nil {
-			for _, u := range o.Uses() {
-				readers = append(readers, u.Node)
-			}
 		}
 	}
 	after := map[*graph.Value]bool{} // values computed from a reader of P
@@ -242,14 +243,53 @@ func dependency(own map[*graph.Value]bool, back []graph.Use, pos map[*graph.Node
 			}
 		}
 	}
-	for _, r := range readers {
+	queue, seen := []*graph.Node{first}, map[*graph.Node]bool{first: true}
+	for len(queue) > 0 {
+		r := queue[0]
+		queue = queue[1:]
 		for _, in := range r.Inputs() {
-			if in != nil && !own[in] && graph.ConstTensor(in) == nil && !after[in] {
+			if in != nil && !own[in] && late[in] && graph.ConstTensor(in) == nil && !after[in] {
 				return in
+			}
+		}
+		for _, o := range r.Outputs() {
+			if o == nil {
+				continue
+			}
+			for _, u := range o.Uses() {
+				if !seen[u.Node] {
+					seen[u.Node] = true
+					queue = append(queue, u.Node)
+				}
 			}
 		}
 	}
 	return nil
+}
+
+// lateValues are the values computed, through any nodes, from the output
+// named logits: nothing of them exists before the forward has run to its
+// end, so a copy that waits for one runs in the backward.
+func lateValues(g *graph.Graph, logits string) (map[*graph.Value]bool, error) {
+	v := g.Lookup(logits)
+	if v == nil {
+		return nil, fmt.Errorf("recompute: no value %q (the logits) to order the copies after", logits)
+	}
+	late := map[*graph.Value]bool{v: true}
+	stack := []*graph.Value{v}
+	for len(stack) > 0 {
+		x := stack[len(stack)-1]
+		stack = stack[:len(stack)-1]
+		for _, u := range x.Uses() {
+			for _, o := range u.Node.Outputs() {
+				if o != nil && !late[o] {
+					late[o] = true
+					stack = append(stack, o)
+				}
+			}
+		}
+	}
+	return late, nil
 }
 
 // dataUses counts v's readers that read its values: a Shape (the
@@ -275,6 +315,10 @@ func dataUses(v *graph.Value) int {
 func (st *Compiler) recomputeActivations(m *graph.Model, fwd map[*graph.Node]bool) (int, error) {
 	g := m.Graph
 	pos, err := topoPositions(g)
+	if err != nil {
+		return 0, err
+	}
+	late, err := lateValues(g, st.opts.Logits)
 	if err != nil {
 		return 0, err
 	}
@@ -321,7 +365,7 @@ func (st *Compiler) recomputeActivations(m *graph.Model, fwd map[*graph.Node]boo
 		}
 		var d *graph.Value
 		for _, c := range chain { // a backward value none of the readers computes
-			if d = dependency(map[*graph.Value]bool{c.Output(0): true}, back, pos); d != nil {
+			if d = dependency(map[*graph.Value]bool{c.Output(0): true}, back, pos, late); d != nil {
 				break
 			}
 		}
