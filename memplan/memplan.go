@@ -1,10 +1,9 @@
 // Package memplan estimates the device memory a graph's activations need:
-// it runs the graph's nodes in their order (the order loracc writes and
-// the one ORT's default sequential plan follows closely), allocates each
-// output when its node runs and frees it after its last reader, and
-// reports the peak of live bytes and what is live at the peak. Weights,
-// inputs and graph outputs are counted apart, since they live for the
-// whole run.
+// it runs the graph's nodes in the order ONNX Runtime's sequential
+// executor runs them (ortOrder), allocates each output when its node runs
+// and frees it after its last reader, and reports the peak of live bytes
+// and what is live at the peak. Weights, inputs and graph outputs are
+// counted apart, since they live for the whole run.
 //
 // Why a plan of our own: ORT reports its arena's peak only after running
 // (runtime's MemoryStats), on the device; the compiler needs the number
@@ -97,7 +96,7 @@ func Plan(g *graph.Graph) (Report, error) {
 		}
 	}
 	// lastUse is the index of the last node reading each value.
-	order := g.Nodes
+	order := ortOrder(g)
 	lastUse := map[*graph.Value]int{}
 	for i, n := range order {
 		for _, in := range n.Inputs() {
@@ -180,4 +179,73 @@ func Plan(g *graph.Graph) (Report, error) {
 		return r.Holders[i].Name < r.Holders[j].Name
 	})
 	return r, nil
+}
+
+// ortOrder is the order ONNX Runtime's default sequential plan runs g's
+// nodes in (its GraphViewer's topological order): a depth-first walk
+// back from the nodes no other node reads, with a stack, so the last such
+// node is walked first; each node's producers are pushed in increasing
+// file position, so the latest-written producer is walked first, and a
+// node is placed once all it reads is. The order decides what is live
+// together: a recomputed copy written after a backward value it waits on
+// runs next to its reader, not where the file has it. (ONNX Runtime
+// plans the graph its optimizers leave, whose fusions this does not
+// model; node positions are the file's.)
+func ortOrder(g *graph.Graph) []*graph.Node {
+	index := make(map[*graph.Node]int, len(g.Nodes))
+	for i, n := range g.Nodes {
+		index[n] = i
+	}
+	producers := func(n *graph.Node) []*graph.Node {
+		seen := map[*graph.Node]bool{}
+		var ps []*graph.Node
+		for _, in := range n.Inputs() {
+			if in == nil {
+				continue
+			}
+			if p, _ := in.Producer(); p != nil && !seen[p] {
+				if _, ok := index[p]; ok {
+					seen[p] = true
+					ps = append(ps, p)
+				}
+			}
+		}
+		sort.Slice(ps, func(i, j int) bool { return index[ps[i]] < index[ps[j]] })
+		return ps
+	}
+	type entry struct {
+		n     *graph.Node
+		leave bool
+	}
+	var stack []entry
+	for _, n := range g.Nodes {
+		read := false
+		for _, o := range n.Outputs() {
+			if o != nil && o.NumUses() > 0 {
+				read = true
+			}
+		}
+		if !read {
+			stack = append(stack, entry{n, false})
+		}
+	}
+	visited := make(map[*graph.Node]bool, len(g.Nodes))
+	order := make([]*graph.Node, 0, len(g.Nodes))
+	for len(stack) > 0 {
+		e := stack[len(stack)-1]
+		stack = stack[:len(stack)-1]
+		if e.leave {
+			order = append(order, e.n)
+			continue
+		}
+		if visited[e.n] {
+			continue
+		}
+		visited[e.n] = true
+		stack = append(stack, entry{e.n, true})
+		for _, p := range producers(e.n) {
+			stack = append(stack, entry{p, false})
+		}
+	}
+	return order
 }

@@ -1,6 +1,7 @@
 package memplan
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/loracc/loracc/graph"
@@ -29,5 +30,40 @@ func TestPlanChain(t *testing.T) {
 	}
 	if len(rep.Holders) != 2 || rep.Holders[0].Name != "a" || rep.Holders[1].Name != "b" {
 		t.Errorf("holders %+v, want a and b", rep.Holders)
+	}
+}
+
+// TestPlanFollowsORTOrder: b = Relu(x) is written right after a, but only
+// d reads it, after a chain c1..c3 from a; ONNX Runtime's order walks the
+// latest-written producer first, so it runs b just before d, and the plan
+// holds at most two buffers at once (the file's order would hold b beside
+// the chain: three).
+func TestPlanFollowsORTOrder(t *testing.T) {
+	m := graph.NewModel(17)
+	g := m.Graph
+	x := g.AddInput("x", &graph.TensorType{DType: graph.Float, Shape: []graph.Dim{{Value: 1024}}})
+	bl := &graph.Builder{G: g}
+	a := bl.Op("Relu", "a", []*graph.Value{x})
+	b := bl.Op("Relu", "b", []*graph.Value{x})
+	c := a
+	for _, name := range []string{"c1", "c2", "c3"} {
+		c = bl.Op("Relu", name, []*graph.Value{c})
+	}
+	d := bl.Op("Add", "d", []*graph.Value{c, b})
+	d.Type = &graph.TensorType{DType: graph.Float, Shape: []graph.Dim{{Value: 1024}}}
+	g.AddOutput(d)
+	var names []string
+	for _, n := range ortOrder(g) {
+		names = append(names, n.Output(0).Name)
+	}
+	if got := strings.Join(names, " "); got != "a c1 c2 c3 b d" {
+		t.Errorf("order %s, want a c1 c2 c3 b d", got)
+	}
+	rep, err := Plan(g)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Peak != 2*4096 {
+		t.Errorf("peak %d bytes, want 8192 (two buffers)", rep.Peak)
 	}
 }

@@ -84,8 +84,8 @@ func TestCUDATargetFusions(t *testing.T) {
 // TestMemoryReport: export-train --memory-report plans the tiny GPT-2
 // step at 8 × 64 (injected at r=8 on every target) and prints its peak of
 // live activation bytes and the values live then. The bound holds the
-// plan where it is today (6.9 MiB): a change that keeps more for the
-// backward fails here first. Without --static it is refused.
+// plan near where it is today (7.5 MiB, in ONNX Runtime's order): a
+// change that keeps more for the backward fails here first. Without --static it is refused.
 func TestMemoryReport(t *testing.T) {
 	env(t)
 	dir := t.TempDir()
@@ -96,8 +96,8 @@ func TestMemoryReport(t *testing.T) {
 	if m == nil || !strings.Contains(out, "largest holders at the peak:") {
 		t.Fatalf("no plan in:\n%s", out)
 	}
-	if peak, _ := strconv.ParseFloat(m[1], 64); peak <= 0 || peak > 7.5 {
-		t.Errorf("planned peak %.1f MiB, want (0, 7.5]", peak)
+	if peak, _ := strconv.ParseFloat(m[1], 64); peak <= 0 || peak > 8 {
+		t.Errorf("planned peak %.1f MiB, want (0, 8]", peak)
 	}
 	if _, err := loracc(t, "export-train", lora, "--loss", "lm", "--logits", "logits", "--memory-report", "-o", filepath.Join(dir, "d")); err == nil || !strings.Contains(err.Error(), "needs --static") {
 		t.Errorf("--memory-report without --static: %v", err)
