@@ -162,7 +162,8 @@ func TestSiLUOneRule(t *testing.T) {
 	for _, n := range g.Nodes[forward:] {
 		ops[n.Op]++
 	}
-	if ops["Sum"] != 0 || ops["Mul"] != 3 || ops["Sub"] != 1 {
-		t.Errorf("backward ops %v, want 3 Mul, 1 Sub, no Sum", ops)
+	// 4 Mul: three of the formula, one of the seed 1 + 0·loss.
+	if ops["Sum"] != 0 || ops["Mul"] != 4 || ops["Sub"] != 1 {
+		t.Errorf("backward ops %v, want 4 Mul, 1 Sub, no Sum", ops)
 	}
 }
