@@ -196,12 +196,18 @@ OrtStatus* lc_register_arena(lcPtr* api, void* env, int cuda, int device, int ex
 	st = ((OrtStatus* (*)(const char*, int, int, int, void**))api[lcCreateMemoryInfo])(cuda ? "Cuda" : "Cpu", 1, device, 0, &info); // OrtArenaAllocator, OrtMemTypeDefault
 	if (!st) {
 		if (cuda) {
-			char id[16];
+			// ORT builds the CUDA arena from the provider options (its own
+			// arena_extend_strategy and gpu_mem_limit), so they go there too.
+			char id[16], lim[32];
 			snprintf(id, sizeof id, "%d", device);
-			const char* pk[1] = {"device_id"};
-			const char* pv[1] = {id};
+			snprintf(lim, sizeof lim, "%zu", max_mem);
+			const char* pk[3] = {"device_id"};
+			const char* pv[3] = {id};
+			size_t np = 1;
+			if (extend >= 0) { pk[np] = "arena_extend_strategy"; pv[np++] = extend ? "kSameAsRequested" : "kNextPowerOfTwo"; }
+			if (max_mem > 0) { pk[np] = "gpu_mem_limit"; pv[np++] = lim; }
 			st = ((OrtStatus* (*)(void*, const char*, const void*, const void*, const char* const*, const char* const*, size_t))api[lcCreateAndRegisterAllocatorV2])(
-				env, "CUDAExecutionProvider", info, cfg, pk, pv, 1);
+				env, "CUDAExecutionProvider", info, cfg, pk, pv, np);
 		} else {
 			st = ((OrtStatus* (*)(void*, const void*, const void*))api[lcCreateAndRegisterAllocator])(env, info, cfg);
 		}
