@@ -384,6 +384,8 @@ open('/tmp/held', 'w').write('ok'); time.sleep(900)" "$hold" &
 # checkpointing off, then on) beside `loracc train --static --compute-dtype bf16` of a Llama-2-7B-shaped
 # model that .gpu/bin/llama (internal/testmodels/cmd/llama, built on the dev machine) writes here
 # while PyTorch runs. Weights differ between the sides (random init on each); the tokens are the same.
+# Kind words: fp16, recompute / recompute_all, nomp (memory pattern off), lowsoftmax (the attention's
+# Softmax in the compute dtype, --disable-rewrite softmax-f32), int4.
 # Kinds (KINDS7) containing int4 train the int4 base (llama -int4: every projection a 4-bit MatMulNBits,
 # QLoRA-style) beside PyTorch's bf16 row. PROF7=KIND profiles that kind's step node by node after it
 # trains (prof with SYNC=1: GPU time per node), results profsum_7b_KIND.txt.
@@ -406,6 +408,7 @@ l7b() {
 		local extra="--static --pad-to-multiple-of $SEQ --compute-dtype $dt"
 		case $kind in *recompute_all*) extra="$extra --recompute attention,activations" ;; *recompute*) extra="$extra --recompute attention" ;; esac
 		case $kind in *nomp*) extra="$extra --mem-pattern off" ;; esac
+		case $kind in *lowsoftmax*) extra="$extra --disable-rewrite softmax-f32" ;; esac # the attention Softmax in bf16 (BiasSoftmax)
 		rm -rf "$W"/run_$kind
 		local mp; mp=$(mempoll "$W"/mem_train_$kind.txt)
 		local t0=$(now)
