@@ -24,6 +24,7 @@ package trainstep
 import (
 	"fmt"
 	"math"
+	"slices"
 
 	"github.com/loracc/loracc/graph"
 	"github.com/loracc/loracc/infer"
@@ -59,14 +60,24 @@ func (st *Compiler) Loss(m *graph.Model) error {
 	var loss, count *graph.Value // count: with Sums, the int64 number of terms loss sums
 	switch o.Loss {
 	case "lm", "ce":
-		var x, y *graph.Value
+		var x, y, total, weight, valid *graph.Value
 		if o.Loss == "lm" {
 			if rank != 3 {
 				return fmt.Errorf("lm loss needs logits [batch, seq, vocab]; %q has rank %d", logits.Name, rank)
 			}
 			labels := g.AddInput(o.Labels, &graph.TensorType{DType: graph.Int64, Shape: append([]graph.Dim(nil), lt.Shape[:2]...)})
 			st.role(labels, trainio.RoleLabel, "")
-			x, y = wideLogits(c2, lmLogits(c2, logits)), shiftedLabels(c2, labels, o.IgnoreIndex)
+			y = shiftedLabels(c2, labels, o.IgnoreIndex)
+			if slices.Contains(o.Recompute, "loss") {
+				var ok bool
+				var why string
+				if total, weight, valid, ok, why = st.chunkedCrossEntropy(c2, logits, y); !ok && why != errUnfixedBatch {
+					return fmt.Errorf("--recompute loss cannot chunk this loss: %s (leave loss out of --recompute)", why)
+				}
+			}
+			if total == nil {
+				x = wideLogits(c2, lmLogits(c2, logits))
+			}
 		} else {
 			if rank != 2 {
 				return fmt.Errorf("ce loss needs logits [batch, classes]; %q has rank %d", logits.Name, rank)
@@ -75,7 +86,9 @@ func (st *Compiler) Loss(m *graph.Model) error {
 			st.role(labels, trainio.RoleLabel, "")
 			x, y = wideLogits(c2, logits), labels
 		}
-		total, weight, valid := crossEntropySums(c2, x, y, rank, o.IgnoreIndex)
+		if total == nil {
+			total, weight, valid = crossEntropySums(c2, x, y, rank, o.IgnoreIndex)
+		}
 		if o.Sums {
 			loss, count = total, c2.ReduceSum(c2.Cast(valid, graph.Int64), nil, false)
 		} else {
@@ -163,32 +176,49 @@ func crossEntropySums(c *opb.Builder, x, y *graph.Value, rank int, ignore int64)
 // its gradient equal those of the unpadded logits, and the aligned GEMM is
 // kept.
 func lmLogits(c *opb.Builder, logits *graph.Value) *graph.Value {
-	if p, _ := logits.Producer(); p != nil && p.Op == "Slice" && p.Domain == "" && c.Opset >= 13 && p.NumInputs() == 4 && logits.NumUses() == 0 {
-		starts, ok1 := graph.ConstInts(p.Input(1))
-		ends, ok2 := graph.ConstInts(p.Input(2))
-		axes, ok3 := graph.ConstInts(p.Input(3))
-		mm, _ := p.Input(0).Producer()
-		if ok1 && ok2 && ok3 && len(axes) == 1 && (axes[0] == -1 || axes[0] == 2) && starts[0] == 0 && mm != nil && mm.Op == "MatMul" && mm.Domain == "" {
-			x, w := mm.Input(0), mm.Input(1)
-			wi := c.Inf.Info(w)
-			if len(wi.Dims) == 2 && wi.Dims[0].Known() && wi.Dims[1].Known() && c.Inf.DType(w) == graph.Float && ends[0] < wi.Dims[1].Value {
-				k, padded := wi.Dims[0].Value, wi.Dims[1].Value
-				mask := make([]float32, padded)
-				for j := ends[0]; j < padded; j++ {
-					mask[j] = -1e30
-				}
-				t, err := graph.NewFloatTensor("loss.vocab_padding", graph.Float, []int64{padded}, mask)
-				if err != nil {
-					c.Fail(err)
-					return nil
-				}
-				rows := c.Op("Gemm", []*graph.Value{c.Reshape(x, c.Ints(-1, k)), w, c.Const(t)})
-				lead := c.Op("Shape", []*graph.Value{x}, graph.AttrI("end", 2))
-				return c.Reshape(rows, c.Concat(0, lead, c.Ints(padded)))
-			}
-		}
+	if x, build := paddedHead(c, logits); build != nil {
+		return build(x)
 	}
 	return logits
+}
+
+// paddedHead recognises the padded head lmLogits reads through: it
+// returns the head's input x and the product build(rows) of any rows of
+// x (the aligned Gemm with the padding's −10³⁰ bias, reshaped to the
+// rows' leading dims), or a nil build.
+func paddedHead(c *opb.Builder, logits *graph.Value) (*graph.Value, func(*graph.Value) *graph.Value) {
+	p, _ := logits.Producer()
+	if p == nil || p.Op != "Slice" || p.Domain != "" || c.Opset < 13 || p.NumInputs() != 4 || logits.NumUses() != 0 {
+		return nil, nil
+	}
+	starts, ok1 := graph.ConstInts(p.Input(1))
+	ends, ok2 := graph.ConstInts(p.Input(2))
+	axes, ok3 := graph.ConstInts(p.Input(3))
+	mm, _ := p.Input(0).Producer()
+	if !ok1 || !ok2 || !ok3 || len(axes) != 1 || (axes[0] != -1 && axes[0] != 2) || starts[0] != 0 || mm == nil || mm.Op != "MatMul" || mm.Domain != "" {
+		return nil, nil
+	}
+	x, w := mm.Input(0), mm.Input(1)
+	wi := c.Inf.Info(w)
+	if len(wi.Dims) != 2 || !wi.Dims[0].Known() || !wi.Dims[1].Known() || c.Inf.DType(w) != graph.Float || ends[0] >= wi.Dims[1].Value {
+		return nil, nil
+	}
+	k, padded := wi.Dims[0].Value, wi.Dims[1].Value
+	mask := make([]float32, padded)
+	for j := ends[0]; j < padded; j++ {
+		mask[j] = -1e30
+	}
+	t, err := graph.NewFloatTensor("loss.vocab_padding", graph.Float, []int64{padded}, mask)
+	if err != nil {
+		c.Fail(err)
+		return nil, nil
+	}
+	bias := c.Const(t)
+	return x, func(rows *graph.Value) *graph.Value {
+		prod := c.Op("Gemm", []*graph.Value{c.Reshape(rows, c.Ints(-1, k)), w, bias})
+		lead := c.Op("Shape", []*graph.Value{rows}, graph.AttrI("end", 2))
+		return c.Reshape(prod, c.Concat(0, lead, c.Ints(padded)))
+	}
 }
 
 // shiftedLabels is labels [B, T] as next-token targets [B, T]:

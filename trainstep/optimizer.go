@@ -70,6 +70,13 @@ func (st *Compiler) Autodiff(m *graph.Model) error {
 		}
 		st.logf("autodiff: the backward recomputes %d attention probabilities (recompute.go)", k)
 	}
+	if slices.Contains(st.opts.Recompute, "loss") {
+		k, err := st.recomputeLoss(m, fwd)
+		if err != nil {
+			return err
+		}
+		st.logf("autodiff: the backward recomputes the log-probabilities of %d chunks of the loss (losschunk.go)", k)
+	}
 	if slices.Contains(st.opts.Recompute, "activations") {
 		k, err := st.recomputeActivations(m, fwd)
 		if err != nil {

@@ -124,6 +124,9 @@ type Compiler struct {
 	emitted []*graph.Value // gradients output with EmitGrads
 	roles   map[*graph.Value]IOEntry
 	inf     *infer.Inferer
+	// lossChunks are the chunks of a chunked loss (--recompute loss),
+	// whose log-probabilities the backward recomputes (losschunk.go).
+	lossChunks []lossChunk
 }
 
 // New makes a compiler for one graph; logf receives notes (nil: none).

@@ -35,7 +35,7 @@ func (st *Compiler) recomputeAttention(m *graph.Model, fwd map[*graph.Node]bool)
 	if err != nil {
 		return 0, err
 	}
-	late, err := lateValues(g, st.opts.Logits)
+	late, err := lateValues(st.loss)
 	if err != nil {
 		return 0, err
 	}
@@ -212,7 +212,7 @@ func carriesScores(v *graph.Value, depth int) bool {
 // dependency picks the backward value d the copy of P waits for: the
 // nearest input (not P, not a constant) of P's first backward reader or
 // of the nodes computed from it, taken in breadth-first order, that is
-// late — computed from the logits, so that it exists only once the
+// late — computed from the loss, so that it exists only once the
 // forward has run to its end (lateValues). A value the backward computes
 // from forward values alone (1 − σ of a SiLU gradient) or a forward value
 // would not do: the copy could then run, and be kept, from the forward
@@ -267,16 +267,16 @@ func dependency(own map[*graph.Value]bool, back []graph.Use, pos map[*graph.Node
 	return nil
 }
 
-// lateValues are the values computed, through any nodes, from the output
-// named logits: nothing of them exists before the forward has run to its
-// end, so a copy that waits for one runs in the backward.
-func lateValues(g *graph.Graph, logits string) (map[*graph.Value]bool, error) {
-	v := g.Lookup(logits)
-	if v == nil {
-		return nil, fmt.Errorf("recompute: no value %q (the logits) to order the copies after", logits)
+// lateValues are the values computed, through any nodes, from the loss:
+// the backward's (autodiff seeds it with 1 + 0·loss), none of which can
+// exist before the forward has run to its end, so a copy that waits for
+// one runs in the backward.
+func lateValues(loss *graph.Value) (map[*graph.Value]bool, error) {
+	if loss == nil {
+		return nil, fmt.Errorf("recompute: no loss to order the copies after (pass loss has not run)")
 	}
-	late := map[*graph.Value]bool{v: true}
-	stack := []*graph.Value{v}
+	late := map[*graph.Value]bool{loss: true}
+	stack := []*graph.Value{loss}
 	for len(stack) > 0 {
 		x := stack[len(stack)-1]
 		stack = stack[:len(stack)-1]
@@ -318,7 +318,7 @@ func (st *Compiler) recomputeActivations(m *graph.Model, fwd map[*graph.Node]boo
 	if err != nil {
 		return 0, err
 	}
-	late, err := lateValues(g, st.opts.Logits)
+	late, err := lateValues(st.loss)
 	if err != nil {
 		return 0, err
 	}

@@ -229,6 +229,9 @@ train_kinds() {
 		static_bf16_recompute) extra="--static --pad-to-multiple-of $SEQ --compute-dtype bf16 --recompute attention" ;;
 		static_bf16_recompute_all) extra="--static --pad-to-multiple-of $SEQ --compute-dtype bf16 --recompute attention,activations" ;;
 		static_fp16_recompute) extra="--static --pad-to-multiple-of $SEQ --compute-dtype fp16 --recompute attention" ;;
+		static_recompute_loss) extra="--static --pad-to-multiple-of $SEQ --recompute attention,loss" ;;
+		static_recompute_all_loss) extra="--static --pad-to-multiple-of $SEQ --recompute attention,activations,loss" ;;
+		static_bf16_recompute_all_loss) extra="--static --pad-to-multiple-of $SEQ --compute-dtype bf16 --recompute attention,activations,loss" ;;
 		static~*) # static~a+b: the static step with rewrites a and b left out (--disable-rewrite a,b)
 			local off=${base#static~}
 			extra="--static --pad-to-multiple-of $SEQ --disable-rewrite ${off//+/,}" ;;
@@ -384,8 +387,8 @@ open('/tmp/held', 'w').write('ok'); time.sleep(900)" "$hold" &
 # checkpointing off, then on) beside `loracc train --static --compute-dtype bf16` of a Llama-2-7B-shaped
 # model that .gpu/bin/llama (internal/testmodels/cmd/llama, built on the dev machine) writes here
 # while PyTorch runs. Weights differ between the sides (random init on each); the tokens are the same.
-# Kind words: fp16, recompute / recompute_all, nomp (memory pattern off), lowsoftmax (the attention's
-# Softmax in the compute dtype, --disable-rewrite softmax-f32), int4.
+# Kind words: fp16, recompute / recompute_all, loss (--recompute loss), nomp (memory pattern off),
+# lowsoftmax (the attention's Softmax in the compute dtype, --disable-rewrite softmax-f32), int4.
 # Kinds (KINDS7) containing int4 train the int4 base (llama -int4: every projection a 4-bit MatMulNBits,
 # QLoRA-style) beside PyTorch's bf16 row. PROF7=KIND profiles that kind's step node by node after it
 # trains (prof with SYNC=1: GPU time per node), results profsum_7b_KIND.txt.
@@ -406,7 +409,10 @@ l7b() {
 		local model=$W/model.lora.onnx; case $kind in *int4*) model=$W/model_int4.lora.onnx ;; esac
 		local dt=bf16; case $kind in fp16*) dt=fp16 ;; esac
 		local extra="--static --pad-to-multiple-of $SEQ --compute-dtype $dt"
-		case $kind in *recompute_all*) extra="$extra --recompute attention,activations" ;; *recompute*) extra="$extra --recompute attention" ;; esac
+		local rec=""
+		case $kind in *recompute_all*) rec=attention,activations ;; *recompute*) rec=attention ;; esac
+		case $kind in *loss*) rec=${rec:+$rec,}loss ;; esac # the lm loss in chunks, recomputed (--recompute loss)
+		[ -n "$rec" ] && extra="$extra --recompute $rec"
 		case $kind in *nomp*) extra="$extra --mem-pattern off" ;; esac
 		# lowsoftmax: the attention's Softmax in the compute dtype; in bf16 without BiasSoftmax, which
 		# has no bf16 kernel (trainstep.BF16Kernel) and would run in float32 between casts again

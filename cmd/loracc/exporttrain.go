@@ -37,7 +37,7 @@ func trainFlags(d trainstep.Options) []cli.Flag {
 		&cli.Float64Flag{Name: "clip-norm", Value: d.ClipNorm, Usage: "clip the adapter gradients' global L2 norm to this (0: off)"},
 		&cli.BoolFlag{Name: "emit-grads", Usage: "also output every adapter gradient as <param>.grad (role grad)"},
 		&cli.IntFlag{Name: "steps-per-run", Value: 1, Usage: "also compile train_multi.onnx running K steps per run (state crosses host↔device once per K steps)"},
-		&cli.StringFlag{Name: "recompute", Value: "none", Usage: "none, or attention and/or activations (comma-separated): the backward recomputes the attention probabilities ([batch, heads, seq, seq] per layer, one more Q·Kᵀ per layer) and cheap activations (σ(x), x·σ(x), tanh, gelu, erf, relu) from inputs it keeps anyway, instead of keeping them"},
+		&cli.StringFlag{Name: "recompute", Value: "none", Usage: "none, or attention, activations and/or loss (comma-separated): the backward recomputes the attention probabilities ([batch, heads, seq, seq] per layer, one more Q·Kᵀ per layer), cheap activations (σ(x), x·σ(x), tanh, gelu, erf, relu) from inputs it keeps anyway, and (loss, with --static) the lm loss's log-probabilities one sequence at a time (one more head product per step), instead of keeping them"},
 		&cli.StringFlag{Name: "compute-dtype", Value: "fp32", Usage: "fp32, fp16 or bf16: the type the forward's matrix products and frozen weights use (autocast; adapter, optimizer state, softmax, normalization and loss stay float32). bf16 needs the CUDA provider"},
 		&cli.BoolFlag{Name: "split-step", Usage: "also compile grad.onnx and optim.onnx, the step split where the gradients are, as data-parallel training runs it (train: run it on one process too)"},
 		&cli.StringFlag{Name: "disable-rewrite", Usage: "comma-separated rewrites to leave out, for bisecting a numerical or placement problem (" + rewriteNames() + ")"},
@@ -97,10 +97,10 @@ func trainOptions(c *cli.Context, m *graph.Model) (trainstep.Options, error) {
 	for _, r := range strings.Split(c.String("recompute"), ",") {
 		switch r = strings.TrimSpace(r); r {
 		case "none", "":
-		case "attention", "activations":
+		case "attention", "activations", "loss":
 			o.Recompute = append(o.Recompute, r)
 		default:
-			return o, fmt.Errorf("--recompute %q: want none, or attention and/or activations (comma-separated)", r)
+			return o, fmt.Errorf("--recompute %q: want none, or attention, activations and/or loss (comma-separated)", r)
 		}
 	}
 	if o.ComputeDType, err = trainstep.ComputeDType(c.String("compute-dtype")); err != nil {
@@ -181,6 +181,9 @@ func exportTrainCommand() *cli.Command {
 			}
 			if c.Bool("memory-report") && static == nil {
 				return fmt.Errorf("--memory-report needs --static (a plan needs every size)")
+			}
+			if static == nil && slices.Contains(strings.Split(c.String("recompute"), ","), "loss") {
+				return fmt.Errorf("--recompute loss needs --static (or --batch-size): the loss is chunked by the batch's sequences")
 			}
 			io, err := exportTrain(in, dir, c, static, target, false, true, dump, logger(c))
 			if err != nil {

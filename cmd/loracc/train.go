@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -133,6 +134,9 @@ func trainRank(c *cli.Context, rk *rank) error {
 		logf = func(string, ...any) {} // rank 0 says it
 	}
 	split := rk != nil || c.Bool("split-step")
+	if !c.Bool("static") && slices.Contains(strings.Split(c.String("recompute"), ","), "loss") {
+		return fmt.Errorf("--recompute loss needs --static: the loss is chunked by the batch's sequences")
+	}
 	io, err := exportTrain(in, graphs, c, nil, "", split, c.String("eval") != "", nil, logf)
 	if err != nil {
 		return err
