@@ -92,6 +92,20 @@ func attention(guard bool) func(*graph.Builder, map[string]*graph.Value) (*graph
 	}
 }
 
+// attentionHeadsBack builds attention whose output o [B, H, T, D] is read
+// only by a Transpose keeping the last axis, as a model moves the heads
+// back beside the tokens (perm 0 2 1 3): y = t·t with t = Transpose(o,
+// perm). The row sums then come from the transpose and its gradient
+// (gradSoftmax).
+func attentionHeadsBack(perm ...int64) func(*graph.Builder, map[string]*graph.Value) (*graph.Value, error) {
+	return func(b *graph.Builder, in map[string]*graph.Value) (*graph.Value, error) {
+		p := b.Op("Softmax", "p", []*graph.Value{in["a"]}, graph.AttrI("axis", -1))
+		o := b.Op("MatMul", "o", []*graph.Value{p, in["v"]})
+		t := b.Op("Transpose", "t", []*graph.Value{o}, graph.AttrIs("perm", perm...))
+		return b.Op("Mul", "y", []*graph.Value{t, t}), nil
+	}
+}
+
 // ints is shorthand for a list of int64 constant inputs.
 func ints(xs ...[]int64) [][]int64 { return xs }
 
@@ -271,6 +285,8 @@ func cases() []Case {
 		}},
 		{Name: "Softmax into MatMul (attention row sums from go·o)", Opset: 13, Inputs: []Input{p("a", 2, 2, 3, 4), p("v", 2, 2, 4, 5)}, Build: attention(false)},
 		{Name: "Softmax, NaN guard, MatMul (attention)", Opset: 13, Inputs: []Input{p("a", 2, 2, 3, 4), p("v", 2, 2, 4, 5)}, Build: attention(true)},
+		{Name: "Softmax into MatMul, heads moved back (row sums from the transpose)", Opset: 13, Inputs: []Input{p("a", 2, 3, 4, 4), p("v", 2, 3, 4, 5)}, Build: attentionHeadsBack(0, 2, 1, 3)},
+		{Name: "Softmax into MatMul, axes cycled before the last (row sums from the transpose)", Opset: 13, Inputs: []Input{p("a", 2, 3, 4, 4), p("v", 2, 3, 4, 5)}, Build: attentionHeadsBack(2, 0, 1, 3)},
 		{Name: "Softmax into MatMul with a 2-D right operand", Opset: 13, Inputs: []Input{p("a", 2, 3, 4), p("v", 4, 5)}, Build: attention(false)},
 		{Name: "Softmax broadcast into MatMul (dense row sums)", Opset: 13, Inputs: []Input{p("a", 1, 3, 4), p("v", 2, 4, 5)}, Build: attention(false)},
 		{Name: "rotate_half: slices tiling an axis (gradients concatenated)", Opset: 13, Inputs: []Input{p("a", 2, 3, 6), x("c", 2, 3, 6)}, Build: func(b *graph.Builder, in map[string]*graph.Value) (*graph.Value, error) {
