@@ -246,6 +246,34 @@ func (t *Tensor) Clone() *Tensor {
 	return &c
 }
 
+// Reinterpreted is a tensor named name holding t's bytes as dt with dims,
+// which must take exactly as many bytes: a packed 4-bit weight read as
+// the uint8 bytes it is, or the other way round. Lazy external data stays
+// in its file (the same location and offset); bytes in memory are shared.
+func (t *Tensor) Reinterpreted(name string, dt DataType, dims []int64) (*Tensor, error) {
+	have, err := t.ByteSize()
+	if err != nil {
+		return nil, err
+	}
+	want, err := ByteSize(dt, dims)
+	if err != nil {
+		return nil, fmt.Errorf("tensor %q as %s%v: %w", t.Name, dt, dims, err)
+	}
+	if have != want {
+		return nil, fmt.Errorf("tensor %q: %d bytes of %s%v cannot be read as %s%v (%d bytes)", t.Name, have, t.DType, t.Dims, dt, dims, want)
+	}
+	if t.ext != nil {
+		c := t.Clone()
+		c.Name, c.DType, c.Dims = name, dt, append([]int64(nil), dims...)
+		return c, nil
+	}
+	raw, err := t.Bytes()
+	if err != nil {
+		return nil, err
+	}
+	return NewTensor(name, dt, dims, raw), nil
+}
+
 // checkLocation rejects external-data locations that could leave the
 // model's folder: absolute paths and any ".." element. Symlinks are caught
 // when the file is opened (os.Root).

@@ -248,22 +248,12 @@ func gbqLookThrough(data *graph.Value, dims []graph.Dim) *graph.Value {
 }
 
 // gbqAsBytes is an int4/uint4 table [V, ..., D] (D even) as the uint8
-// tensor [V, ..., D/2] its bytes are: the same external data, read when
-// used, or the same bytes in memory (a tensor that came in a typed field
-// is rewritten as raw bytes).
+// tensor [V, ..., D/2] its bytes are (graph.Tensor.Reinterpreted: the
+// same external data, read when used, or the same bytes in memory).
 func gbqAsBytes(c *graph.Tensor) (*graph.Tensor, error) {
 	dims := append([]int64(nil), c.Dims...)
 	dims[len(dims)-1] /= 2
-	if c.IsExternal() {
-		t := c.Clone()
-		t.Name, t.DType, t.Dims = c.Name+".bytes", graph.Uint8, dims
-		return t, nil
-	}
-	raw, err := c.Bytes()
-	if err != nil {
-		return nil, err
-	}
-	return graph.NewTensor(c.Name+".bytes", graph.Uint8, dims, raw), nil
+	return c.Reinterpreted(c.Name+".bytes", graph.Uint8, dims)
 }
 
 // gbqRepack packs int4/uint4 zero points, two per byte over the whole

@@ -388,7 +388,9 @@ open('/tmp/held', 'w').write('ok'); time.sleep(900)" "$hold" &
 # model that .gpu/bin/llama (internal/testmodels/cmd/llama, built on the dev machine) writes here
 # while PyTorch runs. Weights differ between the sides (random init on each); the tokens are the same.
 # Kind words: fp16, recompute / recompute_all, loss (--recompute loss), nomp (memory pattern off),
-# lowsoftmax (the attention's Softmax in the compute dtype, --disable-rewrite softmax-f32), int4.
+# lowsoftmax (the attention's Softmax in the compute dtype, --disable-rewrite softmax-f32); a kind
+# starting int4 trains the int4 base at opset 18 (its backward unpacks the codes in int32 ops),
+# int4op21 the same base at opset 21 (one DequantizeLinear per weight).
 # Kinds (KINDS7) containing int4 train the int4 base (llama -int4: every projection a 4-bit MatMulNBits,
 # QLoRA-style) beside PyTorch's bf16 row. PROF7=KIND profiles that kind's step node by node after it
 # trains (prof with SYNC=1: GPU time per node), results profsum_7b_KIND.txt.
@@ -397,16 +399,20 @@ l7b() {
 	rm -rf "$W"; mkdir -p "$W"
 	df -h "$WORK" | tail -1
 	( t0=$(now); "$BIN"/llama "$W"/model.onnx && echo "llama_gen_s $(python3 -c "print($(now)-$t0)")"
-	  case " ${KINDS7:-bf16} " in *int4*) "$BIN"/llama -int4 "$W"/model_int4.onnx && echo "llama_int4_gen_s $(python3 -c "print($(now)-$t0)")" ;; esac
+	  case " ${KINDS7:-bf16} " in *int4_*|*int4\ *) "$BIN"/llama -int4 "$W"/model_int4.onnx && echo "llama_int4_gen_s $(python3 -c "print($(now)-$t0)")" ;; esac
+	  case " ${KINDS7:-bf16} " in *int4op21*) "$BIN"/llama -int4 -opset 21 "$W"/model_int4op21.onnx && echo "llama_int4op21_gen_s $(python3 -c "print($(now)-$t0)")" ;; esac
 	) >"$W"/gen.log 2>&1 &
 	local gen=$!
 	echo "== PyTorch + PEFT, 7B, $B x $SEQ"
 	timeout 400 python3 bench/gpu/torch_7b.py --dir "$W" --batch "$B" --seq "$SEQ" --steps "$S" --modes "${MODES7:-bf16w,bf16w_ckpt}" 2>&1 | grep -v Warning | tee "$W"/torch.log
 	wait $gen; cat "$W"/gen.log; ls -la "$W"
 	"$BIN"/loracc inject "$W"/model.onnx --rank 16 --target 'self_attn\.[qkvo]_proj$' -o "$W"/model.lora.onnx | tail -1
-	[ -f "$W"/model_int4.onnx ] && "$BIN"/loracc inject "$W"/model_int4.onnx --rank 16 --target 'self_attn\.[qkvo]_proj$' -o "$W"/model_int4.lora.onnx | tail -1
+	for q in int4 int4op21; do
+		[ -f "$W"/model_$q.onnx ] && "$BIN"/loracc inject "$W"/model_$q.onnx --rank 16 --target 'self_attn\.[qkvo]_proj$' -o "$W"/model_$q.lora.onnx | tail -1
+	done
 	for kind in ${KINDS7:-bf16}; do
-		local model=$W/model.lora.onnx; case $kind in *int4*) model=$W/model_int4.lora.onnx ;; esac
+		local model=$W/model.lora.onnx
+		case $kind in int4op21*) model=$W/model_int4op21.lora.onnx ;; int4*) model=$W/model_int4.lora.onnx ;; esac
 		local dt=bf16; case $kind in fp16*) dt=fp16 ;; esac
 		local extra="--static --pad-to-multiple-of $SEQ --compute-dtype $dt"
 		local rec=""

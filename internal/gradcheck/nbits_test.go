@@ -9,12 +9,13 @@ import (
 // nbitsCases cover com.microsoft's MatMulNBits: the gradient to the
 // activation through a frozen weight, dequantized while the step runs
 // (2, 4 and 8 bits; with packed zero points, a partial last block and an
-// odd block count; a rank-3 activation). ORT runs MatMulNBits in float32 only: relative tolerance 2e-3,
+// odd block count; a rank-3 activation; at opset 21 one DequantizeLinear).
+// ORT runs MatMulNBits in float32 only: relative tolerance 2e-3,
 // step 1e-2.
 func nbitsCases() []Case {
-	nbits := func(name string, lead []int64, k, n, bits, block int64, zp bool) Case {
+	nbits := func(name string, lead []int64, k, n, bits, block int64, zp bool, opset ...int64) Case {
 		return Case{
-			Name: name, DType: graph.Float, Domains: []string{"com.microsoft"},
+			Name: name, DType: graph.Float, Domains: []string{"com.microsoft"}, Opset: append(opset, 0)[0],
 			Inputs: []Input{p("a", append(append([]int64(nil), lead...), k)...)},
 			Build: func(b *graph.Builder, in map[string]*graph.Value) (*graph.Value, error) {
 				blocks := (k + block - 1) / block
@@ -49,6 +50,8 @@ func nbitsCases() []Case {
 		nbits("MatMulNBits, zero points, partial last block", []int64{2, 3}, 40, 5, 4, 16, true),
 		nbits("MatMulNBits, 8 bits, zero points", []int64{3}, 32, 4, 8, 16, true),
 		nbits("MatMulNBits, 2 bits, zero points", []int64{3}, 32, 3, 2, 16, true),
+		nbits("MatMulNBits, opset 21 (DequantizeLinear)", []int64{3}, 32, 4, 4, 16, false, 21),
+		nbits("MatMulNBits, opset 21, zero points, partial last block", []int64{2, 3}, 40, 5, 4, 16, true, 21),
 	}
 }
 

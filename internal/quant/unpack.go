@@ -85,8 +85,19 @@ func RunTimeBits(bits int64) bool { return bits == 2 || bits == 4 || bits == 8 }
 // backward product's dequantization runs next to its use and its [N, K]
 // float lives only until the product is done. Reading the constants
 // costs one copy of the packed bytes per use.
+//
+// With opset 21 or later and 4-bit codes it is one blocked
+// DequantizeLinear of the packed weight read as uint4 [N, blocks·block]
+// (graph.Tensor.Reinterpreted: the bytes are the same, low nibble first)
+// with the scales [N, blocks] and the zero points repacked as uint4 (8
+// where the node has none): one kernel instead of the unpacking's dozen,
+// at the cost of a second initializer over the same bytes, which ONNX
+// Runtime loads apart from the forward's.
 func (q *NBits) DequantizeOp(b *opb.Builder, n *graph.Node, after *graph.Value) *graph.Value {
 	late := func(x *graph.Value) *graph.Value { return b.Where(after, x, x) }
+	if b.Opset >= 21 && q.Bits == 4 {
+		return q.dequantizeLinear(b, n, late)
+	}
 	blocks, bs := q.blocks(), q.BlockSize
 	u := &Unpacker{B: b, Bits: q.Bits}
 	blob := bs * q.Bits / 8
@@ -114,4 +125,54 @@ func (q *NBits) DequantizeOp(b *opb.Builder, n *graph.Node, after *graph.Value) 
 		w = b.Cast(w, q.Scales.DType)
 	}
 	return w
+}
+
+// dequantizeLinear is DequantizeOp's opset-21 form (see there).
+func (q *NBits) dequantizeLinear(b *opb.Builder, n *graph.Node, late func(*graph.Value) *graph.Value) *graph.Value {
+	blocks, bs := q.blocks(), q.BlockSize
+	codes, err := q.B.Reinterpreted(n.Input(1).Name+".uint4", graph.Uint4, []int64{q.N, blocks * bs})
+	if err != nil {
+		b.Fail(err)
+		return nil
+	}
+	zp, err := q.uint4ZeroPoints(n.Input(1).Name + ".zero_points.uint4")
+	if err != nil {
+		b.Fail(err)
+		return nil
+	}
+	scale := b.Reshape(late(n.Input(2)), b.Ints(q.N, blocks))
+	if q.Scales.DType == graph.BFloat16 { // no bfloat16 DequantizeLinear on CUDA
+		scale = b.Cast(scale, graph.Float)
+	}
+	w := b.Op("DequantizeLinear", []*graph.Value{b.Const(codes), scale, b.Const(zp)}, graph.AttrI("axis", 1), graph.AttrI("block_size", bs))
+	if blocks*bs != q.K {
+		w = b.Slice(w, 0, q.K, 1)
+	}
+	if q.Scales.DType == graph.BFloat16 {
+		w = b.Cast(w, graph.BFloat16)
+	}
+	return w
+}
+
+// uint4ZeroPoints are the node's zero points as a uint4 [N, blocks]
+// tensor packed over the whole tensor (DequantizeLinear's layout), from
+// MatMulNBits' per-row packed bytes, or 8 everywhere when it has none.
+func (q *NBits) uint4ZeroPoints(name string) (*graph.Tensor, error) {
+	blocks := q.blocks()
+	var zp []byte
+	if q.ZeroPoints != nil {
+		var err error
+		if zp, err = q.ZeroPoints.Bytes(); err != nil {
+			return nil, err
+		}
+	}
+	out := make([]byte, (q.N*blocks+1)/2)
+	for r := range q.N {
+		for kb := range blocks {
+			v := q.zeroPoint(zp, r, kb)
+			j := r*blocks + kb
+			out[j/2] |= byte(v) << (4 * (j % 2))
+		}
+	}
+	return graph.NewTensor(name, graph.Uint4, []int64{q.N, blocks}, out), nil
 }

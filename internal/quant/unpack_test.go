@@ -19,13 +19,19 @@ import (
 // copy's values bit for bit: 2-, 4- and 8-bit codes, with and without
 // zero points (the default then), K a multiple of the block and not (a
 // partial last block), an odd block count (the zero points' padding
-// nibble), float32 and float16 scales, scales flat and [N, blocks].
+// nibble), float32 and float16 scales, scales flat and [N, blocks]; and
+// at opset 21 the one-DequantizeLinear form of 4-bit codes, the same.
 func TestDequantizeOpMatchesCompileTime(t *testing.T) {
 	e := ortest.Env(t)
 	for _, c := range []struct {
 		bits, block, k, n  int64
 		zp, fp16, scales2d bool
+		opset              int64 // 21: the one-DequantizeLinear form (4 bits)
 	}{
+		{bits: 4, block: 16, k: 64, n: 5, zp: true, opset: 21},
+		{bits: 4, block: 16, k: 40, n: 3, zp: true, opset: 21},
+		{bits: 4, block: 32, k: 64, n: 4, opset: 21},
+		{bits: 4, block: 16, k: 48, n: 6, zp: true, fp16: true, scales2d: true, opset: 21},
 		{bits: 4, block: 16, k: 64, n: 5, zp: true},
 		{bits: 4, block: 16, k: 40, n: 3, zp: true}, // 3 blocks: a partial one, odd count
 		{bits: 4, block: 32, k: 64, n: 4},
@@ -34,7 +40,10 @@ func TestDequantizeOpMatchesCompileTime(t *testing.T) {
 		{bits: 8, block: 32, k: 64, n: 2},
 		{bits: 2, block: 16, k: 80, n: 3, zp: true},
 	} {
-		name := fmt.Sprintf("bits=%d/block=%d/K=%d/zp=%v/fp16=%v", c.bits, c.block, c.k, c.zp, c.fp16)
+		if c.opset == 0 {
+			c.opset = 17
+		}
+		name := fmt.Sprintf("opset=%d/bits=%d/block=%d/K=%d/zp=%v/fp16=%v", c.opset, c.bits, c.block, c.k, c.zp, c.fp16)
 		t.Run(name, func(t *testing.T) {
 			r := rand.New(rand.NewPCG(uint64(c.bits), uint64(c.k)))
 			blocks := (c.k + c.block - 1) / c.block
@@ -59,7 +68,7 @@ func TestDequantizeOpMatchesCompileTime(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			m := graph.NewModel(17)
+			m := graph.NewModel(c.opset)
 			m.Opsets = append(m.Opsets, graph.Opset{Domain: "com.microsoft", Version: 1})
 			g := m.Graph
 			gb := &graph.Builder{G: g}
@@ -84,6 +93,15 @@ func TestDequantizeOpMatchesCompileTime(t *testing.T) {
 			w := q.DequantizeOp(b, node, b.Cast(d, graph.Bool))
 			if err := b.Err(); err != nil {
 				t.Fatal(err)
+			}
+			dqs := 0
+			for _, n := range g.Nodes {
+				if n.Op == "DequantizeLinear" {
+					dqs++
+				}
+			}
+			if want := map[bool]int{true: 1, false: 0}[c.opset >= 21]; dqs != want {
+				t.Errorf("%d DequantizeLinear nodes, want %d", dqs, want)
 			}
 			w.Type = &graph.TensorType{DType: sdt, Shape: []graph.Dim{{Value: c.n}, {Value: c.k}}}
 			g.AddOutput(w)

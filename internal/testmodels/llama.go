@@ -30,6 +30,10 @@ type LlamaConfig struct {
 	// and lm_head stay float. Codes are random, each block's scale the
 	// float init's bound / 8 (±10 %), so weights span that bound.
 	Int4 bool
+	// Opset is the default domain's opset, 18 when 0 (ReduceMean's axes
+	// an input, as torch.onnx writes it); 21 lets an Int4 base's backward
+	// dequantize with one DequantizeLinear (quant.DequantizeOp).
+	Opset int64
 }
 
 // DefaultLlama is the tiny Llama the generate tests use: its vocabulary is
@@ -122,7 +126,14 @@ func Llama(cfg LlamaConfig) (*graph.Model, error) {
 	if cfg.Cache {
 		name = "llama_with_past"
 	}
-	m := graph.NewModel(llamaOpset)
+	opset := cfg.Opset
+	if opset == 0 {
+		opset = llamaOpset
+	}
+	if opset < llamaOpset {
+		return nil, fmt.Errorf("testmodels: llama: opset %d: want at least %d", opset, llamaOpset)
+	}
+	m := graph.NewModel(opset)
 	m.Graph.Name = name
 	if cfg.Int4 {
 		m.Opsets = append(m.Opsets, graph.Opset{Domain: "com.microsoft", Version: 1})

@@ -6,7 +6,7 @@
 // where it runs. Weights are random (±1/√rows unless -tiny-init); the
 // whole model is held in memory while it is written.
 //
-// Usage: llama [-vocab V -hidden H -layers L -heads N -kv-heads K -intermediate I] [-cache] [-int4] FILE.onnx
+// Usage: llama [-vocab V -hidden H -layers L -heads N -kv-heads K -intermediate I] [-cache] [-int4] [-opset N] FILE.onnx
 package main
 
 import (
@@ -30,6 +30,7 @@ func main() {
 	flag.IntVar(&c.Intermediate, "intermediate", 11008, "MLP width")
 	flag.BoolVar(&c.Cache, "cache", false, "past_key_values inputs and present outputs")
 	flag.BoolVar(&c.Int4, "int4", false, "projections as 4-bit com.microsoft MatMulNBits (block 32; QLoRA-style base)")
+	flag.Int64Var(&c.Opset, "opset", 18, "the default domain's opset (at least 18; 21 lets an int4 base's backward use DequantizeLinear)")
 	tiny := flag.Bool("tiny-init", false, "weights uniform in ±0.5 (the test models' init)")
 	flag.Parse()
 	if flag.NArg() != 1 {
