@@ -100,6 +100,7 @@ func Passes() []Pass {
 		{Name: "unroll", Why: "run K optimizer steps per graph run, so adapter and optimizer state cross between host and device once per K steps", Run: trainPass((*trainstep.Compiler).Unroll)},
 		{Name: "specialize", Why: "fix the input dims and fold the shape arithmetic they determine, so no shape work runs per step", Run: trainPass((*trainstep.Compiler).Specialize)},
 		{Name: "legalize", Why: "--compute-dtype bf16: ops ONNX Runtime's CUDA provider has no bfloat16 kernel for run in float32 between casts", Run: trainPass((*trainstep.Compiler).Legalize)},
+		{Name: "schedule", Why: "order the nodes so that ONNX Runtime's reverse depth-first walk runs each backward value made from forward values alone next to its use, not at the start of the backward", Run: trainPass((*trainstep.Compiler).Schedule)},
 		{Name: "fuse-cuda", Why: "for the CUDA provider: the attention's mask addition into its Softmax (BiasSoftmax) and the softmax gradient's row subtraction into its GEMM", Run: trainPass((*trainstep.Compiler).FuseCUDA)},
 	}
 }
@@ -144,6 +145,11 @@ var passOrder = [...]orderRule{
 	{"prune", "legalize", false, "legalize types the final ops"},
 	{"unroll", "legalize", false, "legalize types the ops unroll copies"},
 	{"unroll", "specialize", false, "unroll copies the step graph, so it must copy the specialised one, not be specialised after"},
+	{"legalize", "schedule", false, "schedule orders the final nodes, legalize's casts among them"},
+	{"fuse-cuda", "schedule", false, "schedule orders the nodes fuse-cuda writes too"},
+	{"unroll", "schedule", false, "schedule orders the nodes unroll copies"},
+	{"prune", "schedule", false, "schedule orders the pruned graph's nodes"},
+	{"autodiff", "schedule", false, "schedule orders the backward's nodes"},
 }
 
 // checkOrder reports the first ordering constraint the pipeline breaks:
