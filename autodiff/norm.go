@@ -251,6 +251,12 @@ func gradLayerNorm(c *gradCtx, n *graph.Node, gys []*graph.Value) []*graph.Value
 //	dScale = Σ gY·x̂                 (over the leading axes: by the driver)
 //	dx     = ρ·(g − x̂·mean(g·x̂)),  g = gY·Scale
 //	       − gInvStdVar·ρ³·x/N
+//
+// x̂ is Y/Scale when the backward keeps Y anyway — it feeds a product
+// whose other operand needs a gradient (the q/k/v projections' LoRA
+// input) — and Scale is a constant without zeros: then the backward need
+// not keep x, the residual stream, too (one [B, T, H] tensor a layer).
+// Y/Scale is x̂ up to Y's rounding.
 func gradSimplifiedLayerNorm(c *gradCtx, n *graph.Node, gys []*graph.Value) []*graph.Value {
 	x, scale := n.Input(0), n.Input(1)
 	axes := c.normalizedAxes(n, x)
@@ -263,7 +269,12 @@ func gradSimplifiedLayerNorm(c *gradCtx, n *graph.Node, gys []*graph.Value) []*g
 	} else {
 		rho = c.rmsInv(x, axes, n.AttrFloat("epsilon", 1e-5))
 	}
-	xhat := c.Mul(x, rho)
+	var xhat *graph.Value
+	if (len(gys) < 2 || gys[1] == nil) && rho == n.Output(1) && c.keptForParams(n.Output(0)) && nonzeroConst(scale) {
+		xhat = c.Div(n.Output(0), scale)
+	} else {
+		xhat = c.Mul(x, rho)
+	}
 	out := make([]*graph.Value, n.NumInputs())
 	gy := gys[0]
 	if gy != nil && c.needs(1) {
@@ -287,6 +298,38 @@ func gradSimplifiedLayerNorm(c *gradCtx, n *graph.Node, gys []*graph.Value) []*g
 		out[0] = c.Add(terms[0], terms[1])
 	}
 	return out
+}
+
+// keptForParams reports whether the backward reads v anyway: a forward
+// MatMul or Gemm reads it beside an operand whose gradient is needed
+// (the product's rule then reads v for that gradient).
+func (c *gradCtx) keptForParams(v *graph.Value) bool {
+	for _, u := range c.forwardUses(v) {
+		if (u.Node.Op == "MatMul" || u.Node.Op == "Gemm") && u.Node.Domain == "" && u.Index < 2 {
+			if other := u.Node.Input(1 - u.Index); other != nil && c.want[other] {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// nonzeroConst reports whether v is a constant none of whose elements is 0.
+func nonzeroConst(v *graph.Value) bool {
+	t := graph.ConstTensor(v)
+	if t == nil {
+		return false
+	}
+	xs, err := t.Floats()
+	if err != nil || len(xs) == 0 {
+		return false
+	}
+	for _, x := range xs {
+		if x == 0 {
+			return false
+		}
+	}
+	return true
 }
 
 // rmsInv is ρ = 1/√(mean(x²) + ε) over axes, kept for broadcasting.

@@ -233,6 +233,11 @@ func cases() []Case {
 			ys := b.OpN("SimplifiedLayerNormalization", []string{"y", "y.inv_std_var"}, []*graph.Value{in["x"], in["s"]}, graph.AttrF("epsilon", 1e-3))
 			return ys[0], nil
 		}},
+		{Name: "SimplifiedLayerNormalization with InvStdVar into a product with a param (x̂ = Y/scale)", DType: graph.Float, Inputs: []Input{p("x", 2, 3, 4), p("w", 4, 5)}, Build: func(b *graph.Builder, in map[string]*graph.Value) (*graph.Value, error) {
+			scale := fconst(b, in["x"], []int64{4}, 0.7, -1.3, 1.1, 0.4)
+			ys := b.OpN("SimplifiedLayerNormalization", []string{"y", "y.inv_std_var"}, []*graph.Value{in["x"], scale}, graph.AttrF("epsilon", 1e-3))
+			return b.Op("MatMul", "z", []*graph.Value{ys[0], in["w"]}), nil
+		}},
 		{Name: "SimplifiedLayerNormalization positive axis", Inputs: []Input{p("x", 2, 3, 4), p("s", 3, 4)}, Build: op("SimplifiedLayerNormalization", []string{"x", "s"}, graph.AttrI("axis", 1))},
 		{Name: "LayerNormalization last two axes", Inputs: []Input{p("x", 2, 3, 4), p("s", 3, 4), p("b", 3, 4)}, Build: op("LayerNormalization", []string{"x", "s", "b"}, graph.AttrI("axis", -2))},
 		{Name: "LayerNormalization positive axis no bias", Inputs: []Input{p("x", 2, 3, 4), p("s", 3, 4)}, Build: op("LayerNormalization", []string{"x", "s"}, graph.AttrI("axis", 1))},
