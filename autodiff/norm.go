@@ -173,6 +173,11 @@ func (c *gradCtx) sameAxis(a, b int64, v *graph.Value) bool {
 //	dScale = Σ gY·x̂
 //	dx     = ρ·(g − mean g − x̂·mean(g·x̂)),  g = gY·Scale
 //	       + gMean/N − gInvStdDev·ρ³·(x − μ)/N
+//
+// (The RMS norm's x̂ = Y/Scale is not used here: with Mean unread, ONNX
+// Runtime 1.29's SkipLayerNormalization fusion took a BERT residual's
+// normalization and lost its InvStdDev edge — "Missing Input" at run
+// time, measured — so x̂ is (x − μ)·ρ, reading Mean.)
 func gradLayerNorm(c *gradCtx, n *graph.Node, gys []*graph.Value) []*graph.Value {
 	x, scale, bias := n.Input(0), n.Input(1), n.Input(2)
 	axes := c.normalizedAxes(n, x)
