@@ -131,15 +131,10 @@ func (st *Compiler) recomputeLoss(m *graph.Model, fwd map[*graph.Node]bool) (int
 		return 0, nil
 	}
 	g := m.Graph
-	pos, err := topoPositions(g)
+	pos, late, b, err := st.recomputeSetup(m)
 	if err != nil {
 		return 0, err
 	}
-	late, err := lateValues(st.loss)
-	if err != nil {
-		return 0, err
-	}
-	b := opb.New(m, "recompute", "recompute", st.inf)
 	count := 0
 	for _, ch := range st.lossChunks {
 		lp := ch.lp.Output(0)

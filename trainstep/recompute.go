@@ -31,15 +31,10 @@ import (
 // copy; fwd holds the forward's nodes. It returns how many it rewired.
 func (st *Compiler) recomputeAttention(m *graph.Model, fwd map[*graph.Node]bool) (int, error) {
 	g := m.Graph
-	pos, err := topoPositions(g)
+	pos, late, b, err := st.recomputeSetup(m)
 	if err != nil {
 		return 0, err
 	}
-	late, err := lateValues(st.loss)
-	if err != nil {
-		return 0, err
-	}
-	b := opb.New(m, "recompute", "recompute", st.inf)
 	count := 0
 	for _, sm := range append([]*graph.Node(nil), g.Nodes...) {
 		if sm.Op != "Softmax" || sm.Domain != "" || !fwd[sm] {
@@ -314,15 +309,10 @@ func dataUses(v *graph.Value) int {
 // two [B, T, I] float32 tensors fewer per layer (256 MB at 8 × 512).
 func (st *Compiler) recomputeActivations(m *graph.Model, fwd map[*graph.Node]bool) (int, error) {
 	g := m.Graph
-	pos, err := topoPositions(g)
+	pos, late, b, err := st.recomputeSetup(m)
 	if err != nil {
 		return 0, err
 	}
-	late, err := lateValues(st.loss)
-	if err != nil {
-		return 0, err
-	}
-	b := opb.New(m, "recompute", "recompute", st.inf)
 	backward := func(v *graph.Value) []graph.Use {
 		var out []graph.Use
 		for _, u := range v.Uses() {
@@ -418,6 +408,21 @@ func isCopy(n *graph.Node, copies map[*graph.Value]*graph.Value) bool {
 func waitOn(b *opb.Builder, x, d *graph.Value) *graph.Value {
 	one := b.Slice(b.Reshape(d, b.Ints(-1)), 0, 1, 0) // [1]
 	return b.Add(x, b.Mul(b.CastTo(one, x), b.K(0, x)))
+}
+
+// recomputeSetup is what every recompute rewrite starts from: each
+// node's place in the sorted graph, the values computed from the loss
+// (lateValues) and the builder the copies' dependencies are made with.
+func (st *Compiler) recomputeSetup(m *graph.Model) (map[*graph.Node]int, map[*graph.Value]bool, *opb.Builder, error) {
+	pos, err := topoPositions(m.Graph)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	late, err := lateValues(st.loss)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	return pos, late, opb.New(m, "recompute", "recompute", st.inf), nil
 }
 
 // topoPositions sorts g and returns each node's place in it.

@@ -110,20 +110,13 @@ func TestRecomputeAttentionLlama(t *testing.T) {
 	if err := graph.Save(twin, path, graph.SaveOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	mod := struct{ vocab int64 }{o.Vocab}
 	lora := filepath.Join(dir, "m.lora.onnx")
 	mustLoracc(t, "inject", path, "--rank", "4", "--init", "gaussian", "--seed", "1", "-o", lora)
 	a, err := adapter.Load(filepath.Join(dir, "m.lora.adapter"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	ids := randomTokens(8, 128, 1)
-	ones := make([]int64, 8*128)
-	for i := range ones {
-		ones[i] = 1
-		ids.Data[8*i] %= byte(mod.vocab) // little-endian low byte: ids below the vocabulary
-	}
-	batch := map[string]runtime.Tensor{"input_ids": ids, "labels": ids, "attention_mask": runtime.Int64Tensor(ids.Shape, ones)}
+	batch := llamaBatch(8, 128, o.Vocab)
 	var planned [3]float64
 	var peaks [3]int64
 	for i, r := range []string{"none", "attention", "attention,activations"} {
@@ -141,9 +134,9 @@ func TestRecomputeAttentionLlama(t *testing.T) {
 		}
 	}
 	t.Logf("tiny Llama 8×128: planned peak %.1f MiB kept, %.1f MiB recomputing the attention, %.1f MiB and the activations; ORT CPU arena peak (memory pattern off) %d, %d and %d bytes", planned[0], planned[1], planned[2], peaks[0], peaks[1], peaks[2])
-	// Measured: planned 45.8 → 31.5 → 26.2 MiB, ORT's arena 61.6 → 50.6 →
-	// 45.7 MB (the plan in ORT's order follows ORT's drops: 14.3 and 5.3
-	// MiB planned, 11.1 and 4.9 MB measured; in file order it had
+	// Measured: planned 42.0 → 28.0 → 22.7 MiB, ORT's arena 58.2 → 47.6 →
+	// 42.6 MB (the plan in ORT's order follows ORT's drops: 14.0 and 5.3
+	// MiB planned, 10.6 and 5.0 MB measured; in file order it had
 	// predicted 0.7 MiB for the activations). With
 	// 2 layers ORT's peak did not fall (22.9 → 23.4 MB): one layer's
 	// probabilities saved against the recomputed scores and probabilities
@@ -155,7 +148,7 @@ func TestRecomputeAttentionLlama(t *testing.T) {
 		t.Errorf("ORT's CPU arena peak went from %d to %d bytes, want at least 10%% lower", peaks[0], peaks[1])
 	}
 	// The activations (σ(gate) and gate·σ(gate) of every MLP) too:
-	// measured 50.6 → 45.7 MB.
+	// measured 47.6 → 42.6 MB.
 	if !(float64(peaks[2]) <= 0.95*float64(peaks[1])) {
 		t.Errorf("recomputing the activations too left ORT's CPU arena peak at %d bytes (attention only: %d), want at least 5%% lower", peaks[2], peaks[1])
 	}
@@ -337,14 +330,7 @@ func TestRecomputeLoss(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ids := randomTokens(4, 64, 1)
-	ones := make([]int64, 4*64)
-	for i := range ones {
-		ones[i] = 1
-		ids.Data[8*i] = byte(int(ids.Data[8*i]) % 251) // ids below the vocabulary (little-endian low bytes)
-		ids.Data[8*i+1] = 0
-	}
-	batch := map[string]runtime.Tensor{"input_ids": ids, "labels": ids, "attention_mask": runtime.Int64Tensor(ids.Shape, ones)}
+	batch := llamaBatch(4, 64, 8192)
 	var planned [2]float64
 	var peaks [2]int64
 	for i, r := range []string{"none", "loss"} {
@@ -374,4 +360,19 @@ func TestRecomputeLoss(t *testing.T) {
 	if _, err := loracc(t, "export-train", headed, "--loss", "lm", "--logits", "logits", "--batch-size", "4", "--seq-len", "64", "--recompute", "loss", "-o", filepath.Join(dir, "headed")); err == nil || !strings.Contains(err.Error(), "LoRA branch on the head") {
 		t.Errorf("--recompute loss with an adapted head: %v", err)
 	}
+}
+
+// llamaBatch is a Llama step's batch of b × t random ids below
+// min(vocab, 256), their labels and an all-ones attention mask.
+func llamaBatch(b, t, vocab int64) map[string]runtime.Tensor {
+	ids := randomTokens(b, t, 1)
+	ones := make([]int64, b*t)
+	for i := range ones {
+		ones[i] = 1
+		ids.Data[8*i] = byte(int64(ids.Data[8*i]) % min(vocab, 256)) // little-endian: the low byte, the rest 0
+		for k := 1; k < 8; k++ {
+			ids.Data[8*i+k] = 0
+		}
+	}
+	return map[string]runtime.Tensor{"input_ids": ids, "labels": ids, "attention_mask": runtime.Int64Tensor(ids.Shape, ones)}
 }
