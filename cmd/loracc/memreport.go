@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"io"
+	"regexp"
 	"sort"
 
 	"github.com/loracc/loracc/graph"
@@ -34,26 +35,51 @@ func memoryReport(w io.Writer, path, dims string) error {
 		}
 		fmt.Fprintf(w, "  %10s  %v  %s (%s)\n", mib(h.Bytes), h.Dims, h.Name, h.Op)
 	}
-	byOp := map[string]int64{}
-	count := map[string]int{}
-	for _, h := range r.Holders {
-		byOp[h.Op] += h.Bytes
-		count[h.Op]++
+	// The same value in every layer is one line: the layer numbers of the
+	// names folded to N (model.layers.N.mlp.up_proj.out × 16).
+	fold := regexp.MustCompile(`([./])[0-9]+([./])`)
+	byName, names := tally(r.Holders, func(h memplan.Holder) string { return fold.ReplaceAllString(h.Name, "${1}N$2") + " (" + h.Op + ")" })
+	fmt.Fprintf(w, "at the peak, layers folded:\n")
+	for i, k := range names {
+		if i == 12 {
+			fmt.Fprintf(w, "  ... %d more\n", len(names)-i)
+			break
+		}
+		fmt.Fprintf(w, "  %10s  %3d×  %s\n", mib(byName[k].bytes), byName[k].n, k)
 	}
-	ops := make([]string, 0, len(byOp))
-	for op := range byOp {
-		ops = append(ops, op)
-	}
-	sort.Slice(ops, func(i, j int) bool {
-		return byOp[ops[i]] > byOp[ops[j]] || (byOp[ops[i]] == byOp[ops[j]] && ops[i] < ops[j])
-	})
+	byOp, ops := tally(r.Holders, func(h memplan.Holder) string { return h.Op })
 	fmt.Fprintf(w, "by op at the peak:")
 	for i, op := range ops {
 		if i == 10 {
 			break
 		}
-		fmt.Fprintf(w, " %s %s (%d)", op, mib(byOp[op]), count[op])
+		fmt.Fprintf(w, " %s %s (%d)", op, mib(byOp[op].bytes), byOp[op].n)
 	}
 	fmt.Fprintln(w)
 	return nil
+}
+
+// group is the bytes and number of the holders of one key.
+type group struct {
+	bytes int64
+	n     int
+}
+
+// tally groups holders by key, largest total first (ties by key).
+func tally(hs []memplan.Holder, key func(memplan.Holder) string) (map[string]group, []string) {
+	by := map[string]group{}
+	for _, h := range hs {
+		g := by[key(h)]
+		g.bytes += h.Bytes
+		g.n++
+		by[key(h)] = g
+	}
+	keys := make([]string, 0, len(by))
+	for k := range by {
+		keys = append(keys, k)
+	}
+	sort.Slice(keys, func(i, j int) bool {
+		return by[keys[i]].bytes > by[keys[j]].bytes || (by[keys[i]].bytes == by[keys[j]].bytes && keys[i] < keys[j])
+	})
+	return by, keys
 }
