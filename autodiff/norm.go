@@ -268,14 +268,20 @@ func gradSimplifiedLayerNorm(c *gradCtx, n *graph.Node, gys []*graph.Value) []*g
 	if axes == nil {
 		return nil
 	}
+	// ρ is the node's InvStdVar output when it has one, cast to x's type
+	// when ORT stashes it in float32 (16-bit inputs), else recomputed.
 	var rho *graph.Value
-	if r := n.Output(1); r != nil && c.Inf.DType(r) == c.Inf.DType(x) {
-		rho = r
-	} else {
+	stashed := false
+	switch r := n.Output(1); {
+	case r != nil && c.Inf.DType(r) == c.Inf.DType(x):
+		rho, stashed = r, true
+	case r != nil && c.Inf.DType(r) == graph.Float && c.Inf.DType(x).IsFloat():
+		rho, stashed = c.Cast(r, c.Inf.DType(x)), true
+	default:
 		rho = c.rmsInv(x, axes, n.AttrFloat("epsilon", 1e-5))
 	}
 	var xhat *graph.Value
-	if (len(gys) < 2 || gys[1] == nil) && rho == n.Output(1) && c.keptForParams(n.Output(0)) && nonzeroConst(scale) {
+	if (len(gys) < 2 || gys[1] == nil) && stashed && c.keptForParams(n.Output(0)) && nonzeroConst(scale) {
 		xhat = c.Div(n.Output(0), scale)
 	} else {
 		xhat = c.Mul(x, rho)
