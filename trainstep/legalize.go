@@ -32,7 +32,8 @@ import (
 func BF16Kernel(domain, op string) bool {
 	if domain == "com.microsoft" {
 		switch op {
-		case "FusedMatMul", "FastGelu", "Gelu", "QuickGelu", "BiasGelu", "SkipLayerNormalization", "SkipSimplifiedLayerNormalization":
+		case "FusedMatMul", "FastGelu", "Gelu", "QuickGelu", "BiasGelu", "SkipLayerNormalization", "SkipSimplifiedLayerNormalization",
+			"MatMulNBits": // measured on the H200 (TestCUDABFloat16Kernels, 2026-12-01, fifth session)
 			return true
 		}
 		return false // BiasSoftmax among them

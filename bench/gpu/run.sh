@@ -387,7 +387,7 @@ open('/tmp/held', 'w').write('ok'); time.sleep(900)" "$hold" &
 # checkpointing off, then on) beside `loracc train --static --compute-dtype bf16` of a Llama-2-7B-shaped
 # model that .gpu/bin/llama (internal/testmodels/cmd/llama, built on the dev machine) writes here
 # while PyTorch runs. Weights differ between the sides (random init on each); the tokens are the same.
-# Kind words: fp16, recompute / recompute_all, loss (--recompute loss), nomp (memory pattern off),
+# Kind words: fp16, recompute / recompute_all, loss (--recompute loss), nomp (memory pattern off), nograph (--cuda-graph off),
 # lowsoftmax (the attention's Softmax in the compute dtype, --disable-rewrite softmax-f32); a kind
 # starting int4 trains the int4 base at opset 18 (its backward unpacks the codes in int32 ops),
 # int4op21 the same base at opset 21 (one DequantizeLinear per weight).
@@ -407,8 +407,17 @@ l7b() {
 	timeout 400 python3 bench/gpu/torch_7b.py --dir "$W" --batch "$B" --seq "$SEQ" --steps "$S" --modes "${MODES7:-bf16w,bf16w_ckpt}" 2>&1 | grep -v Warning | tee "$W"/torch.log
 	wait $gen; cat "$W"/gen.log; ls -la "$W"
 	"$BIN"/loracc inject "$W"/model.onnx --rank 16 --target 'self_attn\.[qkvo]_proj$' -o "$W"/model.lora.onnx | tail -1
+	l7b_kinds
+}
+
+# l7b-kinds: train KINDS7 on the models an earlier l7b left in $WORK/l7b (a warm machine), generating
+# an int4 base a kind needs that is not there yet; PyTorch's row is the earlier run's.
+l7b_kinds() {
+	local W=$WORK/l7b B=${BATCH7:-4} S=${STEPS7:-20}
+	case " ${KINDS7:-bf16} " in *int4op21*) [ -f "$W"/model_int4op21.onnx ] || "$BIN"/llama -int4 -opset 21 "$W"/model_int4op21.onnx 2>&1 | tail -1 ;; esac
+	case " ${KINDS7:-bf16} " in *int4_*|*int4\ *) [ -f "$W"/model_int4.onnx ] || "$BIN"/llama -int4 "$W"/model_int4.onnx 2>&1 | tail -1 ;; esac
 	for q in int4 int4op21; do
-		[ -f "$W"/model_$q.onnx ] && "$BIN"/loracc inject "$W"/model_$q.onnx --rank 16 --target 'self_attn\.[qkvo]_proj$' -o "$W"/model_$q.lora.onnx | tail -1
+		[ -f "$W"/model_$q.onnx ] && [ ! -f "$W"/model_$q.lora.onnx ] && "$BIN"/loracc inject "$W"/model_$q.onnx --rank 16 --target 'self_attn\.[qkvo]_proj$' -o "$W"/model_$q.lora.onnx | tail -1
 	done
 	for kind in ${KINDS7:-bf16}; do
 		local model=$W/model.lora.onnx
@@ -420,6 +429,7 @@ l7b() {
 		case $kind in *loss*) rec=${rec:+$rec,}loss ;; esac # the lm loss in chunks, recomputed (--recompute loss)
 		[ -n "$rec" ] && extra="$extra --recompute $rec"
 		case $kind in *nomp*) extra="$extra --mem-pattern off" ;; esac
+		case $kind in *nograph*) extra="$extra --cuda-graph off" ;; esac
 		# lowsoftmax: the attention's Softmax in the compute dtype; in bf16 without BiasSoftmax, which
 		# has no bf16 kernel (trainstep.BF16Kernel) and would run in float32 between casts again
 		case $kind in *lowsoftmax*) [ $dt = bf16 ] && extra="$extra --disable-rewrite softmax-f32,bias-softmax" || extra="$extra --disable-rewrite softmax-f32" ;; esac
@@ -509,6 +519,7 @@ static) static ;;
 round) round "${2:?round needs a model: gpt2 or llama1b}" ;;
 variants) variants "${2:?variants needs a model}" ;;
 l7b) l7b ;;
+l7b-kinds) l7b_kinds ;;
 memcurve) memcurve "${2:?memcurve needs a model: gpt2 or llama1b}" ;;
 *) echo "usage: $0 tests|gpt2|llama-torch|llama-loracc|gpt2-extra|llama-extra|static|round MODEL|variants MODEL|l7b|memcurve MODEL" >&2; exit 2 ;;
 esac

@@ -8,6 +8,7 @@ import (
 	"io"
 	"math"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/loracc/loracc/adapter"
@@ -127,6 +128,9 @@ type runner struct {
 	// holder is the captured step whose buffers hold the current params
 	// and state (captured.go), nil when the host or dev holds them.
 	holder capturedRunner
+	// uncapture turns a step whose recording failed into an unrecorded
+	// one (Run sets it).
+	uncapture func(g *stepGraph, why error) error
 	// ctx is the loop's; a rank reports its cancellation in the step's
 	// all-reduce, and stopAll says some rank did (dist.go).
 	ctx     context.Context
@@ -165,6 +169,7 @@ func Run(ctx context.Context, env *runtime.Env, cfg Config) (*Result, error) {
 	// each holding its own peak; captured steps cannot.
 	sharedBuckets := cfg.Static != nil
 	r.open = func(g *stepGraph, path string) error {
+		g.path = path
 		if cfg.CUDAGraph && !uncaptured {
 			c, err := env.NewCapturedStep(path, cfg.Session, stepSpec(g.io))
 			if err == nil {
@@ -196,6 +201,28 @@ func Run(ctx context.Context, env *runtime.Env, cfg Config) (*Result, error) {
 		opened = append(opened, s)
 		g.sess = s
 		return nil
+	}
+	// uncapture reopens a captured step whose recording failed as an
+	// unrecorded one (and stops later buckets from trying), unless
+	// recording is required.
+	r.uncapture = func(g *stepGraph, why error) error {
+		if cfg.CUDAGraphRequired {
+			return why
+		}
+		uncaptured = true
+		fmt.Fprintf(cfg.Out, "cuda graph: recording the step failed, so it runs unrecorded (%s)\n", firstLine(why))
+		for i, c := range captured {
+			if capturedRunner(c) == g.captured {
+				c.Close()
+				captured = slices.Delete(captured, i, i+1)
+				break
+			}
+		}
+		if r.holder == g.captured {
+			r.holder = nil
+		}
+		g.captured = nil
+		return r.open(g, g.path)
 	}
 	switch {
 	case cfg.Split:

@@ -28,8 +28,12 @@ type stepGraph struct {
 	// bound, when set, runs the graph with params and state kept in
 	// device memory (device.go) instead of sess.
 	bound boundRunner
-	// captured, when set, runs the graph as a captured step (captured.go).
+	// captured, when set, runs the graph as a captured step (captured.go);
+	// recorded says its first run, the recording, succeeded.
 	captured capturedRunner
+	recorded bool
+	// path is the graph's file (a step whose recording fails reopens it).
+	path string
 	// split, when set, runs the step as a gradient graph and an optimizer
 	// graph with the gradients summed over the ranks between them
 	// (dist.go); io is then the two graphs' IO as one step's.
@@ -153,7 +157,20 @@ func (r *runner) runSteps(g *stepGraph) (float64, float64, error) {
 	case g.split != nil:
 		out, err = r.runSplit(g.split, batch, lrT, stepT, &mb, &padded)
 	case g.captured != nil:
-		out, err = r.runCaptured(g, feeds)
+		if out, err = r.runCaptured(g, feeds); err != nil && !g.recorded && r.uncapture != nil {
+			// Its first run records the step; a recording ORT refuses
+			// there (a kernel that syncs or allocates) leaves the step
+			// to run unrecorded, from the host copies of the state,
+			// which the failed run did not change.
+			if err = r.uncapture(g, err); err == nil {
+				if g.bound != nil {
+					out, devOut, err = r.runBound(g, feeds)
+				} else {
+					out, err = g.sess.Run(feeds, outputNames(g.io))
+				}
+			}
+		}
+		g.recorded = g.recorded || (err == nil && g.captured != nil)
 	case g.bound != nil:
 		out, devOut, err = r.runBound(g, feeds)
 	default:
