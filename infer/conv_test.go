@@ -47,14 +47,4 @@ func TestInferMatMul(t *testing.T) {
 		g.op("Gemm", vs(a, b), graph.AttrI("transA", 1)), "float32 2 [6,5]",
 		g.op("Gemm", vs(b, g.in("c", graph.Float, 6, 5), v), graph.AttrI("transB", 1)), "float32 2 [4,6]",
 	)
-	// com.microsoft FusedMatMul (ORT's optimizer writes it): MatMul of the
-	// operands transA/transB swap the last two dims of.
-	ms := &graph.Builder{G: g.m.Graph, Domain: "com.microsoft"}
-	q := g.in("q", graph.Float16, "batch", 8, "seq", 16)
-	g.check(
-		ms.Op("FusedMatMul", "fm", vs(q, q), graph.AttrI("transB", 1)), "float16 4 [batch,8,seq,seq]",
-		ms.Op("FusedMatMul", "fmA", vs(q, q), graph.AttrI("transA", 1)), "float16 4 [batch,8,16,16]",
-		ms.Op("FusedMatMul", "fmAB", vs(a, g.in("d", graph.Float, 5, 4)), graph.AttrI("transA", 1), graph.AttrI("transB", 1)), "float32 2 [6,5]",
-		ms.Op("FusedMatMul", "fmB", vs(a, g.in("e", graph.Float, 3, 6)), graph.AttrI("transB", 1)), "float32 2 [4,3]",
-	)
 }

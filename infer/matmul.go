@@ -38,33 +38,6 @@ func matMulDims(s *Inferer, n *graph.Node, rank int) []graph.Dim {
 	return nil
 }
 
-// fusedMatMulDims are com.microsoft FusedMatMul's: MatMul's after
-// transA/transB swap the last two dims of an operand of rank ≥ 2
-// (transBatchA/B, which move batch dims, are not inferred).
-func fusedMatMulDims(s *Inferer, n *graph.Node, rank int) []graph.Dim {
-	if n.AttrInt("transBatchA", 0) != 0 || n.AttrInt("transBatchB", 0) != 0 {
-		return nil
-	}
-	a, b := s.dimsOf(n.Input(0)), s.dimsOf(n.Input(1))
-	swap := func(d []graph.Dim, t bool) []graph.Dim {
-		if !t || len(d) < 2 {
-			return d
-		}
-		d = append([]graph.Dim(nil), d...)
-		d[len(d)-1], d[len(d)-2] = d[len(d)-2], d[len(d)-1]
-		return d
-	}
-	a, b = swap(a, n.AttrInt("transA", 0) != 0), swap(b, n.AttrInt("transB", 0) != 0)
-	if a == nil || b == nil || len(a) < 2 || len(b) < 2 {
-		return nil
-	}
-	batch := broadcastDims([][]graph.Dim{a[:len(a)-2], b[:len(b)-2]}, rank-2)
-	if batch == nil {
-		return nil
-	}
-	return append(batch, a[len(a)-2], b[len(b)-1])
-}
-
 // rank2 is Gemm's and Flatten's rank.
 func rank2(*Inferer, *graph.Node, int) int { return 2 }
 

@@ -79,8 +79,6 @@ func inferRules() map[string]opInfer {
 		// com.microsoft MatMulNBits: A [..., K] times the packed [K, N] weight.
 		"com.microsoft::MatMulNBits": {dtype: typeOf(0), rank: rankOf(0), dims: nbitsDims},
 		"Gemm":                       {rank: rank2, dims: gemmDims},
-		// com.microsoft FusedMatMul: MatMul with transposed operands.
-		"com.microsoft::FusedMatMul": {dtype: typeOf(0), rank: matMulRank, dims: fusedMatMulDims},
 
 		// convolution and pooling (conv.go)
 		"Conv": window, "AveragePool": window, "LpPool": window,

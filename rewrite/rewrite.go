@@ -101,7 +101,6 @@ func Passes() []Pass {
 		{Name: "specialize", Why: "fix the input dims and fold the shape arithmetic they determine, so no shape work runs per step", Run: trainPass((*trainstep.Compiler).Specialize)},
 		{Name: "legalize", Why: "--compute-dtype bf16: ops ONNX Runtime's CUDA provider has no bfloat16 kernel for run in float32 between casts", Run: trainPass((*trainstep.Compiler).Legalize)},
 		{Name: "schedule", Why: "order the nodes so that ONNX Runtime's reverse depth-first walk runs each backward value made from forward values alone next to its use, not at the start of the backward", Run: trainPass((*trainstep.Compiler).Schedule)},
-		{Name: "products", Why: "off CUDA, write the backward's matrix products in the forms ONNX Runtime's CPU GEMM runs faster: narrow weight gradients as (hᵀ·x)ᵀ, a LoRA layer's input gradient through W + A·B", Run: trainPass((*trainstep.Compiler).Products)},
 		{Name: "fuse-cuda", Why: "for the CUDA provider: the attention's mask addition into its Softmax (BiasSoftmax) and the softmax gradient's row subtraction into its GEMM", Run: trainPass((*trainstep.Compiler).FuseCUDA)},
 	}
 }
@@ -143,10 +142,6 @@ var passOrder = [...]orderRule{
 	{"prune", "specialize", true, "specialize records the IO of the pruned graph and folds only what its outputs need"},
 	{"specialize", "fuse-cuda", true, "fuse-cuda matches patterns by their concrete dims, which specialize fixes"},
 	{"fuse-cuda", "legalize", false, "legalize types the ops fuse-cuda writes too"},
-	{"autodiff", "products", false, "products reads the products the gradient rules write"},
-	{"unroll", "products", false, "products rewrites the products unroll copies"},
-	{"products", "legalize", false, "legalize types the nodes products writes"},
-	{"products", "schedule", false, "schedule orders the nodes products writes"},
 	{"prune", "legalize", false, "legalize types the final ops"},
 	{"unroll", "legalize", false, "legalize types the ops unroll copies"},
 	{"unroll", "specialize", false, "unroll copies the step graph, so it must copy the specialised one, not be specialised after"},

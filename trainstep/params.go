@@ -59,8 +59,7 @@ type Options struct {
 
 	// Target is the ONNX Runtime execution provider the step is compiled
 	// for: "cuda" lets pass "fuse-cuda" use kernels only the CUDA
-	// provider has (and pass "products" leaves out the forms that pay
-	// on the CPU); "" keeps the graph runnable by any provider.
+	// provider has; "" keeps the graph runnable by any provider.
 	Target string
 
 	// Recompute names forward values the backward recomputes instead of
@@ -80,8 +79,8 @@ type Options struct {
 	Disable []string
 }
 
-// Rewrites are the optional rewrites of passes canonicalize, autodiff,
-// fuse-cuda and products that Options.Disable may name, with what each does.
+// Rewrites are the optional rewrites of passes canonicalize, autodiff and
+// fuse-cuda that Options.Disable may name, with what each does.
 func Rewrites() map[string]string {
 	return map[string]string{
 		"rms-norm":        "canonicalize: RMS normalization as SimplifiedLayerNormalization",
@@ -93,8 +92,6 @@ func Rewrites() map[string]string {
 		"softmax-f32":     "autocast: the attention's Softmax in float32 (left out: in the compute dtype, float32 accumulation inside the kernel)",
 		"bias-softmax":    "fuse-cuda: Softmax(x + mask) as com.microsoft BiasSoftmax",
 		"row-sub-fold":    "fuse-cuda: (G·Vᵀ) − s folded into one GEMM",
-		"narrow-grad":     "products (not for cuda): a weight gradient xᵀ·h with narrow h computed as (hᵀ·x)ᵀ",
-		"lora-dx":         "products (not for cuda): a LoRA layer's input gradient g·Wᵀ + (g·Bᵀ)·Aᵀ as g·(W + A·B)ᵀ",
 	}
 }
 

@@ -252,7 +252,7 @@ func exportTrain(in, dir string, c *cli.Context, static map[string]int64, target
 	if len(static) > 0 {
 		spec = []string{"specialize", "fuse-cuda"}
 	}
-	spec = append(spec, "products", "legalize", "schedule")
+	spec = append(spec, "legalize", "schedule")
 	if res.Train, err = build("train", append([]string{"params", "canonicalize", "autocast", "loss", "autodiff", "optimizer", "prune"}, spec...)...); err != nil {
 		return res, err
 	}
@@ -265,7 +265,7 @@ func exportTrain(in, dir string, c *cli.Context, static map[string]int64, target
 		if len(static) > 0 {
 			return res, fmt.Errorf("--static and --steps-per-run > 1 do not combine yet")
 		}
-		multi, err := build("train_multi", "params", "canonicalize", "autocast", "loss", "autodiff", "optimizer", "prune", "unroll", "products", "legalize", "schedule")
+		multi, err := build("train_multi", "params", "canonicalize", "autocast", "loss", "autodiff", "optimizer", "prune", "unroll", "legalize", "schedule")
 		if err != nil {
 			return res, err
 		}

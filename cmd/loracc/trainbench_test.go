@@ -160,9 +160,8 @@ func BenchmarkGPTTrainStep(b *testing.B) {
 // injected at r=8 on every target, a batch of 8 × 64, lm loss, AdamW, one
 // intra-op thread; one run of train.onnx fetching only the loss against
 // one run of eval.onnx (forward + loss) on the same batch, alternating,
-// medians over b.N pairs. Sub-benchmarks: the dynamic graphs, the ones
-// specialised to 8 × 64 (export-train --static), and those without pass
-// products' CPU forms (static-plain), to show what they save.
+// medians over b.N pairs. Sub-benchmarks: the dynamic graphs and the ones
+// specialised to 8 × 64 (export-train --static).
 //
 //	go test ./cmd/loracc -run '^$' -bench StepOverEval -benchtime 20x
 func BenchmarkStepOverEval(b *testing.B) {
@@ -173,15 +172,12 @@ func BenchmarkStepOverEval(b *testing.B) {
 	if err := run([]string{"loracc", "inject", "../../testdata/models/gpt2_tiny.onnx", "--rank", "8", "--seed", "1", "-o", lora}, &o, &errb); err != nil {
 		b.Fatal(err)
 	}
-	for _, mode := range []struct{ name, static, disable string }{{"dynamic", "", ""}, {"static", "batch=8,seq=64", ""}, {"static-plain", "batch=8,seq=64", "narrow-grad,lora-dx"}} {
+	for _, mode := range []struct{ name, static string }{{"dynamic", ""}, {"static", "batch=8,seq=64"}} {
 		b.Run(mode.name, func(b *testing.B) {
 			out := filepath.Join(dir, mode.name)
 			args := []string{"loracc", "export-train", lora, "--loss", "lm", "--logits", "logits", "-o", out}
 			if mode.static != "" {
 				args = append(args, "--static", mode.static)
-			}
-			if mode.disable != "" {
-				args = append(args, "--disable-rewrite", mode.disable)
 			}
 			if err := run(args, &o, &errb); err != nil {
 				b.Fatal(err)
