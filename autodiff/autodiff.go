@@ -49,6 +49,7 @@ type gradCtx struct {
 	silus map[*graph.Node]int   // Mul nodes computing x·σ(x), by the slot of x (gradMul)
 	grads map[*graph.Value][]*graph.Value
 	fwd   map[*graph.Node]bool // the nodes of the forward graph, as opposed to those rules build
+	opts  Options
 }
 
 // forwardUses is v's uses by forward nodes.
@@ -203,6 +204,10 @@ type Options struct {
 	// NoSiLURule differentiates x·σ(x) through Mul's and Sigmoid's
 	// rules instead of as one function (findSiLUs).
 	NoSiLURule bool
+	// NoCastRowSums keeps the softmax gradient's row sums as Σ gy·y when
+	// autocast's Cast stands between the probabilities and P·V, instead
+	// of Σ go·o from the cast product (attentionOutput).
+	NoCastRowSums bool
 }
 
 // GradientsWith is Gradients with options.
@@ -292,7 +297,7 @@ func GradientsWith(m *graph.Model, loss *graph.Value, params []*graph.Value, o O
 	for _, n := range g.Nodes {
 		fwd[n] = true
 	}
-	c := &gradCtx{Builder: opb.New(m, "grad", "grad/loss", inf), want: want, picks: map[*graph.Value]pick{}, grads: map[*graph.Value][]*graph.Value{}, fwd: fwd, silus: silus}
+	c := &gradCtx{Builder: opb.New(m, "grad", "grad/loss", inf), want: want, picks: map[*graph.Value]pick{}, grads: map[*graph.Value][]*graph.Value{}, fwd: fwd, silus: silus, opts: o}
 	grads := c.grads
 	// The seed is 1 + 0·loss, not a constant 1: every gradient then depends
 	// on the loss's value, so ONNX Runtime finishes the loss before the

@@ -40,7 +40,7 @@ func gradSoftmax(c *gradCtx, n *graph.Node, gys []*graph.Value) []*graph.Value {
 	gy, y := gys[0], n.Output(0)
 	var s *graph.Value
 	if o := c.attentionOutput(n); o != nil {
-		s = c.rowSums(o)
+		s = c.rowSums(o, c.Inf.DType(y))
 	}
 	if s == nil {
 		s = c.ReduceSum(c.Mul(gy, y), c.softmaxAxes(n), true)
@@ -55,8 +55,17 @@ func gradSoftmax(c *gradCtx, n *graph.Node, gys []*graph.Value) []*graph.Value {
 // the [.., 1] sums transposed back: the backward then reads only the
 // transposed copy — which the output projection's LoRA gradient keeps
 // anyway — and not o too (a [B, H, T, D] tensor a layer: 32 MiB of the 1B
-// Llama at 8 × 512). The same additions in the same order.
-func (c *gradCtx) rowSums(o *graph.Value) *graph.Value {
+// Llama at 8 × 512). The same additions in the same order. The sums are
+// taken in dt, y's type: under autocast o is the bfloat16 (or float16)
+// product of the cast probabilities, and its [.., D] rows are cast to
+// float32 before the products, so nothing [.., T, T] is read for them.
+func (c *gradCtx) rowSums(o *graph.Value, dt graph.DataType) *graph.Value {
+	as := func(v *graph.Value) *graph.Value {
+		if c.Inf.DType(v) == dt {
+			return v
+		}
+		return c.Cast(v, dt)
+	}
 	if us := c.forwardUses(o); len(us) == 1 && us[0].Node.Op == "Transpose" && us[0].Node.Domain == "" {
 		t := us[0].Node
 		perm := t.AttrInts("perm")
@@ -67,21 +76,27 @@ func (c *gradCtx) rowSums(o *graph.Value) *graph.Value {
 				for i, p := range perm {
 					inv[p] = int64(i)
 				}
-				st := c.ReduceSum(c.Mul(gt, t.Output(0)), []int64{-1}, true)
+				st := c.ReduceSum(c.Mul(as(gt), as(t.Output(0))), []int64{-1}, true)
 				return c.Transpose(st, inv...)
 			}
 		}
 	}
 	if gout := c.gradOf(o); gout != nil {
-		return c.ReduceSum(c.Mul(gout, o), []int64{-1}, true)
+		return c.ReduceSum(c.Mul(as(gout), as(o)), []int64{-1}, true)
 	}
 	return nil
 }
 
 // attentionOutput is o = MatMul(p, V) when that is the only forward
-// consumer of softmax node n's output y, directly (p = y) or through the
-// NaN guard p = Where(IsNaN(y), 0, y); the softmax is over y's last axis
-// and o has y's leading dims (no broadcasting of y). Otherwise nil.
+// consumer of softmax node n's output y, directly (p = y), through the
+// NaN guard p = Where(IsNaN(y), 0, y), and/or (unless NoCastRowSums)
+// through autocast's Cast of the probabilities to the compute type; the
+// softmax is over y's last axis and o has y's leading dims (no
+// broadcasting of y). Otherwise nil.
+//
+// Under autocast Σ gy·y differs from Σ go·o by the cast's rounding of y
+// (and o's own): a relative 2⁻⁸ in bfloat16, the operands' precision, and
+// what FlashAttention's backward computes (D = rowsum(dO ∘ O)).
 func (c *gradCtx) attentionOutput(n *graph.Node) *graph.Value {
 	y := n.Output(0)
 	r := c.Inf.Rank(y)
@@ -91,22 +106,25 @@ func (c *gradCtx) attentionOutput(n *graph.Node) *graph.Value {
 	if axes := c.softmaxAxes(n); len(axes) != 1 || !c.sameAxis(axes[0], -1, y) {
 		return nil
 	}
+	// p walks from y to the product's operand: the guard first (its IsNaN
+	// reads y too), then the cast.
 	p := y
-	for _, u := range c.forwardUses(y) {
-		switch {
-		case u.Node.Op == "IsNaN" && u.Node.Domain == "":
-		case u.Node.Op == "Where" && u.Index == 2 && nanGuardOfSoftmax(u.Node) && p == y:
-			p = u.Node.Output(0)
-		case u.Node.Op == "MatMul" && u.Index == 0 && p == y:
-			p = nil // y read directly; checked below
-		default:
-			return nil
+	if us := c.forwardUses(y); len(us) == 2 {
+		for _, u := range us {
+			if u.Node.Op == "Where" && u.Index == 2 && nanGuardOfSoftmax(u.Node) {
+				p = u.Node.Output(0)
+			}
+		}
+		for _, u := range us {
+			if u.Node.Op != "IsNaN" && u.Node.Output(0) != p {
+				return nil
+			}
 		}
 	}
-	var mm *graph.Node
-	if p == nil {
-		p = y
+	if us := c.forwardUses(p); !c.opts.NoCastRowSums && len(us) == 1 && us[0].Node.Op == "Cast" && us[0].Node.Domain == "" && c.Inf.DType(us[0].Node.Output(0)).IsFloat() {
+		p = us[0].Node.Output(0)
 	}
+	var mm *graph.Node
 	for _, u := range c.forwardUses(p) {
 		if u.Node.Op != "MatMul" || u.Node.Domain != "" || u.Index != 0 || mm != nil {
 			return nil

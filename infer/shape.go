@@ -79,6 +79,17 @@ func expandRank(s *Inferer, n *graph.Node, _ int) int {
 	return max(a, l)
 }
 
+// expandDims broadcast x's dims with the shape input's value (Expand is
+// bidirectional, as numpy's broadcasting): repeat_kv's Expand of
+// [B, KV, 1, T, D] by [1, 1, G, 1, 1] is [B, KV, G, T, D].
+func expandDims(s *Inferer, n *graph.Node, rank int) []graph.Dim {
+	x, target := s.dimsOf(n.Input(0)), s.shapeValue(n.Input(1))
+	if x == nil || target == nil {
+		return nil
+	}
+	return broadcastDims([][]graph.Dim{x, target}, rank)
+}
+
 // tensorAttrType is the type of the tensor in attribute "value" (Constant,
 // ConstantOfShape), float when there is none.
 func tensorAttrType(n *graph.Node) (graph.DataType, bool) {

@@ -91,7 +91,7 @@ func inferRules() map[string]opInfer {
 		"Shape":           {dtype: toInt64, rank: rankOne, dims: shapeDims, value: shapeEntries, length: shapeLength},
 		"Size":            {dtype: toInt64, rank: rankZero},
 		"Reshape":         {dtype: data, rank: shapeInputRank(1), dims: reshapeDims},
-		"Expand":          {dtype: data, rank: expandRank},
+		"Expand":          {dtype: data, rank: expandRank, dims: expandDims},
 		"ConstantOfShape": {dtype: constantOfShapeType, rank: shapeInputRank(0)},
 		"Range":           {rank: rankOne},
 		"Constant":        {dtype: constantType, rank: constantRank},

@@ -4,8 +4,8 @@ package trainstep
 //
 // Pre:  specialize ran (every dim is concrete); Options.Target is "cuda"
 //       (otherwise the pass changes nothing).
-// Post: two attention patterns read and write their [.., T, T] tensors
-//       fewer times:
+// Post: three attention patterns read and write their [.., T, T] tensors
+//       fewer times (softmax-cast is in cudasoftmax.go):
 //   bias-softmax — Softmax(x + m) over the last axis, where the sum has
 //       no other reader and m broadcasts over x's leading dims (the
 //       causal mask), becomes com.microsoft BiasSoftmax(x, m): the node
@@ -16,7 +16,10 @@ package trainstep
 //       [G | −s | 0]·[V | 1 | 0]ᵀ: the subtraction rides in an extra
 //       column of the product (zero columns pad the inner size to 16
 //       bytes, which cuBLAS's tensor-core kernels need), so the broadcast
-//       Sub over [.., T, T] is gone.
+//       Sub over [.., T, T] is gone;
+//   softmax-cast — autocast's Cast(Softmax(Cast(x, float32)), bfloat16)
+//       whose float32 probabilities nothing else reads is one bfloat16
+//       (or float16) Softmax.
 //
 // Why: on a 512-token, 32-head Llama each of those passes over an fp32
 // [8, 32, 512, 512] tensor costs ~0.22 ms per layer on an H200 (Nsight
@@ -51,6 +54,7 @@ func (st *Compiler) FuseCUDA(m *graph.Model) error {
 	}{
 		{"bias-softmax", fuseBiasSoftmax, "%d mask additions fused into their Softmax (BiasSoftmax)"},
 		{"row-sub-fold", foldRowSubtractions, "%d row-vector subtractions folded into their GEMM"},
+		{"softmax-cast", lowerCastSoftmax, "%d float32 softmaxes between casts run in the compute dtype (cudasoftmax.go)"},
 	} {
 		if !st.enabled(rw.name) {
 			continue

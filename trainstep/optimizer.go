@@ -59,7 +59,7 @@ func (st *Compiler) Autodiff(m *graph.Model) error {
 	for _, n := range m.Graph.Nodes {
 		fwd[n] = true
 	}
-	grads, err := autodiff.GradientsWith(m, target, st.params, autodiff.Options{NoSiLURule: !st.enabled("silu-rule")})
+	grads, err := autodiff.GradientsWith(m, target, st.params, autodiff.Options{NoSiLURule: !st.enabled("silu-rule"), NoCastRowSums: !st.enabled("cast-row-sums")})
 	if err != nil {
 		return err
 	}

@@ -14,6 +14,7 @@ import (
 	"testing"
 
 	"github.com/loracc/loracc/graph"
+	"github.com/loracc/loracc/internal/testmodels"
 	"github.com/loracc/loracc/runtime"
 	"github.com/loracc/loracc/runtime/train"
 )
@@ -28,26 +29,7 @@ func TestStaticTrainGraph(t *testing.T) {
 	lora, dynDir, io, params := gptTrainSetup(t)
 	statDir := filepath.Join(filepath.Dir(dynDir), "static")
 	mustLoracc(t, "export-train", lora, "--loss", "lm", "--logits", "logits", "--static", "batch=2,seq=16", "-o", statDir)
-	for _, name := range []string{"train.onnx", "eval.onnx"} {
-		m, err := graph.Load(filepath.Join(statDir, name))
-		if err != nil {
-			t.Fatal(err)
-		}
-		ops := map[string]int{}
-		m.Graph.Walk(func(n *graph.Node) { ops[n.Op]++ })
-		for _, op := range []string{"Shape", "NonZero", "ConstantOfShape", "Range", "Size"} {
-			if ops[op] != 0 {
-				t.Errorf("%s: %d %s nodes left", name, ops[op], op)
-			}
-		}
-		for _, in := range m.Graph.Inputs {
-			for _, d := range in.Type.Shape {
-				if !d.Known() {
-					t.Errorf("%s: input %q keeps a symbolic dim %q", name, in.Name, d.Param)
-				}
-			}
-		}
-	}
+	noShapeWork(t, statDir)
 	statIO := readTrainIO(t, statDir)
 	ids := randomTokens(2, 16, 7)
 	batch := map[string]runtime.Tensor{"input_ids": ids, "labels": ids}
@@ -66,6 +48,61 @@ func TestStaticTrainGraph(t *testing.T) {
 		t.Error("an unknown dim was accepted")
 	} else if want := "no input has the dims sequence (symbolic dims of the inputs: batch, seq)"; !bytes.Contains([]byte(err.Error()), []byte(want)) {
 		t.Errorf("error %q does not say %q", err, want)
+	}
+}
+
+// noShapeWork fails t if dir's train.onnx or eval.onnx has a Shape,
+// NonZero, ConstantOfShape, Range or Size node or a symbolic input dim.
+func noShapeWork(t *testing.T, dir string) {
+	t.Helper()
+	for _, name := range []string{"train.onnx", "eval.onnx"} {
+		m, err := graph.Load(filepath.Join(dir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ops := map[string]int{}
+		m.Graph.Walk(func(n *graph.Node) { ops[n.Op]++ })
+		for _, op := range []string{"Shape", "NonZero", "ConstantOfShape", "Range", "Size"} {
+			if ops[op] != 0 {
+				t.Errorf("%s: %d %s nodes left", name, ops[op], op)
+			}
+		}
+		for _, in := range m.Graph.Inputs {
+			for _, d := range in.Type.Shape {
+				if !d.Known() {
+					t.Errorf("%s: input %q keeps a symbolic dim %q", name, in.Name, d.Param)
+				}
+			}
+		}
+	}
+}
+
+// TestStaticGQAGraph: the static step of a Llama whose key/value heads
+// are repeated to the query heads (grouped-query attention: Unsqueeze,
+// Expand, Reshape, as Hugging Face's repeat_kv) has no shape work left
+// either, in float32 and in bf16 for CUDA. The gradient of the masking
+// Where used to un-broadcast at run time (Shape, NonZero) because the
+// repeated keys' dims were not inferred through Expand.
+func TestStaticGQAGraph(t *testing.T) {
+	dir := t.TempDir()
+	cfg := testmodels.DefaultLlama()
+	if cfg.KVHeads >= cfg.Heads {
+		t.Fatalf("DefaultLlama has %d key/value heads for %d query heads: not grouped", cfg.KVHeads, cfg.Heads)
+	}
+	m, err := testmodels.Llama(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "llama.onnx")
+	if err := graph.Save(m, path, graph.SaveOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	lora := filepath.Join(dir, "m.lora.onnx")
+	mustLoracc(t, "inject", path, "--rank", "4", "--target", `self_attn\.[qkvo]_proj$`, "-o", lora)
+	for _, extra := range [][]string{nil, {"--compute-dtype", "bf16", "--provider", "cuda"}} {
+		out := filepath.Join(dir, fmt.Sprint("static", len(extra)))
+		mustLoracc(t, append([]string{"export-train", lora, "--loss", "lm", "--logits", "logits", "--static", "batch_size=2,sequence_length=16", "-o", out}, extra...)...)
+		noShapeWork(t, out)
 	}
 }
 

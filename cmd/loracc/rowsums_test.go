@@ -1,0 +1,106 @@
+package main
+
+import (
+	"math"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/loracc/loracc/graph"
+	"github.com/loracc/loracc/infer"
+	"github.com/loracc/loracc/internal/testmodels"
+)
+
+// TestCastRowSums: under autocast (fp16 on the CPU here; bf16 on CUDA
+// alike) the softmax gradient's row sums come from the attention output,
+// Σ go·o over its [.., D] rows, also through autocast's Cast of the
+// probabilities, so no [B, H, T, T] product is reduced for them — one per
+// layer before, with --disable-rewrite cast-row-sums. Four fp16 steps on
+// the CPU give the loss and gradient norm of the Σ gy·y form to fp16
+// precision (the first loss bit for bit: the forward is the same).
+func TestCastRowSums(t *testing.T) {
+	dir := t.TempDir()
+	cfg := testmodels.DefaultLlama()
+	cfg.Layers = 3
+	m, err := testmodels.Llama(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "llama.onnx")
+	if err := graph.Save(m, path, graph.SaveOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	lora := filepath.Join(dir, "m.lora.onnx")
+	mustLoracc(t, "inject", path, "--rank", "4", "--init", "gaussian", "--seed", "1", "--target", `self_attn\.[qkvo]_proj$`, "-o", lora)
+	const batch, seq = 4, 32
+	// squareSums counts the ReduceSum nodes of the backward that read a
+	// [.., seq, seq] value.
+	squareSums := func(train string) int {
+		m, err := graph.Load(train)
+		if err != nil {
+			t.Fatal(err)
+		}
+		inf := infer.New()
+		n := 0
+		for _, node := range m.Graph.Nodes {
+			if node.Op != "ReduceSum" || !strings.HasPrefix(node.Name, "grad/") {
+				continue
+			}
+			d := inf.Info(node.Input(0)).Dims
+			if len(d) == 4 && d[2].Value == seq && d[3].Value == seq {
+				n++
+			}
+		}
+		return n
+	}
+	data := precisionData(t, dir, 8, seq, int64(cfg.Vocab))
+	var curves [2][][2]float64
+	for i, disable := range []string{"", "cast-row-sums"} {
+		args := []string{"--loss", "lm", "--logits", "logits", "--compute-dtype", "fp16"}
+		if disable != "" {
+			args = append(args, "--disable-rewrite", disable)
+		}
+		out := filepath.Join(dir, "static"+disable)
+		mustLoracc(t, append([]string{"export-train", lora, "--static", "batch_size=4,sequence_length=32", "-o", out}, args...)...)
+		want := 0
+		if disable != "" {
+			want = cfg.Layers
+		}
+		if got := squareSums(filepath.Join(out, "train.onnx")); got != want {
+			t.Errorf("--disable-rewrite %q: %d row sums over [.., T, T], want %d", disable, got, want)
+		}
+		run := filepath.Join(dir, "run"+disable)
+		mustLoracc(t, append([]string{"train", lora, "--data", data, "--max-steps", "4", "--batch-size", strconv.Itoa(batch),
+			"--lr", "1e-2", "--device", "cpu", "--save-every", "0", "--out", run}, args...)...)
+		b, err := os.ReadFile(filepath.Join(run, "metrics.csv"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, line := range strings.Split(string(lossAndNorm(t, b)), "\n")[1:] {
+			f := strings.Split(line, ",")
+			if len(f) != 3 {
+				continue
+			}
+			loss, err1 := strconv.ParseFloat(f[1], 64)
+			norm, err2 := strconv.ParseFloat(f[2], 64)
+			if err1 != nil || err2 != nil {
+				t.Fatalf("metrics.csv line %q: %v %v", line, err1, err2)
+			}
+			curves[i] = append(curves[i], [2]float64{loss, norm})
+		}
+	}
+	if len(curves[0]) != 4 || len(curves[1]) != 4 {
+		t.Fatalf("steps logged: %d and %d, want 4", len(curves[0]), len(curves[1]))
+	}
+	if curves[0][0][0] != curves[1][0][0] {
+		t.Errorf("step 1 loss %v vs %v: the forward differs", curves[0][0][0], curves[1][0][0])
+	}
+	for s := range curves[0] {
+		a, b := curves[0][s], curves[1][s]
+		if math.Abs(a[0]-b[0]) > 1e-3*math.Abs(b[0]) || math.Abs(a[1]-b[1]) > 2e-2*math.Abs(b[1]) {
+			t.Errorf("step %d: loss %v, grad norm %v with the cast row sums; %v, %v without", s+1, a[0], a[1], b[0], b[1])
+		}
+	}
+}
