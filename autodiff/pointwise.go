@@ -246,6 +246,10 @@ func gradWhere(c *gradCtx, n *graph.Node, gys []*graph.Value) []*graph.Value {
 	}
 	zero := c.K(0, gy)
 	out := make([]*graph.Value, 3)
+	if slot := maskedScores(c, n); slot > 0 {
+		out[slot] = gy
+		return out
+	}
 	if c.needs(1) {
 		out[1] = c.Where(cond, gy, zero)
 	}
@@ -253,6 +257,52 @@ func gradWhere(c *gradCtx, n *graph.Node, gys []*graph.Value) []*graph.Value {
 		out[2] = c.Where(cond, zero, gy)
 	}
 	return out
+}
+
+// maskedScores is the slot (1 or 2) of the scores when n masks them for a
+// softmax: Where(cond, scores, fill) or Where(cond, fill, scores) with fill
+// a constant at most −1e4, read only by a Softmax over the last axis
+// (directly or through one float Cast, autocast's). Otherwise 0.
+//
+// The scores then get gy itself, not gy where they are kept: at a filled
+// position the probability is exp(fill − max) = 0 exactly (float32's exp
+// underflows below −104) in every row with a kept position, so the
+// softmax's gradient gy = y·(g − Σ g·y) is exactly 0 there already. A row
+// with no kept position (a padding query with no key to see) is uniform
+// instead; its output reaches the loss only through positions that mask
+// it in turn, so its g is 0 and gy is 0 too. This saves an
+// attention-sized select per layer and the bool mask the backward would
+// read, as PyTorch's additive masks do.
+func maskedScores(c *gradCtx, n *graph.Node) int {
+	slot := 0
+	for i, fill := range []*graph.Value{n.Input(2), n.Input(1)} {
+		if zs, ok := graph.ConstFloats(fill); ok && len(zs) == 1 && zs[0] <= -1e4 {
+			slot = i + 1
+		}
+	}
+	if slot == 0 {
+		return 0
+	}
+	y := n.Output(0)
+	for range 2 {
+		us := c.forwardUses(y)
+		if len(us) != 1 {
+			return 0
+		}
+		u := us[0].Node
+		switch {
+		case u.Op == "Cast" && u.Domain == "" && c.Inf.DType(u.Output(0)).IsFloat():
+			y = u.Output(0)
+		case u.Op == "Softmax" && u.Domain == "":
+			if axes := c.softmaxAxes(u); len(axes) == 1 && c.sameAxis(axes[0], -1, y) {
+				return slot
+			}
+			return 0
+		default:
+			return 0
+		}
+	}
+	return 0
 }
 
 // nanGuardOfSoftmax reports whether n is Where(IsNaN(y), 0, y) with y

@@ -14,7 +14,9 @@ import (
 )
 
 // TestCastRowSums: under autocast (fp16 on the CPU here; bf16 on CUDA
-// alike) the softmax gradient's row sums come from the attention output,
+// alike) the backward has no select over [B, H, T, T] (the masking
+// Where passes the softmax's gradient), and the softmax gradient's row
+// sums come from the attention output,
 // Σ go·o over its [.., D] rows, also through autocast's Cast of the
 // probabilities, so no [B, H, T, T] product is reduced for them — one per
 // layer before, with --disable-rewrite cast-row-sums. Four fp16 steps on
@@ -35,9 +37,9 @@ func TestCastRowSums(t *testing.T) {
 	lora := filepath.Join(dir, "m.lora.onnx")
 	mustLoracc(t, "inject", path, "--rank", "4", "--init", "gaussian", "--seed", "1", "--target", `self_attn\.[qkvo]_proj$`, "-o", lora)
 	const batch, seq = 4, 32
-	// squareSums counts the ReduceSum nodes of the backward that read a
-	// [.., seq, seq] value.
-	squareSums := func(train string) int {
+	// square counts the backward's op nodes that read a [.., seq, seq]
+	// value.
+	square := func(train, op string) int {
 		m, err := graph.Load(train)
 		if err != nil {
 			t.Fatal(err)
@@ -45,12 +47,14 @@ func TestCastRowSums(t *testing.T) {
 		inf := infer.New()
 		n := 0
 		for _, node := range m.Graph.Nodes {
-			if node.Op != "ReduceSum" || !strings.HasPrefix(node.Name, "grad/") {
+			if node.Op != op || !strings.HasPrefix(node.Name, "grad/") {
 				continue
 			}
-			d := inf.Info(node.Input(0)).Dims
-			if len(d) == 4 && d[2].Value == seq && d[3].Value == seq {
-				n++
+			for _, in := range node.Inputs() {
+				if d := inf.Info(in).Dims; len(d) == 4 && d[2].Value == seq && d[3].Value == seq {
+					n++
+					break
+				}
 			}
 		}
 		return n
@@ -68,8 +72,12 @@ func TestCastRowSums(t *testing.T) {
 		if disable != "" {
 			want = cfg.Layers
 		}
-		if got := squareSums(filepath.Join(out, "train.onnx")); got != want {
+		if got := square(filepath.Join(out, "train.onnx"), "ReduceSum"); got != want {
 			t.Errorf("--disable-rewrite %q: %d row sums over [.., T, T], want %d", disable, got, want)
+		}
+		// The masking Where's gradient is the softmax's (maskedScores).
+		if got := square(filepath.Join(out, "train.onnx"), "Where"); got != 0 {
+			t.Errorf("--disable-rewrite %q: %d Where nodes over [.., T, T] in the backward, want 0", disable, got)
 		}
 		run := filepath.Join(dir, "run"+disable)
 		mustLoracc(t, append([]string{"train", lora, "--data", data, "--max-steps", "4", "--batch-size", strconv.Itoa(batch),

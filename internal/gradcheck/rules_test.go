@@ -92,6 +92,39 @@ func attention(guard bool) func(*graph.Builder, map[string]*graph.Value) (*graph
 	}
 }
 
+// causal is a [t, k] mask keeping key j ≤ query i + k − t (every row
+// keeps at least one key).
+func causal(t, k int) []bool {
+	m := make([]bool, t*k)
+	for i := range t {
+		for j := range k {
+			m[i*k+j] = j <= i+k-t
+		}
+	}
+	return m
+}
+
+// maskedAttention builds attention on masked scores, Where(cond, a, −1e9)
+// (or, inverted, Where(Not(cond), −1e9, Cast(a))) into a last-axis
+// Softmax, then MatMul with v, y = o·o: the masking Where's scores get
+// the softmax's gradient unmasked (maskedScores).
+func maskedAttention(inverted bool) func(*graph.Builder, map[string]*graph.Value) (*graph.Value, error) {
+	return func(b *graph.Builder, in map[string]*graph.Value) (*graph.Value, error) {
+		fill := fconst(b, in["a"], nil, -1e9)
+		var s *graph.Value
+		if inverted {
+			not := b.Op("Not", "not", []*graph.Value{in["cond"]})
+			s = b.Op("Where", "masked", []*graph.Value{not, fill, in["a"]})
+			s = b.Op("Cast", "cast", []*graph.Value{s}, graph.AttrI("to", int64(in["a"].Type.DType)))
+		} else {
+			s = b.Op("Where", "masked", []*graph.Value{in["cond"], in["a"], fill})
+		}
+		p := b.Op("Softmax", "p", []*graph.Value{s}, graph.AttrI("axis", -1))
+		o := b.Op("MatMul", "o", []*graph.Value{p, in["v"]})
+		return b.Op("Mul", "y", []*graph.Value{o, o}), nil
+	}
+}
+
 // attentionHeadsBack builds attention whose output o [B, H, T, D] is read
 // only by a Transpose keeping the last axis, as a model moves the heads
 // back beside the tokens (perm 0 2 1 3): y = t·t with t = Transpose(o,
@@ -288,6 +321,8 @@ func cases() []Case {
 			w := b.Op("Where", "w", []*graph.Value{nan, fconst(b, in["a"], nil, 0), y})
 			return b.Op("Mul", "y", []*graph.Value{w, w}), nil
 		}},
+		{Name: "Where mask into Softmax (scores get gy unmasked)", Opset: 13, Inputs: []Input{{Name: "cond", Shape: []int64{3, 4}, Bool: causal(3, 4)}, p("a", 2, 3, 4), p("v", 2, 4, 5)}, Build: maskedAttention(false)},
+		{Name: "Where mask, fill first, Cast into Softmax", Opset: 13, Inputs: []Input{{Name: "cond", Shape: []int64{3, 4}, Bool: causal(3, 4)}, p("a", 2, 3, 4), p("v", 2, 4, 5)}, Build: maskedAttention(true)},
 		{Name: "Softmax into MatMul (attention row sums from go·o)", Opset: 13, Inputs: []Input{p("a", 2, 2, 3, 4), p("v", 2, 2, 4, 5)}, Build: attention(false)},
 		{Name: "Softmax, NaN guard, MatMul (attention)", Opset: 13, Inputs: []Input{p("a", 2, 2, 3, 4), p("v", 2, 2, 4, 5)}, Build: attention(true)},
 		{Name: "Softmax into MatMul, heads moved back (row sums from the transpose)", Opset: 13, Inputs: []Input{p("a", 2, 3, 4, 4), p("v", 2, 3, 4, 5)}, Build: attentionHeadsBack(0, 2, 1, 3)},
