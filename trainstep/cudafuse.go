@@ -301,7 +301,13 @@ func boolInt(b bool) int64 {
 
 // foldRowSubtractions rewrites Sub(MatMul(G, Transpose(V)), s), with s
 // of dims [.., T, 1] and no broadcasting of leading dims anywhere, as
-// MatMul([G | −s | 0], Transpose([V | 1 | 0])).
+// MatMul([G | −s | 0], Transpose([V | 1 | 0])). Under autocast, the
+// bfloat16 product cast to float32 before the Sub: Cast(MatMul([G |
+// Cast(−s) | 0], ...)) — s rounded to bfloat16 as an operand, the
+// difference rounded once by the GEMM, where before the product was
+// rounded and the difference exact: the same order of error (one
+// bfloat16 rounding of values of |dP|'s size), and the [.., T, T]
+// float32 copy of the product and the Sub's pass over it are gone.
 func foldRowSubtractions(m *graph.Model, inf *infer.Inferer) (int, error) {
 	g := m.Graph
 	b := opb.New(m, "fuse_cuda", "fuse_cuda", inf)
@@ -337,8 +343,18 @@ func foldRowSubtractions(m *graph.Model, inf *infer.Inferer) (int, error) {
 			continue
 		}
 		prod, s := sub.Input(0), sub.Input(1)
+		if prod.NumUses() != 1 || prod.IsGraphOutput() {
+			continue
+		}
+		// Under autocast the product is bfloat16 (or float16) and cast to
+		// float32 for the subtraction: the fold then runs in the product's
+		// type, s cast to it, and the result is cast back.
+		var widen *graph.Node
+		if c := producerOp(prod, "Cast"); c != nil && graph.DataType(c.AttrInt("to", 0)) == graph.Float && c.Input(0).NumUses() == 1 {
+			widen, prod = c, c.Input(0)
+		}
 		mm := producerOp(prod, "MatMul")
-		if mm == nil || prod.NumUses() != 1 || prod.IsGraphOutput() {
+		if mm == nil {
 			continue
 		}
 		tr := producerOp(mm.Input(1), "Transpose")
@@ -347,7 +363,13 @@ func foldRowSubtractions(m *graph.Model, inf *infer.Inferer) (int, error) {
 		}
 		G, V := mm.Input(0), tr.Input(0)
 		dt := inf.DType(prod)
-		if dt != graph.Float || inf.DType(G) != dt || inf.DType(V) != dt || inf.DType(s) != dt {
+		switch {
+		case widen == nil && dt == graph.Float:
+		case widen != nil && (dt == graph.BFloat16 || dt == graph.Float16):
+		default:
+			continue
+		}
+		if inf.DType(G) != dt || inf.DType(V) != dt || inf.DType(s) != graph.Float {
 			continue
 		}
 		pd, ok1 := staticDims(inf, prod)
@@ -376,15 +398,26 @@ func foldRowSubtractions(m *graph.Model, inf *infer.Inferer) (int, error) {
 			continue
 		}
 		k := gd[r-1]
-		pad := (4 - (k+1)%4) % 4 // float32: 16-byte rows
+		per := int64(4) // elements in 16 bytes: float32
+		if dt != graph.Float {
+			per = 8
+		}
+		pad := (per - (k+1)%per) % per
 		t, u := pd[r-2], pd[r-1]
-		ins := []*graph.Value{G, b.Neg(s)}
+		negS := b.Neg(s)
+		if dt != graph.Float {
+			negS = b.Cast(negS, dt)
+		}
+		ins := []*graph.Value{G, negS}
 		if pad > 0 {
 			ins = append(ins, block(dt, append(slices.Clone(lead), t, pad), 0))
 		}
 		gx := b.Concat(-1, ins...)
 		vx := b.Concat(-1, V, block(dt, append(slices.Clone(lead), u, 1+pad), 1))
 		folded := b.MatMul(gx, b.Transpose(vx, want...))
+		if widen != nil {
+			folded = b.Cast(folded, graph.Float)
+		}
 		if err := b.Err(); err != nil {
 			return count, err
 		}

@@ -4,11 +4,15 @@ import (
 	"fmt"
 	"math"
 	"path/filepath"
+	"strings"
 	"testing"
 
+	"github.com/loracc/loracc/adapter"
 	"github.com/loracc/loracc/graph"
 	"github.com/loracc/loracc/infer"
 	"github.com/loracc/loracc/internal/testmodels"
+	"github.com/loracc/loracc/runtime"
+	"github.com/loracc/loracc/runtime/train"
 )
 
 // attnLlama writes testmodels' Llama with the given layers, injected at
@@ -35,10 +39,13 @@ func attnLlama(t *testing.T, dir string, layers int) (string, testmodels.LlamaCo
 // P·V reads its probabilities) while the backward's recomputed one stays
 // float32; without recompute the forward's probabilities feed the
 // backward and stay float32; --disable-rewrite softmax-cast keeps all.
+// The softmax gradient's subtraction is folded into its bf16 GEMM
+// (row-sub-fold through autocast's Cast) unless disabled.
 func TestSoftmaxCast(t *testing.T) {
 	dir := t.TempDir()
 	lora, cfg := attnLlama(t, dir, 3)
-	softmaxes := func(name string, extra ...string) (low, f32 int) {
+	const seq = 16
+	softmaxes := func(name string, extra ...string) (low, f32, subs int) {
 		out := filepath.Join(dir, name)
 		mustLoracc(t, append([]string{"export-train", lora, "--loss", "lm", "--logits", "logits", "--compute-dtype", "bf16", "--provider", "cuda",
 			"--static", "batch_size=2,sequence_length=16", "-o", out}, extra...)...)
@@ -48,6 +55,9 @@ func TestSoftmaxCast(t *testing.T) {
 		}
 		inf := infer.New()
 		for _, n := range m.Graph.Nodes {
+			if d := inf.Info(n.Output(0)).Dims; n.Op == "Sub" && len(d) == 4 && d[2].Value == seq && d[3].Value == seq {
+				subs++
+			}
 			if n.Op != "Softmax" {
 				continue
 			}
@@ -58,27 +68,28 @@ func TestSoftmaxCast(t *testing.T) {
 				f32++
 			}
 		}
-		return low, f32
+		return low, f32, subs
 	}
 	for _, tc := range []struct {
-		name          string
-		extra         []string
-		wantLow, want int
+		name                   string
+		extra                  []string
+		wantLow, want, wantSub int
 	}{
-		{"recompute", []string{"--recompute", "attention"}, cfg.Layers, cfg.Layers},
-		{"plain", nil, 0, cfg.Layers},
-		{"disabled", []string{"--recompute", "attention", "--disable-rewrite", "softmax-cast"}, 0, 2 * cfg.Layers},
+		{"recompute", []string{"--recompute", "attention"}, cfg.Layers, cfg.Layers, 0},
+		{"plain", nil, 0, cfg.Layers, 0},
+		{"disabled", []string{"--recompute", "attention", "--disable-rewrite", "softmax-cast"}, 0, 2 * cfg.Layers, 0},
+		{"nofold", []string{"--recompute", "attention", "--disable-rewrite", "row-sub-fold"}, cfg.Layers, cfg.Layers, cfg.Layers},
 	} {
-		if low, f32 := softmaxes(tc.name, tc.extra...); low != tc.wantLow || f32 != tc.want {
-			t.Errorf("%s: %d bfloat16 and %d float32 Softmax nodes, want %d and %d", tc.name, low, f32, tc.wantLow, tc.want)
+		if low, f32, subs := softmaxes(tc.name, tc.extra...); low != tc.wantLow || f32 != tc.want || subs != tc.wantSub {
+			t.Errorf("%s: %d bfloat16 and %d float32 Softmax nodes, %d Subs over [.., T, T]; want %d, %d and %d", tc.name, low, f32, subs, tc.wantLow, tc.want, tc.wantSub)
 		}
 	}
 }
 
 // TestCUDAAttentionTraffic: on the GPU, the bf16 step with --recompute
-// attention trains like the one without softmax-cast and cast-row-sums
-// (the forward Softmax in bfloat16, the row sums from the attention
-// output): the first step's loss within one bfloat16 rounding of the
+// attention trains like the one without softmax-cast, cast-row-sums and
+// row-sub-fold (the forward Softmax in bfloat16, the row sums from the
+// attention output, the softmax gradient's subtraction in its GEMM): the first step's loss within one bfloat16 rounding of the
 // probabilities (2e-3 relative), the next nine within 1e-2, bf16's noise
 // on a tiny model at lr 1e-2.
 func TestCUDAAttentionTraffic(t *testing.T) {
@@ -88,7 +99,7 @@ func TestCUDAAttentionTraffic(t *testing.T) {
 	lora, cfg := attnLlama(t, dir, 2)
 	data := precisionData(t, dir, 16, 32, int64(cfg.Vocab))
 	cols := map[string][]float64{}
-	for name, disable := range map[string]string{"both": "", "neither": "softmax-cast,cast-row-sums"} {
+	for name, disable := range map[string]string{"both": "", "neither": "softmax-cast,cast-row-sums,row-sub-fold"} {
 		run := filepath.Join(dir, name)
 		args := []string{"train", lora, "--data", data, "--loss", "lm", "--logits", "logits", "--max-steps", "10", "--batch-size", "4",
 			"--lr", "1e-2", "--device", "cuda", "--static", "--compute-dtype", "bf16", "--recompute", "attention", "--save-every", "0", "--out", run}
@@ -112,4 +123,66 @@ func TestCUDAAttentionTraffic(t *testing.T) {
 		}
 	}
 	t.Log(fmt.Sprint("losses with: ", a, "; without: ", b))
+}
+
+// TestCUDAFusionsFP16OnCPU: the graph compiled for CUDA in fp16 with
+// --recompute attention (softmax-cast and the row-sum fold through
+// autocast's Cast applied; the Llama masks with Where, so no BiasSoftmax)
+// runs on ONNX Runtime's CPU provider too, and five SGD steps of it give
+// the losses of the same graph without those two rewrites to fp16
+// precision (1e-3 relative), the params to 2 % of their update (SGD, so
+// the update is the gradient's: AdamW's normalisation would magnify the
+// noise of near-zero gradients).
+func TestCUDAFusionsFP16OnCPU(t *testing.T) {
+	e := env(t)
+	dir := t.TempDir()
+	lora, cfg := attnLlama(t, dir, 2)
+	a, err := adapter.Load(strings.TrimSuffix(lora, ".onnx") + ".adapter")
+	if err != nil {
+		t.Fatal(err)
+	}
+	params := train.FromAdapter(a)
+	export := func(name string, extra ...string) (string, TrainIO) {
+		out := filepath.Join(dir, name)
+		mustLoracc(t, append([]string{"export-train", lora, "--loss", "lm", "--logits", "logits", "--compute-dtype", "fp16", "--provider", "cuda",
+			"--recompute", "attention", "--optimizer", "sgd", "--static", "batch_size=2,sequence_length=16", "-o", out}, extra...)...)
+		return out, readTrainIO(t, out)
+	}
+	onDir, onIO := export("fused")
+	offDir, offIO := export("unfused", "--disable-rewrite", "softmax-cast,row-sub-fold")
+	ids := randomTokens(2, 16, 5)
+	ones := make([]int64, 32)
+	for i := range ones {
+		ones[i] = 1
+	}
+	batch := map[string]runtime.Tensor{"input_ids": ids, "labels": ids, "attention_mask": runtime.Int64Tensor([]int64{2, 16}, ones)}
+	x := newTrainer(t, e, onDir, onIO.Train, batch, params)
+	y := newTrainer(t, e, offDir, offIO.Train, batch, params)
+	for _, tr := range []*trainer{x, y} {
+		tr.feeds["loss_scale"] = runtime.FloatTensor(nil, []float32{1}) // fp16's dynamic scale, at 1
+	}
+	for step := 1; step <= 5; step++ {
+		p, q := x.step(t, step, 1e-2), y.step(t, step, 1e-2)
+		lp, lq := scalarOf(t, p["loss"]), scalarOf(t, q["loss"])
+		if math.Abs(lp-lq) > 1e-3*math.Abs(lq) {
+			t.Errorf("step %d: loss %v fused, %v unfused", step, lp, lq)
+		}
+	}
+	for name := range params {
+		p, err1 := x.feeds[name].Floats()
+		q, err2 := y.feeds[name].Floats()
+		p0, err3 := params[name].Floats()
+		if err1 != nil || err2 != nil || err3 != nil {
+			t.Fatal(err1, err2, err3)
+		}
+		var diff, moved float64
+		for i := range p {
+			diff = math.Max(diff, math.Abs(float64(p[i]-q[i])))
+			moved = math.Max(moved, math.Abs(float64(q[i]-p0[i])))
+		}
+		if diff > 0.02*moved {
+			t.Errorf("%s: fused and unfused params differ by %g after five steps that moved them by %g", name, diff, moved)
+		}
+	}
+	_ = cfg
 }
