@@ -10,29 +10,9 @@ import (
 	"github.com/loracc/loracc/adapter"
 	"github.com/loracc/loracc/graph"
 	"github.com/loracc/loracc/infer"
-	"github.com/loracc/loracc/internal/testmodels"
 	"github.com/loracc/loracc/runtime"
 	"github.com/loracc/loracc/runtime/train"
 )
-
-// attnLlama writes testmodels' Llama with the given layers, injected at
-// rank 4 on q/k/v/o, and returns the injected model and its config.
-func attnLlama(t *testing.T, dir string, layers int) (string, testmodels.LlamaConfig) {
-	t.Helper()
-	cfg := testmodels.DefaultLlama()
-	cfg.Layers = layers
-	m, err := testmodels.Llama(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(dir, "llama.onnx")
-	if err := graph.Save(m, path, graph.SaveOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	lora := filepath.Join(dir, "m.lora.onnx")
-	mustLoracc(t, "inject", path, "--rank", "4", "--init", "gaussian", "--seed", "1", "--target", `self_attn\.[qkvo]_proj$`, "-o", lora)
-	return lora, cfg
-}
 
 // TestSoftmaxCast: compiled for CUDA in bf16 with --recompute attention,
 // each layer's forward Softmax runs in bfloat16 (softmax-cast: nothing but
@@ -49,26 +29,14 @@ func TestSoftmaxCast(t *testing.T) {
 		out := filepath.Join(dir, name)
 		mustLoracc(t, append([]string{"export-train", lora, "--loss", "lm", "--logits", "logits", "--compute-dtype", "bf16", "--provider", "cuda",
 			"--static", "batch_size=2,sequence_length=16", "-o", out}, extra...)...)
-		m, err := graph.Load(filepath.Join(out, "train.onnx"))
-		if err != nil {
-			t.Fatal(err)
+		train := filepath.Join(out, "train.onnx")
+		softmaxIn := func(dt graph.DataType) func(*graph.Node, *infer.Inferer) bool {
+			return func(n *graph.Node, inf *infer.Inferer) bool { return n.Op == "Softmax" && inf.DType(n.Output(0)) == dt }
 		}
-		inf := infer.New()
-		for _, n := range m.Graph.Nodes {
-			if d := inf.Info(n.Output(0)).Dims; n.Op == "Sub" && len(d) == 4 && d[2].Value == seq && d[3].Value == seq {
-				subs++
-			}
-			if n.Op != "Softmax" {
-				continue
-			}
-			switch inf.DType(n.Output(0)) {
-			case graph.BFloat16:
-				low++
-			case graph.Float:
-				f32++
-			}
-		}
-		return low, f32, subs
+		subs = countNodes(t, train, func(n *graph.Node, inf *infer.Inferer) bool {
+			return n.Op == "Sub" && squareDims(inf, n.Output(0), seq)
+		})
+		return countNodes(t, train, softmaxIn(graph.BFloat16)), countNodes(t, train, softmaxIn(graph.Float)), subs
 	}
 	for _, tc := range []struct {
 		name                   string

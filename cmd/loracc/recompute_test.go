@@ -234,18 +234,7 @@ func checkCopiesKept(t *testing.T, path string, layers int) {
 // CPU keeps the same loss column, bit for bit.
 func TestRecomputeAttentionAutocast(t *testing.T) {
 	dir := t.TempDir()
-	cfg := testmodels.DefaultLlama()
-	cfg.Layers = 4
-	m, err := testmodels.Llama(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(dir, "llama.onnx")
-	if err := graph.Save(m, path, graph.SaveOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	lora := filepath.Join(dir, "m.lora.onnx")
-	mustLoracc(t, "inject", path, "--rank", "4", "--init", "gaussian", "--seed", "1", "--target", `self_attn\.[qkvo]_proj$`, "-o", lora)
+	lora, cfg := attnLlama(t, dir, 4)
 	var planned [2]float64
 	for i, r := range []string{"none", "attention"} {
 		rep := mustLoracc(t, "export-train", lora, "--loss", "lm", "--logits", "logits", "--compute-dtype", "fp16", "--recompute", r,
@@ -274,6 +263,25 @@ func TestRecomputeAttentionAutocast(t *testing.T) {
 	if string(cols[0]) != string(cols[1]) {
 		t.Errorf("fp16: recomputing changed the loss column:\n%s\nrecomputed:\n%s", cols[0], cols[1])
 	}
+}
+
+// attnLlama writes testmodels' Llama with the given layers, injected at
+// rank 4 on q/k/v/o, and returns the injected model and its config.
+func attnLlama(t *testing.T, dir string, layers int) (string, testmodels.LlamaConfig) {
+	t.Helper()
+	cfg := testmodels.DefaultLlama()
+	cfg.Layers = layers
+	m, err := testmodels.Llama(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "llama.onnx")
+	if err := graph.Save(m, path, graph.SaveOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	lora := filepath.Join(dir, "m.lora.onnx")
+	mustLoracc(t, "inject", path, "--rank", "4", "--init", "gaussian", "--seed", "1", "--target", `self_attn\.[qkvo]_proj$`, "-o", lora)
+	return lora, cfg
 }
 
 // TestRecomputeLoss: --recompute loss scores a static batch one sequence

@@ -4,60 +4,34 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/loracc/loracc/graph"
 	"github.com/loracc/loracc/infer"
-	"github.com/loracc/loracc/internal/testmodels"
 )
 
 // TestCastRowSums: under autocast (fp16 on the CPU here; bf16 on CUDA
-// alike) the backward has no select over [B, H, T, T] (the masking
-// Where passes the softmax's gradient), and the softmax gradient's row
-// sums come from the attention output,
-// Σ go·o over its [.., D] rows, also through autocast's Cast of the
-// probabilities, so no [B, H, T, T] product is reduced for them — one per
-// layer before, with --disable-rewrite cast-row-sums. Four fp16 steps on
-// the CPU give the loss and gradient norm of the Σ gy·y form to fp16
-// precision (the first loss bit for bit: the forward is the same).
+// alike) the backward has no select over [B, H, T, T] (the masking Where
+// passes the softmax's gradient), and the softmax gradient's row sums
+// come from the attention output, Σ go·o over its [.., D] rows, also
+// through autocast's Cast of the probabilities, so no [B, H, T, T]
+// product is reduced for them — one per layer before, with
+// --disable-rewrite cast-row-sums. Four fp16 steps on the CPU give the
+// loss and gradient norm of the Σ gy·y form to fp16 precision (the first
+// loss bit for bit: the forward is the same).
 func TestCastRowSums(t *testing.T) {
 	dir := t.TempDir()
-	cfg := testmodels.DefaultLlama()
-	cfg.Layers = 3
-	m, err := testmodels.Llama(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(dir, "llama.onnx")
-	if err := graph.Save(m, path, graph.SaveOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	lora := filepath.Join(dir, "m.lora.onnx")
-	mustLoracc(t, "inject", path, "--rank", "4", "--init", "gaussian", "--seed", "1", "--target", `self_attn\.[qkvo]_proj$`, "-o", lora)
+	lora, cfg := attnLlama(t, dir, 3)
 	const batch, seq = 4, 32
 	// square counts the backward's op nodes that read a [.., seq, seq]
 	// value.
 	square := func(train, op string) int {
-		m, err := graph.Load(train)
-		if err != nil {
-			t.Fatal(err)
-		}
-		inf := infer.New()
-		n := 0
-		for _, node := range m.Graph.Nodes {
-			if node.Op != op || !strings.HasPrefix(node.Name, "grad/") {
-				continue
-			}
-			for _, in := range node.Inputs() {
-				if d := inf.Info(in).Dims; len(d) == 4 && d[2].Value == seq && d[3].Value == seq {
-					n++
-					break
-				}
-			}
-		}
-		return n
+		return countNodes(t, train, func(n *graph.Node, inf *infer.Inferer) bool {
+			return n.Op == op && strings.HasPrefix(n.Name, "grad/") && slices.ContainsFunc(n.Inputs(), func(v *graph.Value) bool { return squareDims(inf, v, seq) })
+		})
 	}
 	data := precisionData(t, dir, 8, seq, int64(cfg.Vocab))
 	var curves [2][][2]float64
@@ -111,4 +85,29 @@ func TestCastRowSums(t *testing.T) {
 			t.Errorf("step %d: loss %v, grad norm %v with the cast row sums; %v, %v without", s+1, a[0], a[1], b[0], b[1])
 		}
 	}
+}
+
+// countNodes is how many nodes of the model at path keep holds for, with
+// an inferer over it.
+func countNodes(t *testing.T, path string, keep func(*graph.Node, *infer.Inferer) bool) int {
+	t.Helper()
+	m, err := graph.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inf := infer.New()
+	n := 0
+	for _, node := range m.Graph.Nodes {
+		if keep(node, inf) {
+			n++
+		}
+	}
+	return n
+}
+
+// squareDims reports whether v is [.., n, n] of rank 4 (an attention's
+// [B, H, T, T] with T = n).
+func squareDims(inf *infer.Inferer, v *graph.Value, n int64) bool {
+	d := inf.Info(v).Dims
+	return v != nil && len(d) == 4 && d[2].Value == n && d[3].Value == n
 }

@@ -14,7 +14,6 @@ import (
 	"testing"
 
 	"github.com/loracc/loracc/graph"
-	"github.com/loracc/loracc/internal/testmodels"
 	"github.com/loracc/loracc/runtime"
 	"github.com/loracc/loracc/runtime/train"
 )
@@ -85,20 +84,10 @@ func noShapeWork(t *testing.T, dir string) {
 // repeated keys' dims were not inferred through Expand.
 func TestStaticGQAGraph(t *testing.T) {
 	dir := t.TempDir()
-	cfg := testmodels.DefaultLlama()
+	lora, cfg := attnLlama(t, dir, 2)
 	if cfg.KVHeads >= cfg.Heads {
 		t.Fatalf("DefaultLlama has %d key/value heads for %d query heads: not grouped", cfg.KVHeads, cfg.Heads)
 	}
-	m, err := testmodels.Llama(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(dir, "llama.onnx")
-	if err := graph.Save(m, path, graph.SaveOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	lora := filepath.Join(dir, "m.lora.onnx")
-	mustLoracc(t, "inject", path, "--rank", "4", "--target", `self_attn\.[qkvo]_proj$`, "-o", lora)
 	for _, extra := range [][]string{nil, {"--compute-dtype", "bf16", "--provider", "cuda"}} {
 		out := filepath.Join(dir, fmt.Sprint("static", len(extra)))
 		mustLoracc(t, append([]string{"export-train", lora, "--loss", "lm", "--logits", "logits", "--static", "batch_size=2,sequence_length=16", "-o", out}, extra...)...)
