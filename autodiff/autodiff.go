@@ -457,8 +457,12 @@ func iota64(from, to int64) []int64 {
 // findSiLUs finds y = x·σ(x) (SiLU, as exporters write Llama's MLP
 // activation: Sigmoid then Mul) where σ(x) feeds only that Mul, and takes
 // σ(x) out of want: gradMul then gives x the whole derivative
-// σ·(1 + x·(1 − σ)) in five kernels, where Mul's and Sigmoid's rules and
-// the sum of x's two gradients take seven.
+// σ + y·(1 − σ) (= σ·(1 + x·(1 − σ))) in four kernels, where Mul's and
+// Sigmoid's rules and the sum of x's two gradients take seven. The form
+// reads σ and y, which the backward keeps anyway (y for the product y·up
+// of a gated MLP), and not x: x dies in the forward, one [B, T, I] tensor
+// a layer fewer kept (1 − σ is exact where σ is near 1, so no
+// cancellation in 16-bit types).
 func findSiLUs(g *graph.Graph, want map[*graph.Value]bool) map[*graph.Node]int {
 	out := map[*graph.Node]int{}
 	for _, n := range g.Nodes {

@@ -44,10 +44,9 @@ func gradSub(c *gradCtx, n *graph.Node, gys []*graph.Value) []*graph.Value {
 func gradMul(c *gradCtx, n *graph.Node, gys []*graph.Value) []*graph.Value {
 	gy, a, b := gys[0], n.Input(0), n.Input(1)
 	out := make([]*graph.Value, 2)
-	if xi, ok := c.silus[n]; ok { // y = x·σ(x): dx = gy·σ·(1 + x·(1 − σ)) (findSiLUs)
-		x, s := n.Input(xi), n.Input(1-xi)
-		one := c.K(1, s)
-		out[xi] = c.Mul(gy, c.Mul(s, c.Add(one, c.Mul(x, c.Sub(one, s)))))
+	if xi, ok := c.silus[n]; ok { // y = x·σ(x): dx = gy·(σ + y·(1 − σ)) (findSiLUs)
+		s, y := n.Input(1-xi), n.Output(0)
+		out[xi] = c.Mul(gy, c.Add(s, c.Mul(y, c.Sub(c.K(1, s), s))))
 		return out
 	}
 	if c.needs(0) {

@@ -145,8 +145,9 @@ func TestSlicesTilingAnAxisConcatenate(t *testing.T) {
 	}
 }
 
-// TestSiLUOneRule: x·σ(x) gets its derivative from one formula: no Sum of
-// two gradients of x, and σ(x)'s own rule (a second Mul by σ) is not run.
+// TestSiLUOneRule: x·σ(x) gets its derivative from one formula, σ + y·(1 −
+// σ): no Sum of two gradients of x, σ(x)'s own rule (a second Mul by σ)
+// is not run, and the backward does not read x (it keeps σ and y).
 func TestSiLUOneRule(t *testing.T) {
 	m := graph.NewModel(17)
 	g := m.Graph
@@ -161,9 +162,14 @@ func TestSiLUOneRule(t *testing.T) {
 	ops := map[string]int{}
 	for _, n := range g.Nodes[forward:] {
 		ops[n.Op]++
+		for _, in := range n.Inputs() {
+			if in == x {
+				t.Errorf("backward node %s (%s) reads x", n.Name, n.Op)
+			}
+		}
 	}
-	// 4 Mul: three of the formula, one of the seed 1 + 0·loss.
-	if ops["Sum"] != 0 || ops["Mul"] != 4 || ops["Sub"] != 1 {
-		t.Errorf("backward ops %v, want 4 Mul, 1 Sub, no Sum", ops)
+	// Mul and Add: two and one of the formula, one each of the seed 1 + 0·loss.
+	if ops["Sum"] != 0 || ops["Mul"] != 3 || ops["Add"] != 2 || ops["Sub"] != 1 {
+		t.Errorf("backward ops %v, want 3 Mul, 2 Add, 1 Sub, no Sum", ops)
 	}
 }

@@ -4,7 +4,7 @@ package trainstep
 //
 // Pre:  specialize ran (every dim is concrete); Options.Target is "cuda"
 //       (otherwise the pass changes nothing).
-// Post: three attention patterns read and write their [.., T, T] tensors
+// Post: four attention patterns read and write their [.., T, T] tensors
 //       fewer times (softmax-cast is in cudasoftmax.go):
 //   bias-softmax — Softmax(x + m) over the last axis, where the sum has
 //       no other reader and m broadcasts over x's leading dims (the
@@ -19,7 +19,10 @@ package trainstep
 //       Sub over [.., T, T] is gone;
 //   softmax-cast — autocast's Cast(Softmax(Cast(x, float32)), bfloat16)
 //       whose float32 probabilities nothing else reads is one bfloat16
-//       (or float16) Softmax.
+//       (or float16) Softmax;
+//   scale-past-matmul — a scalar scale read only by products smaller
+//       than it, the attention's 1/√d on dS, scales the products instead
+//       (scalefold.go).
 //
 // Why: on a 512-token, 32-head Llama each of those passes over an fp32
 // [8, 32, 512, 512] tensor costs ~0.22 ms per layer on an H200 (Nsight
@@ -55,6 +58,7 @@ func (st *Compiler) FuseCUDA(m *graph.Model) error {
 		{"bias-softmax", fuseBiasSoftmax, "%d mask additions fused into their Softmax (BiasSoftmax)"},
 		{"row-sub-fold", foldRowSubtractions, "%d row-vector subtractions folded into their GEMM"},
 		{"softmax-cast", lowerCastSoftmax, "%d float32 softmaxes between casts run in the compute dtype (cudasoftmax.go)"},
+		{"scale-past-matmul", scalePastProducts, "%d scalar scales moved past the products that read them (scalefold.go)"},
 	} {
 		if !st.enabled(rw.name) {
 			continue
@@ -307,7 +311,10 @@ func boolInt(b bool) int64 {
 // difference rounded once by the GEMM, where before the product was
 // rounded and the difference exact: the same order of error (one
 // bfloat16 rounding of values of |dP|'s size), and the [.., T, T]
-// float32 copy of the product and the Sub's pass over it are gone.
+// float32 copy of the product and the Sub's pass over it are gone. With
+// the softmax in the compute type (softmax-f32 left out) product, s and
+// Sub are all 16-bit: the fold rounds the difference once where the
+// product and the Sub rounded twice.
 func foldRowSubtractions(m *graph.Model, inf *infer.Inferer) (int, error) {
 	g := m.Graph
 	b := opb.New(m, "fuse_cuda", "fuse_cuda", inf)
@@ -363,13 +370,17 @@ func foldRowSubtractions(m *graph.Model, inf *infer.Inferer) (int, error) {
 		}
 		G, V := mm.Input(0), tr.Input(0)
 		dt := inf.DType(prod)
+		half := dt == graph.BFloat16 || dt == graph.Float16
+		sdt := graph.Float // s's type: float32, or the product's own
 		switch {
 		case widen == nil && dt == graph.Float:
-		case widen != nil && (dt == graph.BFloat16 || dt == graph.Float16):
+		case widen != nil && half:
+		case widen == nil && half: // the softmax in the compute type (softmax-f32 left out)
+			sdt = dt
 		default:
 			continue
 		}
-		if inf.DType(G) != dt || inf.DType(V) != dt || inf.DType(s) != graph.Float {
+		if inf.DType(G) != dt || inf.DType(V) != dt || inf.DType(s) != sdt {
 			continue
 		}
 		pd, ok1 := staticDims(inf, prod)
@@ -405,7 +416,7 @@ func foldRowSubtractions(m *graph.Model, inf *infer.Inferer) (int, error) {
 		pad := (per - (k+1)%per) % per
 		t, u := pd[r-2], pd[r-1]
 		negS := b.Neg(s)
-		if dt != graph.Float {
+		if sdt != dt {
 			negS = b.Cast(negS, dt)
 		}
 		ins := []*graph.Value{G, negS}

@@ -83,17 +83,18 @@ type Options struct {
 // fuse-cuda that Options.Disable may name, with what each does.
 func Rewrites() map[string]string {
 	return map[string]string{
-		"rms-norm":        "canonicalize: RMS normalization as SimplifiedLayerNormalization",
-		"product-scales":  "canonicalize: MatMul(a·c1, b·c2) scales one operand",
-		"attention-guard": "canonicalize: attention's NaN guard on the output, not the probabilities",
-		"branch-scales":   "canonicalize: LoRA scales onto lora_B (dropped where 1)",
-		"lora-concat":     "canonicalize: LoRA branches reading one input share one x·[A1|A2|...] product",
-		"silu-rule":       "autodiff: x·sigmoid(x) differentiated as one function",
-		"cast-row-sums":   "autodiff: the softmax gradient's row sums Σ go·o from the attention output also through autocast's cast of the probabilities (float32 sums, as FlashAttention's backward)",
-		"softmax-f32":     "autocast: the attention's Softmax in float32 (left out: in the compute dtype, float32 accumulation inside the kernel)",
-		"bias-softmax":    "fuse-cuda: Softmax(x + mask) as com.microsoft BiasSoftmax",
-		"row-sub-fold":    "fuse-cuda: (G·Vᵀ) − s folded into one GEMM",
-		"softmax-cast":    "fuse-cuda: a float32 Softmax between autocast's casts, read only by P·V (the forward's, with --recompute attention), in the compute dtype (the CUDA kernel accumulates in float32)",
+		"rms-norm":          "canonicalize: RMS normalization as SimplifiedLayerNormalization",
+		"product-scales":    "canonicalize: MatMul(a·c1, b·c2) scales one operand",
+		"attention-guard":   "canonicalize: attention's NaN guard on the output, not the probabilities",
+		"branch-scales":     "canonicalize: LoRA scales onto lora_B (dropped where 1)",
+		"lora-concat":       "canonicalize: LoRA branches reading one input share one x·[A1|A2|...] product",
+		"silu-rule":         "autodiff: x·sigmoid(x) differentiated as one function",
+		"cast-row-sums":     "autodiff: the softmax gradient's row sums Σ go·o from the attention output also through autocast's cast of the probabilities (float32 sums, as FlashAttention's backward)",
+		"softmax-f32":       "autocast: the attention's Softmax in float32 (left out: in the compute dtype, float32 accumulation inside the kernel)",
+		"bias-softmax":      "fuse-cuda: Softmax(x + mask) as com.microsoft BiasSoftmax",
+		"row-sub-fold":      "fuse-cuda: (G·Vᵀ) − s folded into one GEMM",
+		"scale-past-matmul": "fuse-cuda: a scalar scale read only by smaller products (the attention's 1/√d on dS) scales the products",
+		"softmax-cast":      "fuse-cuda: a float32 Softmax between autocast's casts, read only by P·V (the forward's, with --recompute attention), in the compute dtype (the CUDA kernel accumulates in float32)",
 	}
 }
 

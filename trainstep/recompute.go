@@ -301,8 +301,9 @@ func dataUses(v *graph.Value) int {
 }
 
 // recomputeActivations rewires the backward readers of cheap activations
-// to copies recomputed from their input, which the backward keeps anyway:
-// σ(x) and x·σ(x) (SiLU, whose gradient reads both), and the unary
+// to copies recomputed from their input, which the backward keeps anyway
+// or keeps instead of two: σ(x) and x·σ(x) (SiLU, whose gradient reads
+// both), and the unary
 // Tanh, Gelu, Erf and Relu. Each copy reads x + 0·d like the attention's
 // (recomputeAttention), so it runs where the backward needs it; the
 // forward's results then die with their forward readers. A 1B Llama keeps
@@ -343,14 +344,21 @@ func (st *Compiler) recomputeActivations(m *graph.Model, fwd map[*graph.Node]boo
 		default:
 			continue
 		}
-		if x == nil || graph.ConstTensor(x) != nil || len(backward(x)) == 0 {
-			continue // x is not kept for the backward: copying would keep it
+		if x == nil || graph.ConstTensor(x) != nil {
+			continue
 		}
 		var back []graph.Use
+		kept := 0 // the chain's outputs the backward reads
 		for _, c := range chain {
-			back = append(back, backward(c.Output(0))...)
+			if bs := backward(c.Output(0)); len(bs) > 0 {
+				back = append(back, bs...)
+				kept++
+			}
 		}
-		if len(back) == 0 {
+		// Copying keeps x for the backward: worth it when the backward
+		// keeps x anyway, or when x replaces two kept outputs (σ and y of
+		// a SiLU, whose gradient reads both but not x).
+		if kept == 0 || len(backward(x)) == 0 && kept < 2 {
 			continue
 		}
 		var d *graph.Value

@@ -228,6 +228,7 @@ train_kinds() {
 		static_nomp) extra="--static --pad-to-multiple-of $SEQ --mem-pattern off" ;;
 		static_bf16_recompute) extra="--static --pad-to-multiple-of $SEQ --compute-dtype bf16 --recompute attention" ;;
 		static_bf16_recompute_all) extra="--static --pad-to-multiple-of $SEQ --compute-dtype bf16 --recompute attention,activations" ;;
+		static_bf16_recompute_lowsoftmax) extra="--static --pad-to-multiple-of $SEQ --compute-dtype bf16 --recompute attention --disable-rewrite softmax-f32,bias-softmax" ;;
 		static_fp16_recompute) extra="--static --pad-to-multiple-of $SEQ --compute-dtype fp16 --recompute attention" ;;
 		static_recompute_loss) extra="--static --pad-to-multiple-of $SEQ --recompute attention,loss" ;;
 		static_recompute_all_loss) extra="--static --pad-to-multiple-of $SEQ --recompute attention,activations,loss" ;;

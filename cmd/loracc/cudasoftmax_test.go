@@ -24,11 +24,11 @@ import (
 func TestSoftmaxCast(t *testing.T) {
 	dir := t.TempDir()
 	lora, cfg := attnLlama(t, dir, 3)
-	const seq = 16
+	const seq = 24 // dQ and dK ([.., T, 8] each) smaller than dS ([.., T, T]): the scale moves
 	softmaxes := func(name string, extra ...string) (low, f32, subs int) {
 		out := filepath.Join(dir, name)
 		mustLoracc(t, append([]string{"export-train", lora, "--loss", "lm", "--logits", "logits", "--compute-dtype", "bf16", "--provider", "cuda",
-			"--static", "batch_size=2,sequence_length=16", "-o", out}, extra...)...)
+			"--static", "batch_size=2,sequence_length=24", "-o", out}, extra...)...)
 		train := filepath.Join(out, "train.onnx")
 		softmaxIn := func(dt graph.DataType) func(*graph.Node, *infer.Inferer) bool {
 			return func(n *graph.Node, inf *infer.Inferer) bool { return n.Op == "Softmax" && inf.DType(n.Output(0)) == dt }
@@ -67,7 +67,7 @@ func TestCUDAAttentionTraffic(t *testing.T) {
 	lora, cfg := attnLlama(t, dir, 2)
 	data := precisionData(t, dir, 16, 32, int64(cfg.Vocab))
 	cols := map[string][]float64{}
-	for name, disable := range map[string]string{"both": "", "neither": "softmax-cast,cast-row-sums,row-sub-fold"} {
+	for name, disable := range map[string]string{"both": "", "neither": "softmax-cast,cast-row-sums,row-sub-fold,scale-past-matmul"} {
 		run := filepath.Join(dir, name)
 		args := []string{"train", lora, "--data", data, "--loss", "lm", "--logits", "logits", "--max-steps", "10", "--batch-size", "4",
 			"--lr", "1e-2", "--device", "cuda", "--static", "--compute-dtype", "bf16", "--recompute", "attention", "--save-every", "0", "--out", run}
@@ -94,63 +94,84 @@ func TestCUDAAttentionTraffic(t *testing.T) {
 }
 
 // TestCUDAFusionsFP16OnCPU: the graph compiled for CUDA in fp16 with
-// --recompute attention (softmax-cast and the row-sum fold through
-// autocast's Cast applied; the Llama masks with Where, so no BiasSoftmax)
-// runs on ONNX Runtime's CPU provider too, and five SGD steps of it give
-// the losses of the same graph without those two rewrites to fp16
-// precision (1e-3 relative), the params to 2 % of their update (SGD, so
-// the update is the gradient's: AdamW's normalisation would magnify the
-// noise of near-zero gradients).
+// --recompute attention (softmax-cast, the row-sum fold through
+// autocast's Cast and the scale moved past dQ's and dK's products
+// applied; the Llama masks with Where, so no BiasSoftmax) runs on ONNX
+// Runtime's CPU provider too, and five SGD steps of it give the losses
+// of the same graph without those rewrites to fp16 precision (1e-3
+// relative), the params to 2 % of their update (SGD, so the update is
+// the gradient's: AdamW's normalisation would magnify the noise of
+// near-zero gradients). The same with the softmax in fp16 (softmax-f32
+// left out), where the fold runs without casts. The fused graphs have no
+// Sub and no scalar Mul over a [.., T, T] tensor in the backward.
 func TestCUDAFusionsFP16OnCPU(t *testing.T) {
 	e := env(t)
 	dir := t.TempDir()
-	lora, cfg := attnLlama(t, dir, 2)
+	lora, _ := attnLlama(t, dir, 2)
 	a, err := adapter.Load(strings.TrimSuffix(lora, ".onnx") + ".adapter")
 	if err != nil {
 		t.Fatal(err)
 	}
 	params := train.FromAdapter(a)
-	export := func(name string, extra ...string) (string, TrainIO) {
+	export := func(name, disable string) (string, TrainIO) {
 		out := filepath.Join(dir, name)
-		mustLoracc(t, append([]string{"export-train", lora, "--loss", "lm", "--logits", "logits", "--compute-dtype", "fp16", "--provider", "cuda",
-			"--recompute", "attention", "--optimizer", "sgd", "--static", "batch_size=2,sequence_length=16", "-o", out}, extra...)...)
+		args := []string{"export-train", lora, "--loss", "lm", "--logits", "logits", "--compute-dtype", "fp16", "--provider", "cuda",
+			"--recompute", "attention", "--optimizer", "sgd", "--static", "batch_size=2,sequence_length=24", "-o", out}
+		if disable != "" {
+			args = append(args, "--disable-rewrite", disable)
+		}
+		mustLoracc(t, args...)
 		return out, readTrainIO(t, out)
 	}
-	onDir, onIO := export("fused")
-	offDir, offIO := export("unfused", "--disable-rewrite", "softmax-cast,row-sub-fold")
-	ids := randomTokens(2, 16, 5)
-	ones := make([]int64, 32)
-	for i := range ones {
-		ones[i] = 1
+	const seq = 24 // dQ and dK ([.., T, 8] each) smaller than dS ([.., T, T]): the scale moves
+	for _, tc := range []struct{ name, softmax string }{{"softmax-f32", ""}, {"softmax-fp16", "softmax-f32"}} {
+		t.Run(tc.name, func(t *testing.T) {
+			join := func(a, b string) string { return strings.Trim(a+","+b, ",") }
+			onDir, onIO := export(tc.name+"-fused", tc.softmax)
+			offDir, offIO := export(tc.name+"-unfused", join(tc.softmax, "softmax-cast,row-sub-fold,scale-past-matmul"))
+			square := countNodes(t, filepath.Join(onDir, "train.onnx"), func(n *graph.Node, inf *infer.Inferer) bool {
+				if !strings.HasPrefix(n.Name, "grad/") || !squareDims(inf, n.Output(0), seq) {
+					return false
+				}
+				return n.Op == "Sub" || n.Op == "Mul" && (graph.ConstTensor(n.Input(0)) != nil || graph.ConstTensor(n.Input(1)) != nil)
+			})
+			if square != 0 {
+				t.Errorf("the fused backward has %d Sub or scalar Mul nodes over [.., T, T] tensors, want 0", square)
+			}
+			ids := randomTokens(2, seq, 5)
+			ones := make([]int64, 2*seq)
+			for i := range ones {
+				ones[i] = 1
+			}
+			batch := map[string]runtime.Tensor{"input_ids": ids, "labels": ids, "attention_mask": runtime.Int64Tensor([]int64{2, seq}, ones)}
+			x := newTrainer(t, e, onDir, onIO.Train, batch, params)
+			y := newTrainer(t, e, offDir, offIO.Train, batch, params)
+			for _, tr := range []*trainer{x, y} {
+				tr.feeds["loss_scale"] = runtime.FloatTensor(nil, []float32{1}) // fp16's dynamic scale, at 1
+			}
+			for step := 1; step <= 5; step++ {
+				p, q := x.step(t, step, 1e-2), y.step(t, step, 1e-2)
+				lp, lq := scalarOf(t, p["loss"]), scalarOf(t, q["loss"])
+				if math.Abs(lp-lq) > 1e-3*math.Abs(lq) {
+					t.Errorf("step %d: loss %v fused, %v unfused", step, lp, lq)
+				}
+			}
+			for name := range params {
+				p, err1 := x.feeds[name].Floats()
+				q, err2 := y.feeds[name].Floats()
+				p0, err3 := params[name].Floats()
+				if err1 != nil || err2 != nil || err3 != nil {
+					t.Fatal(err1, err2, err3)
+				}
+				var diff, moved float64
+				for i := range p {
+					diff = math.Max(diff, math.Abs(float64(p[i]-q[i])))
+					moved = math.Max(moved, math.Abs(float64(q[i]-p0[i])))
+				}
+				if diff > 0.02*moved {
+					t.Errorf("%s: fused and unfused params differ by %g after five steps that moved them by %g", name, diff, moved)
+				}
+			}
+		})
 	}
-	batch := map[string]runtime.Tensor{"input_ids": ids, "labels": ids, "attention_mask": runtime.Int64Tensor([]int64{2, 16}, ones)}
-	x := newTrainer(t, e, onDir, onIO.Train, batch, params)
-	y := newTrainer(t, e, offDir, offIO.Train, batch, params)
-	for _, tr := range []*trainer{x, y} {
-		tr.feeds["loss_scale"] = runtime.FloatTensor(nil, []float32{1}) // fp16's dynamic scale, at 1
-	}
-	for step := 1; step <= 5; step++ {
-		p, q := x.step(t, step, 1e-2), y.step(t, step, 1e-2)
-		lp, lq := scalarOf(t, p["loss"]), scalarOf(t, q["loss"])
-		if math.Abs(lp-lq) > 1e-3*math.Abs(lq) {
-			t.Errorf("step %d: loss %v fused, %v unfused", step, lp, lq)
-		}
-	}
-	for name := range params {
-		p, err1 := x.feeds[name].Floats()
-		q, err2 := y.feeds[name].Floats()
-		p0, err3 := params[name].Floats()
-		if err1 != nil || err2 != nil || err3 != nil {
-			t.Fatal(err1, err2, err3)
-		}
-		var diff, moved float64
-		for i := range p {
-			diff = math.Max(diff, math.Abs(float64(p[i]-q[i])))
-			moved = math.Max(moved, math.Abs(float64(q[i]-p0[i])))
-		}
-		if diff > 0.02*moved {
-			t.Errorf("%s: fused and unfused params differ by %g after five steps that moved them by %g", name, diff, moved)
-		}
-	}
-	_ = cfg
 }

@@ -21,6 +21,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"os"
+	goruntime "runtime"
 	"slices"
 	"strings"
 	"time"
@@ -42,8 +43,12 @@ func main() {
 	label := flag.String("label", "", "free text copied into the result")
 	lib := flag.String("ort-lib", "", "libonnxruntime.so (default: LORACC_ORT_LIB, then loracc's cache)")
 	profile := flag.String("profile", "", "write ONNX Runtime's per-node profile to PREFIX_<date>.json")
+	optimized := flag.String("optimized", "", "save the model ONNX Runtime runs, after its graph optimizations, to PATH")
 	flag.Parse()
-	if err := run(*model, *device, *batch, *seq, *vocab, *n, *warmup, *outputs, *threads, *label, *lib, *profile); err != nil {
+	// ONNX Runtime's CUDA provider keeps its handles per OS thread: time
+	// every run on one, as loracc train runs its steps.
+	goruntime.LockOSThread()
+	if err := run(*model, *device, *batch, *seq, *vocab, *n, *warmup, *outputs, *threads, *label, *lib, *profile, *optimized); err != nil {
 		fmt.Fprintln(os.Stderr, "latency:", err)
 		os.Exit(1)
 	}
@@ -69,7 +74,7 @@ type result struct {
 	Threads  int     `json:"threads"`
 }
 
-func run(model, device string, batch, seq, vocab int64, n, warmup int, outs string, threads int, label, lib, profile string) error {
+func run(model, device string, batch, seq, vocab int64, n, warmup int, outs string, threads int, label, lib, profile, optimized string) error {
 	if model == "" {
 		return fmt.Errorf("give -model")
 	}
@@ -86,7 +91,7 @@ func run(model, device string, batch, seq, vocab int64, n, warmup int, outs stri
 	}
 	defer env.Close()
 	t0 := time.Now()
-	s, err := env.NewSession(model, runtime.SessionOptions{Device: device, IntraOpThreads: threads, ProfilePrefix: profile})
+	s, err := env.NewSession(model, runtime.SessionOptions{Device: device, IntraOpThreads: threads, ProfilePrefix: profile, OptimizedModelPath: optimized})
 	if err != nil {
 		return err
 	}
