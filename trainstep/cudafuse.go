@@ -4,7 +4,7 @@ package trainstep
 //
 // Pre:  specialize ran (every dim is concrete); Options.Target is "cuda"
 //       (otherwise the pass changes nothing).
-// Post: four attention patterns read and write their [.., T, T] tensors
+// Post: five patterns read and write their [.., T, T] tensors
 //       fewer times (softmax-cast is in cudasoftmax.go):
 //   bias-softmax — Softmax(x + m) over the last axis, where the sum has
 //       no other reader and m broadcasts over x's leading dims (the
@@ -22,7 +22,10 @@ package trainstep
 //       (or float16) Softmax;
 //   scale-past-matmul — a scalar scale read only by products smaller
 //       than it, the attention's 1/√d on dS, scales the products instead
-//       (scalefold.go).
+//       (scalefold.go);
+//   expand-broadcasts — a small operand several large elementwise nodes
+//       broadcast (the mask, RoPE's cos and sin) is expanded once a step
+//       so that ORT's plain kernels run them (broadcast.go).
 //
 // Why: on a 512-token, 32-head Llama each of those passes over an fp32
 // [8, 32, 512, 512] tensor costs ~0.22 ms per layer on an H200 (Nsight
@@ -59,6 +62,7 @@ func (st *Compiler) FuseCUDA(m *graph.Model) error {
 		{"row-sub-fold", foldRowSubtractions, "%d row-vector subtractions folded into their GEMM"},
 		{"softmax-cast", lowerCastSoftmax, "%d float32 softmaxes between casts run in the compute dtype (cudasoftmax.go)"},
 		{"scale-past-matmul", scalePastProducts, "%d scalar scales moved past the products that read them (scalefold.go)"},
+		{"expand-broadcasts", expandSharedBroadcasts, "%d shared broadcast operands expanded once a step (broadcast.go)"},
 	} {
 		if !st.enabled(rw.name) {
 			continue

@@ -67,7 +67,7 @@ func TestCUDAAttentionTraffic(t *testing.T) {
 	lora, cfg := attnLlama(t, dir, 2)
 	data := precisionData(t, dir, 16, 32, int64(cfg.Vocab))
 	cols := map[string][]float64{}
-	for name, disable := range map[string]string{"both": "", "neither": "softmax-cast,cast-row-sums,row-sub-fold,scale-past-matmul"} {
+	for name, disable := range map[string]string{"both": "", "neither": "softmax-cast,cast-row-sums,row-sub-fold,scale-past-matmul,expand-broadcasts"} {
 		run := filepath.Join(dir, name)
 		args := []string{"train", lora, "--data", data, "--loss", "lm", "--logits", "logits", "--max-steps", "10", "--batch-size", "4",
 			"--lr", "1e-2", "--device", "cuda", "--static", "--compute-dtype", "bf16", "--recompute", "attention", "--save-every", "0", "--out", run}
@@ -95,15 +95,16 @@ func TestCUDAAttentionTraffic(t *testing.T) {
 
 // TestCUDAFusionsFP16OnCPU: the graph compiled for CUDA in fp16 with
 // --recompute attention (softmax-cast, the row-sum fold through
-// autocast's Cast and the scale moved past dQ's and dK's products
-// applied; the Llama masks with Where, so no BiasSoftmax) runs on ONNX
+// autocast's Cast, the scale moved past dQ's and dK's products and the
+// shared broadcasts expanded applied; the Llama masks with Where, so no BiasSoftmax) runs on ONNX
 // Runtime's CPU provider too, and five SGD steps of it give the losses
 // of the same graph without those rewrites to fp16 precision (1e-3
 // relative), the params to 2 % of their update (SGD, so the update is
 // the gradient's: AdamW's normalisation would magnify the noise of
 // near-zero gradients). The same with the softmax in fp16 (softmax-f32
 // left out), where the fold runs without casts. The fused graphs have no
-// Sub and no scalar Mul over a [.., T, T] tensor in the backward.
+// Sub and no scalar Mul over a [.., T, T] tensor in the backward, and
+// their mask Where nodes read the mask expanded once (expand-broadcasts).
 func TestCUDAFusionsFP16OnCPU(t *testing.T) {
 	e := env(t)
 	dir := t.TempDir()
@@ -128,7 +129,7 @@ func TestCUDAFusionsFP16OnCPU(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			join := func(a, b string) string { return strings.Trim(a+","+b, ",") }
 			onDir, onIO := export(tc.name+"-fused", tc.softmax)
-			offDir, offIO := export(tc.name+"-unfused", join(tc.softmax, "softmax-cast,row-sub-fold,scale-past-matmul"))
+			offDir, offIO := export(tc.name+"-unfused", join(tc.softmax, "softmax-cast,row-sub-fold,scale-past-matmul,expand-broadcasts"))
 			square := countNodes(t, filepath.Join(onDir, "train.onnx"), func(n *graph.Node, inf *infer.Inferer) bool {
 				if !strings.HasPrefix(n.Name, "grad/") || !squareDims(inf, n.Output(0), seq) {
 					return false
@@ -137,6 +138,20 @@ func TestCUDAFusionsFP16OnCPU(t *testing.T) {
 			})
 			if square != 0 {
 				t.Errorf("the fused backward has %d Sub or scalar Mul nodes over [.., T, T] tensors, want 0", square)
+			}
+			// expand-broadcasts: every mask Where reads a condition of its own dims.
+			wheres, broadcast := 0, 0
+			countNodes(t, filepath.Join(onDir, "train.onnx"), func(n *graph.Node, inf *infer.Inferer) bool {
+				if n.Op == "Where" && squareDims(inf, n.Output(0), seq) {
+					wheres++
+					if !squareDims(inf, n.Input(0), seq) || inf.Info(n.Input(0)).Dims[1] != inf.Info(n.Output(0)).Dims[1] {
+						broadcast++
+					}
+				}
+				return false
+			})
+			if wheres == 0 || broadcast != 0 {
+				t.Errorf("%d of the fused graph's %d mask Where nodes broadcast their condition, want 0 of at least 1", broadcast, wheres)
 			}
 			ids := randomTokens(2, seq, 5)
 			ones := make([]int64, 2*seq)
