@@ -90,6 +90,7 @@ func Rewrites() map[string]string {
 		"lora-concat":       "canonicalize: LoRA branches reading one input share one x·[A1|A2|...] product",
 		"silu-rule":         "autodiff: x·sigmoid(x) differentiated as one function",
 		"cast-row-sums":     "autodiff: the softmax gradient's row sums Σ go·o from the attention output also through autocast's cast of the probabilities (float32 sums, as FlashAttention's backward)",
+		"softmax-bf16":      "autocast: in bf16 the attention's Softmax in bf16 (float32 accumulation inside the kernel; left out: in float32 as softmax-f32 says)",
 		"softmax-f32":       "autocast: the attention's Softmax in float32 (left out: in the compute dtype, float32 accumulation inside the kernel)",
 		"bias-softmax":      "fuse-cuda: Softmax(x + mask) as com.microsoft BiasSoftmax",
 		"row-sub-fold":      "fuse-cuda: (G·Vᵀ) − s folded into one GEMM",

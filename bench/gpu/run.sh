@@ -390,7 +390,8 @@ open('/tmp/held', 'w').write('ok'); time.sleep(900)" "$hold" &
 # while PyTorch runs. Weights differ between the sides (random init on each); the tokens are the same.
 # Kind words: fp16, recompute / recompute_all, loss (--recompute loss), nomp (memory pattern off), nograph (--cuda-graph off),
 # lowsoftmax (the attention's Softmax in the compute dtype, --disable-rewrite softmax-f32), oldattn
-# (--disable-rewrite softmax-cast,cast-row-sums,row-sub-fold: most of the attention's [B,H,T,T] traffic as before); a kind
+# (--disable-rewrite softmax-bf16,softmax-cast,cast-row-sums,row-sub-fold: most of the attention's [B,H,T,T] traffic as
+# before), f32softmax (--disable-rewrite softmax-bf16: the float32 softmax, bf16's default before round 9); a kind
 # starting int4 trains the int4 base at opset 18 (its backward unpacks the codes in int32 ops),
 # int4op21 the same base at opset 21 (one DequantizeLinear per weight).
 # Kinds (KINDS7) containing int4 train the int4 base (llama -int4: every projection a 4-bit MatMulNBits,
@@ -438,7 +439,9 @@ l7b_kinds() {
 		case $kind in *lowsoftmax*) [ $dt = bf16 ] && dis="softmax-f32,bias-softmax" || dis="softmax-f32" ;; esac
 		# oldattn: without the sixth session's attention-traffic rewrites (the forward Softmax in
 		# bf16, the row sums from the attention output under autocast), to A/B them
-		case $kind in *oldattn*) dis=${dis:+$dis,}softmax-cast,cast-row-sums,row-sub-fold ;; esac
+		case $kind in *oldattn*) dis=${dis:+$dis,}softmax-bf16,softmax-cast,cast-row-sums,row-sub-fold ;; esac
+		# f32softmax: the attention's softmax in float32 under bf16 (the default before round 9)
+		case $kind in *f32softmax*) dis=${dis:+$dis,}softmax-bf16 ;; esac
 		[ -n "$dis" ] && extra="$extra --disable-rewrite $dis"
 		rm -rf "$W"/run_$kind
 		local mp; mp=$(mempoll "$W"/mem_train_$kind.txt)

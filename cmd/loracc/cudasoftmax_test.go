@@ -14,13 +14,16 @@ import (
 	"github.com/loracc/loracc/runtime/train"
 )
 
-// TestSoftmaxCast: compiled for CUDA in bf16 with --recompute attention,
-// each layer's forward Softmax runs in bfloat16 (softmax-cast: nothing but
-// P·V reads its probabilities) while the backward's recomputed one stays
-// float32; without recompute the forward's probabilities feed the
-// backward and stay float32; --disable-rewrite softmax-cast keeps all.
-// The softmax gradient's subtraction is folded into its bf16 GEMM
-// (row-sub-fold through autocast's Cast) unless disabled.
+// TestSoftmaxCast: compiled for CUDA in bf16, every Softmax runs in
+// bfloat16 by default (softmax-bf16), the forward's and the one
+// --recompute attention adds. With the float32 softmax (softmax-bf16 left
+// out) and --recompute attention, each layer's forward Softmax still runs
+// in bfloat16 (softmax-cast: nothing but P·V reads its probabilities)
+// while the backward's recomputed one stays float32; without recompute
+// the forward's probabilities feed the backward and stay float32;
+// --disable-rewrite softmax-cast keeps all. Either way the softmax
+// gradient's subtraction is folded into its bf16 GEMM (row-sub-fold)
+// unless disabled.
 func TestSoftmaxCast(t *testing.T) {
 	dir := t.TempDir()
 	lora, cfg := attnLlama(t, dir, 3)
@@ -43,10 +46,15 @@ func TestSoftmaxCast(t *testing.T) {
 		extra                  []string
 		wantLow, want, wantSub int
 	}{
-		{"recompute", []string{"--recompute", "attention"}, cfg.Layers, cfg.Layers, 0},
-		{"plain", nil, 0, cfg.Layers, 0},
-		{"disabled", []string{"--recompute", "attention", "--disable-rewrite", "softmax-cast"}, 0, 2 * cfg.Layers, 0},
-		{"nofold", []string{"--recompute", "attention", "--disable-rewrite", "row-sub-fold"}, cfg.Layers, cfg.Layers, cfg.Layers},
+		// the default in bf16: every Softmax in bfloat16 (softmax-bf16)
+		{"bf16-recompute", []string{"--recompute", "attention"}, 2 * cfg.Layers, 0, 0},
+		{"bf16-plain", nil, cfg.Layers, 0, 0},
+		{"bf16-nofold", []string{"--recompute", "attention", "--disable-rewrite", "row-sub-fold"}, 2 * cfg.Layers, 0, cfg.Layers},
+		// the float32 softmax (softmax-bf16 left out)
+		{"recompute", []string{"--recompute", "attention", "--disable-rewrite", "softmax-bf16"}, cfg.Layers, cfg.Layers, 0},
+		{"plain", []string{"--disable-rewrite", "softmax-bf16"}, 0, cfg.Layers, 0},
+		{"disabled", []string{"--recompute", "attention", "--disable-rewrite", "softmax-bf16,softmax-cast"}, 0, 2 * cfg.Layers, 0},
+		{"nofold", []string{"--recompute", "attention", "--disable-rewrite", "softmax-bf16,row-sub-fold"}, cfg.Layers, cfg.Layers, cfg.Layers},
 	} {
 		if low, f32, subs := softmaxes(tc.name, tc.extra...); low != tc.wantLow || f32 != tc.want || subs != tc.wantSub {
 			t.Errorf("%s: %d bfloat16 and %d float32 Softmax nodes, %d Subs over [.., T, T]; want %d, %d and %d", tc.name, low, f32, subs, tc.wantLow, tc.want, tc.wantSub)
@@ -55,9 +63,11 @@ func TestSoftmaxCast(t *testing.T) {
 }
 
 // TestCUDAAttentionTraffic: on the GPU, the bf16 step with --recompute
-// attention trains like the one without softmax-cast, cast-row-sums and
-// row-sub-fold (the forward Softmax in bfloat16, the row sums from the
-// attention output, the softmax gradient's subtraction in its GEMM): the first step's loss within one bfloat16 rounding of the
+// attention trains like the one without softmax-bf16, softmax-cast,
+// cast-row-sums, row-sub-fold, scale-past-matmul and expand-broadcasts
+// (the softmax in bfloat16, the row sums from the attention output, the
+// softmax gradient's subtraction in its GEMM, its scale on dQ and dK,
+// the mask expanded): the first step's loss within one bfloat16 rounding of the
 // probabilities (2e-3 relative), the next nine within 1e-2, bf16's noise
 // on a tiny model at lr 1e-2.
 func TestCUDAAttentionTraffic(t *testing.T) {
@@ -67,7 +77,7 @@ func TestCUDAAttentionTraffic(t *testing.T) {
 	lora, cfg := attnLlama(t, dir, 2)
 	data := precisionData(t, dir, 16, 32, int64(cfg.Vocab))
 	cols := map[string][]float64{}
-	for name, disable := range map[string]string{"both": "", "neither": "softmax-cast,cast-row-sums,row-sub-fold,scale-past-matmul,expand-broadcasts"} {
+	for name, disable := range map[string]string{"both": "", "neither": "softmax-bf16,softmax-cast,cast-row-sums,row-sub-fold,scale-past-matmul,expand-broadcasts"} {
 		run := filepath.Join(dir, name)
 		args := []string{"train", lora, "--data", data, "--loss", "lm", "--logits", "logits", "--max-steps", "10", "--batch-size", "4",
 			"--lr", "1e-2", "--device", "cuda", "--static", "--compute-dtype", "bf16", "--recompute", "attention", "--save-every", "0", "--out", run}
