@@ -69,6 +69,12 @@ func (st *Compiler) Autodiff(m *graph.Model) error {
 			return err
 		}
 		st.logf("autodiff: the backward recomputes %d attention probabilities (recompute.go)", k)
+		if k, err = st.recomputeExpansions(m, fwd); err != nil {
+			return err
+		}
+		if k > 0 {
+			st.logf("autodiff: the backward recomputes %d broadcast copies (grouped-query keys and values, recomputekv.go)", k)
+		}
 	}
 	if slices.Contains(st.opts.Recompute, "loss") {
 		k, err := st.recomputeLoss(m, fwd)

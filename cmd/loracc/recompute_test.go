@@ -96,7 +96,7 @@ func TestRecomputeAttention(t *testing.T) {
 // are the largest activations (the chain is found through its backward's
 // un-broadcasting Shape reads): the planned peak falls by at least 12 MiB
 // and ONNX Runtime's own CPU arena peak (memory pattern off) by at least
-// 10%, and recomputing the activations as well lowers it by 5% more.
+// 10%, and recomputing the activations as well lowers it by 3% more.
 func TestRecomputeAttentionLlama(t *testing.T) {
 	e := env(t)
 	dir := t.TempDir()
@@ -147,10 +147,12 @@ func TestRecomputeAttentionLlama(t *testing.T) {
 	if !(float64(peaks[1]) <= 0.9*float64(peaks[0])) {
 		t.Errorf("ORT's CPU arena peak went from %d to %d bytes, want at least 10%% lower", peaks[0], peaks[1])
 	}
-	// The activations (σ(gate) and gate·σ(gate) of every MLP) too:
-	// measured 47.6 → 42.6 MB.
-	if !(float64(peaks[2]) <= 0.95*float64(peaks[1])) {
-		t.Errorf("recomputing the activations too left ORT's CPU arena peak at %d bytes (attention only: %d), want at least 5%% lower", peaks[2], peaks[1])
+	// The activations (σ(gate) and gate·σ(gate) of every MLP) too, from
+	// gate: one [B, T, I] tensor a layer fewer since SiLU's gradient reads
+	// σ and y and not gate (two before): measured 42.2 → 40.2 MB (47.6 →
+	// 42.6 with the older gradient).
+	if !(float64(peaks[2]) <= 0.97*float64(peaks[1])) {
+		t.Errorf("recomputing the activations too left ORT's CPU arena peak at %d bytes (attention only: %d), want at least 3%% lower", peaks[2], peaks[1])
 	}
 }
 

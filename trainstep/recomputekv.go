@@ -1,0 +1,201 @@
+package trainstep
+
+import (
+	"github.com/loracc/loracc/graph"
+)
+
+// recomputeExpansions is part of --recompute attention: a forward value
+// the backward reads that is a broadcast copy of a smaller one — the keys
+// and values of grouped-query attention, repeat_kv's Expand of each
+// key/value head to its query heads, then Reshape and Transpose — is
+// recomputed in the backward from the smaller value by the same
+// data-movement nodes, instead of being kept. On the 1B Llama (8
+// key/value heads for 32, 8 × 512, float32) the expanded K and V are
+// 32 MiB a layer each against 8 for the unexpanded, 768 MiB in all; the
+// copies cost two Expands a layer where the backward needs them. The copy
+// reads u + 0·d (waitOn) like the attention's, so it runs next to its use
+// and ONNX Runtime cannot merge it into the forward; the values are the
+// forward's bit for bit.
+func (st *Compiler) recomputeExpansions(m *graph.Model, fwd map[*graph.Node]bool) (int, error) {
+	if st.opts.Static == nil {
+		// Static steps only: there the broadcast's size is known. (In a
+		// dynamic fp16 step on the CPU the copies, exact as they are,
+		// moved the gradient norm in its fourth digit: ORT's CPU float16
+		// path, not understood yet.)
+		return 0, nil
+	}
+	g := m.Graph
+	pos, late, b, err := st.recomputeSetup(m)
+	if err != nil {
+		return 0, err
+	}
+	backward := func(v *graph.Value) []graph.Use {
+		var out []graph.Use
+		for _, u := range v.Uses() {
+			if !fwd[u.Node] && u.Node.Op != "Shape" {
+				out = append(out, u)
+			}
+		}
+		return out
+	}
+	count := 0
+	for _, n := range append([]*graph.Node(nil), g.Nodes...) {
+		if !fwd[n] || len(n.Outputs()) != 1 {
+			continue
+		}
+		v := n.Output(0)
+		back := backward(v)
+		if len(back) == 0 || !st.movementOp(n) {
+			continue
+		}
+		// Walk up through data movement to the value before the last
+		// Expand that broadcasts; chain is the nodes from there down to v.
+		var chain []*graph.Node
+		var u *graph.Value
+		for p := n; p != nil && st.movementOp(p) && fwd[p]; {
+			chain = append([]*graph.Node{p}, chain...)
+			if p.Op == "Expand" && st.broadcasts(p) {
+				u = p.Input(0)
+				break
+			}
+			p, _ = p.Input(0).Producer()
+		}
+		if u == nil || graph.ConstTensor(u) != nil {
+			continue
+		}
+		// The copy waits on a value a late reader reads. A reader made
+		// from forward values alone (the transpose of K that dQ = dS·K
+		// reads, Vᵀ for dP = dO·Vᵀ) stands for its own readers; d must
+		// not be computed from any reader of v (a cycle).
+		own := map[*graph.Value]bool{v: true}
+		var lateUses []graph.Use
+		for frontier := back; len(frontier) > 0; {
+			use := frontier[0]
+			frontier = frontier[1:]
+			if readsLate(use.Node, late) {
+				lateUses = append(lateUses, use)
+				continue
+			}
+			for _, o := range use.Node.Outputs() {
+				if o != nil && !own[o] {
+					own[o] = true
+					frontier = append(frontier, o.Uses()...)
+				}
+			}
+		}
+		if len(lateUses) == 0 {
+			continue
+		}
+		d := dependency(own, lateUses, pos, late)
+		if d == nil || computedFrom(d, back) {
+			continue
+		}
+		x := waitOn(b, u, d)
+		if err := b.Err(); err != nil {
+			return count, err
+		}
+		for _, c := range chain {
+			ins := c.Inputs()
+			ins[0] = x
+			cl, err := g.CloneNode(c, ins, ".recomputed")
+			if err != nil {
+				return count, err
+			}
+			x = cl.Output(0)
+		}
+		for _, use := range back {
+			use.Node.SetInput(use.Index, x)
+		}
+		count++
+	}
+	if count > 0 {
+		return count, g.SortTopo()
+	}
+	return 0, nil
+}
+
+// movementOp reports whether n only moves or copies its first input's
+// elements: its other inputs, if any, are constants or int64 values
+// (shapes, axes: tiny, and kept for the copy).
+func (st *Compiler) movementOp(n *graph.Node) bool {
+	if n.Domain != "" || n.NumInputs() == 0 || n.Input(0) == nil || len(n.Outputs()) != 1 {
+		return false
+	}
+	switch n.Op {
+	case "Expand", "Reshape", "Transpose", "Unsqueeze", "Squeeze", "Identity":
+	default:
+		return false
+	}
+	for i := 1; i < n.NumInputs(); i++ {
+		if in := n.Input(i); in != nil && graph.ConstTensor(in) == nil && st.inf.DType(in) != graph.Int64 {
+			return false
+		}
+	}
+	return true
+}
+
+// broadcasts reports whether Expand node n makes its input larger: its
+// output's dims are all known and at least one of them is larger than the
+// input's (a dim of 1, or one the input lacks).
+func (st *Compiler) broadcasts(n *graph.Node) bool {
+	in, out := st.inf.Info(n.Input(0)), st.inf.Info(n.Output(0))
+	if in.Rank < 0 || out.Rank < in.Rank || len(in.Dims) != in.Rank || len(out.Dims) != out.Rank {
+		return false
+	}
+	grows := out.Rank > in.Rank
+	off := out.Rank - in.Rank
+	for i, od := range out.Dims {
+		if !od.Known() {
+			return false
+		}
+		if i < off {
+			grows = grows || od.Value > 1
+			continue
+		}
+		id := in.Dims[i-off]
+		if id.Known() && id.Value == 1 && od.Value > 1 {
+			grows = true
+		}
+	}
+	return grows
+}
+
+// computedFrom says whether v is computed, through any nodes, from one of
+// the readers in uses.
+func computedFrom(v *graph.Value, uses []graph.Use) bool {
+	seen := map[*graph.Node]bool{}
+	stack := make([]*graph.Node, 0, len(uses))
+	for _, u := range uses {
+		stack = append(stack, u.Node)
+	}
+	for len(stack) > 0 {
+		n := stack[len(stack)-1]
+		stack = stack[:len(stack)-1]
+		if seen[n] {
+			continue
+		}
+		seen[n] = true
+		for _, o := range n.Outputs() {
+			if o == v {
+				return true
+			}
+			if o == nil {
+				continue
+			}
+			for _, u := range o.Uses() {
+				stack = append(stack, u.Node)
+			}
+		}
+	}
+	return false
+}
+
+// readsLate says whether one of n's inputs is late (lateValues).
+func readsLate(n *graph.Node, late map[*graph.Value]bool) bool {
+	for _, in := range n.Inputs() {
+		if in != nil && late[in] {
+			return true
+		}
+	}
+	return false
+}
