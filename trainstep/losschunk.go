@@ -167,21 +167,8 @@ func (st *Compiler) recomputeLoss(m *graph.Model, fwd map[*graph.Node]bool) (int
 		if d == nil {
 			continue
 		}
-		prev := waitOn(b, ch.rows, d)
-		if err := b.Err(); err != nil {
+		if err := copyChain(g, b, ch.rows, d, chain, back); err != nil {
 			return count, err
-		}
-		for _, n := range chain {
-			ins := n.Inputs()
-			ins[0] = prev
-			cl, err := g.CloneNode(n, ins, ".recomputed")
-			if err != nil {
-				return count, err
-			}
-			prev = cl.Output(0)
-		}
-		for _, u := range back {
-			u.Node.SetInput(u.Index, prev)
 		}
 		count++
 	}

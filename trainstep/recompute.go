@@ -314,15 +314,7 @@ func (st *Compiler) recomputeActivations(m *graph.Model, fwd map[*graph.Node]boo
 	if err != nil {
 		return 0, err
 	}
-	backward := func(v *graph.Value) []graph.Use {
-		var out []graph.Use
-		for _, u := range v.Uses() {
-			if !fwd[u.Node] {
-				out = append(out, u)
-			}
-		}
-		return out
-	}
+	backward := func(v *graph.Value) []graph.Use { return backwardUses(v, fwd) }
 	count := 0
 	for _, n := range append([]*graph.Node(nil), g.Nodes...) {
 		if !fwd[n] || n.Domain != "" {
@@ -399,6 +391,40 @@ func (st *Compiler) recomputeActivations(m *graph.Model, fwd map[*graph.Node]boo
 		return count, g.SortTopo()
 	}
 	return 0, nil
+}
+
+// copyChain clones chain (each node reading the one before through its
+// first input) from waitOn(start, d) and rewires back to read the last
+// copy instead.
+func copyChain(g *graph.Graph, b *opb.Builder, start, d *graph.Value, chain []*graph.Node, back []graph.Use) error {
+	x := waitOn(b, start, d)
+	if err := b.Err(); err != nil {
+		return err
+	}
+	for _, c := range chain {
+		ins := c.Inputs()
+		ins[0] = x
+		cl, err := g.CloneNode(c, ins, ".recomputed")
+		if err != nil {
+			return err
+		}
+		x = cl.Output(0)
+	}
+	for _, u := range back {
+		u.Node.SetInput(u.Index, x)
+	}
+	return nil
+}
+
+// backwardUses are v's readers outside the forward (fwd).
+func backwardUses(v *graph.Value, fwd map[*graph.Node]bool) []graph.Use {
+	var out []graph.Use
+	for _, u := range v.Uses() {
+		if !fwd[u.Node] {
+			out = append(out, u)
+		}
+	}
+	return out
 }
 
 // isCopy says whether n is one of the copies just made (a copy reads the

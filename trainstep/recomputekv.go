@@ -29,22 +29,18 @@ func (st *Compiler) recomputeExpansions(m *graph.Model, fwd map[*graph.Node]bool
 	if err != nil {
 		return 0, err
 	}
-	backward := func(v *graph.Value) []graph.Use {
-		var out []graph.Use
-		for _, u := range v.Uses() {
-			if !fwd[u.Node] && u.Node.Op != "Shape" {
-				out = append(out, u)
-			}
-		}
-		return out
-	}
 	count := 0
 	for _, n := range append([]*graph.Node(nil), g.Nodes...) {
 		if !fwd[n] || len(n.Outputs()) != 1 {
 			continue
 		}
 		v := n.Output(0)
-		back := backward(v)
+		var back []graph.Use // a Shape reads dims only (specialize folds it)
+		for _, use := range backwardUses(v, fwd) {
+			if use.Node.Op != "Shape" {
+				back = append(back, use)
+			}
+		}
 		if len(back) == 0 || !st.movementOp(n) {
 			continue
 		}
@@ -90,21 +86,8 @@ func (st *Compiler) recomputeExpansions(m *graph.Model, fwd map[*graph.Node]bool
 		if d == nil || computedFrom(d, back) {
 			continue
 		}
-		x := waitOn(b, u, d)
-		if err := b.Err(); err != nil {
+		if err := copyChain(g, b, u, d, chain, back); err != nil {
 			return count, err
-		}
-		for _, c := range chain {
-			ins := c.Inputs()
-			ins[0] = x
-			cl, err := g.CloneNode(c, ins, ".recomputed")
-			if err != nil {
-				return count, err
-			}
-			x = cl.Output(0)
-		}
-		for _, use := range back {
-			use.Node.SetInput(use.Index, x)
 		}
 		count++
 	}

@@ -41,14 +41,7 @@ func TestRecomputeAttention(t *testing.T) {
 		run := filepath.Join(dir, "run_"+r)
 		mustLoracc(t, "train", lora, "--data", data, "--loss", "lm", "--logits", "logits", "--max-steps", "12", "--batch-size", "4",
 			"--lr", "1e-2", "--device", "cpu", "--save-every", "0", "--recompute", r, "--out", run)
-		m, err := os.ReadFile(filepath.Join(run, "metrics.csv"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		cols[i] = lossAndNorm(t, m)
-		if adapters[i], err = os.ReadFile(filepath.Join(run, "adapter", adapter.WeightsFile)); err != nil {
-			t.Fatal(err)
-		}
+		cols[i], adapters[i] = trainedRun(t, run)
 	}
 	for i := 1; i < 3; i++ {
 		if string(cols[0]) != string(cols[i]) {
@@ -184,6 +177,20 @@ func arenaPeak(t *testing.T, e *runtime.Env, dir string, a *adapter.Adapter, bat
 	}
 	t.Logf("%s (memory pattern off %v): %v", dir, noPattern, stats)
 	return stats["MaxInUse"]
+}
+
+// trainedRun is a finished run's step, loss and grad_norm columns
+// (lossAndNorm) and its adapter's weights file.
+func trainedRun(t *testing.T, run string) (cols, weights []byte) {
+	t.Helper()
+	m, err := os.ReadFile(filepath.Join(run, "metrics.csv"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if weights, err = os.ReadFile(filepath.Join(run, "adapter", adapter.WeightsFile)); err != nil {
+		t.Fatal(err)
+	}
+	return lossAndNorm(t, m), weights
 }
 
 // lossAndNorm is metrics.csv's step, loss and grad_norm columns.

@@ -1,12 +1,10 @@
 package main
 
 import (
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
-	"github.com/loracc/loracc/adapter"
 	"github.com/loracc/loracc/graph"
 	"github.com/loracc/loracc/infer"
 )
@@ -37,14 +35,7 @@ func TestRecomputeExpansions(t *testing.T) {
 		run := filepath.Join(dir, "run_"+r)
 		mustLoracc(t, "train", lora, "--data", data, "--loss", "lm", "--logits", "logits", "--max-steps", "6", "--batch-size", "4",
 			"--lr", "1e-2", "--device", "cpu", "--static", "--save-every", "0", "--recompute", r, "--out", run)
-		m, err := os.ReadFile(filepath.Join(run, "metrics.csv"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		cols[i] = lossAndNorm(t, m)
-		if adapters[i], err = os.ReadFile(filepath.Join(run, "adapter", adapter.WeightsFile)); err != nil {
-			t.Fatal(err)
-		}
+		cols[i], adapters[i] = trainedRun(t, run)
 	}
 	if string(cols[0]) != string(cols[1]) {
 		t.Errorf("recomputing changed the loss or gradient norm column:\n%s\nrecomputed:\n%s", cols[0], cols[1])
