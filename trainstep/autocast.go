@@ -398,7 +398,7 @@ func narrowFloat32(raw []byte, dt graph.DataType) []byte {
 // accumulates in float32 and rounds the probabilities once, as
 // FlashAttention's do before the P·V product, and the backward's dS then
 // stays bfloat16 too. On the H200 that made the 7B-shaped Llama's step
-// 6 % faster and 1.3 GiB smaller, with the 1B Llama's loss curve within
+// 6 % faster and 1.2 GiB smaller, with the 1B Llama's loss curve within
 // 2.3e-4 of PyTorch's bf16 autocast over 50 steps, where the float32
 // softmax's was within 2.1e-4 (docs/gpu-benchmarks.md §3j). float16
 // keeps the float32 softmax: its range is the concern there, not
