@@ -7,12 +7,18 @@ import (
 	"fmt"
 	"io"
 	"os"
+	goruntime "runtime"
 	"strings"
 
 	"github.com/urfave/cli/v2"
 )
 
 func main() {
+	// Every command runs its ONNX Runtime sessions on this goroutine. The
+	// CUDA provider keeps cuBLAS/cuDNN handles and recorded CUDA graphs per
+	// OS thread, so the goroutine keeps to one (runtime/train's loop locks
+	// its own too, for other callers of that package).
+	goruntime.LockOSThread()
 	if err := run(os.Args, os.Stdout, os.Stderr); err != nil {
 		fmt.Fprintf(os.Stderr, "loracc: %v\n", err)
 		os.Exit(1)
