@@ -4,7 +4,7 @@ package trainstep
 //
 // Pre:  specialize ran (every dim is concrete); Options.Target is "cuda"
 //       (otherwise the pass changes nothing).
-// Post: five patterns read and write their [.., T, T] tensors
+// Post: six patterns read and write their [.., T, T] tensors
 //       fewer times (softmax-cast is in cudasoftmax.go):
 //   bias-softmax — Softmax(x + m) over the last axis, where the sum has
 //       no other reader and m broadcasts over x's leading dims (the
@@ -25,7 +25,9 @@ package trainstep
 //       (scalefold.go);
 //   expand-broadcasts — a small operand several large elementwise nodes
 //       broadcast (the mask, RoPE's cos and sin) is expanded once a step
-//       so that ORT's plain kernels run them (broadcast.go).
+//       so that ORT's plain kernels run them (broadcast.go);
+//   nbits-dequant — a forward MatMulNBits over many rows is its weight
+//       dequantized while the step runs and one GEMM (nbitsfwd.go).
 //
 // Why: on a 512-token, 32-head Llama each of those passes over an fp32
 // [8, 32, 512, 512] tensor costs ~0.22 ms per layer on an H200 (Nsight
@@ -63,6 +65,7 @@ func (st *Compiler) FuseCUDA(m *graph.Model) error {
 		{"softmax-cast", lowerCastSoftmax, "%d float32 softmaxes between casts run in the compute dtype (cudasoftmax.go)"},
 		{"scale-past-matmul", scalePastProducts, "%d scalar scales moved past the products that read them (scalefold.go)"},
 		{"expand-broadcasts", expandSharedBroadcasts, "%d shared broadcast operands expanded once a step (broadcast.go)"},
+		{"nbits-dequant", dequantizedProducts, "%d MatMulNBits products as a dequantized weight and a GEMM (nbitsfwd.go)"},
 	} {
 		if !st.enabled(rw.name) {
 			continue

@@ -94,6 +94,7 @@ func Rewrites() map[string]string {
 		"softmax-f32":       "autocast: the attention's Softmax in float32 (left out: in the compute dtype, float32 accumulation inside the kernel)",
 		"bias-softmax":      "fuse-cuda: Softmax(x + mask) as com.microsoft BiasSoftmax",
 		"row-sub-fold":      "fuse-cuda: (G·Vᵀ) − s folded into one GEMM",
+		"nbits-dequant":     "fuse-cuda: a forward MatMulNBits over many rows as its weight dequantized in the step and one GEMM",
 		"expand-broadcasts": "fuse-cuda: a small operand several large elementwise nodes broadcast (the mask, RoPE's cos and sin) expanded once a step",
 		"scale-past-matmul": "fuse-cuda: a scalar scale read only by smaller products (the attention's 1/√d on dS) scales the products",
 		"softmax-cast":      "fuse-cuda: a float32 Softmax between autocast's casts, read only by P·V (the forward's, with --recompute attention), in the compute dtype (the CUDA kernel accumulates in float32)",

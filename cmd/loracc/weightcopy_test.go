@@ -63,6 +63,11 @@ func TestNoSecondCopyOfWeights(t *testing.T) {
 		// (one DequantizeLinear), a second initializer: ORT must still
 		// fold no float copy.
 		{"op21_int4_llama", llamaInt4Op21, `self_attn\.[qkvo]_proj$`, []string{"--static", "batch_size=2,sequence_length=16"}},
+		// Compiled for CUDA the forward's products dequantize their
+		// weights in the step too (nbits-dequant): still no float copy,
+		// and the uint4 view of the packed bytes not held twice.
+		{"int4_llama_cuda", llamaInt4, `self_attn\.[qkvo]_proj$`, []string{"--static", "batch_size=2,sequence_length=16", "--provider", "cuda"}},
+		{"int4_op21_llama_cuda", llamaInt4Op21, `self_attn\.[qkvo]_proj$`, []string{"--static", "batch_size=2,sequence_length=16", "--provider", "cuda"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			model := tc.model
