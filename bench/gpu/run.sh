@@ -442,6 +442,8 @@ l7b_kinds() {
 		case $kind in *oldattn*) dis=${dis:+$dis,}softmax-bf16,softmax-cast,cast-row-sums,row-sub-fold ;; esac
 		# f32softmax: the attention's softmax in float32 under bf16 (the default before round 9)
 		case $kind in *f32softmax*) dis=${dis:+$dis,}softmax-bf16 ;; esac
+		# nbits: the int4 forward through MatMulNBits (before nbits-dequant)
+		case $kind in *_nbits*) dis=${dis:+$dis,}nbits-dequant ;; esac
 		[ -n "$dis" ] && extra="$extra --disable-rewrite $dis"
 		rm -rf "$W"/run_$kind
 		local mp; mp=$(mempoll "$W"/mem_train_$kind.txt)
