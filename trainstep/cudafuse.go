@@ -87,6 +87,22 @@ func (st *Compiler) FuseCUDA(m *graph.Model) error {
 	return nil
 }
 
+// replaceNode makes v stand for n's one output — its readers, name and
+// type — and removes n.
+func replaceNode(g *graph.Graph, n *graph.Node, v *graph.Value) error {
+	out := n.Output(0)
+	name, typ := out.Name, out.Type
+	out.ReplaceAllUsesWith(v)
+	if err := g.RemoveNode(n); err != nil {
+		return err
+	}
+	if err := v.Rename(name); err != nil {
+		return err
+	}
+	v.Type = typ
+	return nil
+}
+
 // staticDims are v's dims when all are known.
 func staticDims(inf *infer.Inferer, v *graph.Value) ([]int64, bool) {
 	in := inf.Info(v)
@@ -439,16 +455,9 @@ func foldRowSubtractions(m *graph.Model, inf *infer.Inferer) (int, error) {
 		if err := b.Err(); err != nil {
 			return count, err
 		}
-		out := sub.Output(0)
-		name, typ := out.Name, out.Type
-		out.ReplaceAllUsesWith(folded)
-		if err := g.RemoveNode(sub); err != nil {
+		if err := replaceNode(g, sub, folded); err != nil {
 			return count, err
 		}
-		if err := folded.Rename(name); err != nil {
-			return count, err
-		}
-		folded.Type = typ
 		count++
 	}
 	return count, nil

@@ -52,16 +52,9 @@ func dequantizedProducts(m *graph.Model, inf *infer.Inferer) (int, error) {
 		if err := b.Err(); err != nil {
 			return count, err
 		}
-		out := n.Output(0)
-		name, typ := out.Name, out.Type
-		out.ReplaceAllUsesWith(y)
-		if err := g.RemoveNode(n); err != nil {
+		if err := replaceNode(g, n, y); err != nil {
 			return count, err
 		}
-		if err := y.Rename(name); err != nil {
-			return count, err
-		}
-		y.Type = typ
 		count++
 	}
 	return count, nil

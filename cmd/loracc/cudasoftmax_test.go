@@ -174,29 +174,37 @@ func TestCUDAFusionsFP16OnCPU(t *testing.T) {
 			for _, tr := range []*trainer{x, y} {
 				tr.feeds["loss_scale"] = runtime.FloatTensor(nil, []float32{1}) // fp16's dynamic scale, at 1
 			}
-			for step := 1; step <= 5; step++ {
-				p, q := x.step(t, step, 1e-2), y.step(t, step, 1e-2)
-				lp, lq := scalarOf(t, p["loss"]), scalarOf(t, q["loss"])
-				if math.Abs(lp-lq) > 1e-3*math.Abs(lq) {
-					t.Errorf("step %d: loss %v fused, %v unfused", step, lp, lq)
-				}
-			}
-			for name := range params {
-				p, err1 := x.feeds[name].Floats()
-				q, err2 := y.feeds[name].Floats()
-				p0, err3 := params[name].Floats()
-				if err1 != nil || err2 != nil || err3 != nil {
-					t.Fatal(err1, err2, err3)
-				}
-				var diff, moved float64
-				for i := range p {
-					diff = math.Max(diff, math.Abs(float64(p[i]-q[i])))
-					moved = math.Max(moved, math.Abs(float64(q[i]-p0[i])))
-				}
-				if diff > 0.02*moved {
-					t.Errorf("%s: fused and unfused params differ by %g after five steps that moved them by %g", name, diff, moved)
-				}
-			}
+			stepsAlike(t, x, y, params, 5, 1e-3, 0.02)
 		})
+	}
+}
+
+// stepsAlike runs steps SGD steps (lr 1e-2) of trainers x and y from the
+// same params and fails t unless each step's losses agree within lossTol
+// relative and the params at the end within paramTol of y's update.
+func stepsAlike(t *testing.T, x, y *trainer, params map[string]runtime.Tensor, steps int, lossTol, paramTol float64) {
+	t.Helper()
+	for step := 1; step <= steps; step++ {
+		p, q := x.step(t, step, 1e-2), y.step(t, step, 1e-2)
+		lp, lq := scalarOf(t, p["loss"]), scalarOf(t, q["loss"])
+		if math.Abs(lp-lq) > lossTol*math.Abs(lq) {
+			t.Errorf("step %d: loss %v, and %v without the rewrite", step, lp, lq)
+		}
+	}
+	for name := range params {
+		p, err1 := x.feeds[name].Floats()
+		q, err2 := y.feeds[name].Floats()
+		p0, err3 := params[name].Floats()
+		if err1 != nil || err2 != nil || err3 != nil {
+			t.Fatal(err1, err2, err3)
+		}
+		var diff, moved float64
+		for i := range p {
+			diff = math.Max(diff, math.Abs(float64(p[i]-q[i])))
+			moved = math.Max(moved, math.Abs(float64(q[i]-p0[i])))
+		}
+		if diff > paramTol*moved {
+			t.Errorf("%s: the params differ by %g after %d steps that moved them by %g", name, diff, steps, moved)
+		}
 	}
 }

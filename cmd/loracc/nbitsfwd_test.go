@@ -1,7 +1,6 @@
 package main
 
 import (
-	"math"
 	"path/filepath"
 	"testing"
 
@@ -56,27 +55,5 @@ func TestNBitsDequantOnCPU(t *testing.T) {
 	batch := llamaBatch(4, 32, int64(o.Vocab))
 	x := newTrainer(t, e, onDir, onIO.Train, batch, params)
 	y := newTrainer(t, e, offDir, offIO.Train, batch, params)
-	for step := 1; step <= 5; step++ {
-		p, q := x.step(t, step, 1e-2), y.step(t, step, 1e-2)
-		lp, lq := scalarOf(t, p["loss"]), scalarOf(t, q["loss"])
-		if math.Abs(lp-lq) > 1e-5*math.Abs(lq) {
-			t.Errorf("step %d: loss %v with nbits-dequant, %v with MatMulNBits", step, lp, lq)
-		}
-	}
-	for name := range params {
-		p, err1 := x.feeds[name].Floats()
-		q, err2 := y.feeds[name].Floats()
-		p0, err3 := params[name].Floats()
-		if err1 != nil || err2 != nil || err3 != nil {
-			t.Fatal(err1, err2, err3)
-		}
-		var diff, moved float64
-		for i := range p {
-			diff = math.Max(diff, math.Abs(float64(p[i]-q[i])))
-			moved = math.Max(moved, math.Abs(float64(q[i]-p0[i])))
-		}
-		if diff > 1e-3*moved {
-			t.Errorf("%s: the params differ by %g after five steps that moved them by %g", name, diff, moved)
-		}
-	}
+	stepsAlike(t, x, y, params, 5, 1e-5, 1e-3)
 }
