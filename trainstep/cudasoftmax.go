@@ -49,16 +49,9 @@ func lowerCastSoftmax(m *graph.Model, inf *infer.Inferer) (int, error) {
 		}
 		b := &graph.Builder{G: g, Prefix: "fuse_cuda", Metadata: sm.Metadata}
 		y := b.Op("Softmax", down.Output(0).Name+".low", []*graph.Value{up.Input(0)}, sm.Attrs...)
-		out := down.Output(0)
-		name, typ := out.Name, out.Type
-		out.ReplaceAllUsesWith(y)
-		if err := g.RemoveNode(down); err != nil {
+		if err := replaceNode(g, down, y); err != nil {
 			return count, fmt.Errorf("softmax-cast: node %q (Cast): %w", down.Name, err)
 		}
-		if err := y.Rename(name); err != nil {
-			return count, fmt.Errorf("softmax-cast: node %q (Cast): %w", down.Name, err)
-		}
-		y.Type = typ
 		count++
 	}
 	return count, nil

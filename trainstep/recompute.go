@@ -220,24 +220,7 @@ func dependency(own map[*graph.Value]bool, back []graph.Use, pos map[*graph.Node
 			first = u.Node
 		}
 	}
-	after := map[*graph.Value]bool{} // values computed from a reader of P
-	var stack []*graph.Node
-	for _, u := range back {
-		stack = append(stack, u.Node)
-	}
-	for len(stack) > 0 {
-		n := stack[len(stack)-1]
-		stack = stack[:len(stack)-1]
-		for _, o := range n.Outputs() {
-			if o == nil || after[o] {
-				continue
-			}
-			after[o] = true
-			for _, u := range o.Uses() {
-				stack = append(stack, u.Node)
-			}
-		}
-	}
+	after := descendants(back) // values computed from a reader of P
 	queue, seen := []*graph.Node{first}, map[*graph.Node]bool{first: true}
 	for len(queue) > 0 {
 		r := queue[0]
@@ -260,6 +243,30 @@ func dependency(own map[*graph.Value]bool, back []graph.Use, pos map[*graph.Node
 		}
 	}
 	return nil
+}
+
+// descendants are the values computed, through any nodes, from the
+// readers in uses (their outputs included).
+func descendants(uses []graph.Use) map[*graph.Value]bool {
+	out := map[*graph.Value]bool{}
+	stack := make([]*graph.Node, 0, len(uses))
+	for _, u := range uses {
+		stack = append(stack, u.Node)
+	}
+	for len(stack) > 0 {
+		n := stack[len(stack)-1]
+		stack = stack[:len(stack)-1]
+		for _, o := range n.Outputs() {
+			if o == nil || out[o] {
+				continue
+			}
+			out[o] = true
+			for _, u := range o.Uses() {
+				stack = append(stack, u.Node)
+			}
+		}
+	}
+	return out
 }
 
 // lateValues are the values computed, through any nodes, from the loss:

@@ -31,7 +31,7 @@ func (st *Compiler) recomputeExpansions(m *graph.Model, fwd map[*graph.Node]bool
 	}
 	count := 0
 	for _, n := range append([]*graph.Node(nil), g.Nodes...) {
-		if !fwd[n] || len(n.Outputs()) != 1 {
+		if !fwd[n] || !st.movementOp(n) {
 			continue
 		}
 		v := n.Output(0)
@@ -41,7 +41,7 @@ func (st *Compiler) recomputeExpansions(m *graph.Model, fwd map[*graph.Node]bool
 				back = append(back, use)
 			}
 		}
-		if len(back) == 0 || !st.movementOp(n) {
+		if len(back) == 0 {
 			continue
 		}
 		// Walk up through data movement to the value before the last
@@ -83,7 +83,7 @@ func (st *Compiler) recomputeExpansions(m *graph.Model, fwd map[*graph.Node]bool
 			continue
 		}
 		d := dependency(own, lateUses, pos, late)
-		if d == nil || computedFrom(d, back) {
+		if d == nil || descendants(back)[d] {
 			continue
 		}
 		if err := copyChain(g, b, u, d, chain, back); err != nil {
@@ -141,36 +141,6 @@ func (st *Compiler) broadcasts(n *graph.Node) bool {
 		}
 	}
 	return grows
-}
-
-// computedFrom says whether v is computed, through any nodes, from one of
-// the readers in uses.
-func computedFrom(v *graph.Value, uses []graph.Use) bool {
-	seen := map[*graph.Node]bool{}
-	stack := make([]*graph.Node, 0, len(uses))
-	for _, u := range uses {
-		stack = append(stack, u.Node)
-	}
-	for len(stack) > 0 {
-		n := stack[len(stack)-1]
-		stack = stack[:len(stack)-1]
-		if seen[n] {
-			continue
-		}
-		seen[n] = true
-		for _, o := range n.Outputs() {
-			if o == v {
-				return true
-			}
-			if o == nil {
-				continue
-			}
-			for _, u := range o.Uses() {
-				stack = append(stack, u.Node)
-			}
-		}
-	}
-	return false
 }
 
 // readsLate says whether one of n's inputs is late (lateValues).
