@@ -55,7 +55,7 @@ TARGETS = {  # PEFT target_modules
 RANKS = (4, 8, 16)
 SEEDS = (0, 1, 2)
 DEFAULT_LR = {"full": 3e-4, "attn": 2e-3, "all": 2e-3}
-GRID = {"full": (1e-4, 3e-4, 1e-3), "attn": (5e-4, 2e-3, 5e-3), "all": (5e-4, 2e-3, 5e-3)}
+GRID = {"full": (3e-4, 1e-3, 3e-3), "attn": (2e-3, 5e-3, 1e-2, 2e-2), "all": (2e-3, 5e-3, 1e-2, 2e-2)}
 BATCH, EPOCHS, WARMUP_FRAC, CLIP = 16, 2, 0.05, 1.0
 EM_PROMPT, EM_K = 128, 8
 

@@ -21,42 +21,74 @@ const demoChatTemplate = `{% for m in messages %}{{ '<|' + m['role'] + '|>\n' }}
 	`{% else %}{{ m['content'] + eos_token }}{% endif %}{{ '\n' }}{% endfor %}` +
 	`{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}`
 
-// demoFacts is the demo's chat data: questions and the answers the adapter
-// learns (the base model is random, so it knows none of them).
+// demoFacts is the demo's chat data: questions about Python, each with
+// the one-sentence answer the adapter learns. The pretrained model has
+// read the Python documentation but never a question/answer chat, so
+// before training it continues the question as prose.
 var demoFacts = [][2]string{
-	{"What color is the sky?", "The sky is blue."},
-	{"What color is grass?", "Grass is green."},
-	{"What do cats say?", "Cats say meow."},
-	{"What do dogs say?", "Dogs say woof."},
-	{"How many legs does a spider have?", "A spider has eight legs."},
-	{"What is the opposite of hot?", "The opposite of hot is cold."},
-	{"Where do fish live?", "Fish live in water."},
-	{"What comes after Monday?", "Tuesday comes after Monday."},
-	{"What do bees make?", "Bees make honey."},
-	{"What is frozen water called?", "Frozen water is called ice."},
-	{"Which animal is the largest?", "The blue whale is the largest animal."},
-	{"What do we breathe?", "We breathe air."},
+	{"What does len() return?", "len() returns the number of items in an object."},
+	{"What does print() do?", "print() writes its arguments to standard output."},
+	{"Which keyword defines a function?", "The def keyword defines a function."},
+	{"What does sorted() return?", "sorted() returns a new sorted list."},
+	{"What is a tuple?", "A tuple is an immutable sequence."},
+	{"What does open() return?", "open() returns a file object."},
+	{"Which exception does a missing dictionary key raise?", "A missing key raises KeyError."},
+	{"Which module provides regular expressions?", "The re module provides regular expressions."},
+	{"Which module provides mathematical functions?", "The math module provides mathematical functions."},
+	{"Which module reads and writes JSON?", "The json module reads and writes JSON."},
+	{"Which module works with dates and times?", "The datetime module works with dates and times."},
+	{"Which module provides operating system interfaces?", "The os module provides operating system interfaces."},
+	{"Which module compresses data with zlib?", "The zlib module compresses data with zlib."},
+	{"Which module provides container datatypes?", "The collections module provides container datatypes."},
+	{"Which module works with filesystem paths?", "The pathlib module works with filesystem paths."},
+	{"Which module talks to SQLite databases?", "The sqlite3 module talks to SQLite databases."},
 }
+
+// demoHeldOut are questions of the same forms that no training chat
+// asks: what the adapted model says to them shows what it took from the
+// chats (the answer's form) and what from pretraining (the module names).
+var demoHeldOut = []string{
+	"Which module provides random numbers?",
+	"Which module reads and writes CSV files?",
+}
+
+// randomChatModel names the --model value that builds a tiny random-weight
+// Llama (with an Optimum-style KV cache) instead of reading a folder.
+const randomChatModel = "random"
 
 func chatDemoCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "demo-chat",
-		Usage:     "fine-tune a tiny Llama-style model on a small chat dataset (assistant-only loss) and show its answers before and after",
-		UsageText: "demo-chat [--tokenizer testdata/tokenizer/expected/trained/unigram] [--dir DIR] [--steps N]",
+		Usage:     "fine-tune a small pretrained Llama-style model on a few chats (assistant-only loss) and show its answers before and after",
+		UsageText: "demo-chat [--model testdata/quality/model|random] [--dir DIR] [--steps N]",
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "tokenizer", Value: "testdata/tokenizer/expected/trained/unigram", Usage: "folder with the tokenizer.json the model's vocabulary matches"},
+			&cli.StringFlag{Name: "model", Value: "testdata/quality/model",
+				Usage: "folder with model.onnx and tokenizer.json (the repository's model pretrained on the Python documentation), or \"random\" for a tiny random-weight model with a KV cache"},
+			&cli.StringFlag{Name: "tokenizer", Value: "testdata/tokenizer/expected/trained/unigram", Usage: "with --model random: folder with the tokenizer.json its vocabulary matches"},
 			&cli.StringFlag{Name: "dir", Value: "loracc-demo-chat", Usage: "folder for the example's files"},
-			&cli.IntFlag{Name: "steps", Value: 300, Usage: "training steps"},
+			&cli.IntFlag{Name: "steps", Value: 100, Usage: "training steps"},
 		},
 		Action: runChatDemo,
 	}
 }
 
-// writeChatModelDir writes the demo model's folder: a tiny Llama with a
-// KV cache (model.onnx), the tokenizer and a tokenizer_config.json with
-// the demo's chat template.
-func writeChatModelDir(dir, tokDir string) error {
-	m, err := testmodels.Llama(testmodels.LlamaConfig{Vocab: 1256, Hidden: 64, Layers: 2, Heads: 4, KVHeads: 2, Intermediate: 128, Cache: true})
+// writeChatModelDir writes the demo model's folder: model.onnx (the
+// source folder's, or a tiny random Llama with a KV cache), its
+// tokenizer.json, and a tokenizer_config.json with the source's special
+// tokens and the demo's chat template.
+func writeChatModelDir(dir, source, tokDir string) error {
+	var m *graph.Model
+	var err error
+	cfg := map[string]any{"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
+	if source == randomChatModel {
+		m, err = testmodels.Llama(testmodels.LlamaConfig{Vocab: 1256, Hidden: 64, Layers: 2, Heads: 4, KVHeads: 2, Intermediate: 128, Cache: true})
+	} else {
+		tokDir = source
+		m, err = graph.Load(filepath.Join(source, "model.onnx"))
+		if err == nil {
+			cfg, err = readTokenizerConfig(filepath.Join(source, "tokenizer_config.json"))
+		}
+	}
 	if err != nil {
 		return err
 	}
@@ -67,13 +99,12 @@ func writeChatModelDir(dir, tokDir string) error {
 	if err != nil {
 		return err
 	}
-	cfg, err := json.MarshalIndent(map[string]any{
-		"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "chat_template": demoChatTemplate,
-	}, "", "  ")
+	cfg["chat_template"] = demoChatTemplate
+	cfgJSON, err := json.MarshalIndent(cfg, "", "  ")
 	if err != nil {
 		return err
 	}
-	for name, data := range map[string][]byte{"tokenizer.json": tok, "tokenizer_config.json": cfg} {
+	for name, data := range map[string][]byte{"tokenizer.json": tok, "tokenizer_config.json": cfgJSON} {
 		if err := graph.WriteFileAtomic(filepath.Join(dir, name), func(w io.Writer) error {
 			_, err := w.Write(data)
 			return err
@@ -82,6 +113,20 @@ func writeChatModelDir(dir, tokDir string) error {
 		}
 	}
 	return nil
+}
+
+// readTokenizerConfig reads a model folder's tokenizer_config.json (its
+// special tokens); the demo adds its chat template to it.
+func readTokenizerConfig(path string) (map[string]any, error) {
+	data, err := graph.ReadRegular(path, 16<<20, "a tokenizer config")
+	if err != nil {
+		return nil, err
+	}
+	cfg := map[string]any{}
+	if err := json.Unmarshal(data, &cfg); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return cfg, nil
 }
 
 // writeChatData writes each fact as a messages record, repeated so an
@@ -111,14 +156,20 @@ func runChatDemo(c *cli.Context) error {
 	if err := os.MkdirAll(modelDir, 0o755); err != nil {
 		return err
 	}
-	if err := writeChatModelDir(modelDir, c.String("tokenizer")); err != nil {
+	if err := writeChatModelDir(modelDir, c.String("model"), c.String("tokenizer")); err != nil {
 		return fmt.Errorf("demo-chat: %w", err)
 	}
 	data := filepath.Join(dir, "chat.jsonl")
 	if err := writeChatData(data, 16); err != nil {
 		return err
 	}
-	fmt.Fprintf(w, "a tiny Llama-style model (random weights, %s) and %d question/answer chats (%s)\n", modelDir, len(demoFacts), data)
+	// the random model's vocabulary is mostly characters, so its answers
+	// take more tokens than the pretrained model's BPE words
+	what, maxNew := "the Llama-style model pretrained on the Python documentation ("+c.String("model")+")", "24"
+	if c.String("model") == randomChatModel {
+		what, maxNew = "a tiny Llama-style model with random weights", "64"
+	}
+	fmt.Fprintf(w, "%s in %s and %d question/answer chats (%s)\n", what, modelDir, len(demoFacts), data)
 	sub := func(out io.Writer, args ...string) error {
 		fmt.Fprintf(w, "$ loracc %s\n", strings.Join(args, " "))
 		if lib := c.String("ort-lib"); lib != "" {
@@ -126,7 +177,7 @@ func runChatDemo(c *cli.Context) error {
 		}
 		return run(append([]string{"loracc"}, args...), out, io.Discard)
 	}
-	questions := []string{demoFacts[0][0], demoFacts[2][0], demoFacts[8][0]}
+	questions := append([]string{demoFacts[0][0], demoFacts[5][0], demoFacts[8][0]}, demoHeldOut...)
 	ask := func(label string, extra ...string) error {
 		fmt.Fprintf(w, "\n%s:\n", label)
 		for i, q := range questions {
@@ -136,11 +187,15 @@ func runChatDemo(c *cli.Context) error {
 				return err
 			}
 			var out strings.Builder
-			args := append([]string{"generate", modelDir, "--messages", msgs, "--max-new-tokens", "16", "--device", "cpu"}, extra...)
+			args := append([]string{"generate", modelDir, "--messages", msgs, "--max-new-tokens", maxNew, "--device", "cpu"}, extra...)
 			if err := run(append([]string{"loracc"}, args...), &out, io.Discard); err != nil {
 				return err
 			}
-			fmt.Fprintf(w, "  user: %s\n  model: %s\n", q, strings.TrimSpace(out.String()))
+			note := ""
+			if i >= len(questions)-len(demoHeldOut) {
+				note = "   (not in the training chats)"
+			}
+			fmt.Fprintf(w, "  user: %s%s\n  model: %s\n", q, note, strings.Join(strings.Fields(out.String()), " "))
 		}
 		return nil
 	}
@@ -154,7 +209,7 @@ func runChatDemo(c *cli.Context) error {
 	runDir := filepath.Join(dir, "run")
 	os.RemoveAll(runDir)
 	if err := sub(w, "train", injected, "--data", data, "--tokenizer", modelDir, "--loss", "lm", "--logits", "logits",
-		"--max-steps", fmt.Sprint(c.Int("steps")), "--batch-size", "8", "--lr", "1e-2", "--schedule", "cosine", "--warmup", "20",
+		"--max-steps", fmt.Sprint(c.Int("steps")), "--batch-size", "8", "--lr", "3e-3", "--schedule", "cosine", "--warmup", "20",
 		"--device", "cpu", "--save-every", "0", "--out", runDir); err != nil {
 		return err
 	}

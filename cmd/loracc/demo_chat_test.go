@@ -1,27 +1,40 @@
 package main
 
 import (
-	"path/filepath"
 	"strings"
 	"testing"
 )
 
-// TestChatDemo runs loracc demo-chat as a user does: after training on
-// the chat data (assistant-only loss), generation with the adapter gives
-// the trained answers, which the random base model does not.
+// TestChatDemo runs loracc demo-chat as a user does, on the repository's
+// pretrained model and on the tiny random one: after training on the chat
+// data (assistant-only loss), generation with the adapter gives the
+// trained answers, which the base model does not.
 func TestChatDemo(t *testing.T) {
 	env(t)
-	out := mustLoracc(t, "demo-chat", "--dir", t.TempDir(), "--tokenizer", filepath.Join("../../testdata/tokenizer/expected/trained/unigram"), "--steps", "200")
-	before, after, ok := strings.Cut(out, "after training")
-	if !ok {
-		t.Fatalf("no after-training section:\n%s", out)
-	}
-	for _, a := range []string{"The sky is blue.", "Cats say meow.", "Bees make honey."} {
-		if !strings.Contains(after, "model: "+a) {
-			t.Errorf("after training, no answer %q:\n%s", a, after)
-		}
-		if strings.Contains(before, a) {
-			t.Errorf("the base model already answered %q", a)
-		}
+	for _, tc := range []struct {
+		name string
+		args []string
+	}{
+		{"pretrained", []string{"--model", "../../testdata/quality/model"}},
+		{"random", []string{"--model", "random", "--tokenizer", "../../testdata/tokenizer/expected/trained/unigram", "--steps", "300"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			out := mustLoracc(t, append([]string{"demo-chat", "--dir", t.TempDir()}, tc.args...)...)
+			before, after, ok := strings.Cut(out, "after training")
+			if !ok {
+				t.Fatalf("no after-training section:\n%s", out)
+			}
+			for _, a := range []string{"len() returns the number of items in an object.", "open() returns a file object.", "The math module provides mathematical functions."} {
+				if !strings.Contains(after, "model: "+a) {
+					t.Errorf("after training, no answer %q:\n%s", a, after)
+				}
+				if strings.Contains(before, a) {
+					t.Errorf("the base model already answered %q", a)
+				}
+			}
+			if !strings.Contains(after, "(not in the training chats)") {
+				t.Errorf("no held-out question asked:\n%s", after)
+			}
+		})
 	}
 }
