@@ -23,6 +23,17 @@ import (
 // neither runs it early nor folds it into a constant, and it differs from
 // the backward's, which waits on dY, so the two are not merged). The same
 // product up to the order of its sums.
+//
+// The GEMM is a 2-D Gemm with transB rather than MatMul of a transposed
+// W, so Wᵀ is never written. Under bfloat16 with a weight dequantized
+// through float16 (quant.DequantizeOp), the forward product runs in
+// float16 on A cast to it — W is then read as the dequantization wrote it,
+// with no cast of the [N, K] weight — and its output is cast back. A
+// bfloat16 activation converts to float16 exactly below 65,504 in
+// magnitude and at most loses bits below 2⁻¹⁴ (a step's A is a normalised
+// hidden state or an MLP activation); the product accumulates in float32
+// and rounds to float16's 11 bits before bfloat16's 8. The backward keeps
+// bfloat16 (gradients can be far below float16's range).
 func dequantizedProducts(m *graph.Model, inf *infer.Inferer) (int, error) {
 	g := m.Graph
 	b := opb.New(m, "fuse_cuda", "fuse_cuda", inf)
@@ -45,10 +56,24 @@ func dequantizedProducts(m *graph.Model, inf *infer.Inferer) (int, error) {
 		}
 		after := b.Cast(b.Slice(b.Reshape(a, b.Ints(-1)), 0, 1, 0), graph.Bool)
 		w := q.DequantizeOp(b, n, after) // [N, K]
-		if dt := inf.DType(a); inf.DType(w) != dt {
-			w = b.Cast(w, dt)
+		dt := inf.DType(a)
+		rows := b.Ints(-1, q.K)
+		back := b.Ints(append(slices.Clone(ad[:len(ad)-1]), q.N)...)
+		var y *graph.Value
+		switch w16 := halfWeight(inf, w); {
+		case w16 != nil && dt == graph.BFloat16:
+			y = b.Cast(b.Reshape(b.Gemm(b.Cast(b.Reshape(a, rows), graph.Float16), w16, graph.AttrI("transB", 1)), back), dt)
+		case dt == graph.Float || dt == graph.Float16: // Gemm's CUDA kernel types
+			if inf.DType(w) != dt {
+				w = b.Cast(w, dt)
+			}
+			y = b.Reshape(b.Gemm(b.Reshape(a, rows), w, graph.AttrI("transB", 1)), back)
+		default:
+			if inf.DType(w) != dt {
+				w = b.Cast(w, dt)
+			}
+			y = b.MatMul(a, b.Transpose(w, 1, 0))
 		}
-		y := b.MatMul(a, b.Transpose(w, 1, 0))
 		if err := b.Err(); err != nil {
 			return count, err
 		}
@@ -64,3 +89,13 @@ func dequantizedProducts(m *graph.Model, inf *infer.Inferer) (int, error) {
 // replaces MatMulNBits: below it, the kernel's decoding path (one row at
 // a time, no float copy of W) is the better product.
 const nbitsMinRows = 16
+
+// halfWeight is the float16 weight a bfloat16 one is cast from
+// (quant.DequantizeOp's float16 form), or nil.
+func halfWeight(inf *infer.Inferer, w *graph.Value) *graph.Value {
+	p, _ := w.Producer()
+	if p == nil || p.Op != "Cast" || p.Domain != "" || p.Input(0) == nil || inf.DType(p.Input(0)) != graph.Float16 {
+		return nil
+	}
+	return p.Input(0)
+}

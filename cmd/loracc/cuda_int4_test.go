@@ -137,7 +137,7 @@ func TestCUDAInt4Kernels(t *testing.T) {
 		}},
 	}
 	for _, p := range probes {
-		for _, dt := range []graph.DataType{graph.Float, graph.Float16} {
+		for _, dt := range []graph.DataType{graph.Float, graph.Float16, graph.BFloat16} {
 			name := fmt.Sprintf("%s %s", p.name, dt)
 			m := graph.NewModel(p.opset)
 			m.Opsets = append(m.Opsets, graph.Opset{Domain: "com.microsoft", Version: 1})
@@ -165,7 +165,7 @@ func TestCUDAInt4Kernels(t *testing.T) {
 			}
 			status, err := cudaPlacement(t, e, path)
 			t.Logf("%s: %s %v", name, status, err)
-			if p.must && status != "cuda" {
+			if p.must && status != "cuda" && dt != graph.BFloat16 { // bfloat16: logged only
 				t.Errorf("%s runs %s, want every node on the GPU (%v)", name, status, err)
 			}
 		}

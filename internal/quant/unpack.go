@@ -16,6 +16,7 @@ package quant
 
 import (
 	"encoding/binary"
+	"math"
 
 	"github.com/loracc/loracc/graph"
 	"github.com/loracc/loracc/internal/opb"
@@ -141,8 +142,22 @@ func (q *NBits) dequantizeLinear(b *opb.Builder, n *graph.Node, late func(*graph
 		return nil
 	}
 	scale := b.Reshape(late(n.Input(2)), b.Ints(q.N, blocks))
-	if q.Scales.DType == graph.BFloat16 { // no bfloat16 DequantizeLinear on CUDA
-		scale = b.Cast(scale, graph.Float)
+	// ONNX Runtime's CUDA DequantizeLinear has float32 and float16 scales
+	// but no bfloat16: bfloat16 scales go through float16 where every one
+	// converts exactly (a float16 weight is half a float32 one's traffic),
+	// else through float32. The scale converts exactly, but a code
+	// difference in [−15, 15] times an 8-bit significand can need 12 bits
+	// and float16 keeps 11, so the float16 product can round once before
+	// the cast to bfloat16 rounds again: where the first rounding lands on
+	// a bfloat16 midpoint, the weight is one bfloat16 unit from the float32
+	// path's (TestHalfDequantize: about 1% of products), where the int4
+	// quantization step is at least 17 such units.
+	via := graph.Float
+	if q.Scales.DType == graph.BFloat16 && HalfExact(q.Scales) {
+		via = graph.Float16
+	}
+	if q.Scales.DType == graph.BFloat16 {
+		scale = b.Cast(scale, via)
 	}
 	w := b.Op("DequantizeLinear", []*graph.Value{b.Const(codes), scale, b.Const(zp)}, graph.AttrI("axis", 1), graph.AttrI("block_size", bs))
 	if blocks*bs != q.K {
@@ -175,4 +190,25 @@ func (q *NBits) uint4ZeroPoints(name string) (*graph.Tensor, error) {
 		}
 	}
 	return graph.NewTensor(name, graph.Uint4, []int64{q.N, blocks}, out), nil
+}
+
+// HalfExact reports whether every value of a float tensor converts to
+// float16 exactly: zero, or finite with a magnitude in float16's normal
+// range and no more significant bits than float16 keeps (always true of
+// bfloat16's 8 there).
+func HalfExact(t *graph.Tensor) bool {
+	vals, err := t.Floats()
+	if err != nil {
+		return false
+	}
+	for _, v := range vals {
+		if v == 0 {
+			continue
+		}
+		a := math.Abs(float64(v))
+		if !(a >= 0x1p-14 && a <= 65504) || math.Float32bits(v)&0x1fff != 0 {
+			return false
+		}
+	}
+	return true
 }

@@ -149,3 +149,53 @@ func TestDequantizeOpMatchesCompileTime(t *testing.T) {
 func decodeFloat(raw []byte, i int64) float32 {
 	return math.Float32frombits(binary.LittleEndian.Uint32(raw[4*i:]))
 }
+
+// TestHalfDequantize checks the arithmetic behind DequantizeOp's float16
+// path for bfloat16 scales: over every bfloat16 significand at three
+// exponents and every code difference in [−15, 15], the product rounded
+// to float16 and then to bfloat16 is the product rounded once to
+// bfloat16 (the float32 path) or one bfloat16 unit from it, and rarely
+// that; and HalfExact accepts exactly the scales float16 holds.
+func TestHalfDequantize(t *testing.T) {
+	var total, off int
+	for _, e := range []int{-12, -7, 0} {
+		for m := range 128 {
+			s := graph.BFloat16ToFloat32(uint16((127+e)<<7 | m))
+			for d := -15; d <= 15; d++ {
+				p := float32(d) * s // exact in float32
+				once := graph.Float32ToBFloat16(p)
+				twice := graph.Float32ToBFloat16(graph.Float16ToFloat32(graph.Float32ToFloat16(p)))
+				total++
+				if once != twice {
+					off++
+					if diff := int(once) - int(twice); diff != 1 && diff != -1 {
+						t.Fatalf("scale %g × %d: bfloat16 %#x once, %#x through float16", s, d, once, twice)
+					}
+				}
+			}
+		}
+	}
+	t.Logf("%d of %d products one bfloat16 unit off through float16 (%.2f%%)", off, total, 100*float64(off)/float64(total))
+	if off == 0 || off*20 > total {
+		t.Errorf("%d of %d products differ: the doc comment's claim (rarely, and not never) is wrong", off, total)
+	}
+	for _, c := range []struct {
+		dt   graph.DataType
+		vals []float32
+		want bool
+	}{
+		{graph.BFloat16, []float32{0, 0.01, -3, 65280}, true},
+		{graph.BFloat16, []float32{0.01, 1e-6}, false}, // below float16's normal range
+		{graph.BFloat16, []float32{70000}, false},
+		{graph.Float, []float32{1 + 0x1p-10}, true},
+		{graph.Float, []float32{1 + 0x1p-12}, false}, // 13 significant bits
+	} {
+		st, err := graph.NewFloatTensor("s", c.dt, []int64{int64(len(c.vals))}, c.vals)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := HalfExact(st); got != c.want {
+			t.Errorf("HalfExact(%v) = %v, want %v", c.vals, got, c.want)
+		}
+	}
+}
