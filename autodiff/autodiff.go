@@ -208,6 +208,9 @@ type Options struct {
 	// autocast's Cast stands between the probabilities and P·V, instead
 	// of Σ go·o from the cast product (attentionOutput).
 	NoCastRowSums bool
+	// NoNarrowWeightGrads keeps a narrow matrix's gradient (a LoRA A's)
+	// as aᵀ·gy, one Gemm, instead of (gyᵀ·a)ᵀ (weightGrad).
+	NoNarrowWeightGrads bool
 }
 
 // GradientsWith is Gradients with options.

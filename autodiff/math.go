@@ -105,8 +105,8 @@ func (c *gradCtx) flatten2(x *graph.Value) *graph.Value {
 	if c.Inf.Rank(x) == 2 {
 		return x
 	}
-	if d := c.Inf.Info(x).Dims; len(d) > 0 && d[len(d)-1].Known() {
-		return c.Reshape(x, c.Ints(-1, d[len(d)-1].Value))
+	if k := c.lastDim(x); k >= 0 {
+		return c.Reshape(x, c.Ints(-1, k))
 	}
 	var last *graph.Value
 	if c.Opset < 10 {
@@ -120,8 +120,8 @@ func (c *gradCtx) flatten2(x *graph.Value) *graph.Value {
 // y = a @ b (numpy semantics, ranks ≥ 2): da = gy @ bᵀ, db = aᵀ @ gy,
 // each summed over broadcast batch axes (by the driver). When b is a
 // matrix — every LoRA branch and projection — db is one GEMM over all
-// rows of the batch (Gemm with transA on the flattened a and gy) instead
-// of a batched product followed by a sum, and da is one GEMM with transB:
+// rows of the batch (weightGrad, on the flattened a and gy) instead of a
+// batched product followed by a sum, and da is one GEMM with transB:
 // no Transpose of b, which ONNX Runtime's constant folding would turn into
 // a second, transposed copy of every frozen weight (twice the weights'
 // memory on the device).
@@ -137,12 +137,38 @@ func gradMatMul(c *gradCtx, n *graph.Node, gys []*graph.Value) []*graph.Value {
 	}
 	if c.needs(1) {
 		if c.Inf.Rank(b) == 2 {
-			out[1] = c.Gemm(c.flatten2(a), c.flatten2(gy), graph.AttrI("transA", 1))
+			out[1] = c.weightGrad(c.flatten2(a), c.flatten2(gy))
 		} else {
 			out[1] = c.MatMul(c.swapLast(a), gy)
 		}
 	}
 	return out
+}
+
+// weightGrad is aᵀ·gy for the rows a [m, k] and gy [m, n] of a product
+// with a matrix. When gy is the narrower (a LoRA A's gradient: n is the
+// rank), it is computed as (gyᵀ·a)ᵀ: ONNX Runtime's CPU GEMM (MLAS) copies
+// a transposed left operand into its packed buffer, so aᵀ·gy copies all
+// of a — written by the forward long before, no longer in cache — in
+// transposed order, while gyᵀ·a copies only the narrow gy and reads a row
+// by row (measured on the tiny GPT-2's step: the eight A gradients about
+// twice as fast). MatMul on an explicit Transpose, not Gemm with transA:
+// ORT's GemmTransposeFusion turns Transpose(Gemm(gy, a, transA)) back
+// into Gemm(a, gy, transA); its MatmulTransposeFusion folds the inner
+// Transpose into FusedMatMul and leaves the outer one.
+func (c *gradCtx) weightGrad(a, gy *graph.Value) *graph.Value {
+	if kg := c.lastDim(gy); !c.opts.NoNarrowWeightGrads && kg >= 0 && kg < c.lastDim(a) {
+		return c.Transpose(c.MatMul(c.Transpose(gy, 1, 0), a), 1, 0)
+	}
+	return c.Gemm(a, gy, graph.AttrI("transA", 1))
+}
+
+// lastDim is x's last dimension when known, else -1.
+func (c *gradCtx) lastDim(x *graph.Value) int64 {
+	if d := c.Inf.Info(x).Dims; len(d) > 0 && d[len(d)-1].Known() {
+		return d[len(d)-1].Value
+	}
+	return -1
 }
 
 // y = alpha·op(A)·op(B) + beta·C with op = transpose when transA/transB:

@@ -173,3 +173,62 @@ func TestSiLUOneRule(t *testing.T) {
 		t.Errorf("backward ops %v, want 3 Mul, 2 Add, 1 Sub, no Sum", ops)
 	}
 }
+
+// TestNarrowWeightGradTransposed: the gradient of a matrix b [k, n] in
+// a·b is (gyᵀ·a)ᵀ, a MatMul between two Transposes, when n < k (a LoRA
+// A, n the rank), and one Gemm with transA (aᵀ·gy) otherwise; batched
+// rows are flattened either way.
+func TestNarrowWeightGradTransposed(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		a      []int64
+		k, n   int64
+		narrow bool
+	}{
+		{"narrow", []int64{5, 6}, 6, 2, true},
+		{"narrow batched", []int64{2, 5, 6}, 6, 2, true},
+		{"wide", []int64{5, 2}, 2, 6, false},
+		{"square", []int64{2, 5, 4}, 4, 4, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := graph.NewModel(17)
+			g := m.Graph
+			dims := func(ds ...int64) *graph.TensorType {
+				tt := &graph.TensorType{DType: graph.Float, Shape: []graph.Dim{}}
+				for _, d := range ds {
+					tt.Shape = append(tt.Shape, graph.Dim{Value: d})
+				}
+				return tt
+			}
+			a := g.AddInput("a", dims(tc.a...))
+			w := g.AddInput("w", dims(tc.k, tc.n))
+			b := &graph.Builder{G: g}
+			y := b.Op("MatMul", "y", []*graph.Value{a, w})
+			loss := b.Op("ReduceSum", "loss", []*graph.Value{b.Op("Mul", "sq", []*graph.Value{y, y})}, graph.AttrI("keepdims", 0))
+			grads, err := Gradients(m, loss, []*graph.Value{w})
+			if err != nil {
+				t.Fatal(err)
+			}
+			// The ops from the gradient back to its flattened or given
+			// operands: at most three, Identity naming the gradient skipped.
+			var chain []string
+			for v := grads[0]; v != nil && len(chain) < 3; {
+				n, _ := v.Producer()
+				if n == nil || n.Op == "Reshape" || n.Op == "Sum" || n.Op == "Mul" {
+					break
+				}
+				if n.Op != "Identity" {
+					chain = append(chain, n.Op)
+				}
+				v = n.Input(0)
+			}
+			got, want := strings.Join(chain, " ← "), "Gemm"
+			if tc.narrow {
+				want = "Transpose ← MatMul ← Transpose"
+			}
+			if got != want {
+				t.Errorf("w's gradient is %s, want %s", got, want)
+			}
+		})
+	}
+}

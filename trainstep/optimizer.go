@@ -59,7 +59,10 @@ func (st *Compiler) Autodiff(m *graph.Model) error {
 	for _, n := range m.Graph.Nodes {
 		fwd[n] = true
 	}
-	grads, err := autodiff.GradientsWith(m, target, st.params, autodiff.Options{NoSiLURule: !st.enabled("silu-rule"), NoCastRowSums: !st.enabled("cast-row-sums")})
+	grads, err := autodiff.GradientsWith(m, target, st.params, autodiff.Options{NoSiLURule: !st.enabled("silu-rule"), NoCastRowSums: !st.enabled("cast-row-sums"),
+		// The CUDA provider's GEMMs read a transposed operand in place: there
+		// the form would only add two Transposes (not measured on a GPU).
+		NoNarrowWeightGrads: !st.enabled("narrow-weight-grads") || st.opts.Target == "cuda"})
 	if err != nil {
 		return err
 	}

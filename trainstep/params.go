@@ -83,21 +83,22 @@ type Options struct {
 // fuse-cuda that Options.Disable may name, with what each does.
 func Rewrites() map[string]string {
 	return map[string]string{
-		"rms-norm":          "canonicalize: RMS normalization as SimplifiedLayerNormalization",
-		"product-scales":    "canonicalize: MatMul(a·c1, b·c2) scales one operand",
-		"attention-guard":   "canonicalize: attention's NaN guard on the output, not the probabilities",
-		"branch-scales":     "canonicalize: LoRA scales onto lora_B (dropped where 1)",
-		"lora-concat":       "canonicalize: LoRA branches reading one input share one x·[A1|A2|...] product",
-		"silu-rule":         "autodiff: x·sigmoid(x) differentiated as one function",
-		"cast-row-sums":     "autodiff: the softmax gradient's row sums Σ go·o from the attention output also through autocast's cast of the probabilities (float32 sums, as FlashAttention's backward)",
-		"softmax-bf16":      "autocast: in bf16 the attention's Softmax in bf16 (float32 accumulation inside the kernel; left out: in float32 as softmax-f32 says)",
-		"softmax-f32":       "autocast: the attention's Softmax in float32 (left out: in the compute dtype, float32 accumulation inside the kernel)",
-		"bias-softmax":      "fuse-cuda: Softmax(x + mask) as com.microsoft BiasSoftmax",
-		"row-sub-fold":      "fuse-cuda: (G·Vᵀ) − s folded into one GEMM",
-		"nbits-dequant":     "fuse-cuda: a forward MatMulNBits over many rows as its weight dequantized in the step and one GEMM",
-		"expand-broadcasts": "fuse-cuda: a small operand several large elementwise nodes broadcast (the mask, RoPE's cos and sin) expanded once a step",
-		"scale-past-matmul": "fuse-cuda: a scalar scale read only by smaller products (the attention's 1/√d on dS) scales the products",
-		"softmax-cast":      "fuse-cuda: a float32 Softmax between autocast's casts, read only by P·V (the forward's, with --recompute attention), in the compute dtype (the CUDA kernel accumulates in float32)",
+		"rms-norm":            "canonicalize: RMS normalization as SimplifiedLayerNormalization",
+		"product-scales":      "canonicalize: MatMul(a·c1, b·c2) scales one operand",
+		"attention-guard":     "canonicalize: attention's NaN guard on the output, not the probabilities",
+		"branch-scales":       "canonicalize: LoRA scales onto lora_B (dropped where 1)",
+		"lora-concat":         "canonicalize: LoRA branches reading one input share one x·[A1|A2|...] product",
+		"silu-rule":           "autodiff: x·sigmoid(x) differentiated as one function",
+		"narrow-weight-grads": "autodiff: a narrow matrix's gradient (a LoRA A's, [in, rank]) as (gyᵀ·a)ᵀ, which ONNX Runtime's CPU GEMM computes faster than aᵀ·gy (not with --provider cuda)",
+		"cast-row-sums":       "autodiff: the softmax gradient's row sums Σ go·o from the attention output also through autocast's cast of the probabilities (float32 sums, as FlashAttention's backward)",
+		"softmax-bf16":        "autocast: in bf16 the attention's Softmax in bf16 (float32 accumulation inside the kernel; left out: in float32 as softmax-f32 says)",
+		"softmax-f32":         "autocast: the attention's Softmax in float32 (left out: in the compute dtype, float32 accumulation inside the kernel)",
+		"bias-softmax":        "fuse-cuda: Softmax(x + mask) as com.microsoft BiasSoftmax",
+		"row-sub-fold":        "fuse-cuda: (G·Vᵀ) − s folded into one GEMM",
+		"nbits-dequant":       "fuse-cuda: a forward MatMulNBits over many rows as its weight dequantized in the step and one GEMM",
+		"expand-broadcasts":   "fuse-cuda: a small operand several large elementwise nodes broadcast (the mask, RoPE's cos and sin) expanded once a step",
+		"scale-past-matmul":   "fuse-cuda: a scalar scale read only by smaller products (the attention's 1/√d on dS) scales the products",
+		"softmax-cast":        "fuse-cuda: a float32 Softmax between autocast's casts, read only by P·V (the forward's, with --recompute attention), in the compute dtype (the CUDA kernel accumulates in float32)",
 	}
 }
 

@@ -183,6 +183,8 @@ func cases() []Case {
 		{Name: "MatMul 2d", Inputs: []Input{p("a", 3, 4), p("b", 4, 5)}, Build: op("MatMul", []string{"a", "b"})},
 		{Name: "MatMul batched x matrix", Inputs: []Input{p("a", 2, 3, 4), p("b", 4, 5)}, Build: op("MatMul", []string{"a", "b"})},
 		{Name: "MatMul rank-4 x matrix (dA as one Gemm, reshaped back)", Inputs: []Input{p("a", 2, 2, 3, 4), p("b", 4, 5)}, Build: op("MatMul", []string{"a", "b"})},
+		{Name: "MatMul 2d narrow (db as (gyᵀ·a)ᵀ)", Inputs: []Input{p("a", 3, 6), p("b", 6, 2)}, Build: op("MatMul", []string{"a", "b"})},
+		{Name: "MatMul batched x narrow matrix", Inputs: []Input{p("a", 2, 3, 6), p("b", 6, 2)}, Build: op("MatMul", []string{"a", "b"})},
 		{Name: "MatMul batched both", Inputs: []Input{p("a", 2, 3, 4), p("b", 2, 4, 5)}, Build: op("MatMul", []string{"a", "b"})},
 		{Name: "MatMul broadcast batch", Inputs: []Input{p("a", 2, 1, 3, 4), p("b", 3, 4, 5)}, Build: op("MatMul", []string{"a", "b"})},
 		{Name: "Gemm", Inputs: []Input{p("a", 3, 4), p("b", 4, 5), p("c", 5)}, Build: op("Gemm", []string{"a", "b", "c"}, graph.AttrF("alpha", 0.5), graph.AttrF("beta", 2))},
