@@ -19,6 +19,7 @@
 #   bench/gpu/run.sh round MODEL    gpt2 or llama1b: PyTorch+PEFT fp32/TF32/bf16/compile beside
 #                                   `loracc train --static`, then the step's kernels (Nsight Compute)
 #   bench/gpu/run.sh memcurve MODEL memory against batch and sequence length, both sides (POINTS, MEMFLAGS)
+#   bench/gpu/run.sh dqforms        the int4 weight's dequantization forms, one product each (bench/gpu/dqforms; needs .gpu/bin/dqforms, latency)
 #   bench/gpu/run.sh l7b            the 7B-shaped Llama, bf16: PyTorch + PEFT beside loracc (needs .gpu/bin/llama:
 #                                   go build -o .gpu/bin/llama ./internal/testmodels/cmd/llama; KINDS7="bf16 bf16_recompute")
 #   MODES=tf32,bf16w KINDS="static static_bf16 static_fp16" NCU=0 bench/gpu/run.sh round MODEL
@@ -520,6 +521,33 @@ PY
 	cat "$OUT"/memcurve_$M.jsonl
 }
 
+# dqforms: the int4 weight's dequantization forms timed one product at a time (needs
+# .gpu/bin/dqforms: go build -o .gpu/bin/dqforms ./bench/gpu/dqforms, and .gpu/bin/latency):
+# median ms of Session.Run for each form at the 7B's two weight shapes, and the 7B step's
+# forward products estimated as 32 layers × (4 attention + 3 MLP products).
+dqforms() {
+	local W=$WORK/dqforms
+	rm -rf "$W"; mkdir -p "$W"
+	"$BIN"/dqforms -o "$W" >/dev/null || return 1
+	for f in "$W"/*.onnx; do
+		timeout 120 "$BIN"/latency -model "$f" -device cuda -n 50 -warmup 5 2>&1 | tail -1
+	done | tee "$OUT"/dqforms.jsonl
+	python3 - "$OUT"/dqforms.jsonl <<'PY'
+import json, os, sys
+t = {}
+for line in open(sys.argv[1]):
+    try:
+        d = json.loads(line)
+    except ValueError:
+        print("not a result:", line.strip()); continue
+    form, shape = os.path.basename(d["model"])[:-5].rsplit("_", 1)
+    t.setdefault(form, {})[shape] = d["median_ms"]
+for form, v in t.items():
+    est = 32 * (4 * v.get("4096x4096", float("nan")) + 3 * v.get("11008x4096", float("nan")))
+    print(f"{form:10s} 4096x4096 {v.get('4096x4096', float('nan')):7.3f} ms  11008x4096 {v.get('11008x4096', float('nan')):7.3f} ms  7B forward products ~{est:6.1f} ms")
+PY
+}
+
 case "${1:-}" in
 tests) tests ;;
 gpt2) gpt2 ;;
@@ -533,5 +561,6 @@ variants) variants "${2:?variants needs a model}" ;;
 l7b) l7b ;;
 l7b-kinds) l7b_kinds ;;
 memcurve) memcurve "${2:?memcurve needs a model: gpt2 or llama1b}" ;;
-*) echo "usage: $0 tests|gpt2|llama-torch|llama-loracc|gpt2-extra|llama-extra|static|round MODEL|variants MODEL|l7b|memcurve MODEL" >&2; exit 2 ;;
+dqforms) dqforms ;;
+*) echo "usage: $0 tests|gpt2|llama-torch|llama-loracc|gpt2-extra|llama-extra|static|round MODEL|variants MODEL|l7b|memcurve MODEL|dqforms" >&2; exit 2 ;;
 esac
