@@ -117,30 +117,33 @@ func (st *Compiler) movementOp(n *graph.Node) bool {
 	return true
 }
 
-// broadcasts reports whether Expand node n makes its input larger: its
-// output's dims are all known and at least one of them is larger than the
-// input's (a dim of 1, or one the input lacks).
+// broadcasts reports whether Expand node n makes, or may make, its input
+// larger: an output dim known to be larger than the input's (a dim of 1,
+// or one the input lacks), or unknown where the input's is 1 — as in
+// torch.onnx's repeat_kv, whose target shape is computed while the model
+// runs (the dims are folded only later, by specialize). Expand never
+// shrinks an axis, so an unknown dim elsewhere cannot undo the growth;
+// and a copy of an Expand that turned out not to grow is still exact,
+// only not a saving.
 func (st *Compiler) broadcasts(n *graph.Node) bool {
 	in, out := st.inf.Info(n.Input(0)), st.inf.Info(n.Output(0))
-	if in.Rank < 0 || out.Rank < in.Rank || len(in.Dims) != in.Rank || len(out.Dims) != out.Rank {
+	if in.Rank < 0 || out.Rank < in.Rank || len(in.Dims) != in.Rank {
 		return false
 	}
-	grows := out.Rank > in.Rank
+	if len(out.Dims) != out.Rank {
+		out.Dims = make([]graph.Dim, out.Rank) // all unknown
+	}
 	off := out.Rank - in.Rank
 	for i, od := range out.Dims {
-		if !od.Known() {
-			return false
+		larger := !od.Known() || od.Value > 1
+		if i < off && larger {
+			return true // a new leading axis
 		}
-		if i < off {
-			grows = grows || od.Value > 1
-			continue
-		}
-		id := in.Dims[i-off]
-		if id.Known() && id.Value == 1 && od.Value > 1 {
-			grows = true
+		if i >= off && in.Dims[i-off].Known() && in.Dims[i-off].Value == 1 && larger {
+			return true
 		}
 	}
-	return grows
+	return false
 }
 
 // readsLate says whether one of n's inputs is late (lateValues).

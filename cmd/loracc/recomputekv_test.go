@@ -21,15 +21,36 @@ func TestRecomputeExpansions(t *testing.T) {
 	if cfg.KVHeads >= cfg.Heads {
 		t.Fatalf("the test model has %d key/value heads for %d: not grouped", cfg.KVHeads, cfg.Heads)
 	}
+	recomputedKV(t, dir, lora, 2*cfg.Layers, int64(cfg.Vocab))
+}
+
+// TestRecomputeExpansionsTorchExport: the same on Optimum's torch.onnx
+// export of a grouped-query Llama (testdata/models/optimum_llama: 2
+// layers, 2 key/value heads for 4), whose repeat_kv computes its Expand's
+// target shape while the model runs — the expansions were kept there
+// until the rewrite took an Expand from a dim of 1 to an unknown one as
+// growing (the 1B benchmark model is such an export).
+func TestRecomputeExpansionsTorchExport(t *testing.T) {
+	dir := t.TempDir()
+	lora := filepath.Join(dir, "m.lora.onnx")
+	mustLoracc(t, "inject", "../../testdata/models/optimum_llama/model.onnx", "--rank", "4", "--init", "gaussian", "--seed", "2", "-o", lora)
+	recomputedKV(t, dir, lora, 4, 96)
+}
+
+// recomputedKV compiles lora's static step with --recompute attention,
+// counts the recomputed Expand nodes against want, and trains both ways
+// on the CPU, asserting the same loss column and adapter bit for bit.
+func recomputedKV(t *testing.T, dir, lora string, want int, vocab int64) {
+	t.Helper()
 	out := filepath.Join(dir, "g")
 	mustLoracc(t, "export-train", lora, "--loss", "lm", "--logits", "logits", "--static", "batch_size=2,sequence_length=16", "--recompute", "attention", "-o", out)
 	copies := countNodes(t, filepath.Join(out, "train.onnx"), func(n *graph.Node, _ *infer.Inferer) bool {
 		return n.Op == "Expand" && strings.HasSuffix(n.Name, ".recomputed")
 	})
-	if copies != 2*cfg.Layers {
-		t.Errorf("%d recomputed Expand nodes, want %d (K and V of every layer)", copies, 2*cfg.Layers)
+	if copies != want {
+		t.Errorf("%d recomputed Expand nodes, want %d (K and V of every layer)", copies, want)
 	}
-	data := precisionData(t, dir, 16, 16, int64(cfg.Vocab))
+	data := precisionData(t, dir, 16, 16, vocab)
 	var cols, adapters [2][]byte
 	for i, r := range []string{"none", "attention"} {
 		run := filepath.Join(dir, "run_"+r)
