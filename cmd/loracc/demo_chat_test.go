@@ -38,3 +38,13 @@ func TestChatDemo(t *testing.T) {
 		})
 	}
 }
+
+// TestChatDemoMissingModel: a --model folder without model.onnx (or the
+// default, run outside the repository) is refused with the file and what
+// --model takes.
+func TestChatDemoMissingModel(t *testing.T) {
+	out, err := loracc(t, "demo-chat", "--dir", t.TempDir(), "--model", t.TempDir())
+	if err == nil || !strings.Contains(err.Error()+out, "model.onnx") || !strings.Contains(err.Error()+out, "--model random") {
+		t.Errorf("want an error naming model.onnx and --model random, got %v\n%s", err, out)
+	}
+}
