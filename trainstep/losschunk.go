@@ -138,12 +138,7 @@ func (st *Compiler) recomputeLoss(m *graph.Model, fwd map[*graph.Node]bool) (int
 	count := 0
 	for _, ch := range st.lossChunks {
 		lp := ch.lp.Output(0)
-		var back []graph.Use
-		for _, u := range lp.Uses() {
-			if !fwd[u.Node] {
-				back = append(back, u)
-			}
-		}
+		back := backwardUses(lp, fwd)
 		if len(back) == 0 {
 			continue
 		}

@@ -58,12 +58,7 @@ func (st *Compiler) recomputeAttention(m *graph.Model, fwd map[*graph.Node]bool)
 		all := slices.Clone(back) // every backward reader of P or of its casts
 		var castBack [][]graph.Use
 		for _, c := range casts {
-			var cb []graph.Use
-			for _, u := range c.Output(0).Uses() {
-				if !fwd[u.Node] {
-					cb = append(cb, u)
-				}
-			}
+			cb := backwardUses(c.Output(0), fwd)
 			castBack = append(castBack, cb)
 			all = append(all, cb...)
 		}
