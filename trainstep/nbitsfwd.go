@@ -60,19 +60,17 @@ func dequantizedProducts(m *graph.Model, inf *infer.Inferer) (int, error) {
 		rows := b.Ints(-1, q.K)
 		back := b.Ints(append(slices.Clone(ad[:len(ad)-1]), q.N)...)
 		var y *graph.Value
-		switch w16 := halfWeight(inf, w); {
-		case w16 != nil && dt == graph.BFloat16:
+		if w16 := halfWeight(inf, w); w16 != nil && dt == graph.BFloat16 {
 			y = b.Cast(b.Reshape(b.Gemm(b.Cast(b.Reshape(a, rows), graph.Float16), w16, graph.AttrI("transB", 1)), back), dt)
-		case dt == graph.Float || dt == graph.Float16: // Gemm's CUDA kernel types
+		} else {
 			if inf.DType(w) != dt {
 				w = b.Cast(w, dt)
 			}
-			y = b.Reshape(b.Gemm(b.Reshape(a, rows), w, graph.AttrI("transB", 1)), back)
-		default:
-			if inf.DType(w) != dt {
-				w = b.Cast(w, dt)
+			if dt == graph.Float || dt == graph.Float16 { // Gemm's CUDA kernel types
+				y = b.Reshape(b.Gemm(b.Reshape(a, rows), w, graph.AttrI("transB", 1)), back)
+			} else {
+				y = b.MatMul(a, b.Transpose(w, 1, 0))
 			}
-			y = b.MatMul(a, b.Transpose(w, 1, 0))
 		}
 		if err := b.Err(); err != nil {
 			return count, err

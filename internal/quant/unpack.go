@@ -152,11 +152,11 @@ func (q *NBits) dequantizeLinear(b *opb.Builder, n *graph.Node, late func(*graph
 	// a bfloat16 midpoint, the weight is one bfloat16 unit from the float32
 	// path's (TestHalfDequantize: about 1% of products), where the int4
 	// quantization step is at least 17 such units.
-	via := graph.Float
-	if q.Scales.DType == graph.BFloat16 && HalfExact(q.Scales) {
-		via = graph.Float16
-	}
 	if q.Scales.DType == graph.BFloat16 {
+		via := graph.Float
+		if HalfExact(q.Scales) {
+			via = graph.Float16
+		}
 		scale = b.Cast(scale, via)
 	}
 	w := b.Op("DequantizeLinear", []*graph.Value{b.Const(codes), scale, b.Const(zp)}, graph.AttrI("axis", 1), graph.AttrI("block_size", bs))
