@@ -84,13 +84,10 @@ func writeChatModelDir(dir, source, tokDir string) error {
 		m, err = testmodels.Llama(testmodels.LlamaConfig{Vocab: 1256, Hidden: 64, Layers: 2, Heads: 4, KVHeads: 2, Intermediate: 128, Cache: true})
 	} else {
 		tokDir = source
-		if _, serr := os.Stat(filepath.Join(source, "model.onnx")); serr != nil {
-			return fmt.Errorf("%w (--model names a folder with model.onnx and tokenizer.json; the default is the repository's, relative to its root; --model random needs none)", serr)
+		if m, err = graph.Load(filepath.Join(source, "model.onnx")); err != nil {
+			return fmt.Errorf("%w (--model names a folder with model.onnx and tokenizer.json; the default is the repository's, relative to its root; --model random needs none)", err)
 		}
-		m, err = graph.Load(filepath.Join(source, "model.onnx"))
-		if err == nil {
-			cfg, err = readTokenizerConfig(filepath.Join(source, "tokenizer_config.json"))
-		}
+		cfg, err = readTokenizerConfig(filepath.Join(source, "tokenizer_config.json"))
 	}
 	if err != nil {
 		return err
